@@ -1,0 +1,101 @@
+"""The ``graph-convert`` command."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from graph_convert.errors import ConvertError, PassError, VerificationError
+
+EXIT_USAGE, EXIT_VERIFY, EXIT_PASS = 2, 3, 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graph-convert", description="PyTorch/ONNX -> verified TensorFlow SavedModel + TFLite")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="convert a model")
+    c.add_argument("source", help="model.onnx, path/to/file.py:factory or package.module:attr")
+    c.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    c.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D0,D1,...",
+                   help="input shape; repeat for several inputs (required for PyTorch sources)")
+    c.add_argument("--inputs", metavar="DATA.npz", help="verify on these arrays (keyed by input name, source layout)")
+    c.add_argument("--keep-io-layout", action="store_true", help="keep inputs/outputs in the source layout (default: channels-last)")
+    c.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load passes/handlers/emitters from MODULE.register")
+    c.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="skip a pass by name")
+    c.add_argument("--verify", choices=["phase", "each", "none"], default="phase",
+                   help="ORT check after each phase (default; bisects on failure), after every pass, or never")
+    c.add_argument("--atol", type=float, default=1e-4, help="tolerance: max abs error <= atol * max(1, max|reference|)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    c.add_argument("-q", "--quiet", action="store_true")
+    ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
+    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    return p
+
+
+def _table(report: dict) -> str:
+    rows = [("stage", "output", "max abs", "max rel", "cosine", "ok")]
+    for stage in ("rewritten_onnx", "tensorflow", "tflite_float32"):
+        for name, f in report["verification"].get(stage, {}).items():
+            rows.append((stage, name, f"{f['max_abs']:.2e}", f"{f['max_rel']:.2e}", f"{f['cosine']:.6f}", "yes" if f["ok"] else "NO"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _summary(result) -> str:
+    r = result.report
+    passes = [p for p in r["passes"] if p["changed"]]
+    lines = [f"passes changed the graph: {', '.join(dict.fromkeys(p['name'] for p in passes)) or 'none'}",
+             f"rewritten graph: {r['rewritten_graph']['nodes']} nodes, {r['rewritten_graph']['transposes']} Transpose"]
+    if "tflite" in r:
+        lines.append(f"TFLite float32: {r['tflite']['total_ops']} ops, TRANSPOSE {r['tflite']['transpose_ops']}, {r['tflite']['bytes']} bytes")
+    lines.append(_table(r))
+    lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}model.rewritten.onnx, report.json) in {r['timings_seconds']['total']:.1f}s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        if args.command == "passes":
+            from graph_convert.passes import PassManager, builtin_registry
+
+            reg = builtin_registry(args.plugin)
+            pm = PassManager(reg)
+            for step in pm.steps():
+                for name in step:
+                    cls, src = reg.passes[name]
+                    grp = f" [fixed-point group {cls.group}]" if cls.group else ""
+                    print(f"{cls.phase:13s} {name}{grp}  (from {src})")
+            return 0
+        from graph_convert.export import parse_shape
+        from graph_convert.convert import convert
+
+        shapes = [parse_shape(s) for s in args.input_shape]
+        log = None if args.quiet else (lambda m: print(m, flush=True))
+        result = convert(args.source, None, args.output, input_shapes=shapes, inputs=args.inputs,
+                         keep_io_layout=args.keep_io_layout, plugins=args.plugin, disable_passes=args.disable_pass,
+                         verify=args.verify, atol=args.atol, seed=args.seed, tflite=not args.no_tflite,
+                         overwrite=args.overwrite, log=log)
+        if not args.quiet:
+            print(_summary(result))
+        return 0
+    except VerificationError as e:
+        print(f"graph-convert: verification failed: {e}", file=sys.stderr)
+        return EXIT_VERIFY
+    except PassError as e:
+        print(f"graph-convert: {e}", file=sys.stderr)
+        return EXIT_PASS
+    except ConvertError as e:
+        print(f"graph-convert: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

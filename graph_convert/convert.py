@@ -1,0 +1,342 @@
+"""The conversion pipeline: source -> IR -> passes (ORT-verified) -> TF -> SavedModel/TFLite (verified).
+
+Output is written to a temporary sibling directory and renamed into place only when every
+requested artifact was written and verified, so a failed run leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from graph_convert import __version__
+from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
+from graph_convert.ir import Graph, from_onnx, load_model, to_onnx
+from graph_convert.passes import PassManager, builtin_registry
+from graph_convert.verify import Verifier, check_user_inputs, first_diverging_tensor, make_inputs, to_rewritten_layout
+
+
+@dataclass
+class ConvertResult:
+    """What a conversion produced: paths, verification figures, the report as a dict."""
+
+    output_dir: str
+    report: dict[str, Any]
+    paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def saved_model(self) -> str:
+        return self.paths["saved_model"]
+
+    @property
+    def tflite(self) -> str | None:
+        return self.paths.get("tflite_float32")
+
+    @property
+    def rewritten_onnx(self) -> str:
+        return self.paths["rewritten_onnx"]
+
+    @property
+    def transposes_left(self) -> int | None:
+        return self.report.get("tflite", {}).get("transpose_ops")
+
+    def max_abs_error(self, stage: str) -> float:
+        return max(v["max_abs"] for v in self.report["verification"][stage].values())
+
+
+def _prepare_output(output_dir: str, overwrite: bool) -> str:
+    """Validate the destination and return a fresh temp dir beside it (same filesystem)."""
+    out = os.path.abspath(output_dir)
+    parent = os.path.dirname(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConvertError(f"output {output_dir}: exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ConvertError(f"output {output_dir}: directory exists and is not empty (use --overwrite)")
+    if not os.path.isdir(parent):
+        if os.path.exists(parent):
+            raise ConvertError(f"output {output_dir}: parent {parent} is not a directory")
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise ConvertError(f"output {output_dir}: cannot create parent directory ({e.strerror})") from None
+    try:
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    except OSError as e:
+        raise ConvertError(f"output {output_dir}: cannot write in {parent} ({e.strerror})") from None
+
+
+def _commit_output(tmp: str, output_dir: str) -> None:
+    out = os.path.abspath(output_dir)
+    if os.path.isdir(out):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+        os.rename(out, os.path.join(old, "x"))
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def _resolve_source(source, example_inputs, input_shapes, work: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Any accepted source -> (ONNX model, provenance facts for the report)."""
+    from graph_convert import export as ex
+
+    info: dict[str, Any] = {}
+    if isinstance(source, onnx.ModelProto):
+        return source, {"kind": "onnx-model"}
+    if isinstance(source, (str, os.PathLike)) and not ex.is_torch_spec(os.fspath(source)):
+        path = os.fspath(source)
+        return load_model(path), {"kind": "onnx-file", "path": os.path.abspath(path)}
+    import torch
+
+    if isinstance(source, str):
+        module = ex.load_torch_model(source)
+        info.update(kind="pytorch", spec=source)
+    elif isinstance(source, torch.nn.Module):
+        module = source.eval()
+        info.update(kind="pytorch", spec=type(source).__name__)
+    else:
+        raise ConvertError(f"source: expected an .onnx path, a 'file.py:factory' spec or an nn.Module, got {type(source).__name__}")
+    if example_inputs is None:
+        if not input_shapes:
+            raise ConvertError("a PyTorch model needs --input-shape (or example_inputs=...) to be exported")
+        unnamed = [s for n, s in input_shapes if n is None]
+        if len(unnamed) != len(input_shapes):
+            raise ConvertError("--input-shape for a PyTorch model: give shapes in argument order without names")
+        example_inputs = tuple(torch.randn(*s) for s in unnamed)
+    elif isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    path = os.path.join(work, "source.onnx")
+    t0 = time.perf_counter()
+    info["exporter"] = ex.export(module, example_inputs, path)
+    info["export_seconds"] = round(time.perf_counter() - t0, 3)
+    return onnx.load(path), info
+
+
+def _figs(figs) -> dict[str, Any]:
+    return {k: v.as_dict() for k, v in figs.items()}
+
+
+def convert(
+    source,
+    example_inputs=None,
+    output_dir: str | os.PathLike = "converted",
+    *,
+    input_shapes: Sequence[tuple[str | None, tuple[int, ...]]] | None = None,
+    inputs: Mapping[str, np.ndarray] | str | None = None,
+    keep_io_layout: bool = False,
+    plugins: Sequence[str] = (),
+    disable_passes: Sequence[str] = (),
+    verify: str = "phase",
+    atol: float = 1e-4,
+    seed: int = 0,
+    tflite: bool = True,
+    overwrite: bool = False,
+    log=None,
+) -> ConvertResult:
+    """Convert ``source`` (an ``nn.Module``, ``file.py:factory``, ``module:attr``, an .onnx path or
+    ModelProto) and write the verified artifacts to ``output_dir``. Raises ConvertError (bad input),
+    UnsupportedOpsError, PassError or VerificationError; nothing is written on failure."""
+    if verify not in ("phase", "each", "none"):
+        raise ConvertError(f"--verify {verify!r}: expected one of phase, each, none")
+    if not (atol > 0):
+        raise ConvertError(f"--atol {atol!r}: must be a positive number")
+    say = log or (lambda msg: None)
+    output_dir = os.fspath(output_dir)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    tmp = _prepare_output(output_dir, overwrite)
+    try:
+        result = _convert_into(tmp, source, example_inputs, output_dir, input_shapes or [], inputs, keep_io_layout,
+                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings)
+        timings["total"] = time.perf_counter() - t_start
+        result.report["timings_seconds"] = {k: round(v, 4) for k, v in timings.items()}
+        with open(os.path.join(tmp, "report.json"), "w") as f:
+            json.dump(result.report, f, indent=2, default=float)
+        os.remove(os.path.join(tmp, "source.onnx")) if os.path.exists(os.path.join(tmp, "source.onnx")) else None
+        _commit_output(tmp, output_dir)
+        out = os.path.abspath(output_dir)
+        result.paths = {k: os.path.join(out, os.path.basename(v)) for k, v in result.paths.items()}
+        result.paths["report"] = os.path.join(out, "report.json")
+        return result
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs, keep_io_layout, plugins,
+                  disable_passes, verify, atol, seed, want_tflite, say, timings) -> ConvertResult:
+    t = time.perf_counter()
+    registry = builtin_registry(plugins)
+    timings["load_plugins"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    model, src_info = _resolve_source(source, example_inputs, input_shapes, tmp)
+    graph = from_onnx(model)
+    timings["load"] = time.perf_counter() - t
+    say(f"source: {src_info.get('path') or src_info.get('spec') or src_info['kind']} ({len(graph)} nodes)")
+
+    # every op must be emittable before any work is done
+    from graph_convert.tf.emitter import missing_emitters
+
+    missing = missing_emitters(graph, registry.emitters)
+    if missing:
+        raise UnsupportedOpsError(missing)
+
+    shape_overrides = {}
+    if src_info["kind"] != "pytorch":
+        for name, dims in input_shapes:
+            target = name if name is not None else (graph.inputs[0] if len(graph.inputs) == 1 else None)
+            if target is None or target not in graph.inputs:
+                raise ConvertError(f"--input-shape: {'name the input' if target is None else f'no model input named {target!r}'} (inputs: {graph.inputs})")
+            shape_overrides[target] = dims
+    if isinstance(inputs, (str, os.PathLike)):
+        path = os.fspath(inputs)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise ConvertError(f"--inputs {path}: cannot read it as .npz ({type(e).__name__}: {e})") from None
+        feeds = check_user_inputs(graph, data, f"--inputs {path}")
+    elif inputs is not None:
+        feeds = check_user_inputs(graph, inputs, "inputs")
+    else:
+        feeds = make_inputs(graph, seed, shape_overrides)
+
+    t = time.perf_counter()
+    verifier = Verifier(model, feeds, atol)
+    timings["reference_ort"] = time.perf_counter() - t
+
+    options = {"keep_io_layout": keep_io_layout}
+    pm = PassManager(registry, disabled=tuple(disable_passes), options=options)
+    pristine = graph.copy()
+    t = time.perf_counter()
+    check_phase = None if verify == "none" else (lambda g, phase: verifier.check_graph(g, f"after phase {phase}"))
+    check_each = (lambda g, name: verifier.check_graph(g, f"after pass {name}")) if verify == "each" else None
+    try:
+        records = pm.run(graph, check_each=check_each, check_phase=check_phase)
+    except VerificationError as e:
+        if verify == "each":
+            culprit = e.stage.replace("after pass ", "")
+        else:  # bisect: replay from the source graph, checking after every pass
+            culprit = _find_culprit(pristine, registry, disable_passes, options, verifier)
+        detail = ""
+        if culprit:
+            g2 = pristine.copy()
+            try:
+                PassManager(registry, disabled=tuple(disable_passes), options=options).run(g2, check_each=_stop_after(culprit))
+            except _Stop:
+                pass
+            tensor = first_diverging_tensor(model, g2, feeds, atol)
+            detail = f"; first diverging tensor: {tensor!r}" if tensor else ""
+        raise VerificationError(f"{e} — first diverging pass: {culprit!r}{detail}", e.stage, culprit) from None
+    timings["passes"] = time.perf_counter() - t
+
+    missing = missing_emitters(graph, registry.emitters)
+    if missing:
+        raise UnsupportedOpsError(missing)
+
+    t = time.perf_counter()
+    rewritten = to_onnx(graph)
+    rewritten_path = os.path.join(tmp, "model.rewritten.onnx")
+    onnx.save(rewritten, rewritten_path)
+    try:
+        onnx.checker.check_model(rewritten_path)
+    except onnx.checker.ValidationError as e:
+        raise VerificationError(f"model.rewritten.onnx fails onnx.checker: {str(e).splitlines()[0]}", "rewritten-onnx") from None
+    rewritten_figs = verifier.check_graph(graph, "rewritten ONNX")
+    timings["verify_rewritten"] = time.perf_counter() - t
+
+    # TF
+    from graph_convert.tf.emitter import build_function
+    from graph_convert.tf.writer import convert_tflite, run_tf, run_tflite, save_saved_model, tflite_op_counts
+
+    t = time.perf_counter()
+    module, concrete, in_names, out_names = build_function(graph, registry.emitters)
+    timings["tf_trace"] = time.perf_counter() - t
+    feeds_rw = to_rewritten_layout(feeds, graph.io_perms)
+    t = time.perf_counter()
+    tf_out = run_tf(concrete, in_names, feeds_rw, graph.inputs)
+    tf_by_onnx = {y: tf_out[n] for y, n in zip(graph.outputs, out_names)}
+    from graph_convert.verify import to_source_layout
+
+    tf_figs = verifier.check_outputs(to_source_layout(tf_by_onnx, graph.io_perms), "TensorFlow")
+    timings["verify_tf"] = time.perf_counter() - t
+    sm_dir = os.path.join(tmp, "saved_model")
+    t = time.perf_counter()
+    save_saved_model(module, concrete, sm_dir)
+    timings["saved_model"] = time.perf_counter() - t
+    paths = {"saved_model": sm_dir, "rewritten_onnx": rewritten_path}
+
+    report: dict[str, Any] = {
+        "graph_convert_version": __version__,
+        "source": src_info,
+        "io": {
+            "inputs": [{"name": x, "tf_name": n, "shape": list(graph.shape(x) or []), "layout_perm": list(graph.io_perms.get(x, [])) or None} for x, n in zip(graph.inputs, in_names)],
+            "outputs": [{"name": y, "tf_name": n, "shape": list(graph.shape(y) or []), "layout_perm": list(graph.io_perms.get(y, [])) or None} for y, n in zip(graph.outputs, out_names)],
+            "keep_io_layout": keep_io_layout,
+        },
+        "plugins": registry.sources,
+        "passes": [r.as_dict() for r in records],
+        "rewritten_graph": {"nodes": len(graph), "transposes": graph.count("Transpose"), "transposes_left": _transposes_left(graph)},
+        "verification": {"atol": atol, "inputs": "user (--inputs)" if inputs is not None else f"random, seed {seed}",
+                         "rewritten_onnx": _figs(rewritten_figs), "tensorflow": _figs(tf_figs)},
+    }
+    if want_tflite:
+        tfl = os.path.join(tmp, "model_float32.tflite")
+        t = time.perf_counter()
+        convert_tflite(sm_dir, tfl)
+        timings["tflite_convert"] = time.perf_counter() - t
+        t = time.perf_counter()
+        lite_out = run_tflite(tfl, {n: feeds_rw[x] for x, n in zip(graph.inputs, in_names)})
+        lite_by_onnx = {y: lite_out[n] for y, n in zip(graph.outputs, out_names)}
+        lite_figs = verifier.check_outputs(to_source_layout(lite_by_onnx, graph.io_perms), "TFLite float32")
+        timings["verify_tflite"] = time.perf_counter() - t
+        ops = tflite_op_counts(tfl)
+        report["verification"]["tflite_float32"] = _figs(lite_figs)
+        report["tflite"] = {"path": "model_float32.tflite", "bytes": os.path.getsize(tfl), "transpose_ops": ops.get("TRANSPOSE", 0),
+                            "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
+        paths["tflite_float32"] = tfl
+    return ConvertResult(output_dir, report, paths)
+
+
+def _transposes_left(graph: Graph) -> list[dict[str, Any]]:
+    """Each Transpose still in the graph, with the node that forced it (its reader or writer)."""
+    out = []
+    for n in graph.nodes:
+        if n.op_type != "Transpose":
+            continue
+        users = [c.name + f" ({c.op_type})" for c in graph.consumers(n.outputs[0])]
+        prod = graph.producer(n.inputs[0])
+        out.append({"node": n.name, "perm": n.attr("perm"), "input_from": None if prod is None else f"{prod.name} ({prod.op_type})",
+                    "read_by": users + (["graph output"] if graph.is_graph_output(n.outputs[0]) else [])})
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(name: str):
+    def check(g, pass_name):
+        if pass_name == name:
+            raise _Stop()
+    return check
+
+
+def _find_culprit(pristine: Graph, registry, disable_passes, options, verifier: Verifier) -> str | None:
+    g = pristine.copy()
+    try:
+        PassManager(registry, disabled=tuple(disable_passes), options=options).run(
+            g, check_each=lambda gg, name: verifier.check_graph(gg, f"after pass {name}"))
+    except VerificationError as e:
+        return e.stage.replace("after pass ", "")
+    except PassError as e:
+        return e.pass_name
+    return None

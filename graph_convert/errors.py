@@ -1,0 +1,35 @@
+"""User-facing error types: every failure the CLI reports as one clear line."""
+from __future__ import annotations
+
+
+class ConvertError(Exception):
+    """A problem with the user's input or options; the CLI prints it as one line and exits 2."""
+
+
+class UnsupportedOpsError(ConvertError):
+    """The model holds ops the TF emitter cannot translate (all of them are listed)."""
+
+    def __init__(self, missing: list[tuple[str, str]]):
+        self.missing = missing
+        shown = ", ".join(f"{op} (node {name!r})" for op, name in missing[:50])
+        more = f" and {len(missing) - 50} more" if len(missing) > 50 else ""
+        super().__init__(f"unsupported ops for the TF emitter: {shown}{more}")
+
+
+class PassError(Exception):
+    """A pass failed or broke the graph; names the pass and those that ran before it."""
+
+    def __init__(self, pass_name: str, ran_before: list[str], reason: str):
+        self.pass_name = pass_name
+        self.ran_before = ran_before
+        before = ", ".join(ran_before) if ran_before else "none"
+        super().__init__(f"pass {pass_name!r} failed: {reason} (passes run before it: {before})")
+
+
+class VerificationError(Exception):
+    """Rewritten/emitted model disagrees with the original beyond tolerance."""
+
+    def __init__(self, message: str, stage: str, culprit: str | None = None):
+        self.stage = stage
+        self.culprit = culprit
+        super().__init__(message)

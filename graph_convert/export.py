@@ -1,0 +1,115 @@
+"""PyTorch -> ONNX: load a model from ``file.py:factory`` / ``package.module:attr`` and export it
+with torch.onnx's default (dynamo) exporter, falling back to the legacy TorchScript exporter."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import logging
+import os
+import sys
+import warnings
+from typing import Any, Sequence
+
+import onnx
+
+from graph_convert.errors import ConvertError
+
+
+def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int, ...]]:
+    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
+    name = None
+    spec = text.strip()
+    if "=" in spec:
+        name, spec = spec.split("=", 1)
+        name = name.strip()
+        if not name:
+            raise ConvertError(f"{option} {text!r}: empty input name before '='")
+    parts = [p.strip() for p in spec.replace("x", ",").split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ConvertError(f"{option} {text!r}: every dimension must be a positive integer")
+    return name, dims
+
+
+def is_torch_spec(source: str) -> bool:
+    """``x.py:attr`` or ``pkg.mod:attr`` (and not a Windows drive letter or an .onnx path)."""
+    if source.endswith(".onnx") or ":" not in source:
+        return False
+    mod, _, attr = source.rpartition(":")
+    return bool(mod) and attr.isidentifier()
+
+
+def load_torch_model(spec: str):
+    """Import the object named by ``spec`` and return an ``nn.Module`` in eval mode."""
+    import torch
+
+    mod_part, _, attr = spec.rpartition(":")
+    if mod_part.endswith(".py"):
+        if not os.path.isfile(mod_part):
+            raise ConvertError(f"{spec}: no such file {mod_part!r}")
+        name = f"_graph_convert_user_{abs(hash(os.path.abspath(mod_part)))}"
+        mspec = importlib.util.spec_from_file_location(name, mod_part)
+        module = importlib.util.module_from_spec(mspec)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(mod_part)))
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as e:
+            raise ConvertError(f"{spec}: importing {mod_part} failed: {type(e).__name__}: {e}") from None
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(mod_part)
+        except ImportError as e:
+            raise ConvertError(f"{spec}: cannot import module {mod_part!r} ({e})") from None
+    if not hasattr(module, attr):
+        raise ConvertError(f"{spec}: {mod_part} has no attribute {attr!r}")
+    obj = getattr(module, attr)
+    if not isinstance(obj, torch.nn.Module):
+        if not callable(obj):
+            raise ConvertError(f"{spec}: {attr!r} is neither an nn.Module nor a factory")
+        try:
+            obj = obj()
+        except Exception as e:
+            raise ConvertError(f"{spec}: calling {attr}() failed: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, torch.nn.Module):
+        raise ConvertError(f"{spec}: {attr}() returned {type(obj).__name__}, not an nn.Module")
+    return obj.eval()
+
+
+def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None) -> str:
+    """Export to ``path``; returns which exporter produced the file ("dynamo" or "legacy")."""
+    import torch
+
+    args = tuple(example_inputs)
+    errors = []
+    sink = io.StringIO()
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        for kind in ("dynamo", "legacy"):
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                    warnings.simplefilter("ignore")
+                    kw = {"dynamo": kind == "dynamo"}
+                    if opset is not None:
+                        kw["opset_version"] = opset
+                    elif kind == "legacy":
+                        kw["opset_version"] = 17
+                    with torch.no_grad():
+                        torch.onnx.export(module, args, path, **kw)
+                onnx.checker.check_model(path)
+                return kind
+            except Exception as e:  # the fallback exists exactly for exporter failures
+                errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
+    raise ConvertError("torch.onnx.export failed with both exporters (" + "; ".join(errors) + ")")

@@ -1,0 +1,478 @@
+"""The IR: an ONNX graph held in NetworkX behind a narrow, typed API that passes use.
+
+Passes never touch NetworkX or protobuf: they ask for producers/consumers, add and remove nodes,
+read and replace initializers, and mark nodes with *layout permutations* (see :class:`Node`).
+The API keeps the graph valid: one producer per tensor, edges always match node inputs.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from graph_convert import perm as P
+
+
+@dataclass
+class TensorInfo:
+    """Static facts about a tensor: element type (onnx.TensorProto enum) and shape (int, str or None per dim)."""
+
+    dtype: int = 0
+    shape: tuple | None = None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+@dataclass
+class Node:
+    """One operator.
+
+    ``in_perms``/``out_perms`` make a node *layout-marked*: ``in_perms[j] = p`` says input ``j`` is
+    stored as ``transpose(original_input_j, p)`` (``None`` = as ONNX defines it); ``out_perms``
+    likewise for outputs. Lowering to ONNX wraps such a node in Transposes, so ONNX Runtime checks
+    the claim; the TF emitter reads it and emits the channels-last kernel directly.
+    """
+
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, onnx.AttributeProto] = field(default_factory=dict)
+    domain: str = ""
+    doc_string: str = ""
+    in_perms: list[tuple | None] | None = None
+    out_perms: list[tuple | None] | None = None
+    created_by: str | None = None  # name of the pass that created the node, if any
+    # (tensor names read inside subgraph attributes that come from the outer scope)
+    implicit_inputs: list[str] = field(default_factory=list)
+
+    # -- attributes -------------------------------------------------------------------------
+    def attr(self, name: str, default: Any = None) -> Any:
+        a = self.attrs.get(name)
+        if a is None:
+            return default
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            return v.decode("utf-8")
+        if isinstance(v, list) and v and isinstance(v[0], bytes):
+            return [x.decode("utf-8") for x in v]
+        return v
+
+    def set_attr(self, name: str, value: Any) -> None:
+        self.attrs[name] = helper.make_attribute(name, value)
+
+    def del_attr(self, name: str) -> None:
+        self.attrs.pop(name, None)
+
+    @property
+    def is_layout_marked(self) -> bool:
+        return any(p is not None for p in (self.in_perms or []) + (self.out_perms or []))
+
+    def in_perm(self, j: int) -> tuple | None:
+        return self.in_perms[j] if self.in_perms and j < len(self.in_perms) else None
+
+    def out_perm(self, k: int) -> tuple | None:
+        return self.out_perms[k] if self.out_perms and k < len(self.out_perms) else None
+
+    def __repr__(self) -> str:
+        return f"<{self.op_type} {self.name!r} {self.inputs}->{self.outputs}>"
+
+
+class GraphError(Exception):
+    """The API refused an edit that would break the graph (names the node/tensor)."""
+
+
+class Graph:
+    """A mutable ONNX graph. Nodes live in an ``nx.MultiDiGraph`` keyed by node name; an edge
+    ``producer -> consumer`` carries the tensor name as its key."""
+
+    def __init__(self) -> None:
+        self._g = nx.MultiDiGraph()
+        self._producer: dict[str, str] = {}  # tensor -> node name
+        self._readers: dict[str, dict[str, int]] = {}  # tensor -> {consumer node: number of uses}
+        self.inputs: list[str] = []  # graph inputs (excluding initializers)
+        self.outputs: list[str] = []
+        self.info: dict[str, TensorInfo] = {}
+        self._init_proto: dict[str, onnx.TensorProto] = {}
+        self._init_array: dict[str, np.ndarray] = {}
+        # layout of graph inputs/outputs relative to the source model: name -> perm
+        self.io_perms: dict[str, tuple] = {}
+        # anything the loader keeps verbatim to make ONNX -> IR -> ONNX lossless
+        self.model_meta: dict[str, Any] = {}
+        self._names = itertools.count()
+
+    # -- queries ----------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        """Nodes in a topological order (stable: ties broken by insertion order)."""
+        order = {n: i for i, n in enumerate(self._g.nodes)}
+        return [self._g.nodes[n]["node"] for n in nx.lexicographical_topological_sort(self._g, key=order.__getitem__)]
+
+    def node(self, name: str) -> Node:
+        return self._g.nodes[name]["node"]
+
+    def has_node(self, name: str) -> bool:
+        return name in self._g
+
+    def producer(self, tensor: str) -> Node | None:
+        n = self._producer.get(tensor)
+        return None if n is None else self.node(n)
+
+    def consumers(self, tensor: str) -> list[Node]:
+        """All nodes reading ``tensor`` (explicitly or inside a subgraph). Complete by construction."""
+        seen, out = set(), []
+        for n in self._consumer_names(tensor):
+            if n not in seen:
+                seen.add(n)
+                out.append(self.node(n))
+        return out
+
+    def _consumer_names(self, tensor: str) -> list[str]:
+        return list(self._readers.get(tensor, {}))
+
+    def is_graph_output(self, tensor: str) -> bool:
+        return tensor in self.outputs
+
+    def num_uses(self, tensor: str) -> int:
+        return len(self.consumers(tensor)) + self.outputs.count(tensor)
+
+    def count(self, op_type: str) -> int:
+        return sum(1 for _, d in self._g.nodes(data=True) if d["node"].op_type == op_type)
+
+    def __len__(self) -> int:
+        return self._g.number_of_nodes()
+
+    # -- tensors ----------------------------------------------------------------------------
+    def shape(self, tensor: str) -> tuple | None:
+        ti = self.info.get(tensor)
+        if ti is None or ti.shape is None:
+            arr = self.constant_value(tensor)
+            return None if arr is None else tuple(arr.shape)
+        return ti.shape
+
+    def dtype(self, tensor: str) -> int:
+        ti = self.info.get(tensor)
+        if ti is not None and ti.dtype:
+            return ti.dtype
+        if tensor in self._init_proto or tensor in self._init_array:
+            return self._init_dtype(tensor)
+        return 0
+
+    def rank(self, tensor: str) -> int | None:
+        s = self.shape(tensor)
+        return None if s is None else len(s)
+
+    def set_info(self, tensor: str, dtype: int | None = None, shape: Sequence | None = None) -> None:
+        ti = self.info.setdefault(tensor, TensorInfo())
+        if dtype:
+            ti.dtype = dtype
+        if shape is not None:
+            ti.shape = tuple(shape)
+
+    def fresh_name(self, base: str) -> str:
+        """A tensor/node name not used anywhere in the graph."""
+        while True:
+            name = f"{base}__{next(self._names)}"
+            if name not in self._producer and name not in self._g and name not in self.info and not self.is_initializer(name):
+                return name
+
+    # -- initializers -----------------------------------------------------------------------
+    def is_initializer(self, tensor: str) -> bool:
+        return tensor in self._init_proto or tensor in self._init_array
+
+    @property
+    def initializer_names(self) -> list[str]:
+        names = list(self._init_proto)
+        names += [n for n in self._init_array if n not in self._init_proto]
+        return names
+
+    def initializer(self, name: str) -> np.ndarray:
+        if name not in self._init_array:
+            if name not in self._init_proto:
+                raise GraphError(f"{name!r} is not an initializer")
+            self._init_array[name] = numpy_helper.to_array(self._init_proto[name])
+        return self._init_array[name]
+
+    def initializer_proto(self, name: str) -> onnx.TensorProto:
+        if name in self._init_proto:
+            return self._init_proto[name]
+        return numpy_helper.from_array(self._init_array[name], name)
+
+    def _init_dtype(self, name: str) -> int:
+        if name in self._init_proto:
+            return self._init_proto[name].data_type
+        return helper.np_dtype_to_tensor_dtype(self._init_array[name].dtype)
+
+    def set_initializer(self, name: str, value: np.ndarray) -> None:
+        """Create or overwrite an initializer (overwriting also rewrites its recorded shape)."""
+        if name in self._producer:
+            raise GraphError(f"cannot make {name!r} an initializer: node {self._producer[name]!r} produces it")
+        value = np.asarray(value)
+        self._init_proto.pop(name, None)
+        self._init_array[name] = value
+        self.info[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(value.dtype), tuple(value.shape))
+
+    def add_initializer(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh_name(base)
+        self.set_initializer(name, value)
+        return name
+
+    def remove_initializer(self, name: str) -> None:
+        self._init_proto.pop(name, None)
+        self._init_array.pop(name, None)
+        self.info.pop(name, None)
+
+    def constant_value(self, tensor: str) -> np.ndarray | None:
+        """The value of a tensor known at conversion time (initializer not overridable as a graph
+        input, or output of a Constant node), else None."""
+        if self.is_initializer(tensor) and tensor not in self.inputs:
+            return self.initializer(tensor)
+        prod = self.producer(tensor)
+        if prod is not None and prod.op_type == "Constant" and prod.domain in ("", "ai.onnx"):
+            from graph_convert.ir.onnx_io import constant_node_value
+
+            return constant_node_value(prod)
+        return None
+
+    # -- edits ------------------------------------------------------------------------------
+    def add_node(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str] | int = 1,
+        *,
+        name: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        domain: str = "",
+        created_by: str | None = None,
+    ) -> Node:
+        """Add a node; ``outputs`` may be a count, then fresh output names are made."""
+        if name is None or name in self._g:
+            name = self.fresh_name(name or op_type)
+        if isinstance(outputs, int):
+            outputs = [self.fresh_name(f"{name}_out") for _ in range(outputs)]
+        node = Node(name, op_type, list(inputs), list(outputs), domain=domain, created_by=created_by)
+        for k, v in (attrs or {}).items():
+            if isinstance(v, onnx.AttributeProto):
+                node.attrs[k] = v
+            else:
+                node.set_attr(k, v)
+        self._insert(node)
+        return node
+
+    def _insert(self, node: Node) -> None:
+        if node.name in self._g:
+            raise GraphError(f"node name {node.name!r} already used")
+        for t in node.outputs:
+            if t and (t in self._producer or self.is_initializer(t) or t in self.inputs):
+                other = self._producer.get(t, "graph input/initializer")
+                raise GraphError(f"tensor {t!r} of node {node.name!r} already produced by {other!r}")
+        self._g.add_node(node.name, node=node)
+        for t in node.outputs:
+            if t:
+                self._producer[t] = node.name
+        for t in [*node.inputs, *node.implicit_inputs]:
+            self._link(t, node.name)
+        # consumers added earlier than their producer (possible while loading)
+        for t in node.outputs:
+            for other in self._readers.get(t, {}):
+                if not self._g.has_edge(node.name, other, key=t):
+                    self._g.add_edge(node.name, other, key=t)
+
+    def _link(self, tensor: str, consumer: str) -> None:
+        if not tensor:
+            return
+        r = self._readers.setdefault(tensor, {})
+        r[consumer] = r.get(consumer, 0) + 1
+        prod = self._producer.get(tensor)
+        if prod is not None and not self._g.has_edge(prod, consumer, key=tensor):
+            self._g.add_edge(prod, consumer, key=tensor)
+
+    def _unlink(self, tensor: str, consumer: str) -> None:
+        if not tensor:
+            return
+        r = self._readers.get(tensor, {})
+        r[consumer] = r.get(consumer, 1) - 1
+        if r[consumer] > 0:
+            return  # still used through another input slot
+        del r[consumer]
+        if not r:
+            self._readers.pop(tensor, None)
+        prod = self._producer.get(tensor)
+        if prod is not None and self._g.has_edge(prod, consumer, key=tensor):
+            self._g.remove_edge(prod, consumer, key=tensor)
+
+    def remove_node(self, node: Node | str, *, force: bool = False) -> None:
+        """Remove a node. Refused while one of its outputs is still used (unless ``force``)."""
+        node = self.node(node) if isinstance(node, str) else node
+        if not force:
+            for t in node.outputs:
+                if t and (self.is_graph_output(t) or any(c.name != node.name for c in self.consumers(t))):
+                    raise GraphError(f"cannot remove node {node.name!r}: its output {t!r} is still used")
+        self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        for t in node.outputs:
+            if self._producer.get(t) == node.name:
+                del self._producer[t]
+        for t in [*node.inputs, *node.implicit_inputs]:
+            if t and t in self._readers:
+                self._readers[t].pop(node.name, None)
+                if not self._readers[t]:
+                    del self._readers[t]
+        self._g.remove_node(node.name)
+
+    def set_input(self, node: Node, index: int, tensor: str) -> None:
+        old = node.inputs[index]
+        node.inputs[index] = tensor
+        self._unlink(old, node.name)
+        self._link(tensor, node.name)
+
+    def add_input(self, node: Node, tensor: str) -> None:
+        node.inputs.append(tensor)
+        self._link(tensor, node.name)
+
+    def set_output(self, node: Node, index: int, tensor: str) -> None:
+        """Rename output ``index`` of ``node``; consumers of the old name are *not* redirected."""
+        old = node.outputs[index]
+        if tensor in self._producer or self.is_initializer(tensor):
+            raise GraphError(f"tensor {tensor!r} already has a producer")
+        old_consumers = self._consumer_names(old) if old else []
+        for c in set(old_consumers):
+            while self._g.has_edge(node.name, c, key=old):
+                self._g.remove_edge(node.name, c, key=old)
+        if old:
+            self._producer.pop(old, None)
+        node.outputs[index] = tensor
+        self._producer[tensor] = node.name
+        for c in self._readers.get(tensor, {}):
+            self._g.add_edge(node.name, c, key=tensor)
+
+    def replace_all_uses(self, old: str, new: str, *, include_graph_outputs: bool = True) -> None:
+        """Make every reader of ``old`` read ``new`` instead (subgraph references too)."""
+        if old == new:
+            return
+        for c in self.consumers(old):
+            for j, t in enumerate(c.inputs):
+                if t == old:
+                    self.set_input(c, j, new)
+            if old in c.implicit_inputs:
+                from graph_convert.ir.onnx_io import rename_in_subgraphs
+
+                rename_in_subgraphs(c, old, new)
+                c.implicit_inputs = [new if t == old else t for t in c.implicit_inputs]
+                self._unlink(old, c.name)
+                self._link(new, c.name)
+        if include_graph_outputs and old in self.outputs:
+            raise GraphError(
+                f"cannot redirect graph output {old!r}; rename the producer's output with set_output instead"
+            )
+
+    def rename_graph_output(self, old: str, new: str) -> None:
+        self.outputs = [new if t == old else t for t in self.outputs]
+        if old in self.io_perms:
+            self.io_perms[new] = self.io_perms.pop(old)
+
+    # -- layout helpers used by passes ---------------------------------------------------
+    def add_transpose(self, tensor: str, perm: Sequence[int], *, created_by: str | None = None, output: str | None = None) -> str:
+        """Insert ``Transpose(tensor, perm)`` and return its output name (shape/dtype recorded)."""
+        perm = tuple(int(a) for a in perm)
+        out = output or self.fresh_name(f"{tensor}_T")
+        self.add_node("Transpose", [tensor], [out], attrs={"perm": list(perm)}, created_by=created_by)
+        shape = self.shape(tensor)
+        self.set_info(out, self.dtype(tensor), None if shape is None else P.apply_to_shape(shape, perm))
+        return out
+
+    def transposed_constant(self, tensor: str, perm: Sequence[int]) -> str:
+        """A new initializer holding ``transpose(value(tensor), perm)``."""
+        value = self.constant_value(tensor)
+        if value is None:
+            raise GraphError(f"{tensor!r} is not a constant")
+        return self.add_initializer(f"{tensor}_T", np.ascontiguousarray(np.transpose(value, perm)))
+
+    def prune(self) -> int:
+        """Remove nodes whose outputs reach no graph output, and unused initializers. Returns count."""
+        live = set()
+        stack = [self._producer[t] for t in self.outputs if t in self._producer]
+        while stack:
+            n = stack.pop()
+            if n in live:
+                continue
+            live.add(n)
+            stack.extend(self._g.predecessors(n))
+        dead = [n for n in self._g.nodes if n not in live]
+        for n in dead:
+            self._drop(self.node(n))
+        used = set(self.outputs) | set(self.inputs)
+        for _, d in self._g.nodes(data=True):
+            used.update(d["node"].inputs)
+            used.update(d["node"].implicit_inputs)
+        for name in self.initializer_names:
+            if name not in used:
+                self.remove_initializer(name)
+        return len(dead)
+
+    # -- checks -----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Cheap structural check: raises GraphError naming the first broken node/tensor."""
+        if not nx.is_directed_acyclic_graph(self._g):
+            cycle = nx.find_cycle(self._g)
+            raise GraphError(f"graph has a cycle through nodes {[e[0] for e in cycle]}")
+        known = set(self.inputs) | set(self.initializer_names)
+        for n, d in self._g.nodes(data=True):
+            node = d["node"]
+            for t in node.outputs:
+                if t and self._producer.get(t) != n:
+                    raise GraphError(f"node {n!r}: output {t!r} not registered as produced by it")
+            for t in node.inputs:
+                if not t:
+                    continue
+                prod = self._producer.get(t)
+                if prod is None and t not in known and not self.model_meta.get("outer_scope_ok"):
+                    raise GraphError(f"node {n!r} ({node.op_type}): input {t!r} has no producer")
+                if prod is not None and not self._g.has_edge(prod, n, key=t):
+                    raise GraphError(f"node {n!r}: missing edge for input {t!r}")
+        for t in self.outputs:
+            if t not in self._producer and t not in known:
+                raise GraphError(f"graph output {t!r} has no producer")
+
+    def copy(self) -> "Graph":
+        import copy as _copy
+
+        g = Graph.__new__(Graph)
+        g._g = self._g.copy()
+        for n in g._g.nodes:
+            g._g.nodes[n]["node"] = _copy.deepcopy(self._g.nodes[n]["node"])
+        g._producer = dict(self._producer)
+        g._readers = {k: dict(v) for k, v in self._readers.items()}
+        g.inputs = list(self.inputs)
+        g.outputs = list(self.outputs)
+        g.info = {k: TensorInfo(v.dtype, v.shape) for k, v in self.info.items()}
+        g._init_proto = dict(self._init_proto)
+        g._init_array = dict(self._init_array)
+        g.io_perms = dict(self.io_perms)
+        g.model_meta = dict(self.model_meta)
+        g._names = itertools.count(next(self._names))
+        return g
+
+
+def node_summary(graph: Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in graph.nodes:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def iter_constant_inputs(graph: Graph, node: Node) -> Iterable[tuple[int, np.ndarray]]:
+    for j, t in enumerate(node.inputs):
+        if t:
+            v = graph.constant_value(t)
+            if v is not None:
+                yield j, v

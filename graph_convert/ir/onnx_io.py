@@ -1,0 +1,334 @@
+"""ONNX <-> IR: lossless loading, and lowering of the (possibly layout-marked) IR to standard ONNX."""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from graph_convert import perm as P
+from graph_convert.errors import ConvertError
+from graph_convert.ir.graph import Graph, Node, TensorInfo
+
+LOWERED_SUFFIX = "__onnx_layout"
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an .onnx file with a clear error for a missing, empty, truncated or corrupt file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConvertError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ConvertError(f"{path}: is a directory, expected an .onnx file")
+    if os.path.getsize(path) == 0:
+        raise ConvertError(f"{path}: file is empty, not an ONNX model")
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {type(e).__name__}: {e})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ConvertError(f"{path}: not a valid ONNX model (no graph found)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise ConvertError(f"{path}: ONNX checker rejected the model: {first}") from None
+    return model
+
+
+def info_from_value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    t = vi.type
+    if not t.HasField("tensor_type"):
+        return TensorInfo()
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return TensorInfo(tt.elem_type, None)
+    dims = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return TensorInfo(tt.elem_type, tuple(dims))
+
+
+def constant_node_value(node: Node) -> np.ndarray | None:
+    """Value of a ``Constant`` node from whichever attribute holds it."""
+    if "value" in node.attrs:
+        return numpy_helper.to_array(node.attrs["value"].t)
+    if "sparse_value" in node.attrs:
+        sp = node.attrs["sparse_value"].sparse_tensor
+        dense = np.zeros(tuple(sp.dims), dtype=helper.tensor_dtype_to_np_dtype(sp.values.data_type))
+        vals = numpy_helper.to_array(sp.values)
+        idx = numpy_helper.to_array(sp.indices)
+        if idx.ndim == 1:
+            dense.reshape(-1)[idx] = vals
+        else:
+            dense[tuple(idx.T)] = vals
+        return dense
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in node.attrs:
+            return np.array(node.attr(key), dtype=dtype)
+    for key in ("value_string", "value_strings"):
+        if key in node.attrs:
+            return np.array(node.attr(key), dtype=object)
+    return None
+
+
+def _subgraphs(attrs: Iterable[onnx.AttributeProto]) -> list[onnx.GraphProto]:
+    out = []
+    for a in attrs:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def _outer_references(g: onnx.GraphProto, defined: set[str]) -> list[str]:
+    """Names a subgraph reads from enclosing scopes."""
+    local = set(defined) | {i.name for i in g.input} | {i.name for i in g.initializer}
+    refs: list[str] = []
+    for n in g.node:
+        for t in n.input:
+            if t and t not in local and t not in refs:
+                refs.append(t)
+        for sg in _subgraphs(n.attribute):
+            for t in _outer_references(sg, local):
+                if t not in refs:
+                    refs.append(t)
+        local.update(n.output)
+    for o in g.output:
+        if o.name not in local and o.name not in refs:
+            refs.append(o.name)
+    return refs
+
+
+def rename_in_subgraphs(node: Node, old: str, new: str) -> None:
+    def fix(g: onnx.GraphProto) -> None:
+        if old in {i.name for i in g.input} | {i.name for i in g.initializer}:
+            return  # shadowed
+        for n in g.node:
+            for j, t in enumerate(n.input):
+                if t == old:
+                    n.input[j] = new
+            for sg in _subgraphs(n.attribute):
+                fix(sg)
+            if old in n.output:
+                return
+        for o in g.output:
+            if o.name == old:
+                o.name = new
+
+    for a in node.attrs.values():
+        for sg in _subgraphs([a]):
+            fix(sg)
+
+
+def from_onnx(model: onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:
+    """Build the IR from a ModelProto. Everything not represented in the IR is kept verbatim."""
+    g = Graph()
+    gp = model.graph
+    meta = g.model_meta
+    meta["ir_version"] = model.ir_version
+    meta["opset_import"] = [(o.domain, o.version) for o in model.opset_import]
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        meta[key] = getattr(model, key)
+    meta["metadata_props"] = [(p.key, p.value) for p in model.metadata_props]
+    meta["functions"] = [f for f in model.functions]
+    meta["training_info"] = [t for t in model.training_info]
+    meta["graph_name"] = gp.name
+    meta["graph_doc_string"] = gp.doc_string
+    meta["sparse_initializer"] = list(gp.sparse_initializer)
+    meta["input_protos"] = {vi.name: vi for vi in gp.input}
+    meta["input_order"] = [vi.name for vi in gp.input]
+    meta["output_protos"] = {vi.name: vi for vi in gp.output}
+    meta["value_info_protos"] = {vi.name: vi for vi in gp.value_info}
+    meta["original_infos"] = {}
+
+    for init in gp.initializer:
+        g._init_proto[init.name] = init
+        g.info[init.name] = TensorInfo(init.data_type, tuple(init.dims))
+    init_names = set(g._init_proto)
+    g.inputs = [vi.name for vi in gp.input if vi.name not in init_names]
+    g.outputs = [vi.name for vi in gp.output]
+    for vi in [*gp.input, *gp.output, *gp.value_info]:
+        ti = info_from_value_info(vi)
+        meta["original_infos"][vi.name] = ti
+        if vi.name not in init_names:
+            g.info[vi.name] = TensorInfo(ti.dtype, ti.shape)
+
+    if infer_shapes:
+        _add_inferred_info(g, model)
+
+    defined = set(init_names) | {vi.name for vi in gp.input}
+    for i, n in enumerate(gp.node):
+        name = n.name or f"{n.op_type}_{i}"
+        if g.has_node(name):
+            name = g.fresh_name(name)
+        node = Node(name, n.op_type, list(n.input), list(n.output), domain=n.domain, doc_string=n.doc_string)
+        node.attrs = {a.name: a for a in n.attribute}
+        node.onnx_name = n.name  # type: ignore[attr-defined]  # "" stays "" on the way out
+        # proto2 field presence (an explicit domain "" differs byte-wise from an absent one)
+        node.onnx_present = {f for f in ("name", "domain", "doc_string", "overload") if n.HasField(f)}  # type: ignore[attr-defined]
+        node.onnx_extra = [(f, getattr(n, f)) for f in ("overload",) if n.HasField(f)]  # type: ignore[attr-defined]
+        node.onnx_metadata = list(n.metadata_props)  # type: ignore[attr-defined]
+        subs = _subgraphs(n.attribute)
+        if subs:
+            refs: list[str] = []
+            for sg in subs:
+                for t in _outer_references(sg, set()):
+                    if t not in refs:
+                        refs.append(t)
+            node.implicit_inputs = [t for t in refs if t in defined or any(t in m.output for m in gp.node)]
+        g._insert(node)
+        defined.update(n.output)
+    return g
+
+
+def _add_inferred_info(g: Graph, model: onnx.ModelProto) -> None:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:
+        return  # shapes are a help, not a requirement
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        ti = info_from_value_info(vi)
+        cur = g.info.get(vi.name)
+        if cur is None or cur.shape is None or (ti.shape is not None and _more_known(ti.shape, cur.shape)):
+            g.info[vi.name] = ti
+
+
+def _more_known(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and sum(isinstance(d, int) for d in a) > sum(isinstance(d, int) for d in b)
+
+
+def load_graph(path: str | os.PathLike) -> tuple[onnx.ModelProto, Graph]:
+    model = load_model(path)
+    return model, from_onnx(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+def _value_info(name: str, ti: TensorInfo | None) -> onnx.ValueInfoProto:
+    if ti is None or not ti.dtype:
+        return helper.make_empty_tensor_value_info(name) if ti is None else helper.make_tensor_value_info(name, 0, None)
+    return helper.make_tensor_value_info(name, ti.dtype, None if ti.shape is None else list(ti.shape))
+
+
+def _io_proto(g: Graph, name: str, protos: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+    orig = protos.get(name)
+    ti = g.info.get(name)
+    if orig is not None:
+        o = g.model_meta["original_infos"].get(name)
+        if ti is None or o is None or (o.dtype == ti.dtype and o.shape == ti.shape) or not orig.type.HasField("tensor_type"):
+            return orig
+        if o.dtype == ti.dtype and o.shape is not None and ti.shape is not None and len(o.shape) == len(ti.shape):
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(orig)
+            vi.type.tensor_type.shape.Clear()
+            for d in ti.shape:
+                dim = vi.type.tensor_type.shape.dim.add()
+                if isinstance(d, int):
+                    dim.dim_value = d
+                elif isinstance(d, str):
+                    dim.dim_param = d
+            return vi
+    return _value_info(name, ti)
+
+
+def _node_proto(node: Node, inputs=None, outputs=None) -> onnx.NodeProto:
+    n = onnx.NodeProto()
+    n.op_type = node.op_type
+    name = getattr(node, "onnx_name", node.name) if node.created_by is None else node.name
+    present = getattr(node, "onnx_present", set())
+    if name or "name" in present:  # proto2: keep an explicit "" only where the source had one
+        n.name = name
+    n.input.extend(node.inputs if inputs is None else inputs)
+    n.output.extend(node.outputs if outputs is None else outputs)
+    if node.domain or "domain" in present:
+        n.domain = node.domain
+    if node.doc_string or "doc_string" in present:
+        n.doc_string = node.doc_string
+    for f, v in getattr(node, "onnx_extra", []):
+        setattr(n, f, v)
+    n.metadata_props.extend(getattr(node, "onnx_metadata", []))
+    n.attribute.extend(node.attrs.values())
+    return n
+
+
+def lower_node(node: Node) -> list[onnx.NodeProto]:
+    """Standard-ONNX nodes computing exactly what ``node`` computes in its recorded layout:
+    Transposes back to the ONNX layout around the original op (identity for unmarked nodes)."""
+    if not node.is_layout_marked:
+        return [_node_proto(node)]
+    out: list[onnx.NodeProto] = []
+    ins = list(node.inputs)
+    for j, t in enumerate(node.inputs):
+        p = node.in_perm(j)
+        if t and p is not None and not P.is_identity(p):
+            ins[j] = f"{node.name}__in{j}{LOWERED_SUFFIX}"
+            out.append(helper.make_node("Transpose", [t], [ins[j]], name=f"{node.name}__in{j}_to_onnx", perm=list(P.invert(p))))
+    outs = list(node.outputs)
+    post = []
+    for k, t in enumerate(node.outputs):
+        p = node.out_perm(k)
+        if t and p is not None and not P.is_identity(p):
+            outs[k] = f"{t}{LOWERED_SUFFIX}"
+            post.append(helper.make_node("Transpose", [outs[k]], [t], name=f"{node.name}__out{k}_from_onnx", perm=list(p)))
+    out.append(_node_proto(node, ins, outs))
+    return out + post
+
+
+def to_onnx(g: Graph, *, with_value_info: bool = True) -> onnx.ModelProto:
+    """Lower the IR to a standard ONNX ModelProto (lossless for an untouched graph)."""
+    meta = g.model_meta
+    nodes: list[onnx.NodeProto] = []
+    for node in g.nodes:
+        nodes.extend(lower_node(node))
+    inits = [g.initializer_proto(n) for n in g.initializer_names]
+    init_names = set(g.initializer_names)
+    input_order = list(meta.get("input_order", []))
+    inputs = []
+    for name in input_order:
+        if name in g.inputs:
+            inputs.append(_io_proto(g, name, meta.get("input_protos", {})))
+        elif name in init_names and name in meta.get("input_protos", {}) and g._init_proto.get(name) is not None:
+            inputs.append(meta["input_protos"][name])
+    for name in g.inputs:
+        if name not in input_order:
+            inputs.append(_io_proto(g, name, meta.get("input_protos", {})))
+    outputs = [_io_proto(g, name, meta.get("output_protos", {})) for name in g.outputs]
+    value_info = []
+    if with_value_info:
+        produced = {t for n in g.nodes for t in n.outputs}
+        io = set(g.inputs) | set(g.outputs) | init_names
+        orig_vi = meta.get("value_info_protos", {})
+        for name, vi in orig_vi.items():
+            if name in produced and name not in io:
+                value_info.append(_io_proto(g, name, orig_vi))
+        original_names = set(meta.get("original_infos", {}))
+        created = {t for n in g.nodes if n.created_by for t in n.outputs}
+        for name in sorted(created - original_names - io):
+            ti = g.info.get(name)
+            if ti is not None and ti.dtype and ti.shape is not None:
+                value_info.append(_value_info(name, ti))
+    graph = helper.make_graph(nodes, meta.get("graph_name", "graph"), inputs, outputs, inits, doc_string=meta.get("graph_doc_string") or None, value_info=value_info)
+    graph.sparse_initializer.extend(meta.get("sparse_initializer", []))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in meta.get("opset_import", [("", 17)])])
+    model.ir_version = meta.get("ir_version", model.ir_version)
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        if meta.get(key):
+            setattr(model, key, meta[key])
+    for k, v in meta.get("metadata_props", []):
+        model.metadata_props.add(key=k, value=v)
+    model.functions.extend(meta.get("functions", []))
+    model.training_info.extend(meta.get("training_info", []))
+    return model

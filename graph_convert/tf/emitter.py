@@ -1,0 +1,139 @@
+"""The TF emitter: walks the rewritten IR and builds a ``tf.function`` inside a ``tf.Module``.
+
+Per-op knowledge lives in the handler table ``registry.emitters`` (built-ins in
+:mod:`graph_convert.tf.ops`): ``emit(node, inputs, ctx) -> tensor | list[tensor]``. A layout-
+marked node whose emitter does not read the marks gets its inputs transposed back and its outputs
+transposed forward here, so an emitter never sees a layout it did not ask for.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from graph_convert import perm as P
+from graph_convert.errors import ConvertError, UnsupportedOpsError
+from graph_convert.ir import Graph, Node
+
+
+def tf_dtype(onnx_type: int):
+    import tensorflow as tf
+
+    if onnx_type == onnx.TensorProto.BFLOAT16:
+        return tf.bfloat16
+    return tf.as_dtype(helper.tensor_dtype_to_np_dtype(onnx_type))
+
+
+def tf_name(name: str) -> str:
+    """A valid TF op / signature name for an ONNX tensor name (input.1 -> input_1)."""
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if not s or not (s[0].isalpha()):
+        s = "t_" + s
+    return s
+
+
+def missing_emitters(graph: Graph, emitters: dict[str, Any]) -> list[tuple[str, str]]:
+    """(op_type, node name) of every node the emitter table cannot translate."""
+    out = []
+    for n in graph.nodes:
+        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        if key not in emitters:
+            out.append((key, n.name))
+    return out
+
+
+@dataclass
+class EmitContext:
+    """What an emitter may look at besides its input tensors."""
+
+    graph: Graph
+    opset: int
+    env: dict[str, Any] = field(default_factory=dict)
+
+    def const(self, tensor: str) -> np.ndarray | None:
+        return self.graph.constant_value(tensor) if tensor else None
+
+    def shape(self, tensor: str) -> tuple | None:
+        return self.graph.shape(tensor)
+
+    def static_shape(self, tensor: str) -> tuple[int, ...] | None:
+        s = self.graph.shape(tensor)
+        if s is None or any(not isinstance(d, int) for d in s):
+            return None
+        return tuple(s)
+
+
+# ops whose emitters read ``in_perms``/``out_perms`` themselves
+LAYOUT_AWARE: set[str] = set()
+
+
+def _emit_node(node: Node, inputs: list, ctx: EmitContext, emitters: dict[str, Any]) -> list:
+    import tensorflow as tf
+
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    fn = emitters[key]
+    if node.is_layout_marked and key not in LAYOUT_AWARE:
+        inputs = [x if x is None or node.in_perm(j) is None else tf.transpose(x, P.invert(node.in_perm(j))) for j, x in enumerate(inputs)]
+        outs = fn(node, inputs, ctx)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        return [y if node.out_perm(k) is None else tf.transpose(y, node.out_perm(k)) for k, y in enumerate(outs)]
+    outs = fn(node, inputs, ctx)
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+def build_function(graph: Graph, emitters: dict[str, Any]):
+    """Return ``(tf.Module, concrete function, input names, output names)`` for the graph."""
+    import tensorflow as tf
+
+    missing = missing_emitters(graph, emitters)
+    if missing:
+        raise UnsupportedOpsError(missing)
+    opset = dict(graph.model_meta.get("opset_import", [("", 17)])).get("", 17)
+    specs = []
+    in_names = [tf_name(x) for x in graph.inputs]
+    out_names = [tf_name(y) for y in graph.outputs]
+    for names, what in ((in_names, "input"), (out_names, "output")):
+        if len(set(names)) != len(names):
+            raise ConvertError(f"two graph {what}s map to the same TF name: {names}")
+    for x, nm in zip(graph.inputs, in_names):
+        shape = graph.shape(x)
+        dims = None if shape is None else [d if isinstance(d, int) else None for d in shape]
+        specs.append(tf.TensorSpec(dims, tf_dtype(graph.dtype(x)), name=nm))
+    nodes = graph.nodes
+
+    def fn(*args):
+        ctx = EmitContext(graph, opset)
+        env = ctx.env
+        for x, a in zip(graph.inputs, args):
+            env[x] = a
+
+        def get(t: str):
+            if not t:
+                return None
+            if t not in env:
+                v = graph.constant_value(t)
+                if v is None:
+                    raise ConvertError(f"tensor {t!r} has no producer")
+                env[t] = tf.constant(v)
+            return env[t]
+
+        for node in nodes:
+            try:
+                outs = _emit_node(node, [get(t) for t in node.inputs], ctx, emitters)
+            except ConvertError:
+                raise
+            except Exception as e:
+                raise ConvertError(f"TF emitter failed on node {node.name!r} ({node.op_type}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            for t, y in zip(node.outputs, outs):
+                if t:
+                    env[t] = y
+        return {nm: tf.identity(get(y), name=nm) for y, nm in zip(graph.outputs, out_names)}
+
+    module = tf.Module()
+    module.serve = tf.function(fn, input_signature=specs, autograph=False)
+    concrete = module.serve.get_concrete_function()
+    return module, concrete, in_names, out_names

@@ -1,0 +1,74 @@
+"""SavedModel and TFLite: write, convert, run (real TensorFlow and the real LiteRT interpreter)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from typing import Mapping
+
+import numpy as np
+
+from graph_convert.errors import ConvertError
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence C++ logging (TFLite converter, MLIR) written straight to fd 1/2."""
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def run_tf(concrete, in_names: list[str], feeds: Mapping[str, np.ndarray], graph_inputs: list[str]) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    args = [tf.constant(feeds[x]) for x in graph_inputs]
+    out = concrete(*args)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def save_saved_model(module, concrete, path: str) -> None:
+    import tensorflow as tf
+
+    with _quiet_fds():
+        tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+
+
+def convert_tflite(saved_model_dir: str, path: str) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        with _quiet_fds():
+            data = converter.convert()
+    except Exception as e:
+        msg = " ".join(str(e).split())
+        raise ConvertError(f"TFLite conversion failed: {msg[:600]}") from None
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _interpreter(path: str):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=path, num_threads=1)
+
+
+def run_tflite(path: str, feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    interp = _interpreter(path)
+    runner = interp.get_signature_runner("serving_default")
+    return {k: np.array(v) for k, v in runner(**feeds_by_tf_name).items()}
+
+
+def tflite_op_counts(path: str) -> Counter:
+    interp = _interpreter(path)
+    return Counter(d["op_name"] for d in interp._get_ops_details())

@@ -1,0 +1,26 @@
+"""Built-in passes, registered through the same plugin API a third party uses."""
+from __future__ import annotations
+
+
+def register(registry) -> None:
+    """Entry point ``graph_convert.plugins: builtin``."""
+    from passes import (
+        batchnorm_to_affine,
+        constants_to_initializers,
+        eliminate_identity,
+        fold_batchnorm,
+        io_channels_last,
+        prune,
+        push_transposes,
+        to_channels_last,
+        transpose_handlers,
+    )
+    from graph_convert.tf import ops as tf_ops
+
+    for mod in (constants_to_initializers, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
+                to_channels_last, io_channels_last, push_transposes, prune):
+        registry.add_pass(mod.PASS)
+    for op_type, handler in transpose_handlers.HANDLERS.items():
+        registry.add_transpose_handler(op_type, handler)
+    for op_type, fn in tf_ops.EMITTERS.items():
+        registry.add_emitter(op_type, fn)
