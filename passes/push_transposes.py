@@ -39,9 +39,10 @@ class PushTransposes(Pass):
                     graph.remove_node(node)
                     removed += 1
                     continue
-            if node.is_layout_marked or node.domain not in ("", "ai.onnx"):
+            if node.is_layout_marked:
                 continue
-            handler = handlers.get(node.op_type)
+            # custom-domain ops are keyed "domain::op_type", like the emitter table
+            handler = handlers.get(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}")
             if handler is None:
                 continue
             perms = []
