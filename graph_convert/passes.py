@@ -227,7 +227,7 @@ class PassManager:
                 if self.specs[step[0]].group is None or not any_changed:
                     break
                 if rounds >= MAX_FIXED_POINT_ROUNDS:
-                    raise PassError(step[0], ran, f"group {self.specs[step[0]].group!r} did not reach a fixed point in {rounds} rounds")
+                    raise PassError(step[0], list(dict.fromkeys(ran)), f"group {self.specs[step[0]].group!r} did not reach a fixed point in {rounds} rounds")
             phase = self.specs[step[0]].phase
             next_phase = self.specs[steps[i + 1][0]].phase if i + 1 < len(steps) else None
             if phase != next_phase:

@@ -11,7 +11,8 @@ import numpy as np
 
 from graph_convert.ir import Graph
 from graph_convert.passes import Pass, PassContext, PassResult
-from passes.transpose_handlers import transpose_perm
+from graph_convert import perm as P
+from passes.transpose_handlers import pull_through_reshape, transpose_perm
 
 
 class PushTransposes(Pass):
@@ -27,6 +28,15 @@ class PushTransposes(Pass):
             if not graph.has_node(node.name):
                 continue
             if node.op_type == "Transpose" and not node.is_layout_marked:
+                perm = transpose_perm(graph, node.outputs[0])
+                if perm is not None and P.is_identity(perm) and not graph.is_graph_output(node.outputs[0]):
+                    graph.replace_all_uses(node.outputs[0], node.inputs[0])
+                    graph.remove_node(node, force=True)
+                    removed += 1
+                    continue
+                if pull_through_reshape(graph, node, self.name):
+                    pushed["Reshape (pulled up)"] = pushed.get("Reshape (pulled up)", 0) + 1
+                    continue
                 value = graph.constant_value(node.inputs[0])
                 if value is not None and not graph.is_graph_output(node.outputs[0]):
                     perm = transpose_perm(graph, node.outputs[0])
@@ -48,7 +58,7 @@ class PushTransposes(Pass):
             perms = []
             for t in node.inputs:
                 p = transpose_perm(graph, t) if t else None
-                if p is not None and p not in perms:
+                if p is not None and p not in perms and not P.is_identity(p):
                     perms.append(p)
             for p in perms:
                 if handler(graph, node, p, self.name):

@@ -34,7 +34,8 @@ def transpose_perm(graph: Graph, tensor: str) -> tuple | None:
 
 def input_cost(graph: Graph, tensor: str, perm: tuple) -> int | None:
     """Cost of making ``tensor`` available transposed by ``invert(perm)``: -1 when an existing
-    Transpose cancels, 0 for a constant (folded), +1 for a new Transpose, None if impossible."""
+    Transpose cancels, 0 for a constant (folded) or when the transposition only moves size-1
+    axes (a Reshape does it), +1 for a new Transpose, None if impossible."""
     if not tensor:
         return 0
     if transpose_perm(graph, tensor) == perm:
@@ -42,13 +43,35 @@ def input_cost(graph: Graph, tensor: str, perm: tuple) -> int | None:
     if graph.constant_value(tensor) is not None:
         return 0
     r = graph.rank(tensor)
-    return 1 if r == len(perm) else None
+    if r != len(perm):
+        return None
+    return 0 if _reshape_target(graph, tensor, P.invert(perm)) is not None else 1
+
+
+def _reshape_target(graph: Graph, tensor: str, perm: tuple) -> list[int] | None:
+    """Reshape target equal to ``transpose(tensor, perm)`` when that transpose keeps the element
+    order (it only moves size-1 axes); None otherwise. Unknown dims kept in place become 0."""
+    shape = graph.shape(tensor)
+    if shape is None or not P.is_memory_order_preserving(shape, perm):
+        return None
+    target = []
+    for i, a in enumerate(perm):
+        d = shape[a]
+        if isinstance(d, int):
+            target.append(d)
+        elif a == i:
+            target.append(0)  # Reshape's 0 copies the input dim at the same index
+        else:
+            return None
+    return target
 
 
 def untranspose_input(graph: Graph, tensor: str, perm: tuple, created_by: str) -> str:
     """``tensor`` transposed by ``invert(perm)``, cancelling or folding where possible.
     Lower-rank constants are broadcast-aligned (leading 1s) first."""
     inv = P.invert(perm)
+    if P.is_identity(perm):
+        return tensor
     if transpose_perm(graph, tensor) == perm:
         return graph.producer(tensor).inputs[0]
     value = graph.constant_value(tensor)
@@ -58,6 +81,12 @@ def untranspose_input(graph: Graph, tensor: str, perm: tuple, created_by: str) -
         if value.ndim == 0 or all(d == 1 for d in value.shape):
             return graph.add_initializer(f"{tensor}_T", value.reshape(P.apply_to_shape(value.shape, inv)))
         return graph.add_initializer(f"{tensor}_T", np.ascontiguousarray(np.transpose(value, inv)))
+    target = _reshape_target(graph, tensor, inv)
+    if target is not None:
+        shape_name = graph.add_initializer(f"{tensor}_shape", np.array(target, dtype=np.int64))
+        node = graph.add_node("Reshape", [tensor, shape_name], 1, created_by=created_by)
+        graph.set_info(node.outputs[0], graph.dtype(tensor), P.apply_to_shape(graph.shape(tensor), inv))
+        return node.outputs[0]
     return graph.add_transpose(tensor, inv, created_by=created_by)
 
 
@@ -65,7 +94,7 @@ def transpose_outputs(graph: Graph, node: Node, out_perms: Sequence[tuple | None
     """Rename each output ``y`` of ``node`` to ``y'`` and add ``y = Transpose(y', perm)``."""
     for k, p in enumerate(out_perms):
         y = node.outputs[k]
-        if not y or p is None:
+        if not y or p is None or P.is_identity(p):
             continue
         inner = graph.fresh_name(f"{y}_pushed")
         shape = graph.shape(y)
@@ -235,6 +264,183 @@ def merge_transpose(graph: Graph, node: Node, perm: tuple, created_by: str) -> b
     return True
 
 
+def reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Split a reshape ``a -> b`` into groups of contiguous axes with equal products.
+
+    >>> reshape_groups((2, 6, 5), (2, 2, 3, 5))
+    [([0], [0]), ([1], [1, 2]), ([2], [3])]
+    >>> reshape_groups((2, 3, 4), (6, 4))
+    [([0, 1], [0]), ([2], [1])]
+    """
+    if any(not isinstance(d, int) or d <= 0 for d in (*a, *b)):
+        return None
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        ga, gb, pa, pb = [], [], 1, 1
+        if i < len(a):
+            ga.append(i); pa *= a[i]; i += 1  # noqa: E702
+        if j < len(b):
+            gb.append(j); pb *= b[j]; j += 1  # noqa: E702
+        while pa != pb:
+            if pa < pb and i < len(a):
+                ga.append(i); pa *= a[i]; i += 1  # noqa: E702
+            elif pb < pa and j < len(b):
+                gb.append(j); pb *= b[j]; j += 1  # noqa: E702
+            else:
+                return None
+        groups.append((ga, gb))
+    return groups
+
+
+def _consecutive(axes: Sequence[int]) -> bool:
+    return all(b == a + 1 for a, b in zip(axes, axes[1:]))
+
+
+def reshape_push(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """Reshape of ``Transpose(perm)(x)`` whose axis groups stay contiguous and ordered in ``x``:
+    becomes ``Transpose(q)(Reshape(x))`` (channel splits/merges, patch flattening)."""
+    if node.op_type != "Reshape":
+        return False
+    u, y = node.inputs[0], node.outputs[0]
+    s_u, s_y = graph.shape(u), graph.shape(y)
+    if s_u is None or s_y is None:
+        return False
+    groups = reshape_groups(s_u, s_y)
+    if groups is None:
+        return False
+    pre = None
+    if not all(_consecutive([perm[a] for a in ga]) for ga, _ in groups):
+        split = _split_perm(perm, groups)
+        if split is None:
+            return False
+        pre, perm = split
+    order = sorted(range(len(groups)), key=lambda g: perm[groups[g][0][0]] if groups[g][0] else len(perm) + g)
+    new_axes = [j for g in order for j in groups[g][1]]  # y axes in x order
+    q = tuple(new_axes.index(j) for j in range(len(s_y)))
+    new_shape = [s_y[j] for j in new_axes]
+
+    def update() -> None:
+        graph.set_input(node, 1, graph.add_initializer(f"{node.name}_shape", np.array(new_shape, dtype=np.int64)))
+
+    if pre is None:
+        return push(graph, node, perm, [0], created_by, [q], update)
+    # T(p) = T(p_b) o T(p_a): keep the within-group reorder p_a before the Reshape, move p_b below
+    src = graph.producer(u).inputs[0]
+    graph.set_input(node, 0, graph.add_transpose(src, pre, created_by=SPLIT_TAG))
+    update()
+    transpose_outputs(graph, node, [q], created_by)
+    return True
+
+
+SPLIT_TAG = "push_transposes:split"
+
+
+def _split_perm(perm: tuple, groups) -> tuple[tuple, tuple] | None:
+    """Factor ``perm`` as ``p_b`` after ``p_a`` where ``p_a`` only reorders axes within each reshape
+    group and ``p_b`` moves whole groups (so it can pass through the Reshape). None if impossible."""
+    p_a = list(range(len(perm)))
+    p_b = [0] * len(perm)
+    for ga, _ in groups:
+        xs = [perm[a] for a in ga]
+        slots = sorted(xs)
+        if not _consecutive(slots):
+            return None
+        for k, a in enumerate(ga):
+            p_a[slots[k]] = xs[k]
+            p_b[a] = slots[k]
+    if P.is_identity(p_a) or P.is_identity(p_b):
+        return None  # nothing to keep, or nothing to move
+    return tuple(p_a), tuple(p_b)
+
+
+def absorb_into_matmul(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """Flatten/Reshape to (batch, K) read only by MatMul/Gemm with a constant weight: flatten the
+    untransposed tensor and permute the weight's K rows instead (no data movement at run time)."""
+    u, y = node.inputs[0], node.outputs[0]
+    s_u, s_x, s_y = graph.shape(u), graph.shape(graph.producer(u).inputs[0]), graph.shape(y)
+    if s_u is None or s_x is None or s_y is None or len(s_y) != 2 or perm[0] != 0 or graph.is_graph_output(y):
+        return False
+    if node.op_type == "Flatten" and node.attr("axis", 1) != 1:
+        return False
+    if any(not isinstance(d, int) for d in s_u[1:]) or s_y[1] != int(np.prod(s_u[1:])):
+        return False
+    users = graph.consumers(y)
+    weights = []
+    for c in users:
+        if c.op_type == "Gemm" and c.inputs[0] == y and not c.attr("transA", 0) and c.inputs[1] != y:
+            trans_b = bool(c.attr("transB", 0))
+        elif c.op_type == "MatMul" and c.inputs[0] == y and c.inputs[1] != y:
+            trans_b = False
+        else:
+            return False
+        w = graph.constant_value(c.inputs[1])
+        if w is None or w.ndim != 2 or w.shape[1 if trans_b else 0] != s_y[1]:
+            return False
+        weights.append((c, w, trans_b))
+    if not users:
+        return False
+    inv = P.invert(perm)
+    k_axes = [inv[a] - 1 for a in range(1, len(perm))]  # for each x axis, the u axis it came from
+    for c, w, trans_b in weights:
+        if trans_b:
+            cube = w.reshape((w.shape[0], *s_u[1:]))
+            new = np.transpose(cube, (0, *[k + 1 for k in k_axes])).reshape(w.shape)
+        else:
+            cube = w.reshape((*s_u[1:], w.shape[1]))
+            new = np.transpose(cube, (*k_axes, len(k_axes))).reshape(w.shape)
+        graph.set_input(c, 1, graph.add_initializer(f"{c.inputs[1]}_rows", np.ascontiguousarray(new)))
+    if node.op_type == "Reshape":
+        graph.set_input(node, 1, graph.add_initializer(f"{node.name}_shape", np.array([s_y[0] if isinstance(s_y[0], int) else 0, s_y[1]], dtype=np.int64)))
+    graph.set_input(node, 0, graph.producer(u).inputs[0])
+    return True
+
+
+def reshape(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """Reshape/Flatten: drop an order-keeping Transpose, else push by axis groups, else absorb
+    into the following matmul weights; otherwise keep the Transpose (never a wrong answer)."""
+    return (reshape_like(graph, node, perm, created_by) or reshape_push(graph, node, perm, created_by)
+            or absorb_into_matmul(graph, node, perm, created_by))
+
+
+def pull_through_reshape(graph: Graph, node: Node, created_by: str) -> bool:
+    """``Transpose(p2)(Reshape(v))`` with ``v`` a Transpose output or constant becomes
+    ``Reshape(Transpose(r)(v))``; the new Transpose then merges with ``v``'s (strictly fewer)."""
+    r_node = graph.producer(node.inputs[0])
+    if r_node is None or r_node.op_type != "Reshape" or r_node.is_layout_marked:
+        return False
+    y, v, z = r_node.outputs[0], r_node.inputs[0], node.outputs[0]
+    if graph.is_graph_output(y) or len(graph.consumers(y)) != 1:
+        return False
+    v_prod = graph.producer(v)
+    # a Transpose split off by reshape_push stays put: pulling into it would undo the split
+    foldable = graph.constant_value(v) is not None or (
+        transpose_perm(graph, v) is not None and v_prod.created_by != SPLIT_TAG
+        and len(graph.consumers(v)) == 1 and not graph.is_graph_output(v))
+    if not foldable:
+        return False
+    s_v, s_y, s_z = graph.shape(v), graph.shape(y), graph.shape(z)
+    if s_v is None or s_y is None or s_z is None:
+        return False
+    groups = reshape_groups(s_v, s_y)
+    if groups is None:
+        return False
+    p2 = transpose_perm(graph, z)
+    inv2 = P.invert(p2)
+    for ga, gb in groups:
+        if gb and not _consecutive([inv2[j] for j in gb]):
+            return False
+    order = sorted(range(len(groups)), key=lambda g: inv2[groups[g][1][0]] if groups[g][1] else len(p2) + g)
+    r = tuple(a for g in order for a in groups[g][0])
+    del v_prod
+    new_v = graph.add_transpose(v, r, created_by=created_by)
+    graph.remove_node(node, force=True)
+    graph.set_output(r_node, 0, z)
+    graph.set_input(r_node, 0, new_v)
+    graph.set_input(r_node, 1, graph.add_initializer(f"{r_node.name}_shape", np.array(s_z, dtype=np.int64)))
+    graph.info.pop(y, None)
+    return True
+
+
 def reshape_like(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     """Reshape/Flatten/Squeeze/Unsqueeze of a Transpose that only moves size-1 axes: the
     Transpose does not change the element order, so the op can read the untransposed tensor."""
@@ -299,8 +505,8 @@ HANDLERS.update({
     "Transpose": merge_transpose,
     "Pad": pad,
     "Slice": slice_,
-    "Reshape": reshape_like,
-    "Flatten": reshape_like,
+    "Reshape": reshape,
+    "Flatten": reshape,
     **{op: reduce for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
                              "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
 })
