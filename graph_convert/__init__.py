@@ -8,8 +8,8 @@ from graph_convert.passes import Pass, PassContext, PassResult, Registry  # noqa
 
 
 def convert(source, example_inputs=None, output_dir="converted", **kwargs):
-    """Convert a model; see :func:`graph_convert.convert.convert` for the options."""
-    from graph_convert.convert import convert as _convert
+    """Convert a model; see :func:`graph_convert.pipeline.convert` for the options."""
+    from graph_convert.pipeline import convert as _convert
 
     return _convert(source, example_inputs, output_dir, **kwargs)
 

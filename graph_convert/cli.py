@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{cls.phase:13s} {name}{grp}  (from {src})")
             return 0
         from graph_convert.export import parse_shape
-        from graph_convert.convert import convert
+        from graph_convert.pipeline import convert
 
         shapes = [parse_shape(s) for s in args.input_shape]
         log = None if args.quiet else (lambda m: print(m, flush=True))

@@ -190,6 +190,12 @@ class PassManager:
                 out.append(n)
             else:
                 out.extend(m for m in order if self.specs[m].group == grp and m not in out)
+        # gathering a group must not break any constraint (phase order included)
+        pos = {n: i for i, n in enumerate(out)}
+        for u, v, data in dg.edges(data=True):
+            if pos[u] > pos[v]:
+                grp = self.specs[u].group or self.specs[v].group
+                raise PassError(v, [], f"fixed-point group {grp!r} cannot run as one step: {u!r} must run before {v!r} ({data['why']})")
         return out
 
     def steps(self) -> list[list[str]]:

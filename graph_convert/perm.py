@@ -11,14 +11,18 @@ Perm = tuple[int, ...]
 
 
 def identity(rank: int) -> Perm:
-    """>>> identity(3)
+    """The permutation that changes nothing.
+
+    >>> identity(3)
     (0, 1, 2)
     """
     return tuple(range(rank))
 
 
 def is_identity(p: Sequence[int]) -> bool:
-    """>>> is_identity((0, 1, 2)), is_identity((0, 2, 1))
+    """Whether ``p`` changes nothing.
+
+    >>> is_identity((0, 1, 2)), is_identity((0, 2, 1))
     (True, False)
     """
     return all(i == a for i, a in enumerate(p))
@@ -68,11 +72,13 @@ def remap_axis(axis: int, p: Sequence[int]) -> int:
 
 
 def channels_last(rank: int) -> Perm:
-    """NC... -> N...C.
+    """NC... -> N...C (rank >= 2; rank 2 has nothing to move).
 
     >>> channels_last(4), channels_last(3)
     ((0, 2, 3, 1), (0, 2, 1))
     """
+    if rank < 2:
+        raise ValueError(f"rank {rank} has no channel axis")
     return (0, *range(2, rank), 1)
 
 

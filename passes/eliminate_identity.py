@@ -22,7 +22,9 @@ def _is_noop(graph: Graph, node: Node) -> bool:
 
 class EliminateIdentity(Pass):
     name = "eliminate_identity"
-    phase = "canonicalize"
+    # cleanup: also removes the Identity that cancelled Transposes leave in front of a graph output
+    phase = "cleanup"
+    before = ("prune",)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         removed = 0

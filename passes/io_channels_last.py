@@ -10,10 +10,14 @@ from __future__ import annotations
 from graph_convert import perm as P
 from graph_convert.ir import Graph
 from graph_convert.passes import Pass, PassContext, PassResult
+from passes.transpose_handlers import UNARY
+
+_PASS_THROUGH = set(UNARY)
 
 
 def _next_to_marked(graph: Graph, tensor: str, downstream: bool) -> bool:
-    """Whether ``tensor`` reaches a layout-marked node through Transposes only."""
+    """Whether ``tensor`` reaches a layout-marked node through Transposes and single-input
+    elementwise ops only (a Conv1d front-end, a Conv1d -> Relu output)."""
     frontier, seen = [tensor], set()
     while frontier:
         t = frontier.pop()
@@ -24,8 +28,8 @@ def _next_to_marked(graph: Graph, tensor: str, downstream: bool) -> bool:
         for n in nodes:
             if n.is_layout_marked:
                 return True
-            if n.op_type == "Transpose":
-                frontier.extend(n.outputs if downstream else n.inputs)
+            if n.op_type == "Transpose" or n.op_type in _PASS_THROUGH:
+                frontier.extend(n.outputs[:1] if downstream else n.inputs[:1])
     return False
 
 
@@ -46,8 +50,8 @@ class IoChannelsLast(Pass):
             return PassResult(False)
         changed = []
         for x in graph.inputs:
-            if x in graph.io_perms or not image_like(graph, x, True):
-                continue
+            if x in graph.io_perms or x in graph.outputs or not image_like(graph, x, True):
+                continue  # (an input passed straight through to an output keeps its layout)
             rank = graph.rank(x)
             cl = P.channels_last(rank)
             users = graph.consumers(x)
@@ -60,8 +64,6 @@ class IoChannelsLast(Pass):
                 for j, t in enumerate(u.inputs):
                     if t == x:
                         graph.set_input(u, j, inner)
-            if x in graph.outputs:
-                continue  # an input passed straight through: leave that output alone
             graph.io_perms[x] = cl
             changed.append(x)
         for y in list(graph.outputs):

@@ -107,6 +107,7 @@ class Graph:
         # anything the loader keeps verbatim to make ONNX -> IR -> ONNX lossless
         self.model_meta: dict[str, Any] = {}
         self._names = itertools.count()
+        self._reserved: set[str] = set()  # names defined inside subgraphs
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -177,11 +178,16 @@ class Graph:
             ti.shape = tuple(shape)
 
     def fresh_name(self, base: str) -> str:
-        """A tensor/node name not used anywhere in the graph."""
+        """A tensor/node name not used anywhere in the graph (subgraphs included)."""
         while True:
             name = f"{base}__{next(self._names)}"
-            if name not in self._producer and name not in self._g and name not in self.info and not self.is_initializer(name):
+            if (name not in self._producer and name not in self._g and name not in self.info
+                    and not self.is_initializer(name) and name not in self._reserved and name not in self._readers):
                 return name
+
+    def reserve_names(self, names) -> None:
+        """Names :meth:`fresh_name` must never return (e.g. defined inside subgraphs)."""
+        self._reserved.update(names)
 
     # -- initializers -----------------------------------------------------------------------
     def is_initializer(self, tensor: str) -> bool:
@@ -460,6 +466,7 @@ class Graph:
         g.io_perms = dict(self.io_perms)
         g.model_meta = dict(self.model_meta)
         g._names = itertools.count(next(self._names))
+        g._reserved = set(self._reserved)
         return g
 
 

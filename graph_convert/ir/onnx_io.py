@@ -111,6 +111,16 @@ def _outer_references(g: onnx.GraphProto, defined: set[str]) -> list[str]:
     return refs
 
 
+def _names_defined(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name a subgraph (recursively) defines."""
+    names = {i.name for i in g.input} | {i.name for i in g.initializer}
+    for n in g.node:
+        names.update(t for t in n.output if t)
+        for sg in _subgraphs(n.attribute):
+            names |= _names_defined(sg)
+    return names
+
+
 def rename_in_subgraphs(node: Node, old: str, new: str) -> None:
     def fix(g: onnx.GraphProto) -> None:
         if old in {i.name for i in g.input} | {i.name for i in g.initializer}:
@@ -127,9 +137,13 @@ def rename_in_subgraphs(node: Node, old: str, new: str) -> None:
             if o.name == old:
                 o.name = new
 
-    for a in node.attrs.values():
-        for sg in _subgraphs([a]):
-            fix(sg)
+    for key, a in list(node.attrs.items()):
+        if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            copy = onnx.AttributeProto()
+            copy.CopyFrom(a)  # copy on write: never edit the source model's protos
+            node.attrs[key] = copy
+            for sg in _subgraphs([copy]):
+                fix(sg)
 
 
 def from_onnx(model: onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:
@@ -146,6 +160,7 @@ def from_onnx(model: onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:
     meta["training_info"] = [t for t in model.training_info]
     meta["graph_name"] = gp.name
     meta["graph_doc_string"] = gp.doc_string
+    meta["graph_metadata_props"] = list(gp.metadata_props)
     meta["sparse_initializer"] = list(gp.sparse_initializer)
     meta["input_protos"] = {vi.name: vi for vi in gp.input}
     meta["input_order"] = [vi.name for vi in gp.input]
@@ -181,6 +196,8 @@ def from_onnx(model: onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:
         node.onnx_extra = [(f, getattr(n, f)) for f in ("overload",) if n.HasField(f)]  # type: ignore[attr-defined]
         node.onnx_metadata = list(n.metadata_props)  # type: ignore[attr-defined]
         subs = _subgraphs(n.attribute)
+        for sg in subs:
+            g.reserve_names(_names_defined(sg))
         if subs:
             refs: list[str] = []
             for sg in subs:
@@ -311,8 +328,11 @@ def to_onnx(g: Graph, *, with_value_info: bool = True) -> onnx.ModelProto:
         produced = {t for n in g.nodes for t in n.outputs}
         io = set(g.inputs) | set(g.outputs) | init_names
         orig_vi = meta.get("value_info_protos", {})
+        untouched_inits = {n for n in init_names if n in g._init_proto}
         for name, vi in orig_vi.items():
-            if name in produced and name not in io:
+            if name in untouched_inits:
+                value_info.append(vi)  # verbatim, as the source had it
+            elif name in produced and name not in set(g.inputs) | set(g.outputs):
                 value_info.append(_io_proto(g, name, orig_vi))
         original_names = set(meta.get("original_infos", {}))
         created = {t for n in g.nodes if n.created_by for t in n.outputs}
@@ -322,6 +342,7 @@ def to_onnx(g: Graph, *, with_value_info: bool = True) -> onnx.ModelProto:
                 value_info.append(_value_info(name, ti))
     graph = helper.make_graph(nodes, meta.get("graph_name", "graph"), inputs, outputs, inits, doc_string=meta.get("graph_doc_string") or None, value_info=value_info)
     graph.sparse_initializer.extend(meta.get("sparse_initializer", []))
+    graph.metadata_props.extend(meta.get("graph_metadata_props", []))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in meta.get("opset_import", [("", 17)])])
     model.ir_version = meta.get("ir_version", model.ir_version)
     for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):

@@ -558,6 +558,11 @@ def emit_conv(node, x, ctx):
     pads = _spatial_pads(node, in_spatial, kernel, strides, dilations)
     if pads is None:
         raise _unsupported(node, "auto_pad SAME with unknown spatial size")
+    squeeze = n == 1
+    if squeeze:  # NWC conv as an NHWC conv over a height-1 image: TFLite's 2-D kernels, no splitting
+        xc, w = tf.expand_dims(xc, 1), w[None]
+        kernel, strides, dilations, pads, in_spatial = [1, *kernel], [1, *strides], [1, *dilations], [(0, 0), *pads], [1, *in_spatial]
+        n = 2
     if any(s > 1 for s in strides) and any(d > 1 for d in dilations):
         w, dilations = _dilate_kernel(w, dilations), [1] * n  # TF refuses stride>1 with dilation>1
         kernel = list(w.shape[:n])
@@ -579,6 +584,8 @@ def emit_conv(node, x, ctx):
         xs = tf.split(xc, group, axis=-1)
         ws = np.split(w, group, axis=-1)
         y = tf.concat([tf.nn.convolution(a, b, strides=strides, padding=padding, dilations=dilations) for a, b in zip(xs, ws)], axis=-1)
+    if squeeze:
+        y = tf.squeeze(y, 1)
     if len(node.inputs) > 2 and node.inputs[2]:
         y = tf.nn.bias_add(y, x[2])
     return _from_cl(node, y)
@@ -661,6 +668,32 @@ def _pool_geometry(node, xc):
     return n, kernel, strides, dilations, in_spatial, pads, extra
 
 
+def _window_counts(mask: np.ndarray, kernel: list, strides: list) -> np.ndarray:
+    """Per output window, the sum of ``mask`` (spatial dims only) under a VALID strided window."""
+    v = np.lib.stride_tricks.sliding_window_view(mask, kernel)
+    v = v[tuple(slice(None, None, s) for s in strides)]
+    return v.sum(axis=tuple(range(len(kernel), 2 * len(kernel))))
+
+
+def _pool_valid(x, kernel: list, strides: list, kind: str):
+    """VALID max/avg pooling of an N...C tensor with 1-3 spatial dims, using only 2-D pools
+    (TFLite has MAX_POOL_2D/AVERAGE_POOL_2D but no 3-D pooling): pooling is separable, so a 3-D
+    window is a 2-D pool over (H, W) followed by a 1-D pool over D."""
+    pool = tf.nn.max_pool2d if kind == "MAX" else tf.nn.avg_pool2d
+    n = len(kernel)
+    if n == 1:
+        return tf.squeeze(pool(tf.expand_dims(x, 1), [1, kernel[0]], [1, strides[0]], "VALID"), 1)
+    if n == 2:
+        return pool(x, kernel, strides, "VALID")
+    _, d, h, w, c = x.shape.as_list()
+    if None in (d, h, w, c):
+        raise ConvertError("3-D pooling needs static spatial and channel sizes")
+    y = pool(tf.reshape(x, [-1, h, w, c]), kernel[1:], strides[1:], "VALID")
+    h2, w2 = y.shape.as_list()[1:3]
+    y = pool(tf.reshape(y, [-1, d, h2 * w2, c]), [kernel[0], 1], [strides[0], 1], "VALID")
+    return tf.reshape(y, [-1, y.shape[1], h2, w2, c])
+
+
 @emitter("MaxPool", layout_aware=True)
 def emit_max_pool(node, x, ctx):
     xc = _to_cl(node, x[0])
@@ -673,12 +706,10 @@ def emit_max_pool(node, x, ctx):
             raise _unsupported(node, "dilation together with stride > 1")
         low = xc.dtype.min if xc.dtype.is_floating else xc.dtype.min
         y = tf.nn.pool(_pad_cl(xc, total, low), kernel, "MAX", strides=strides, padding="VALID", dilations=dilations)
-    elif all(p == (0, 0) for p in total):
-        y = tf.nn.max_pool(xc, kernel, strides, "VALID")
-    elif not any(extra) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
+    elif n == 2 and not any(extra) and any(p != (0, 0) for p in total) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
         y = tf.nn.max_pool(xc, kernel, strides, "SAME")
     else:
-        y = tf.nn.max_pool(_pad_cl(xc, total, xc.dtype.min), kernel, strides, "VALID")
+        y = _pool_valid(_pad_cl(xc, total, xc.dtype.min), kernel, strides, "MAX")
     return _from_cl(node, y)
 
 
@@ -691,21 +722,21 @@ def emit_avg_pool(node, x, ctx):
     include = node.attr("count_include_pad", 0)
     total = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
     if all(p == (0, 0) for p in total):
-        y = tf.nn.avg_pool(xc, kernel, strides, "VALID")
-    elif not include and not any(extra) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
+        y = _pool_valid(xc, kernel, strides, "AVG")
+    elif n == 2 and not include and not any(extra) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
         y = tf.nn.avg_pool(xc, kernel, strides, "SAME")  # TF SAME excludes padding from the count
     else:
         if any(d is None for d in in_spatial):
             raise _unsupported(node, "explicit padding with unknown spatial size")
         # windows sum over the zero-padded input; divide by how many counted cells each window saw
-        mask = np.zeros([1, *[in_spatial[i] + total[i][0] + total[i][1] for i in range(n)], 1], np.float32)
+        mask = np.zeros([in_spatial[i] + total[i][0] + total[i][1] for i in range(n)], np.float32)
         if include:  # the declared pads count, the extra ceil_mode cells do not
             inner = tuple(slice(0, in_spatial[i] + pads[i][0] + pads[i][1]) for i in range(n))
         else:
             inner = tuple(slice(pads[i][0], pads[i][0] + in_spatial[i]) for i in range(n))
-        mask[(slice(None), *inner, slice(None))] = 1.0
-        counts = tf.nn.avg_pool(tf.constant(mask), kernel, strides, "VALID").numpy() * float(np.prod(kernel))
-        s = tf.nn.avg_pool(_pad_cl(xc, total), kernel, strides, "VALID") * float(np.prod(kernel))
+        mask[inner] = 1.0
+        counts = _window_counts(mask, kernel, strides)[None, ..., None]
+        s = _pool_valid(_pad_cl(xc, total), kernel, strides, "AVG") * float(np.prod(kernel))
         y = s / tf.constant(counts.astype(xc.dtype.as_numpy_dtype))
     return _from_cl(node, y)
 
