@@ -21,6 +21,7 @@ def main(n: int) -> int:
     ranks = Counter()
     kinds = Counter()
     worst = [0.0]
+    failing: list = []
     t0 = time.perf_counter()
 
     @settings(max_examples=n, deadline=None, derandomize=False, database=None,
@@ -30,7 +31,11 @@ def main(n: int) -> int:
         stats["examples"] += 1
         ranks[net["rank"]] += 1
         kinds.update(s["kind"] for s in net["layers"])
-        rep = check_network(net)
+        try:
+            rep = check_network(net)
+        except Exception:
+            failing.append(net)  # hypothesis shrinks: the last one recorded is the minimal example
+            raise
         stats["tflite_transposes"] += rep["tflite"]["transpose_ops"]
         worst[0] = max(worst[0], max(f["max_abs"] for f in rep["verification"]["tflite_float32"].values()))
 
@@ -47,6 +52,8 @@ def main(n: int) -> int:
     print(f"worst TFLite err  {worst[0]:.2e}")
     print(f"time              {dt:.0f} s ({dt / max(stats['examples'], 1):.2f} s/example)")
     print(f"result            {'FAILED: ' + str(failed)[:2000] if failed else 'no failure'}")
+    if failing:
+        print(f"minimal failing network (paste into tests/test_property.py regressions):\n{failing[-1]!r}")
     return 1 if failed else 0
 
 

@@ -3,21 +3,22 @@
 An input ``x`` becomes N...C and is followed by a Transpose back to the source layout; an output
 gets a Transpose to N...C in front of it. The transpose pusher then cancels these against the
 ones ``to_channels_last`` inserted. ``keep_io_layout`` turns this off. Image-like means rank 4 or
-5, or rank 3 directly connected to a layout-marked node (a Conv1d front-end).
+5, or rank 3 connected to a layout-marked node through layout-agnostic ops (a Conv1d net).
 """
 from __future__ import annotations
 
 from graph_convert import perm as P
 from graph_convert.ir import Graph
 from graph_convert.passes import Pass, PassContext, PassResult
-from passes.transpose_handlers import UNARY
+from passes.transpose_handlers import HANDLERS
 
-_PASS_THROUGH = set(UNARY)
+# layout-agnostic ops the transpose pusher moves through without reshaping
+_PASS_THROUGH = set(HANDLERS) - {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 
 
 def _next_to_marked(graph: Graph, tensor: str, downstream: bool) -> bool:
-    """Whether ``tensor`` reaches a layout-marked node through Transposes and single-input
-    elementwise ops only (a Conv1d front-end, a Conv1d -> Relu output)."""
+    """Whether ``tensor`` is connected to a layout-marked node through Transposes and
+    layout-agnostic ops only (a Conv1d front-end, a Conv1d -> Relu -> residual Add output)."""
     frontier, seen = [tensor], set()
     while frontier:
         t = frontier.pop()
@@ -29,7 +30,9 @@ def _next_to_marked(graph: Graph, tensor: str, downstream: bool) -> bool:
             if n.is_layout_marked:
                 return True
             if n.op_type == "Transpose" or n.op_type in _PASS_THROUGH:
-                frontier.extend(n.outputs[:1] if downstream else n.inputs[:1])
+                # only along tensors of the same rank: a reduction over C leaves no channel axis
+                nxt = n.outputs if downstream else n.inputs
+                frontier.extend(u for u in nxt if u and graph.rank(u) == graph.rank(tensor))
     return False
 
 

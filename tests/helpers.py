@@ -71,7 +71,7 @@ class Builder:
 def finish_model(m: onnx.ModelProto) -> onnx.ModelProto:
     """Fill graph-output types from shape inference, then run the checker."""
     inferred = onnx.shape_inference.infer_shapes(m)
-    known = {vi.name: vi for vi in inferred.graph.value_info}
+    known = {vi.name: vi for vi in [*inferred.graph.value_info, *m.graph.input]}
     for out in m.graph.output:
         if not out.HasField("type") and out.name in known:
             out.type.CopyFrom(known[out.name].type)

@@ -169,8 +169,10 @@ def build(net: dict[str, Any]):
             cur = b.op("Softmax", [cur], axis=1)
         elif kind == "reduce":
             axes = list(range(2, rank))
-            red = b.op("ReduceMean", [cur, b.const(np.array(axes), dtype=np.int64)], keepdims=1)
+            red = b.op("ReduceMean", [cur], axes=axes, keepdims=1)  # opset 17: axes is an attribute
             cur = b.op("Sub", [cur, red])
+    if cur == x:  # every layer was skipped: keep the model non-trivial
+        cur = b.op("Relu", [x])
     if net["head"] == "flatten_gemm" and int(np.prod(spatial)) * c <= 4096:
         f = b.op("Flatten", [cur], axis=1)
         cur = b.op("Gemm", [f, b.weight([5, c * int(np.prod(spatial))]), b.weight([5])], transB=1)
