@@ -9,16 +9,19 @@ def register(registry) -> None:
         constants_to_initializers,
         eliminate_identity,
         fold_batchnorm,
+        fold_channel_permutation,
         io_channels_last,
         prune,
         push_transposes,
+        recognize_depth_space,
         to_channels_last,
         transpose_handlers,
     )
     from graph_convert.tf import ops as tf_ops
 
     for mod in (constants_to_initializers, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
-                to_channels_last, io_channels_last, push_transposes, prune):
+                recognize_depth_space, fold_channel_permutation, to_channels_last, io_channels_last,
+                push_transposes, prune):
         registry.add_pass(mod.PASS)
     for op_type, handler in transpose_handlers.HANDLERS.items():
         registry.add_transpose_handler(op_type, handler)

@@ -265,42 +265,39 @@ def merge_transpose(graph: Graph, node: Node, perm: tuple, created_by: str) -> b
 
 
 def reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
-    """Split a reshape ``a -> b`` into groups of contiguous axes with equal products. Size-1 axes
-    join the group of the next axis of other size (or the last group), so they never split one.
+    """Split a reshape ``a -> b`` into groups of contiguous axes with equal products.
 
     >>> reshape_groups((2, 6, 5), (2, 2, 3, 5))
     [([0], [0]), ([1], [1, 2]), ([2], [3])]
     >>> reshape_groups((2, 3, 4), (6, 4))
     [([0, 1], [0]), ([2], [1])]
-    >>> reshape_groups((1, 2, 1, 4), (2, 4, 1))
-    [([0, 1], [0]), ([2, 3], [1, 2])]
+    >>> reshape_groups((1, 1, 2, 4), (1, 2, 4))
+    [([0], [0]), ([1, 2], [1]), ([3], [2])]
     """
     if any(not isinstance(d, int) or d <= 0 for d in (*a, *b)):
         return None
-    na = [i for i, d in enumerate(a) if d != 1]
-    nb = [j for j, d in enumerate(b) if d != 1]
-    if not na or not nb:
-        return None
     groups, i, j = [], 0, 0
-    while i < len(na) or j < len(nb):
-        if i >= len(na) or j >= len(nb):
-            return None
-        ga, gb, pa, pb = [na[i]], [nb[j]], a[na[i]], b[nb[j]]
-        i, j = i + 1, j + 1
+    while i < len(a) or j < len(b):
+        ga, gb, pa, pb = [], [], 1, 1
+        if i < len(a):
+            ga.append(i); pa *= a[i]; i += 1  # noqa: E702
+        if j < len(b):
+            gb.append(j); pb *= b[j]; j += 1  # noqa: E702
         while pa != pb:
-            if pa < pb and i < len(na):
-                ga.append(na[i]); pa *= a[na[i]]; i += 1  # noqa: E702
-            elif pb < pa and j < len(nb):
-                gb.append(nb[j]); pb *= b[nb[j]]; j += 1  # noqa: E702
+            if pa < pb and i < len(a):
+                ga.append(i); pa *= a[i]; i += 1  # noqa: E702
+            elif pb < pa and j < len(b):
+                gb.append(j); pb *= b[j]; j += 1  # noqa: E702
             else:
                 return None
         groups.append((ga, gb))
-    for side, shape in ((0, a), (1, b)):
-        for ax in (k for k, d in enumerate(shape) if d == 1):
-            target = next((g for g in groups if g[side][0] > ax), groups[-1])
-            target[side].append(ax)
-            target[side].sort()
     return groups
+
+
+def _group_key(x_axes: Sequence[int], shape: Sequence[int]) -> int:
+    """Where a group sits in memory: its first axis of size > 1 (else its first axis)."""
+    big = [ax for ax in x_axes if shape[ax] != 1]
+    return min(big) if big else min(x_axes, default=len(shape))
 
 
 def _consecutive(axes: Sequence[int]) -> bool:
@@ -333,7 +330,7 @@ def reshape_push(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool
             return False
         pre, perm = split
         s_x = P.apply_to_shape(s_x, pre)
-    order = sorted(range(len(groups)), key=lambda g: _nonunit_positions([perm[a] for a in groups[g][0]], s_x)[0])
+    order = sorted(range(len(groups)), key=lambda g: _group_key([perm[a] for a in groups[g][0]], s_x))
     new_axes = [j for g in order for j in groups[g][1]]  # y axes in x order
     q = tuple(new_axes.index(j) for j in range(len(s_y)))
     new_shape = [s_y[j] for j in new_axes]
@@ -446,10 +443,9 @@ def pull_through_reshape(graph: Graph, node: Node, created_by: str) -> bool:
     p2 = transpose_perm(graph, z)
     inv2 = P.invert(p2)
     # z axis k is y axis p2[k]: each group's y axes must appear in z consecutively and in order
-    pos = [_nonunit_positions([inv2[j] for j in gb if s_y[j] != 1], s_z) for _, gb in groups]
-    if not all(_consecutive(p) for p in pos):
+    if not all(_consecutive(_nonunit_positions([inv2[j] for j in gb], s_z)) for _, gb in groups):
         return False
-    order = sorted(range(len(groups)), key=lambda g: pos[g][0])
+    order = sorted(range(len(groups)), key=lambda g: _group_key([inv2[j] for j in groups[g][1]], s_z))
     r = tuple(a for g in order for a in groups[g][0])
     del v_prod
     new_v = graph.add_transpose(v, r, created_by=created_by)
