@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib
 
 MODELS = ["resnet_style", "mobilenetv2_style", "convtranspose_decoder"]
+# the layout families of issue 3 (tests/test_families.py)
+FAMILIES = ["se_block", "channel_shuffle", "dense_block", "inception", "convnext_block", "seg_head",
+            "flatten_head", "pixel_shuffle", "unet", "conv1d_audio", "conv3d_net"]
 
 
 def load(name: str):

@@ -44,6 +44,11 @@ CHANNELS_LAST_OPS: dict[str, LayoutSpec] = {
     "GlobalMaxPool": LayoutSpec(),
     "DepthToSpace": LayoutSpec(ranks=(4,)),
     "SpaceToDepth": LayoutSpec(ranks=(4,)),
+    # per-channel or spatial ops whose emitters read the marks (scales/sizes stay in ONNX order)
+    "Resize": LayoutSpec(),
+    "Upsample": LayoutSpec(),
+    "InstanceNormalization": LayoutSpec(),
+    "LRN": LayoutSpec(),
 }
 
 
