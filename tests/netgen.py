@@ -122,7 +122,7 @@ def build(net: dict[str, Any]):
                 span = spatial[i] + pads[i] + pads[i + n_sp] - k
                 o = (math.ceil if ceil else math.floor)(span / s) + 1
                 if ceil and (o - 1) * s >= spatial[i] + pads[i]:
-                    o -= 1
+                    o = 0  # ORT drops a window starting in the padding; ONNX shape inference does not: skip
                 new_sp.append(o)
             if min(new_sp) < 1 or (rank == 5 and spec["op"] == "AveragePool" and any(pads)):
                 continue
