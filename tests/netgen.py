@@ -157,8 +157,8 @@ def build(net: dict[str, Any]):
         elif kind == "slice_pad":
             axis = spec["axis"]
             dim = c if axis == 1 else spatial[axis - 2]
-            if dim < 3:
-                continue
+            if dim < 3 or (spec["mode"] == "reflect" and dim < 4):
+                continue  # reflect padding needs >= 2 elements left after the slice
             sl = b.op("Slice", [cur, b.const(np.array([1]), dtype=np.int64), b.const(np.array([dim - 1]), dtype=np.int64),
                                 b.const(np.array([axis]), dtype=np.int64)])
             pads = [0] * (2 * rank)
