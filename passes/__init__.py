@@ -10,6 +10,7 @@ def register(registry) -> None:
         eliminate_identity,
         fold_batchnorm,
         fold_channel_permutation,
+        fold_constants,
         io_channels_last,
         prune,
         push_transposes,
@@ -19,7 +20,7 @@ def register(registry) -> None:
     )
     from graph_convert.tf import ops as tf_ops
 
-    for mod in (constants_to_initializers, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
+    for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
                 recognize_depth_space, fold_channel_permutation, to_channels_last, io_channels_last,
                 push_transposes, prune):
         registry.add_pass(mod.PASS)

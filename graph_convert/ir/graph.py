@@ -425,6 +425,12 @@ class Graph:
                 self.remove_initializer(name)
         return len(dead)
 
+    def refresh_shapes(self) -> None:
+        """Fill in shapes that became inferable (ONNX shape inference; known facts are kept)."""
+        from graph_convert.ir.onnx_io import refresh_shapes
+
+        refresh_shapes(self)
+
     # -- checks -----------------------------------------------------------------------------
     def check(self) -> None:
         """Cheap structural check: raises GraphError naming the first broken node/tensor."""

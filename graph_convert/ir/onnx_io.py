@@ -210,6 +210,12 @@ def from_onnx(model: onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:
     return g
 
 
+def refresh_shapes(g: Graph) -> None:
+    """Fill in shapes that became inferable (e.g. after constant folding) with ONNX shape
+    inference on the lowered graph; known facts are kept, only unknown dims get filled."""
+    _add_inferred_info(g, to_onnx(g, with_value_info=False))
+
+
 def _add_inferred_info(g: Graph, model: onnx.ModelProto) -> None:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)

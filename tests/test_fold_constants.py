@@ -1,0 +1,65 @@
+"""fold_constants: shape-computing subgraphs (as the legacy exporter writes them) become constants,
+so the layout pass can see through the Reshape; the result is ORT-equivalent and idempotent."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from graph_convert.ir import from_onnx
+from graph_convert.passes import PassManager
+from passes.fold_constants import FoldConstants
+from tests.helpers import Builder, assert_equivalent, registry, run_pipeline
+
+
+def dynamic_flatten_model() -> onnx.ModelProto:
+    """Conv -> Shape -> Gather(0) -> Unsqueeze -> Concat([n, -1]) -> Reshape -> Gemm."""
+    b = Builder(opset=13)
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.op("Relu", [b.op("Conv", [x, b.weight([4, 3, 3, 3])], pads=[1, 1, 1, 1], strides=[2, 2])])
+    shape = b.op("Shape", [y])
+    n = b.op("Gather", [shape, b.const(np.array(0), dtype=np.int64)], axis=0)
+    n = b.op("Unsqueeze", [n, b.const(np.array([0]), dtype=np.int64)])
+    target = b.op("Concat", [n, b.const(np.array([-1]), dtype=np.int64)], axis=0)
+    f = b.op("Reshape", [y, target])
+    out = b.op("Gemm", [f, b.weight([5, 36]), b.weight([5])], transB=1)
+    b.outputs.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [1, 5]))
+    return b.model()
+
+
+def test_shape_subgraph_is_folded_and_layout_absorbed():
+    model = dynamic_flatten_model()
+    g, records = run_pipeline(model)
+    rec = [r for r in records if r.name == "fold_constants"][0]
+    assert rec.changed and rec.details["folded"] == {"Shape": 1, "Gather": 1, "Unsqueeze": 1, "Concat": 1}
+    assert g.count("Shape") == 0 and g.count("Concat") == 0
+    assert g.count("Transpose") == 0  # Reshape -> Gemm absorbed the layout once its shape was constant
+    assert_equivalent(model, g)
+
+
+def test_second_run_changes_nothing():
+    g = from_onnx(dynamic_flatten_model())
+    ctx = PassManager(registry()).ctx
+    assert FoldConstants().run(g, ctx).changed
+    assert not FoldConstants().run(g, ctx).changed
+
+
+def test_dynamic_shape_is_left_alone():
+    b = Builder(opset=13)
+    x = b.input("x", ["batch", 4])
+    s = b.op("Shape", [x])
+    out = b.op("Reshape", [x, s])
+    b.outputs.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch", 4]))
+    model = b.model()
+    g, records = run_pipeline(model, keep_io_layout=True)
+    assert g.count("Shape") == 1
+    assert not [r for r in records if r.name == "fold_constants"][0].changed
+
+
+def test_random_ops_are_never_folded():
+    b = Builder(opset=13)
+    x = b.input("x", [2, 3])
+    r = b.op("RandomNormal", [], shape=[2, 3], seed=1.0)
+    b.output(b.op("Add", [x, b.op("Mul", [r, b.const(np.zeros((2, 3)), dtype=np.float32)])]))
+    g, _ = run_pipeline(b.model(), keep_io_layout=True)
+    assert g.count("RandomNormal") == 1
