@@ -6,8 +6,10 @@ import os
 import sys
 
 from graph_convert.errors import ConvertError, PassError, VerificationError
+from graph_convert.quantize import QuantizationThresholdError
 
 EXIT_USAGE, EXIT_VERIFY, EXIT_PASS = 2, 3, 4
+EXIT_QUANT_THRESHOLD = 5  # a quantized variant fell below --min-sqnr / --min-top1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     c.add_argument("-q", "--quiet", action="store_true")
+    q = c.add_argument_group("quantization (TFLite post-training quantization, checked against ONNX Runtime float32)")
+    q.add_argument("--quantize", metavar="LIST", help="any of fp16,int8,int8-full (comma-separated)")
+    q.add_argument("--calibration", metavar="DATA.npz|DIR|random",
+                   help="calibration samples: .npz keyed by input name (source layout, samples on axis 0), a folder of images, "
+                        "or 'random' (accuracy figures then meaningless); required by int8-full")
+    q.add_argument("--eval-data", metavar="DATA.npz|DIR", help="held-out samples for the accuracy report (default: 20%% of the calibration data, kept out of calibration)")
+    q.add_argument("--mean", metavar="M[,M...]", help="image folders: subtract per channel after scaling pixels to [0, 1]")
+    q.add_argument("--std", metavar="S[,S...]", help="image folders: divide per channel after --mean")
+    q.add_argument("--size", metavar="H,W", help="image folders: resize to this (default: the input's height and width)")
+    q.add_argument("--int8-io", action="store_true", help="int8-full: int8 inputs and outputs (default float)")
+    q.add_argument("--quant-debug", action="store_true", help="int8-full: per-layer SQNR, worst layers with the node they came from")
+    q.add_argument("--float-ops", metavar="NODE,...", help="int8-full: keep these nodes' layers float; the report shows what it bought")
+    q.add_argument("--min-sqnr", type=float, metavar="DB", help=f"fail (exit {EXIT_QUANT_THRESHOLD}, nothing written) if any quantized output's SQNR is lower")
+    q.add_argument("--min-top1", type=float, metavar="PCT", help=f"fail (exit {EXIT_QUANT_THRESHOLD}, nothing written) if any classifier output's top-1 agreement is lower")
     ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
     ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     return p
@@ -53,7 +69,13 @@ def _summary(result) -> str:
     if "tflite" in r:
         lines.append(f"TFLite float32: {r['tflite']['total_ops']} ops, TRANSPOSE {r['tflite']['transpose_ops']}, {r['tflite']['bytes']} bytes")
     lines.append(_table(r))
-    lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}model.rewritten.onnx, report.json) in {r['timings_seconds']['total']:.1f}s")
+    quant = ""
+    if "quantization" in r:
+        from graph_convert.quantize import tables
+
+        lines.append(tables(r["quantization"]))
+        quant = "".join(f"{e['path']}, " for e in r["quantization"]["variants"].values())
+    lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}{quant}model.rewritten.onnx, report.json) in {r['timings_seconds']['total']:.1f}s")
     return "\n".join(lines)
 
 
@@ -80,13 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         result = convert(args.source, None, args.output, input_shapes=shapes, inputs=args.inputs,
                          keep_io_layout=args.keep_io_layout, plugins=args.plugin, disable_passes=args.disable_pass,
                          verify=args.verify, atol=args.atol, seed=args.seed, tflite=not args.no_tflite,
-                         overwrite=args.overwrite, log=log)
+                         overwrite=args.overwrite, log=log, quantize=args.quantize, calibration=args.calibration,
+                         eval_data=args.eval_data, int8_io=args.int8_io, quant_debug=args.quant_debug,
+                         float_ops=args.float_ops.split(",") if args.float_ops is not None else (),
+                         min_sqnr=args.min_sqnr, min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size)
         if not args.quiet:
             print(_summary(result))
         return 0
     except VerificationError as e:
         print(f"graph-convert: verification failed: {e}", file=sys.stderr)
         return EXIT_VERIFY
+    except QuantizationThresholdError as e:
+        print(f"graph-convert: {e}", file=sys.stderr)
+        return EXIT_QUANT_THRESHOLD
     except PassError as e:
         print(f"graph-convert: {e}", file=sys.stderr)
         return EXIT_PASS

@@ -5,8 +5,14 @@ through the pass pipeline with its I/O layout kept, emitted as a ``tf.function``
 in memory to TFLite (builtin ops only); both are compared with the case's expected outputs using
 its own tolerances (``|got - expected| <= atol + rtol * |expected|``, dtypes and shapes exact).
 
-``python -m graph_convert.conformance`` runs all of them and writes ``docs/CONFORMANCE.md``;
-``--match REGEX`` runs a subset and prints it. :func:`run_cases` is what the tests use.
+A case is *excluded* when TF cannot express it (a dtype TF lacks, sequence/optional values, a
+training-mode output, or a reason in :data:`KNOWN_EXCLUSIONS`); it is checked in TF only when the
+emitters declare a *TFLite gap* for it (a dtype without TFLite kernel, +-inf constants), and it is
+*unsupported* when an emitter declines the form with a ConvertError. Everything else must pass.
+
+``python -m graph_convert.conformance`` runs all of them in worker processes and writes
+``docs/CONFORMANCE.md``; ``--match REGEX`` runs a subset and prints it. :class:`Runner` and
+:func:`run_cases` are what the tests use.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ _NO_TF = "no such dtype in TensorFlow"
 UNSUPPORTED_DTYPES: dict[int, str] = {
     TensorProto.FLOAT8E4M3FN: _NO_TF, TensorProto.FLOAT8E4M3FNUZ: _NO_TF, TensorProto.FLOAT8E5M2: _NO_TF,
     TensorProto.FLOAT8E5M2FNUZ: _NO_TF, TensorProto.UINT4: _NO_TF, TensorProto.INT4: _NO_TF,
-    TensorProto.STRING: "string tensors: TFLite builtin kernels do not take them",
+    TensorProto.STRING: "string tensors: no TFLite builtin takes them (the emitters handle numbers only)",
     TensorProto.COMPLEX64: "complex tensors: TFLite builtin kernels do not take them",
     TensorProto.COMPLEX128: "complex tensors: TFLite builtin kernels do not take them",
 }
@@ -52,6 +58,15 @@ for _name, _reason in (("FLOAT4E2M1", _NO_TF), ("FLOAT8E8M0", _NO_TF), ("UINT2",
         UNSUPPORTED_DTYPES[getattr(TensorProto, _name)] = _reason
 
 CASE_TIMEOUT = 300  # seconds one case may take in a worker process
+# Cases whose expected outputs TF/TFLite cannot reproduce for a reason verified case by case.
+KNOWN_EXCLUSIONS: dict[str, str] = {
+    "test_attention_4d_causal_fp16_expanded": (
+        "float16 rounding: the expected values keep float32 precision between the expanded ops "
+        "(ONNX Runtime matches them only because its CPU kernels run float16 graphs in float32); "
+        "rounding every intermediate to float16, as the graph's types say, lands 1 float16 ulp "
+        "away in 2 of 192 elements (the first differing op, Mul, equals numpy's float16 product)"),
+}
+
 STATUSES = ("pass", "fail", "unsupported", "excluded", "not_claimed")
 
 
@@ -139,6 +154,8 @@ def _case_dtypes(model: onnx.ModelProto) -> set[int]:
 
 def _exclusion(case, dtypes: set[int]) -> str | None:
     """Why the case cannot be expressed in TF at all, or None."""
+    if case.name in KNOWN_EXCLUSIONS:
+        return KNOWN_EXCLUSIONS[case.name]
     m = case.model
     for vi in [*m.graph.input, *m.graph.output, *m.graph.value_info]:
         kind = vi.type.WhichOneof("value")
@@ -183,12 +200,23 @@ def freeze_constant_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray])
 
 # --- running one case ----------------------------------------------------------------------------
 class Runner:
-    """Holds what every case shares: the registry (built once) and TensorFlow (imported once)."""
+    """Holds what every case shares: the registry (built once) and TensorFlow (imported once).
 
-    def __init__(self, registry=None):
+    ``options`` are extra pass options (``keep_io_layout`` is always on), ``disable`` names passes
+    not to run; ``freeze`` turns inputs
+    read only at :data:`CONSTANT_SLOTS` into initializers (off: they stay runtime inputs);
+    ``last_graph``/``last_tflite`` keep the rewritten IR and the flatbuffer of the last case, for
+    tests that look at them."""
+
+    def __init__(self, registry=None, options: dict | None = None, freeze: bool = True, disable: Sequence[str] = ()):
         from graph_convert.passes import builtin_registry
 
         self.registry = registry if registry is not None else builtin_registry()
+        self.options = {**(options or {}), "keep_io_layout": True}
+        self.freeze = freeze
+        self.disable = tuple(disable)
+        self.last_graph = None
+        self.last_tflite: bytes | None = None
         import tensorflow as tf
 
         self.tf = tf
@@ -214,6 +242,7 @@ class Runner:
         from graph_convert.tf import ops as tf_ops
 
         res = CaseResult(case.name, ops, "fail")
+        self.last_graph = self.last_tflite = None
         try:
             tf_ops.take_tflite_gaps()
             try:
@@ -237,7 +266,7 @@ class Runner:
                 res.tflite = "excluded"
                 res.tflite_excluded = "; ".join(sorted({f"{op}: {why}" for _, op, why in gaps}))
             else:
-                data = self._tflite(concrete, module)
+                data = self.last_tflite = self._tflite(concrete, module)
                 got = self._run_tflite(data, feeds)
                 _check(got, expected, tf_names, case, "tflite")
                 res.tflite = "pass"
@@ -258,9 +287,11 @@ class Runner:
         m = case.model
         inputs, outputs = (_arrays(v) for v in case.data_sets[0])
         feeds = dict(zip([vi.name for vi in m.graph.input], inputs))
-        m, feeds = freeze_constant_inputs(m, feeds)
+        if self.freeze:
+            m, feeds = freeze_constant_inputs(m, feeds)
         graph = from_onnx(m)
-        PassManager(self.registry, options={"keep_io_layout": True}).run(graph)
+        PassManager(self.registry, disabled=self.disable, options=self.options).run(graph)
+        self.last_graph = graph
         module, concrete, in_names, out_names = build_function(graph, self.registry.emitters)
         expected = dict(zip([vi.name for vi in case.model.graph.output], outputs))
         tf_names = {tf_name(y): y for y in graph.outputs}
@@ -335,6 +366,8 @@ def compare_to_expected(got: np.ndarray, exp: np.ndarray, rtol: float, atol: flo
         if np.any(bad):
             return "wrong values", f"{int(bad.sum())}/{exp.size} elements differ"
         return None
+    if exp.dtype.name == "bfloat16":  # as onnx.backend.test.runner: rtol of at least two bfloat16 ulps
+        rtol = max(rtol, 2**-6)
     g, e = got.astype(np.float64), exp.astype(np.float64)
     ok = np.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
     if not np.all(ok):
@@ -612,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--output", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "CONFORMANCE.md"))
     ap.add_argument("--show", default="fail", help="statuses to list per case (comma-separated, or 'all')")
+    ap.add_argument("--json", help="also write every case's result to this JSON file")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     t0 = time.perf_counter()
@@ -631,7 +665,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r.status in show:
             print(f"{r.status:12s} {r.name}: {r.reason_class}: {r.reason}" if r.reason else f"{r.status:12s} {r.name}")
     counts = Counter(r.status for r in results)
+    slow = sorted(results, key=lambda r: -r.seconds)[:10]
+    print("slowest: " + ", ".join(f"{r.name} {r.seconds:.1f} s" for r in slow), file=sys.stderr)
     print(f"{len(results)} cases in {seconds:.0f} s: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES))
+    if args.json:
+        import dataclasses
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in results], f, indent=1)
     if args.match is None:
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
         with open(args.output, "w") as f:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from graph_convert import __version__
+from graph_convert import quantize as Q
 from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, load_model, to_onnx
 from graph_convert.passes import PassManager, builtin_registry
@@ -139,14 +140,33 @@ def convert(
     tflite: bool = True,
     overwrite: bool = False,
     log=None,
+    quantize: str | Sequence[str] | None = None,
+    calibration=None,
+    eval_data=None,
+    int8_io: bool = False,
+    quant_debug: bool = False,
+    float_ops: str | Sequence[str] = (),
+    min_sqnr: float | None = None,
+    min_top1: float | None = None,
+    mean=None,
+    std=None,
+    size=None,
 ) -> ConvertResult:
     """Convert ``source`` (an ``nn.Module``, ``file.py:factory``, ``module:attr``, an .onnx path or
     ModelProto) and write the verified artifacts to ``output_dir``. Raises ConvertError (bad input),
-    UnsupportedOpsError, PassError or VerificationError; nothing is written on failure."""
+    UnsupportedOpsError, PassError or VerificationError; nothing is written on failure.
+
+    Quantization (see :mod:`graph_convert.quantize`): ``quantize`` any of ``fp16``, ``int8``,
+    ``int8-full``; ``calibration`` an .npz path, an image folder (with ``mean``/``std``/``size``),
+    ``"random"`` or ``{input name: array}`` (source layout, samples on axis 0); ``eval_data`` likewise
+    (default: a held-out share of the calibration data); ``int8_io``, ``quant_debug``, ``float_ops``;
+    ``min_sqnr``/``min_top1`` raise :class:`graph_convert.quantize.QuantizationThresholdError`."""
     if verify not in ("phase", "each", "none"):
         raise ConvertError(f"--verify {verify!r}: expected one of phase, each, none")
     if not (atol > 0):
         raise ConvertError(f"--atol {atol!r}: must be a positive number")
+    qopts = Q.make_options(quantize, calibration=calibration, eval_data=eval_data, int8_io=int8_io, quant_debug=quant_debug,
+                           float_ops=float_ops, min_sqnr=min_sqnr, min_top1=min_top1, mean=mean, std=std, size=size, tflite=tflite)
     say = log or (lambda msg: None)
     output_dir = os.fspath(output_dir)
     t_start = time.perf_counter()
@@ -154,7 +174,7 @@ def convert(
     tmp = _prepare_output(output_dir, overwrite)
     try:
         result = _convert_into(tmp, source, example_inputs, output_dir, input_shapes or [], inputs, keep_io_layout,
-                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings)
+                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings, qopts)
         timings["total"] = time.perf_counter() - t_start
         result.report["timings_seconds"] = {k: round(v, 4) for k, v in timings.items()}
         with open(os.path.join(tmp, "report.json"), "w") as f:
@@ -171,7 +191,7 @@ def convert(
 
 
 def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs, keep_io_layout, plugins,
-                  disable_passes, verify, atol, seed, want_tflite, say, timings) -> ConvertResult:
+                  disable_passes, verify, atol, seed, want_tflite, say, timings, qopts=None) -> ConvertResult:
     t = time.perf_counter()
     registry = builtin_registry(plugins)
     timings["load_plugins"] = time.perf_counter() - t
@@ -179,6 +199,10 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
     t = time.perf_counter()
     model, src_info = _resolve_source(source, example_inputs, input_shapes, tmp)
     graph = from_onnx(model)
+    src_info["opset"] = dict(graph.model_meta.get("opset_import", [])).get("", dict(graph.model_meta.get("opset_import", [])).get("ai.onnx"))
+    # older opsets (attribute axes, Upsample, spatial BN, ...) are read by the emitters and
+    # transpose handlers themselves rather than rewritten by onnx.version_converter
+    src_info["old_forms"] = "handled directly (no version conversion)"
     timings["load"] = time.perf_counter() - t
     say(f"source: {src_info.get('path') or src_info.get('spec') or src_info['kind']} ({len(graph)} nodes)")
 
@@ -208,6 +232,10 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
         feeds = check_user_inputs(graph, inputs, "inputs")
     else:
         feeds = make_inputs(graph, seed, shape_overrides)
+
+    qplan = None
+    if qopts is not None:  # quantization data and names are checked before any conversion work
+        qplan = Q.prepare(qopts, graph, shape_overrides, seed)
 
     t = time.perf_counter()
     verifier = Verifier(model, feeds, atol)
@@ -258,7 +286,10 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
     from graph_convert.tf.writer import convert_tflite, run_tf, run_tflite, save_saved_model, tflite_op_counts
 
     t = time.perf_counter()
-    module, concrete, in_names, out_names = build_function(graph, registry.emitters)
+    emitters, scopes = registry.emitters, {}
+    if qplan is not None:  # TF op names carry their node's name, so TFLite layers map back to nodes
+        emitters, scopes = Q.scoped_emitters(registry.emitters, graph)
+    module, concrete, in_names, out_names = build_function(graph, emitters)
     timings["tf_trace"] = time.perf_counter() - t
     feeds_rw = to_rewritten_layout(feeds, graph.io_perms)
     t = time.perf_counter()
@@ -303,6 +334,12 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
         report["tflite"] = {"path": "model_float32.tflite", "bytes": os.path.getsize(tfl), "transpose_ops": ops.get("TRANSPOSE", 0),
                             "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
         paths["tflite_float32"] = tfl
+        if qplan is not None:
+            t = time.perf_counter()
+            report["quantization"], qpaths = Q.run(qplan, out_dir=tmp, sm_dir=sm_dir, float_tflite=tfl, source_model=model, graph=graph,
+                                                   in_names=in_names, out_names=out_names, scopes=scopes, say=say)
+            paths.update(qpaths)
+            timings["quantize"] = time.perf_counter() - t
     return ConvertResult(output_dir, report, paths)
 
 

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 INPUT_SHAPE = (1, 1, 8, 8)
-INPUT_NAME = "image"
 
 
 class DigitsCNN(nn.Module):

@@ -223,3 +223,17 @@ def test_console_script_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TRANSPOSE 0" in proc.stdout
     assert (out / "model_float32.tflite").exists()
+
+
+def test_source_that_onnxruntime_rejects(tmp_path, capsys):
+    """A model that passes onnx.checker but that ONNX Runtime refuses (mixed float/double
+    BatchNormalization): it cannot be the reference, so one clear line and nothing written."""
+    b = Builder()
+    x = b.input("x", [1, 2, 4, 4])
+    c = [b.const(np.ones(2, np.float64)) for _ in range(4)]
+    b.output(b.op("BatchNormalization", [x, *c]))
+    p = tmp_path / "mixed.onnx"
+    onnx.save(b.model(), p)
+    out = tmp_path / "out"
+    code, _, err = run(["convert", p, "-o", out], capsys)
+    assert_clean_failure(code, err, tmp_path, out, EXIT_USAGE, "ONNX Runtime")
