@@ -38,8 +38,10 @@ def run_tf(concrete, in_names: list[str], feeds: Mapping[str, np.ndarray], graph
 def save_saved_model(module, concrete, path: str) -> None:
     import tensorflow as tf
 
+    # a bare Module holding only the signature: saving ``module`` itself would trace its
+    # tf.function a second time (every emitter run twice) for nothing
     with _quiet_fds():
-        tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+        tf.saved_model.save(tf.Module(), path, signatures={"serving_default": concrete})
 
 
 def convert_tflite(saved_model_dir: str, path: str) -> None:
