@@ -293,6 +293,11 @@ def emit_max_pool(node, x, ctx):
         y = _window_max(_pad_cl(xc, total, low), kernel, strides, dilations)
     elif n == 2 and not any(extra) and any(p != (0, 0) for p in total) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
         y = tf.nn.max_pool(xc, kernel, strides, "SAME")
+    elif all(2 * b <= k and 2 * e <= k and v is not None and max(b, e) <= v for (b, e), k, v in zip(total, kernel, in_spatial)):
+        # mirrored padding cannot change a window's max when pads <= k/2 (every window touching a
+        # mirrored cell also holds the cell it mirrors), and unlike a -inf fill it keeps the
+        # tensor's range honest for int8 quantization
+        y = _pool_valid(tf.pad(xc, [(0, 0), *total, (0, 0)], mode="SYMMETRIC"), kernel, strides, "MAX")
     else:
         y = _pool_valid(_pad_cl(xc, total, low), kernel, strides, "MAX")
     return _from_cl(node, _back(y, dt))
