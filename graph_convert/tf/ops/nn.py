@@ -198,13 +198,17 @@ def emit_conv_transpose(node, x, ctx):
     ys = [conv(a, b, oshape, strides=strides, padding="VALID") for a, b in zip(xs, ws)]
     y = tf.concat(ys, axis=-1) if group > 1 else ys[0]
     # crop the pads, then zero-extend where output_padding reaches past the full output
-    sl = [slice(None)] + [slice(pads[i][0], min(pads[i][0] + out_size[i], full[i])) for i in range(n)] + [slice(None)]
-    y = y[tuple(sl)]
     extra = [max(pads[i][0] + out_size[i] - full[i], 0) for i in range(n)]
+    has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
+    if has_bias and not any(extra):
+        y = tf.nn.bias_add(y, x[2])  # right after TRANSPOSE_CONV, where TFLite fuses it
+    if any(pads[i][0] or out_size[i] != full[i] for i in range(n)):
+        sl = [slice(None)] + [slice(pads[i][0], min(pads[i][0] + out_size[i], full[i])) for i in range(n)] + [slice(None)]
+        y = y[tuple(sl)]
     if any(extra):
         y = tf.pad(y, [(0, 0), *[(0, e) for e in extra], (0, 0)])
-    if len(node.inputs) > 2 and node.inputs[2]:
-        y = tf.nn.bias_add(y, x[2])
+        if has_bias:
+            y = tf.nn.bias_add(y, x[2])  # the zero-extended cells get the bias too
     return _from_cl(node, y)
 
 
