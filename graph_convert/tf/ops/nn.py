@@ -297,14 +297,33 @@ def emit_max_pool(node, x, ctx):
         y = _window_max(_pad_cl(xc, total, low), kernel, strides, dilations)
     elif n == 2 and not any(extra) and any(p != (0, 0) for p in total) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
         y = tf.nn.max_pool(xc, kernel, strides, "SAME")
-    elif all(2 * b <= k and 2 * e <= k and v is not None and max(b, e) <= v for (b, e), k, v in zip(total, kernel, in_spatial)):
-        # mirrored padding cannot change a window's max when pads <= k/2 (every window touching a
-        # mirrored cell also holds the cell it mirrors), and unlike a -inf fill it keeps the
-        # tensor's range honest for int8 quantization
-        y = _pool_valid(tf.pad(xc, [(0, 0), *total, (0, 0)], mode="SYMMETRIC"), kernel, strides, "MAX")
+    elif all(p == (0, 0) for p in total):
+        y = _pool_valid(xc, kernel, strides, "MAX")
+    elif _non_negative(ctx, node.inputs[0]):
+        # after ReLU & co. a zero fill is exact (padding never wins a max over >= 0 values) and,
+        # unlike a -inf fill, keeps a PAD that XNNPack runs and an honest range for int8
+        y = _pool_valid(_pad_cl(xc, total, 0.0), kernel, strides, "MAX")
     else:
         y = _pool_valid(_pad_cl(xc, total, low), kernel, strides, "MAX")
     return _from_cl(node, _back(y, dt))
+
+
+_NON_NEGATIVE = {"Relu", "Sigmoid", "Softplus", "Abs", "Exp", "HardSigmoid"}
+
+
+def _non_negative(ctx, tensor: str) -> bool:
+    """Whether ``tensor`` is provably >= 0 from the op that produces it."""
+    prod = ctx.graph.producer(tensor)
+    if prod is None:
+        return False
+    if prod.op_type in _NON_NEGATIVE:
+        return True
+    if prod.op_type == "Clip" and len(prod.inputs) > 1 and prod.inputs[1]:
+        lo = ctx.const(prod.inputs[1])
+        return lo is not None and float(lo) >= 0.0
+    if prod.op_type == "Clip" and ctx.opset < 11:
+        return prod.attr("min", float("-inf")) >= 0.0
+    return False
 
 
 @emitter("AveragePool", layout_aware=True)
