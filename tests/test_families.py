@@ -47,7 +47,11 @@ def family(request, tmp_path_factory):
 def test_minimum_transposes(family):
     name, _, _, result = family
     rep = result.report
-    assert rep["tflite"]["transpose_ops"] == EXPECTED_TRANSPOSES[name], (rep["tflite"]["ops"], rep["rewritten_graph"]["transposes_left"])
+    assert rep["rewritten_graph"]["transposes"] == EXPECTED_TRANSPOSES[name], rep["rewritten_graph"]["transposes_left"]
+    # in the .tflite a channel shuffle's transpose is two row-moving TRANSPOSE ops: XNNPACK moves
+    # the single [H*W, g, C/g] -> [H*W, C/g, g] one element at a time, 2-3x slower (test_ops)
+    tflite_expected = 2 * EXPECTED_TRANSPOSES[name] if name == "channel_shuffle" else EXPECTED_TRANSPOSES[name]
+    assert rep["tflite"]["transpose_ops"] == tflite_expected, (rep["tflite"]["ops"], rep["rewritten_graph"]["transposes_left"])
     # every Transpose left is reported with the node that forced it
     assert len(rep["rewritten_graph"]["transposes_left"]) == rep["rewritten_graph"]["transposes"]
     for t in rep["rewritten_graph"]["transposes_left"]:

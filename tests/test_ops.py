@@ -437,3 +437,21 @@ def test_take_tflite_gaps_names_node_and_clears(runner):
     gaps = ops.take_tflite_gaps()
     assert [(op, why) for _, op, why in gaps] == [("Add", "TFLite has no add kernel for float64")]
     assert ops.take_tflite_gaps() == []
+
+
+@pytest.mark.parametrize("shape,perm,decomposed", [
+    ((1, 8, 8, 2, 16), (0, 1, 2, 4, 3), True),   # channel shuffle, channels-last
+    ((3, 4, 1, 8, 5), (0, 3, 2, 1, 4), False),   # size-1 axis skipped in the middle; block of 5
+    ((2, 6, 3, 4), (0, 1, 3, 2), False),         # 3x4 matrices: too small to pay for three passes
+    ((2, 6, 2, 9), (0, 1, 3, 2), True),          # [12, 2, 9] -> [12, 9, 2]
+    ((5, 1, 3, 1, 7), (0, 4, 3, 2, 1), True),    # size-1 axes around: [5, 3, 7] -> [5, 7, 3]
+    ((4, 6, 2, 8), (2, 3, 0, 1), False),         # a plain 2-D transpose once merged
+    ((2, 3, 4, 5), (1, 0, 3, 2), False),
+])
+def test_transpose_forms_match_onnx_runtime(shape, perm, decomposed, runner):
+    """Batched small-matrix transposes are emitted as three row-moving transposes; every form
+    still computes exactly what ONNX Runtime does, in TF and in TFLite."""
+    m = one_op("Transpose", [("x", list(shape), F)], perm=list(perm))
+    check(runner, m, {"x": _f32(*shape)}, rtol=0, atol=0)
+    n = tflite_ops(runner).count("TRANSPOSE")
+    assert (n > 1) == decomposed, tflite_ops(runner)  # the TFLite converter may merge two of the three

@@ -138,12 +138,18 @@ def emit_conv(node, x, ctx):
         xc, padding = _pad_cl(xc, pads), "VALID"
     c_in = w.shape[-2] * group
     c_out = w.shape[-1]
+    fused_bias_ok = True  # TF's fused Conv2D+BiasAdd kernel refuses grouped convolutions
     if group == 1:
         y = tf.nn.convolution(xc, w, strides=strides, padding=padding, dilations=dilations)
     elif group == c_in and n == 2 and len(set(strides)) == 1:
         mult = c_out // c_in
         wd = w.reshape(kernel + [c_in, mult])
         y = tf.nn.depthwise_conv2d(xc, wd, strides=[1, *strides, 1], padding=padding, dilations=dilations)
+    elif n == 2:
+        # one grouped CONV_2D (TFLite and XNNPACK take it); TF's CPU kernel runs it too, but its
+        # fused Conv2D+BiasAdd kernel refuses groups, so the bias below is a plain Add
+        fused_bias_ok = False
+        y = tf.nn.conv2d(xc, w, strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
     else:
         xs = tf.split(xc, group, axis=-1)
         ws = np.split(w, group, axis=-1)
@@ -151,7 +157,7 @@ def emit_conv(node, x, ctx):
     if squeeze:
         y = tf.squeeze(y, 1)
     if len(node.inputs) > 2 and node.inputs[2]:
-        y = tf.nn.bias_add(y, x[2])
+        y = tf.nn.bias_add(y, x[2]) if fused_bias_ok else tf.add(y, x[2])
     return _from_cl(node, y)
 
 
