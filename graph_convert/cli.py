@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="input shape; repeat for several inputs (required for PyTorch sources)")
     c.add_argument("--inputs", metavar="DATA.npz", help="verify on these arrays (keyed by input name, source layout)")
     c.add_argument("--keep-io-layout", action="store_true", help="keep inputs/outputs in the source layout (default: channels-last)")
+    c.add_argument("--dynamic-batch", action="store_true",
+                   help="SavedModel/.tflite take any batch size (verified at batch 1, 2 and 3); automatic when the ONNX model's batch dim is symbolic")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load passes/handlers/emitters from MODULE.register")
     c.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="skip a pass by name")
     c.add_argument("--verify", choices=["phase", "each", "none"], default="phase",
@@ -69,6 +71,13 @@ def _summary(result) -> str:
     if "tflite" in r:
         lines.append(f"TFLite float32: {r['tflite']['total_ops']} ops, TRANSPOSE {r['tflite']['transpose_ops']}, {r['tflite']['bytes']} bytes")
     lines.append(_table(r))
+    dyn = r.get("dynamic_batch", {})
+    if dyn.get("kept"):
+        worst = max((f["max_abs"] for v in dyn["verification"].values() for st in v.values() for f in st.values()), default=0.0)
+        lines.append(f"dynamic batch ({', '.join(dyn['inputs'])}): verified at batch {dyn['converted_at'][0]} (table), "
+                     f"{', '.join(b.split()[1] for b in dyn['verification'])} (max abs {worst:.2e})")
+    elif "reason" in dyn and dyn.get("requested"):
+        lines.append(f"dynamic batch not kept: {dyn['reason']}")
     quant = ""
     if "quantization" in r:
         from graph_convert.quantize import tables
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [parse_shape(s) for s in args.input_shape]
         log = None if args.quiet else (lambda m: print(m, flush=True))
         result = convert(args.source, None, args.output, input_shapes=shapes, inputs=args.inputs,
-                         keep_io_layout=args.keep_io_layout, plugins=args.plugin, disable_passes=args.disable_pass,
+                         keep_io_layout=args.keep_io_layout, dynamic_batch=args.dynamic_batch, plugins=args.plugin, disable_passes=args.disable_pass,
                          verify=args.verify, atol=args.atol, seed=args.seed, tflite=not args.no_tflite,
                          overwrite=args.overwrite, log=log, quantize=args.quantize, calibration=args.calibration,
                          eval_data=args.eval_data, int8_io=args.int8_io, quant_debug=args.quant_debug,
@@ -126,13 +135,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """Console-script entry: ``main`` plus a fast exit (TensorFlow leaves a large heap whose
-    final garbage collection costs about a second; freezing it skips that work)."""
-    import gc
-
+    """Console-script entry: ``main`` plus a fast exit. TensorFlow leaves a large heap and
+    native threads whose teardown costs about a second at interpreter exit; every output file is
+    written and closed by then (atomically), so once our streams are flushed the process ends
+    at once (``GRAPH_CONVERT_NORMAL_EXIT=1`` keeps the normal interpreter exit)."""
     rc = main()
-    gc.freeze()
-    return rc
+    if os.environ.get("GRAPH_CONVERT_NORMAL_EXIT") == "1":
+        return rc
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing left to say
+            pass
+    os._exit(rc)
 
 
 if __name__ == "__main__":

@@ -82,11 +82,16 @@ def load_torch_model(spec: str):
     return obj.eval()
 
 
-def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None) -> str:
-    """Export to ``path``; returns which exporter produced the file ("dynamo" or "legacy")."""
+def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None, dynamic_batch: bool = False) -> str:
+    """Export to ``path``; returns which exporter produced the file ("dynamo" or "legacy").
+    ``dynamic_batch``: dim 0 of every tensor input of rank >= 1 is exported symbolic."""
     import torch
 
     args = tuple(example_inputs)
+    batched = [isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args]
+    if dynamic_batch:
+        # a batch of 1 would be specialised away by torch.export: trace with 2 (same samples)
+        args = tuple(a.expand(2, *a.shape[1:]).contiguous() if b and a.shape[0] == 1 else a for a, b in zip(args, batched))
     errors = []
     sink = io.StringIO()
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
@@ -103,6 +108,13 @@ def export(module, example_inputs: Sequence[Any], path: str, opset: int | None =
                         kw["opset_version"] = opset
                     elif kind == "legacy":
                         kw["opset_version"] = 17
+                    if dynamic_batch and kind == "dynamo":
+                        batch = torch.export.Dim("batch")
+                        kw["dynamic_shapes"] = tuple({0: batch} if b else None for b in batched)
+                    elif dynamic_batch:
+                        names = [f"input_{i}" for i in range(len(args))]
+                        kw["input_names"] = names
+                        kw["dynamic_axes"] = {n: {0: "batch"} for n, b in zip(names, batched) if b}
                     with torch.no_grad():
                         torch.onnx.export(module, args, path, **kw)
                 onnx.checker.check_model(path)

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from graph_convert import __version__
+from graph_convert import dynamic as D
 from graph_convert import quantize as Q
 from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, load_model, to_onnx
@@ -84,7 +85,7 @@ def _commit_output(tmp: str, output_dir: str) -> None:
         os.rename(tmp, out)
 
 
-def _resolve_source(source, example_inputs, input_shapes, work: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def _resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Any accepted source -> (ONNX model, provenance facts for the report)."""
     from graph_convert import export as ex
 
@@ -115,9 +116,14 @@ def _resolve_source(source, example_inputs, input_shapes, work: str) -> tuple[on
         example_inputs = (example_inputs,)
     path = os.path.join(work, "source.onnx")
     t0 = time.perf_counter()
-    info["exporter"] = ex.export(module, example_inputs, path)
+    info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
     info["export_seconds"] = round(time.perf_counter() - t0, 3)
     return onnx.load(path), info
+
+
+def _io_shape(graph: Graph, view, name: str) -> list:
+    shape = view.shape(name) if view is not None else graph.shape(name)
+    return ["batch" if d is None else d for d in (shape or [])]
 
 
 def _figs(figs) -> dict[str, Any]:
@@ -132,6 +138,7 @@ def convert(
     input_shapes: Sequence[tuple[str | None, tuple[int, ...]]] | None = None,
     inputs: Mapping[str, np.ndarray] | str | None = None,
     keep_io_layout: bool = False,
+    dynamic_batch: bool = False,
     plugins: Sequence[str] = (),
     disable_passes: Sequence[str] = (),
     verify: str = "phase",
@@ -174,7 +181,7 @@ def convert(
     tmp = _prepare_output(output_dir, overwrite)
     try:
         result = _convert_into(tmp, source, example_inputs, output_dir, input_shapes or [], inputs, keep_io_layout,
-                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings, qopts)
+                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings, qopts, dynamic_batch)
         timings["total"] = time.perf_counter() - t_start
         result.report["timings_seconds"] = {k: round(v, 4) for k, v in timings.items()}
         with open(os.path.join(tmp, "report.json"), "w") as f:
@@ -191,13 +198,13 @@ def convert(
 
 
 def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs, keep_io_layout, plugins,
-                  disable_passes, verify, atol, seed, want_tflite, say, timings, qopts=None) -> ConvertResult:
+                  disable_passes, verify, atol, seed, want_tflite, say, timings, qopts=None, dynamic_batch=False) -> ConvertResult:
     t = time.perf_counter()
     registry = builtin_registry(plugins)
     timings["load_plugins"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model, src_info = _resolve_source(source, example_inputs, input_shapes, tmp)
+    model, src_info = _resolve_source(source, example_inputs, input_shapes, tmp, dynamic_batch)
     graph = from_onnx(model)
     src_info["opset"] = dict(graph.model_meta.get("opset_import", [])).get("", dict(graph.model_meta.get("opset_import", [])).get("ai.onnx"))
     # older opsets (attribute axes, Upsample, spatial BN, ...) are read by the emitters and
@@ -220,6 +227,7 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
             if target is None or target not in graph.inputs:
                 raise ConvertError(f"--input-shape: {'name the input' if target is None else f'no model input named {target!r}'} (inputs: {graph.inputs})")
             shape_overrides[target] = dims
+    user_feeds = None
     if isinstance(inputs, (str, os.PathLike)):
         path = os.fspath(inputs)
         try:
@@ -227,44 +235,57 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
                 data = {k: z[k] for k in z.files}
         except Exception as e:
             raise ConvertError(f"--inputs {path}: cannot read it as .npz ({type(e).__name__}: {e})") from None
-        feeds = check_user_inputs(graph, data, f"--inputs {path}")
+        user_feeds = check_user_inputs(graph, data, f"--inputs {path}")
     elif inputs is not None:
-        feeds = check_user_inputs(graph, inputs, "inputs")
-    else:
-        feeds = make_inputs(graph, seed, shape_overrides)
+        user_feeds = check_user_inputs(graph, inputs, "inputs")
 
     qplan = None
     if qopts is not None:  # quantization data and names are checked before any conversion work
         qplan = Q.prepare(qopts, graph, shape_overrides, seed)
 
-    t = time.perf_counter()
-    verifier = Verifier(model, feeds, atol)
-    timings["reference_ort"] = time.perf_counter() - t
-
+    # dynamic batch: asked for, or the source's own symbolic batch dim (then kept when it can be)
+    batch_names = D.batch_inputs(model, force=dynamic_batch)
+    if dynamic_batch:
+        if not batch_names:
+            raise ConvertError("--dynamic-batch: the model has no input with a batch dim (every input is a scalar)")
+        for clash, what in ((user_feeds is not None, "--inputs"), (qopts is not None, "--quantize")):
+            if clash:
+                raise ConvertError(f"--dynamic-batch cannot be combined with {what} (verification runs on generated batches "
+                                   f"of {D.B1} and {D.B2}; quantized models are written with a static batch)")
+    auto_dynamic = (not dynamic_batch and batch_names and user_feeds is None and qopts is None
+                    and not any(n in shape_overrides for n in batch_names))
+    dyn_info: dict[str, Any] | None = None
+    view = None
     options = {"keep_io_layout": keep_io_layout}
-    pm = PassManager(registry, disabled=tuple(disable_passes), options=options)
-    pristine = graph.copy()
-    t = time.perf_counter()
-    check_phase = None if verify == "none" else (lambda g, phase: verifier.check_graph(g, f"after phase {phase}"))
-    check_each = (lambda g, name: verifier.check_graph(g, f"after pass {name}")) if verify == "each" else None
-    try:
-        records = pm.run(graph, check_each=check_each, check_phase=check_phase)
-    except VerificationError as e:
-        if verify == "each":
-            culprit = e.stage.replace("after pass ", "")
-        else:  # bisect: replay from the source graph, checking after every pass
-            culprit = _find_culprit(pristine, registry, disable_passes, options, verifier)
-        detail = ""
-        if culprit:
-            g2 = pristine.copy()
+
+    def rewrite(static_model, feeds=None, graph=None):
+        return _rewrite(static_model, registry, disable_passes, options, verify, atol, seed, shape_overrides, feeds, timings, graph)
+
+    if dynamic_batch or auto_dynamic:
+        def at_batch(b):
             try:
-                PassManager(registry, disabled=tuple(disable_passes), options=options).run(g2, check_each=_stop_after(culprit))
-            except _Stop:
-                pass
-            tensor = first_diverging_tensor(model, g2, feeds, atol)
-            detail = f"; first diverging tensor: {tensor!r}" if tensor else ""
-        raise VerificationError(f"{e} — first diverging pass: {culprit!r}{detail}", e.stage, culprit) from None
-    timings["passes"] = time.perf_counter() - t
+                return rewrite(D.with_batch(model, batch_names, b, shape_overrides))
+            except (VerificationError, PassError, UnsupportedOpsError):
+                raise
+            except ConvertError as e:  # the source itself fails at this batch size
+                raise D.DynamicBatchError(f"at batch {b}: {e} (is the batch size fixed inside the model, e.g. a Reshape "
+                                          f"to a constant shape? export it with a dynamic batch)") from None
+
+        try:
+            graph, verifier, feeds, records = at_batch(D.B1)
+            graph2, verifier2, feeds2, _ = at_batch(D.B2)
+            view = D.batch_view(graph, graph2, batch_names)
+            dyn_info = {"inputs": batch_names, "requested": "--dynamic-batch" if dynamic_batch else "symbolic batch dim in the source model",
+                        "kept": True, "converted_at": [D.B1, D.B2], **view.stats}
+        except D.DynamicBatchError as e:
+            if dynamic_batch:
+                raise
+            say(f"warning: the batch stays static (1): {e}")
+            dyn_info = {"inputs": batch_names, "requested": "symbolic batch dim in the source model", "kept": False, "reason": str(e)}
+            graph, verifier, feeds, records = rewrite(D.with_batch(model, batch_names, 1, shape_overrides))
+            view = None
+    else:
+        graph, verifier, feeds, records = rewrite(model, user_feeds, graph)
 
     missing = missing_emitters(graph, registry.emitters)
     if missing:
@@ -289,8 +310,18 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
     emitters, scopes = registry.emitters, {}
     if qplan is not None:  # TF op names carry their node's name, so TFLite layers map back to nodes
         emitters, scopes = Q.scoped_emitters(registry.emitters, graph)
-    module, concrete, in_names, out_names = build_function(graph, emitters)
+    from graph_convert.tf.ops import take_tflite_gaps
+
+    take_tflite_gaps()  # forget forms traced by earlier conversions in this process
+    module, concrete, in_names, out_names = build_function(graph, emitters, batch=view)
     timings["tf_trace"] = time.perf_counter() - t
+    # forms TF runs but TFLite has no builtin kernel for: named now, not as a converter crash later
+    gaps = [{"node": n, "op_type": op, "reason": why} for n, op, why in take_tflite_gaps()]
+    if gaps and want_tflite:
+        shown = "; ".join(f"node {g['node']!r} ({g['op_type']}): {g['reason']}" for g in gaps[:10])
+        more = f" and {len(gaps) - 10} more" if len(gaps) > 10 else ""
+        raise ConvertError(f"TFLite has no builtin kernel for {len(gaps)} node(s): {shown}{more} "
+                           f"(--no-tflite writes the SavedModel only)")
     feeds_rw = to_rewritten_layout(feeds, graph.io_perms)
     t = time.perf_counter()
     tf_out = run_tf(concrete, in_names, feeds_rw, graph.inputs)
@@ -298,6 +329,17 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
     from graph_convert.verify import to_source_layout
 
     tf_figs = verifier.check_outputs(to_source_layout(tf_by_onnx, graph.io_perms), "TensorFlow")
+    # a dynamic batch is proven at the other batch sizes too: B2 (the second conversion) and 1
+    extra = []
+    if view is not None:
+        feeds1 = {k: (v[:1] if k in batch_names else v) for k, v in feeds.items()}
+        verifier1 = Verifier(D.with_batch(model, batch_names, 1, shape_overrides), feeds1, atol)
+        extra = [(D.B2, verifier2, feeds2), (1, verifier1, feeds1)]
+        dyn_info["verification"] = {}
+    for b, ver, fd in extra:
+        out = run_tf(concrete, in_names, to_rewritten_layout(fd, graph.io_perms), graph.inputs)
+        figs = ver.check_outputs(to_source_layout({y: out[n] for y, n in zip(graph.outputs, out_names)}, graph.io_perms), f"TensorFlow at batch {b}")
+        dyn_info["verification"][f"batch {b}"] = {"tensorflow": _figs(figs)}
     timings["verify_tf"] = time.perf_counter() - t
     sm_dir = os.path.join(tmp, "saved_model")
     t = time.perf_counter()
@@ -309,8 +351,8 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
         "graph_convert_version": __version__,
         "source": src_info,
         "io": {
-            "inputs": [{"name": x, "tf_name": n, "shape": list(graph.shape(x) or []), "layout_perm": list(graph.io_perms.get(x, [])) or None} for x, n in zip(graph.inputs, in_names)],
-            "outputs": [{"name": y, "tf_name": n, "shape": list(graph.shape(y) or []), "layout_perm": list(graph.io_perms.get(y, [])) or None} for y, n in zip(graph.outputs, out_names)],
+            "inputs": [{"name": x, "tf_name": n, "shape": _io_shape(graph, view, x), "layout_perm": list(graph.io_perms.get(x, [])) or None} for x, n in zip(graph.inputs, in_names)],
+            "outputs": [{"name": y, "tf_name": n, "shape": _io_shape(graph, view, y), "layout_perm": list(graph.io_perms.get(y, [])) or None} for y, n in zip(graph.outputs, out_names)],
             "keep_io_layout": keep_io_layout,
         },
         "plugins": registry.sources,
@@ -318,6 +360,8 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
         "rewritten_graph": {"nodes": len(graph), "transposes": graph.count("Transpose"), "transposes_left": _transposes_left(graph)},
         "verification": {"atol": atol, "inputs": "user (--inputs)" if inputs is not None else f"random, seed {seed}",
                          "rewritten_onnx": _figs(rewritten_figs), "tensorflow": _figs(tf_figs)},
+        "tflite_gaps": gaps,
+        "dynamic_batch": dyn_info if dyn_info is not None else {"kept": False, "reason": "static batch (no --dynamic-batch, no symbolic batch dim)"},
     }
     if want_tflite:
         tfl = os.path.join(tmp, "model_float32.tflite")
@@ -328,6 +372,12 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
         lite_out = run_tflite(tfl, {n: feeds_rw[x] for x, n in zip(graph.inputs, in_names)})
         lite_by_onnx = {y: lite_out[n] for y, n in zip(graph.outputs, out_names)}
         lite_figs = verifier.check_outputs(to_source_layout(lite_by_onnx, graph.io_perms), "TFLite float32")
+        for b, ver, fd in extra:
+            fd_rw = to_rewritten_layout(fd, graph.io_perms)
+            out = run_tflite(tfl, {n: fd_rw[x] for x, n in zip(graph.inputs, in_names)})
+            figs = ver.check_outputs(to_source_layout({y: out[n] for y, n in zip(graph.outputs, out_names)}, graph.io_perms),
+                                     f"TFLite float32 at batch {b}")
+            dyn_info["verification"][f"batch {b}"]["tflite_float32"] = _figs(figs)
         timings["verify_tflite"] = time.perf_counter() - t
         ops = tflite_op_counts(tfl)
         report["verification"]["tflite_float32"] = _figs(lite_figs)
@@ -341,6 +391,41 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
             paths.update(qpaths)
             timings["quantize"] = time.perf_counter() - t
     return ConvertResult(output_dir, report, paths)
+
+
+def _rewrite(model, registry, disable_passes, options, verify, atol, seed, shape_overrides, feeds, timings, graph=None):
+    """Run the passes on ``model`` (or its already loaded ``graph``) with ORT verification;
+    returns (graph, verifier, feeds, records)."""
+    graph = from_onnx(model) if graph is None else graph
+    if feeds is None:
+        feeds = make_inputs(graph, seed, shape_overrides)
+    t = time.perf_counter()
+    verifier = Verifier(model, feeds, atol)
+    timings["reference_ort"] = timings.get("reference_ort", 0.0) + time.perf_counter() - t
+    pm = PassManager(registry, disabled=tuple(disable_passes), options=options)
+    pristine = graph.copy()
+    t = time.perf_counter()
+    check_phase = None if verify == "none" else (lambda g, phase: verifier.check_graph(g, f"after phase {phase}"))
+    check_each = (lambda g, name: verifier.check_graph(g, f"after pass {name}")) if verify == "each" else None
+    try:
+        records = pm.run(graph, check_each=check_each, check_phase=check_phase)
+    except VerificationError as e:
+        if verify == "each":
+            culprit = e.stage.replace("after pass ", "")
+        else:  # bisect: replay from the source graph, checking after every pass
+            culprit = _find_culprit(pristine, registry, disable_passes, options, verifier)
+        detail = ""
+        if culprit:
+            g2 = pristine.copy()
+            try:
+                PassManager(registry, disabled=tuple(disable_passes), options=options).run(g2, check_each=_stop_after(culprit))
+            except _Stop:
+                pass
+            tensor = first_diverging_tensor(model, g2, feeds, atol)
+            detail = f"; first diverging tensor: {tensor!r}" if tensor else ""
+        raise VerificationError(f"{e} — first diverging pass: {culprit!r}{detail}", e.stage, culprit) from None
+    timings["passes"] = timings.get("passes", 0.0) + time.perf_counter() - t
+    return graph, verifier, feeds, records
 
 
 def _transposes_left(graph: Graph) -> list[dict[str, Any]]:

@@ -237,3 +237,26 @@ def test_source_that_onnxruntime_rejects(tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = run(["convert", p, "-o", out], capsys)
     assert_clean_failure(code, err, tmp_path, out, EXIT_USAGE, "ONNX Runtime")
+
+
+def _float64_model() -> onnx.ModelProto:
+    b = Builder()
+    x = b.input("x", [2, 3], onnx.TensorProto.DOUBLE)
+    b.output(b.op("Sqrt", [b.op("Mul", [x, x])]), onnx.TensorProto.DOUBLE)
+    return b.model()
+
+
+def test_tflite_gap_is_named_up_front_and_no_tflite_records_it(tmp_path, capsys):
+    """float64 runs in TF but TFLite has no float64 kernels: the node and the reason come in one
+    line before any TFLite conversion; with --no-tflite the SavedModel is written and the gap noted."""
+    path = tmp_path / "f64.onnx"
+    onnx.save(_float64_model(), path)
+    out = tmp_path / "out"
+    code, _, err = run(["convert", path, "-o", out], capsys)
+    assert_clean_failure(code, err, tmp_path, out, EXIT_USAGE, "TFLite has no builtin kernel", "float64", "--no-tflite")
+    code, _, err = run(["convert", path, "-o", out, "--no-tflite"], capsys)
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["tflite_gaps"] and all("float64" in g["reason"] for g in rep["tflite_gaps"])
+    assert {g["op_type"] for g in rep["tflite_gaps"]} <= {"Mul", "Sqrt"}
+    assert not (out / "model_float32.tflite").exists()

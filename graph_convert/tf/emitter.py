@@ -53,15 +53,20 @@ class EmitContext:
     graph: Graph
     opset: int
     env: dict[str, Any] = field(default_factory=dict)
+    batch: Any = None  # graph_convert.dynamic.BatchView when the batch is dynamic
 
     def const(self, tensor: str) -> np.ndarray | None:
-        return self.graph.constant_value(tensor) if tensor else None
+        if not tensor:
+            return None
+        if self.batch is not None and self.batch.is_dynamic_const(tensor):
+            return self.batch.minus_one_target(tensor)  # None: a run-time value
+        return self.graph.constant_value(tensor)
 
     def shape(self, tensor: str) -> tuple | None:
-        return self.graph.shape(tensor)
+        return self.batch.shape(tensor) if self.batch is not None else self.graph.shape(tensor)
 
     def static_shape(self, tensor: str) -> tuple[int, ...] | None:
-        s = self.graph.shape(tensor)
+        s = self.shape(tensor)
         if s is None or any(not isinstance(d, int) for d in s):
             return None
         return tuple(s)
@@ -85,8 +90,9 @@ def _emit_node(node: Node, inputs: list, ctx: EmitContext, emitters: dict[str, A
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
-def build_function(graph: Graph, emitters: dict[str, Any]):
-    """Return ``(tf.Module, concrete function, input names, output names)`` for the graph."""
+def build_function(graph: Graph, emitters: dict[str, Any], batch=None):
+    """Return ``(tf.Module, concrete function, input names, output names)`` for the graph;
+    ``batch`` (a :class:`graph_convert.dynamic.BatchView`) makes the batch dim dynamic."""
     import tensorflow as tf
 
     missing = missing_emitters(graph, emitters)
@@ -100,20 +106,27 @@ def build_function(graph: Graph, emitters: dict[str, Any]):
         if len(set(names)) != len(names):
             raise ConvertError(f"two graph {what}s map to the same TF name: {names}")
     for x, nm in zip(graph.inputs, in_names):
-        shape = graph.shape(x)
+        shape = batch.shape(x) if batch is not None else graph.shape(x)
         dims = None if shape is None else [d if isinstance(d, int) else None for d in shape]
         specs.append(tf.TensorSpec(dims, tf_dtype(graph.dtype(x)), name=nm))
     nodes = graph.nodes
 
     def fn(*args):
-        ctx = EmitContext(graph, opset)
+        ctx = EmitContext(graph, opset, batch=batch)
         env = ctx.env
         for x, a in zip(graph.inputs, args):
             env[x] = a
+        batch_size = None
+        if batch is not None:
+            src, axis = batch.batch_source
+            batch_size = tf.shape(env[src])[axis]
 
         def get(t: str):
             if not t:
                 return None
+            if t not in env and batch is not None and batch.is_dynamic_const(t):
+                v = batch.minus_one_target(t)
+                env[t] = tf.constant(v) if v is not None else batch.tensor(t, batch_size)
             if t not in env:
                 v = graph.constant_value(t)
                 if v is None:

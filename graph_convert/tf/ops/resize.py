@@ -163,6 +163,8 @@ def _resize_params(node: Node, ctx: EmitContext, x: list, shape: list[int]):
     for j in (1, 2, 3):
         if len(node.inputs) > j and node.inputs[j]:
             v = _input_value(node, ctx, x, j)
+            if v is None and ctx.batch is not None and ctx.batch.is_dynamic_const(node.inputs[j]):
+                v = ctx.graph.constant_value(node.inputs[j])  # sizes with the batch in: its entry is checked unresized
             if v is None:
                 raise _unsupported(node, "non-constant roi/scales/sizes")
             consts.append(v.reshape(-1) if v.size else None)
@@ -200,10 +202,18 @@ def emit_resize(node, x, ctx):
     cl = node.in_perm(0) is not None
     where_is = list(P.channels_last(rank)) if cl else list(range(rank))  # ONNX axis -> position in t
     shape_t = _static(t)
-    if shape_t is None:
+    dynamic = []  # positions of the batch dim (dynamic batch): the IR's size there, never resized
+    if shape_t is None and ctx.batch is not None and ctx.graph.shape(node.inputs[0]) is not None:
+        dynamic = [i for i, d in enumerate(t.shape.as_list()) if d is None]
+        shape_t = [d if d is not None else ctx.graph.shape(node.inputs[0])[i] for i, d in enumerate(t.shape.as_list())]
+    if shape_t is None or any(not isinstance(d, int) for d in shape_t):
         raise _unsupported(node, "unknown input shape")
     shape = [shape_t[where_is.index(a)] for a in range(rank)]
     mode, coord, nearest, axes = _resize_params(node, ctx, x, shape)
+    for i in dynamic:
+        size, out, scale, roi = axes[where_is[i]]
+        if out != size or not math.isclose(scale, 1.0) or (roi is not None and roi != (0.0, 1.0)):
+            raise _unsupported(node, "resizing the batch axis with a dynamic batch")
     if mode not in ("nearest", "linear", "cubic"):
         raise _unsupported(node, f"mode {mode!r}")
     old_form = nearest is None
