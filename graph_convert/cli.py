@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-io-layout", action="store_true", help="keep inputs/outputs in the source layout (default: channels-last)")
     c.add_argument("--dynamic-batch", action="store_true",
                    help="SavedModel/.tflite take any batch size (verified at batch 1, 2 and 3); automatic when the ONNX model's batch dim is symbolic")
+    c.add_argument("--heads-first", action="store_true",
+                   help="attention with head-major weights and no TRANSPOSE (for GPU/NPU delegates; slower on XNNPACK CPU)")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load passes/handlers/emitters from MODULE.register")
     c.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="skip a pass by name")
     c.add_argument("--verify", choices=["phase", "each", "none"], default="phase",
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [parse_shape(s) for s in args.input_shape]
         log = None if args.quiet else (lambda m: print(m, flush=True))
         result = convert(args.source, None, args.output, input_shapes=shapes, inputs=args.inputs,
-                         keep_io_layout=args.keep_io_layout, dynamic_batch=args.dynamic_batch, plugins=args.plugin, disable_passes=args.disable_pass,
+                         keep_io_layout=args.keep_io_layout, dynamic_batch=args.dynamic_batch, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
                          verify=args.verify, atol=args.atol, seed=args.seed, tflite=not args.no_tflite,
                          overwrite=args.overwrite, log=log, quantize=args.quantize, calibration=args.calibration,
                          eval_data=args.eval_data, int8_io=args.int8_io, quant_debug=args.quant_debug,
@@ -138,7 +140,17 @@ def entry() -> int:
     """Console-script entry: ``main`` plus a fast exit. TensorFlow leaves a large heap and
     native threads whose teardown costs about a second at interpreter exit; every output file is
     written and closed by then (atomically), so once our streams are flushed the process ends
-    at once (``GRAPH_CONVERT_NORMAL_EXIT=1`` keeps the normal interpreter exit)."""
+    at once (``GRAPH_CONVERT_NORMAL_EXIT=1`` keeps the normal interpreter exit).
+
+    ``import tensorflow`` also imports all of Keras (and scikit-learn when installed), which the
+    converter never uses: 1.5-2.5 s and ~80 MB per run. With ``TF_USE_LEGACY_KERAS=1`` and no
+    ``tf_keras`` installed TensorFlow skips that import; set here for the command-line process
+    only (never by the API, which must not change a user's Keras) and only when the user has not
+    set it."""
+    import importlib.util
+
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("tf_keras") is None:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     rc = main()
     if os.environ.get("GRAPH_CONVERT_NORMAL_EXIT") == "1":
         return rc

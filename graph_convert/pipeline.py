@@ -139,6 +139,7 @@ def convert(
     inputs: Mapping[str, np.ndarray] | str | None = None,
     keep_io_layout: bool = False,
     dynamic_batch: bool = False,
+    heads_first: bool = False,
     plugins: Sequence[str] = (),
     disable_passes: Sequence[str] = (),
     verify: str = "phase",
@@ -181,7 +182,8 @@ def convert(
     tmp = _prepare_output(output_dir, overwrite)
     try:
         result = _convert_into(tmp, source, example_inputs, output_dir, input_shapes or [], inputs, keep_io_layout,
-                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings, qopts, dynamic_batch)
+                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings, qopts, dynamic_batch,
+                               heads_first)
         timings["total"] = time.perf_counter() - t_start
         result.report["timings_seconds"] = {k: round(v, 4) for k, v in timings.items()}
         with open(os.path.join(tmp, "report.json"), "w") as f:
@@ -198,7 +200,8 @@ def convert(
 
 
 def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs, keep_io_layout, plugins,
-                  disable_passes, verify, atol, seed, want_tflite, say, timings, qopts=None, dynamic_batch=False) -> ConvertResult:
+                  disable_passes, verify, atol, seed, want_tflite, say, timings, qopts=None, dynamic_batch=False,
+                  heads_first=False) -> ConvertResult:
     t = time.perf_counter()
     registry = builtin_registry(plugins)
     timings["load_plugins"] = time.perf_counter() - t
@@ -256,7 +259,7 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
                     and not any(n in shape_overrides for n in batch_names))
     dyn_info: dict[str, Any] | None = None
     view = None
-    options = {"keep_io_layout": keep_io_layout}
+    options = {"keep_io_layout": keep_io_layout, "heads_first": heads_first}
 
     def rewrite(static_model, feeds=None, graph=None):
         return _rewrite(static_model, registry, disable_passes, options, verify, atol, seed, shape_overrides, feeds, timings, graph)
@@ -366,7 +369,7 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
     if want_tflite:
         tfl = os.path.join(tmp, "model_float32.tflite")
         t = time.perf_counter()
-        convert_tflite(sm_dir, tfl)
+        convert_tflite(concrete, tfl)
         timings["tflite_convert"] = time.perf_counter() - t
         t = time.perf_counter()
         lite_out = run_tflite(tfl, {n: feeds_rw[x] for x, n in zip(graph.inputs, in_names)})

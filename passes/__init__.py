@@ -11,6 +11,7 @@ def register(registry) -> None:
         fold_batchnorm,
         fold_channel_permutation,
         fold_constants,
+        heads_first,
         io_channels_last,
         merge_slices,
         prune,
@@ -23,7 +24,7 @@ def register(registry) -> None:
 
     for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
                 recognize_depth_space, fold_channel_permutation, to_channels_last, io_channels_last,
-                push_transposes, merge_slices, prune):
+                push_transposes, heads_first, merge_slices, prune):
         registry.add_pass(mod.PASS)
     for op_type, handler in transpose_handlers.HANDLERS.items():
         registry.add_transpose_handler(op_type, handler)

@@ -44,10 +44,13 @@ def save_saved_model(module, concrete, path: str) -> None:
         tf.saved_model.save(tf.Module(), path, signatures={"serving_default": concrete})
 
 
-def convert_tflite(saved_model_dir: str, path: str) -> None:
+def convert_tflite(concrete, path: str) -> None:
+    """The float32 .tflite of the SavedModel's ``serving_default`` function. Converted from the
+    concrete function itself (the same graph the SavedModel holds, with the same signature name
+    and I/O names): reading the SavedModel back would load it twice more."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         with _quiet_fds():
