@@ -114,11 +114,17 @@ def _resolve_source(source, example_inputs, input_shapes, work: str, dynamic_bat
         example_inputs = tuple(torch.randn(*s) for s in unnamed)
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    path = os.path.join(work, "source.onnx")
+    export_dir = os.path.join(work, ".export")  # the exporter may write external data next to the file
+    os.makedirs(export_dir, exist_ok=True)
+    path = os.path.join(export_dir, "source.onnx")
     t0 = time.perf_counter()
-    info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
-    info["export_seconds"] = round(time.perf_counter() - t0, 3)
-    return onnx.load(path), info
+    try:
+        info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
+        info["export_seconds"] = round(time.perf_counter() - t0, 3)
+        model = onnx.load(path)  # external data read in
+    finally:
+        shutil.rmtree(export_dir, ignore_errors=True)
+    return model, info
 
 
 def _io_shape(graph: Graph, view, name: str) -> list:
@@ -188,7 +194,6 @@ def convert(
         result.report["timings_seconds"] = {k: round(v, 4) for k, v in timings.items()}
         with open(os.path.join(tmp, "report.json"), "w") as f:
             json.dump(result.report, f, indent=2, default=float)
-        os.remove(os.path.join(tmp, "source.onnx")) if os.path.exists(os.path.join(tmp, "source.onnx")) else None
         _commit_output(tmp, output_dir)
         out = os.path.abspath(output_dir)
         result.paths = {k: os.path.join(out, os.path.basename(v)) for k, v in result.paths.items()}

@@ -471,12 +471,10 @@ class NodeNames:
 # running TFLite / ORT on many samples
 
 
-def _interpreter(model: bytes | str):
-    from ai_edge_litert.interpreter import Interpreter
+def _interpreter(model: bytes | str, allocate: bool = False):
+    from graph_convert.tf.writer import interpreter
 
-    if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model), num_threads=1)
-    return Interpreter(model_path=model, num_threads=1)
+    return interpreter(model, allocate)
 
 
 def run_tflite_many(model: bytes | str, runs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -62,10 +62,23 @@ def convert_tflite(concrete, path: str) -> None:
         f.write(data)
 
 
-def _interpreter(path: str):
+def interpreter(model: bytes | str, allocate: bool = True):
+    """A 1-thread LiteRT interpreter, tensors allocated unless ``allocate=False`` (then no
+    delegate is applied either: the op list is the flatbuffer's); the delegate's INFO line to
+    fd 2 ("Created TensorFlow Lite XNNPACK delegate") is kept off the user's terminal."""
     from ai_edge_litert.interpreter import Interpreter
 
-    return Interpreter(model_path=path, num_threads=1)
+    with _quiet_fds():
+        if isinstance(model, (bytes, bytearray)):
+            it = Interpreter(model_content=bytes(model), num_threads=1)
+        else:
+            it = Interpreter(model_path=model, num_threads=1)
+        if allocate:
+            it.allocate_tensors()
+    return it
+
+
+_interpreter = interpreter
 
 
 def run_tflite(path: str, feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -75,5 +88,5 @@ def run_tflite(path: str, feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[st
 
 
 def tflite_op_counts(path: str) -> Counter:
-    interp = _interpreter(path)
+    interp = _interpreter(path, allocate=False)
     return Counter(d["op_name"] for d in interp._get_ops_details())
