@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="attention with head-major weights and no TRANSPOSE (for GPU/NPU delegates; slower on XNNPACK CPU)")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load passes/handlers/emitters from MODULE.register")
     c.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="skip a pass by name")
-    c.add_argument("--verify", choices=["phase", "each", "none"], default="phase",
-                   help="ORT check after each phase (default; bisects on failure), after every pass, or never")
+    c.add_argument("--verify", choices=["end", "phase", "each", "none"], default="end",
+                   help="ORT check of the rewritten graph (default; on a mismatch the passes are replayed with a check "
+                        "after each to name the first diverging pass), after each phase, after every pass, or only of the outputs")
     c.add_argument("--atol", type=float, default=1e-4, help="tolerance: max abs error <= atol * max(1, max|reference|)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")

@@ -148,7 +148,7 @@ def convert(
     heads_first: bool = False,
     plugins: Sequence[str] = (),
     disable_passes: Sequence[str] = (),
-    verify: str = "phase",
+    verify: str = "end",
     atol: float = 1e-4,
     seed: int = 0,
     tflite: bool = True,
@@ -175,8 +175,8 @@ def convert(
     ``"random"`` or ``{input name: array}`` (source layout, samples on axis 0); ``eval_data`` likewise
     (default: a held-out share of the calibration data); ``int8_io``, ``quant_debug``, ``float_ops``;
     ``min_sqnr``/``min_top1`` raise :class:`graph_convert.quantize.QuantizationThresholdError`."""
-    if verify not in ("phase", "each", "none"):
-        raise ConvertError(f"--verify {verify!r}: expected one of phase, each, none")
+    if verify not in ("end", "phase", "each", "none"):
+        raise ConvertError(f"--verify {verify!r}: expected one of end, phase, each, none")
     if not (atol > 0):
         raise ConvertError(f"--atol {atol!r}: must be a positive number")
     qopts = Q.make_options(quantize, calibration=calibration, eval_data=eval_data, int8_io=int8_io, quant_debug=quant_debug,
@@ -307,7 +307,8 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
         onnx.checker.check_model(rewritten_path)
     except onnx.checker.ValidationError as e:
         raise VerificationError(f"model.rewritten.onnx fails onnx.checker: {str(e).splitlines()[0]}", "rewritten-onnx") from None
-    rewritten_figs = verifier.check_graph(graph, "rewritten ONNX")
+    # the same lowering was checked at the end of the passes (unless nothing changed or --verify none)
+    rewritten_figs = verifier.final_figs if verifier.final_figs is not None else verifier.check_graph(graph, "rewritten ONNX")
     timings["verify_rewritten"] = time.perf_counter() - t
 
     # TF
@@ -374,7 +375,7 @@ def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs,
     if want_tflite:
         tfl = os.path.join(tmp, "model_float32.tflite")
         t = time.perf_counter()
-        convert_tflite(concrete, tfl)
+        convert_tflite(concrete, module, tfl)
         timings["tflite_convert"] = time.perf_counter() - t
         t = time.perf_counter()
         lite_out = run_tflite(tfl, {n: feeds_rw[x] for x, n in zip(graph.inputs, in_names)})
@@ -413,10 +414,17 @@ def _rewrite(model, registry, disable_passes, options, verify, atol, seed, shape
     pm = PassManager(registry, disabled=tuple(disable_passes), options=options)
     pristine = graph.copy()
     t = time.perf_counter()
-    check_phase = None if verify == "none" else (lambda g, phase: verifier.check_graph(g, f"after phase {phase}"))
-    check_each = (lambda g, name: verifier.check_graph(g, f"after pass {name}")) if verify == "each" else None
+    last: dict[str, Any] = {}  # figures of the latest check: of the final graph when nothing changed after it
+
+    def check(stage):
+        return lambda g, name: last.update(figs=verifier.check_graph(g, f"{stage} {name}"))
+
+    check_phase = check("after phase") if verify == "phase" else None
+    check_each = check("after pass") if verify == "each" else None
     try:
         records = pm.run(graph, check_each=check_each, check_phase=check_phase)
+        if verify == "end" or (verify != "none" and "figs" not in last and any(r.changed for r in records)):
+            last["figs"] = verifier.check_graph(graph, "rewritten graph")
     except VerificationError as e:
         if verify == "each":
             culprit = e.stage.replace("after pass ", "")
@@ -433,6 +441,7 @@ def _rewrite(model, registry, disable_passes, options, verify, atol, seed, shape
             detail = f"; first diverging tensor: {tensor!r}" if tensor else ""
         raise VerificationError(f"{e} — first diverging pass: {culprit!r}{detail}", e.stage, culprit) from None
     timings["passes"] = timings.get("passes", 0.0) + time.perf_counter() - t
+    verifier.final_figs = last.get("figs")  # the rewritten graph's figures, when checked already
     return graph, verifier, feeds, records
 
 

@@ -124,6 +124,7 @@ class Verifier:
     def __init__(self, source: onnx.ModelProto, feeds: Mapping[str, np.ndarray], atol: float = 1e-4):
         self.feeds = dict(feeds)
         self.atol = atol
+        self.final_figs: dict[str, Figures] | None = None  # set by the pipeline once the rewritten graph is checked
         try:
             sess = ort_session(source)
             names = [o.name for o in sess.get_outputs()]

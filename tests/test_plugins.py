@@ -93,6 +93,17 @@ def test_breaking_plugin_is_named_and_nothing_written(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("verify", ["end", "phase", "each"])
+def test_every_verify_mode_names_the_breaking_pass(verify, tmp_path):
+    b = Builder()
+    x = b.input("x", [1, 3, 8, 8])
+    b.output(b.op("Relu", [b.op("Conv", [x, b.weight([4, 3, 3, 3])])]))
+    with pytest.raises(VerificationError, match="break_relu") as e:
+        convert(b.model(), None, tmp_path / "out", plugins=["bad_plugin"], verify=verify)
+    assert e.value.culprit == "break_relu"
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_plugin_module(tmp_path):
     with pytest.raises(ConvertError, match="no_such_plugin_xyz"):
         builtin_registry(["no_such_plugin_xyz"])

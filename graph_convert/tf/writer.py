@@ -38,19 +38,27 @@ def run_tf(concrete, in_names: list[str], feeds: Mapping[str, np.ndarray], graph
 def save_saved_model(module, concrete, path: str) -> None:
     import tensorflow as tf
 
-    # a bare Module holding only the signature: saving ``module`` itself would trace its
-    # tf.function a second time (every emitter run twice) for nothing
+    # a bare Module holding only the weights and the signature: saving ``module`` itself would
+    # trace its tf.function a second time (every emitter run twice) for nothing
     with _quiet_fds():
-        tf.saved_model.save(tf.Module(), path, signatures={"serving_default": concrete})
+        tf.saved_model.save(_weights_only(module), path, signatures={"serving_default": concrete})
 
 
-def convert_tflite(concrete, path: str) -> None:
+def _weights_only(module):
+    import tensorflow as tf
+
+    root = tf.Module()
+    root.weights = list(getattr(module, "weights", []))
+    return root
+
+
+def convert_tflite(concrete, module, path: str) -> None:
     """The float32 .tflite of the SavedModel's ``serving_default`` function. Converted from the
     concrete function itself (the same graph the SavedModel holds, with the same signature name
     and I/O names): reading the SavedModel back would load it twice more."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], _weights_only(module))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         with _quiet_fds():

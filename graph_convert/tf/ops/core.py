@@ -36,9 +36,14 @@ def _folding(fn):
     TFLite kernel. The values come from the same TF kernels, run eagerly."""
 
     def emit(node, x, ctx):
-        present = [t for t in x if t is not None]
-        vals = [None if t is None else _small_static_value(t) for t in x]
-        if present and all(v is not None for v, t in zip(vals, x) if t is not None):
+        if hasattr(x, "peek"):  # the emitter's lazy inputs: look without making weights
+            given = [x.has(j) for j in range(len(x))]
+            vals = [x.peek(j, _small_static_value) if g else None for j, g in enumerate(given)]
+            vals = [None if v is None or v.size > _FOLD_LIMIT else np.asarray(v) for v in vals]
+        else:
+            given = [t is not None for t in x]
+            vals = [None if t is None else _small_static_value(t) for t in x]
+        if any(given) and all(v is not None for v, g in zip(vals, given) if g):
             mark = len(_GAPS)
             try:
                 with tf.init_scope():

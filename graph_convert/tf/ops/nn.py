@@ -140,20 +140,20 @@ def emit_conv(node, x, ctx):
     c_out = w.shape[-1]
     fused_bias_ok = True  # TF's fused Conv2D+BiasAdd kernel refuses grouped convolutions
     if group == 1:
-        y = tf.nn.convolution(xc, w, strides=strides, padding=padding, dilations=dilations)
+        y = tf.nn.convolution(xc, ctx.weight(w, xc.dtype), strides=strides, padding=padding, dilations=dilations)
     elif group == c_in and n == 2 and len(set(strides)) == 1:
         mult = c_out // c_in
         wd = w.reshape(kernel + [c_in, mult])
-        y = tf.nn.depthwise_conv2d(xc, wd, strides=[1, *strides, 1], padding=padding, dilations=dilations)
+        y = tf.nn.depthwise_conv2d(xc, ctx.weight(wd, xc.dtype), strides=[1, *strides, 1], padding=padding, dilations=dilations)
     elif n == 2:
         # one grouped CONV_2D (TFLite and XNNPACK take it); TF's CPU kernel runs it too, but its
         # fused Conv2D+BiasAdd kernel refuses groups, so the bias below is a plain Add
         fused_bias_ok = False
-        y = tf.nn.conv2d(xc, w, strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
+        y = tf.nn.conv2d(xc, ctx.weight(w, xc.dtype), strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
     else:
         xs = tf.split(xc, group, axis=-1)
         ws = np.split(w, group, axis=-1)
-        y = tf.concat([tf.nn.convolution(a, b, strides=strides, padding=padding, dilations=dilations) for a, b in zip(xs, ws)], axis=-1)
+        y = tf.concat([tf.nn.convolution(a, ctx.weight(b, xc.dtype), strides=strides, padding=padding, dilations=dilations) for a, b in zip(xs, ws)], axis=-1)
     if squeeze:
         y = tf.squeeze(y, 1)
     if len(node.inputs) > 2 and node.inputs[2]:
@@ -201,7 +201,7 @@ def emit_conv_transpose(node, x, ctx):
     conv = {1: tf.nn.conv1d_transpose, 2: tf.nn.conv2d_transpose, 3: tf.nn.conv3d_transpose}[n]
     xs = tf.split(xc, group, axis=-1) if group > 1 else [xc]
     ws = np.split(w, group, axis=-1) if group > 1 else [w]
-    ys = [conv(a, b, oshape, strides=strides, padding="VALID") for a, b in zip(xs, ws)]
+    ys = [conv(a, ctx.weight(b, xc.dtype), oshape, strides=strides, padding="VALID") for a, b in zip(xs, ws)]
     y = tf.concat(ys, axis=-1) if group > 1 else ys[0]
     # crop the pads, then zero-extend where output_padding reaches past the full output
     extra = [max(pads[i][0] + out_size[i] - full[i], 0) for i in range(n)]
