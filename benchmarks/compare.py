@@ -315,11 +315,18 @@ class TFLiteModel:
         return err
 
 
-def latencies(models: list[TFLiteModel], feeds, onnx_in, iters: int, warmup: int, rounds: int = 20) -> list[float]:
-    """Median invoke() time (ms) per model; models interleaved in `rounds` blocks to share drift."""
+def latencies(models: list[TFLiteModel], feeds, onnx_in, iters: int, warmup: int, rounds: int = 20,
+              budget_s: float = 40.0) -> list[float]:
+    """Median invoke() time (ms) per model; models interleaved in `rounds` blocks to share drift.
+    Big models get fewer invokes (and warm-ups): about ``budget_s`` seconds in all, at least 2 per block."""
     for m in models:
         m.set_inputs(feeds, onnx_in)
-        for _ in range(warmup):
+        t = time.perf_counter()
+        m.interp.invoke()
+        one = time.perf_counter() - t
+        cap = max(2 * rounds, int(budget_s / max(one, 1e-6) / len(models)))
+        iters = min(iters, cap)
+        for _ in range(min(warmup, max(2, cap // 20))):
             m.interp.invoke()
     samples: list[list[float]] = [[] for _ in models]
     per = max(1, iters // rounds)
