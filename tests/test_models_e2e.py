@@ -32,6 +32,21 @@ def test_artifacts_written(converted):
     assert not [n for n in os.listdir(os.path.dirname(result.output_dir)) if ".tmp-" in n]
 
 
+def test_saved_model_keeps_weights_in_variables(converted):
+    """Weights go to saved_model/variables/, not into the graph (protobuf caps a graph at 2 GB):
+    every float weight of 1024+ values of the source is in the checkpoint, none twice."""
+    import tensorflow as tf
+
+    name, module, _, result = converted
+    sm = result.paths["saved_model"]
+    reader = tf.train.load_checkpoint(os.path.join(sm, "variables", "variables"))
+    stored = sorted(int(np.prod(s)) for k, s in reader.get_variable_to_shape_map().items() if "VARIABLE_VALUE" in k)
+    big = sum(p.numel() for p in module.parameters() if p.numel() >= 1024)
+    assert sum(stored) >= big > 0  # (BatchNorm folding changes weights, never their count)
+    assert sum(stored) < 1.5 * sum(p.numel() for p in module.parameters())  # nothing stored twice
+    assert os.path.getsize(os.path.join(sm, "saved_model.pb")) < 4 * sum(stored)
+
+
 def test_zero_transposes_and_small_error(converted):
     name, _, _, result = converted
     rep = result.report
