@@ -697,3 +697,43 @@ def test_plugin_transpose_handler_overrides_builtin():
     # the shared built-in registry is untouched
     g2, _ = run_pipeline(model)
     assert g2.count("Transpose") == 0
+
+
+@pytest.mark.parametrize("acts", [["Relu"], ["Sigmoid", "Clip"]])
+def test_crd_depth_to_space_folds_into_conv_through_activations(acts):
+    """PixelShuffle (CRD) after Conv -> activation(s): the channel reorder still folds into the
+    Conv's output channels (elementwise ops commute with a channel permutation)."""
+    b = ShapedBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.conv(x, 3, 8)
+    for op in acts:
+        y = b.op(op, [y, b.const(np.float32(-0.2)), b.const(np.float32(0.7))]) if op == "Clip" else b.op(op, [y])
+    b.output(b.op("DepthToSpace", [y], blocksize=2, mode="CRD"))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (d2s,) = ops_of(g, "DepthToSpace")
+    assert d2s.attr("mode") == "DCR"
+    assert g.count("Transpose") == 0
+
+
+def test_channel_gather_folds_into_conv_through_activation_not_when_shared():
+    b = ShapedBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.op("Relu", [b.conv(x, 3, 4)])
+    g1 = b.op("Gather", [y, b.ints([2, 0, 3, 1])], axis=1)
+    b.output(b.op("Add", [g1, b.op("Sigmoid", [g1])]))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert g.count("Gather") == 0
+    # the Relu output is also read elsewhere: the permutation must stay
+    b = ShapedBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.op("Relu", [b.conv(x, 3, 4)])
+    g1 = b.op("Gather", [y, b.ints([2, 0, 3, 1])], axis=1)
+    b.output(b.op("Add", [g1, y]))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert g.count("Gather") == 1
