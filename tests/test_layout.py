@@ -737,3 +737,47 @@ def test_channel_gather_folds_into_conv_through_activation_not_when_shared():
     g, _ = run_pipeline(model)
     assert_equivalent(model, g)
     assert g.count("Gather") == 1
+
+
+def _torch_style_group_norm(b: "ShapedBuilder", x: str, shape: list, groups: int, affine: bool) -> str:
+    """``F.group_norm`` as exporters spell it: Reshape(N, G, -1) -> InstanceNormalization -> Reshape -> Mul/Add."""
+    c = shape[1]
+    y = b.op("Reshape", [x, b.ints([shape[0], groups, -1])])
+    y = b.op("InstanceNormalization", [y, b.const(np.ones(groups, np.float32)), b.const(np.zeros(groups, np.float32))],
+             epsilon=1e-5)
+    y = b.op("Reshape", [y, b.ints(shape)])
+    if affine:
+        bshape = [c] + [1] * (len(shape) - 2)
+        y = b.op("Mul", [y, b.array(bshape)[1]])
+        y = b.op("Add", [y, b.array(bshape)[1]])
+    return y
+
+
+@pytest.mark.parametrize("opset,rank,groups,affine", [(17, 4, 2, True), (18, 4, 1, False), (20, 4, 8, True),
+                                                      (18, 3, 4, True), (18, 5, 2, False)])
+def test_group_norm_between_convs_needs_no_transpose(opset, rank, groups, affine):
+    b = ShapedBuilder(opset)
+    shape = [1, 8] + [5] * (rank - 2)
+    x = b.input("x", [1, 3] + [5] * (rank - 2))
+    y = b.conv(x, 3, 8, rank=rank)
+    y = _torch_style_group_norm(b, y, shape, groups, affine)
+    b.output(b.conv(b.op("Relu", [y]), 8, 4, rank=rank))
+    model = b.model()
+    g, records = run_pipeline(model)
+    assert_equivalent(model, g, atol=1e-4)
+    assert [r.details for r in _record(records, "split_group_norm")] == [{"rewritten": 1}]
+    assert g.count("InstanceNormalization") == 0
+    assert g.count("Transpose") == 0
+
+
+def test_instance_norm_with_other_reshapes_is_left_alone():
+    """The second Reshape does not restore the input shape: not a group norm, nothing rewritten."""
+    b = ShapedBuilder(18)
+    x = b.input("x", [1, 8, 4, 4])
+    y = b.op("Reshape", [x, b.ints([1, 2, -1])])
+    y = b.op("InstanceNormalization", [y, b.const(np.ones(2, np.float32)), b.const(np.zeros(2, np.float32))])
+    b.output(b.op("Reshape", [y, b.ints([1, 8, 16])]))
+    model = b.model()
+    g, records = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert not _record(records, "split_group_norm") and g.count("InstanceNormalization") == 1
