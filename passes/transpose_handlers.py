@@ -185,6 +185,37 @@ def reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     return push(graph, node, perm, [0], created_by, [out_perm] + [None] * (len(node.outputs) - 1), update)
 
 
+def cumsum(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """CumSum: the axis is a (constant) input; ``exclusive``/``reverse`` do not depend on the layout."""
+    if len(node.inputs) < 2 or graph.rank(node.inputs[0]) != len(perm):
+        return False
+    axis_v = graph.constant_value(node.inputs[1])
+    if axis_v is None or axis_v.size != 1:
+        return False
+    new_axis = np.array(P.remap_axis(int(axis_v.reshape(-1)[0]), perm), dtype=axis_v.dtype).reshape(axis_v.shape)
+
+    def update() -> None:
+        graph.set_input(node, 1, graph.add_initializer(f"{node.name}_axis", new_axis))
+
+    return push(graph, node, perm, [0], created_by, update=update)
+
+
+def arg_reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """ArgMax/ArgMin: one axis attribute; keepdims=0 drops it from the output perm. The indices
+    count positions along that axis, which no permutation of the other axes changes."""
+    rank = len(perm)
+    if graph.rank(node.inputs[0]) != rank:
+        return False
+    axis = node.attr("axis", 0) % rank
+    new_axis = perm[axis]
+    if node.attr("keepdims", 1):
+        out_perm = perm
+    else:
+        kept_x = [a for a in range(rank) if a != new_axis]
+        out_perm = tuple(kept_x.index(perm[i]) for i in range(rank) if i != axis)
+    return push(graph, node, perm, [0], created_by, [out_perm], lambda: node.set_attr("axis", new_axis))
+
+
 def pad(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     rank = len(perm)
     if len(node.inputs) > 3 and node.inputs[3]:  # explicit axes (opset 18): keep it simple and exact
@@ -520,6 +551,10 @@ HANDLERS.update({
     "Unsqueeze": reshape_like,
     "Transpose": merge_transpose,
     "Pad": pad,
+    "CumSum": cumsum,
+    "ArgMax": arg_reduce,
+    "ArgMin": arg_reduce,
+    "TopK": with_axis("axis", -1),
     "Slice": slice_,
     "Reshape": reshape,
     "Flatten": reshape,

@@ -781,3 +781,47 @@ def test_instance_norm_with_other_reshapes_is_left_alone():
     g, records = run_pipeline(model)
     assert_equivalent(model, g)
     assert not _record(records, "split_group_norm") and g.count("InstanceNormalization") == 1
+
+
+@pytest.mark.parametrize("axis", [1, 2, -1])
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 1)])
+def test_push_through_cumsum(axis, exclusive, reverse):
+    b = ShapedBuilder(14)
+    x = b.input("x", [1, 3, 5, 6])
+    y = b.op("CumSum", [b.conv(x, 3, 4), b.const(np.array(axis, np.int64), dtype=np.int64)],
+             exclusive=exclusive, reverse=reverse)
+    b.output(b.conv(y, 4, 2))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (cs,) = ops_of(g, "CumSum")
+    assert int(g.constant_value(cs.inputs[1])) % 4 == P.channels_first(4)[axis % 4]
+    assert g.count("Transpose") == 0
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis,keepdims", [(1, 1), (1, 0), (2, 0), (-1, 0), (3, 1)])
+def test_push_through_arg_reduce(op, axis, keepdims):
+    b = ShapedBuilder(13)
+    x = b.input("x", [1, 3, 5, 6])
+    y = b.op(op, [b.conv(x, 3, 4)], axis=axis, keepdims=keepdims)
+    b.output(y, dtype=onnx.TensorProto.INT64)
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (arg,) = ops_of(g, op)
+    assert g.producer(arg.inputs[0]).op_type != "Transpose", "the arg-reduce reads the channels-last conv output"
+    assert arg.attr("axis") == P.channels_first(4)[axis % 4]
+
+
+def test_push_through_topk_keeps_both_outputs_consistent():
+    b = ShapedBuilder(13)
+    x = b.input("x", [1, 3, 5, 6])
+    v, i = b.op("TopK", [b.conv(x, 3, 4), b.const(np.array([2], np.int64), dtype=np.int64)], n_out=2, axis=1)
+    b.output(b.conv(v, 2, 2))
+    b.output(i, dtype=onnx.TensorProto.INT64)
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (tk,) = ops_of(g, "TopK")
+    assert tk.attr("axis") == 3
