@@ -103,18 +103,41 @@ def transpose_outputs(graph: Graph, node: Node, out_perms: Sequence[tuple | None
         graph.add_node("Transpose", [inner], [y], attrs={"perm": list(p)}, created_by=created_by)
 
 
+def output_credit(graph: Graph, tensor: str, perm: tuple | None) -> int:
+    """-1 when a ``Transpose(perm)`` put on ``tensor`` would cancel: every reader of ``tensor`` is
+    a plain Transpose undoing ``perm`` (the pair merges to an identity and both go); else 0."""
+    if not tensor or perm is None or P.is_identity(perm) or graph.is_graph_output(tensor):
+        return 0
+    users = graph.consumers(tensor)
+    if not users:
+        return 0
+    for u in users:
+        if u.op_type != "Transpose" or u.domain not in ("", "ai.onnx") or u.is_layout_marked:
+            return 0
+        q = u.attr("perm")
+        q = tuple(reversed(range(len(perm)))) if q is None else tuple(q)
+        if len(q) != len(perm) or not P.is_identity(P.compose(perm, q)):
+            return 0
+    return -1
+
+
 def push(graph: Graph, node: Node, perm: tuple, data_inputs: Sequence[int], created_by: str,
          out_perms: Sequence[tuple | None] | None = None, update: Callable[[], None] | None = None) -> bool:
-    """Generic push: decide by cost, rewrite ``data_inputs``, apply ``update``, transpose outputs."""
+    """Generic push: decide by cost, rewrite ``data_inputs``, apply ``update``, transpose outputs.
+    The cost counts the Transposes cancelled or added at the inputs, and those the moved
+    Transpose cancels right away below the node (its readers undo it)."""
     costs = [input_cost(graph, node.inputs[j], perm) for j in data_inputs if j < len(node.inputs)]
-    if any(c is None for c in costs) or sum(costs) >= 0:
+    if any(c is None for c in costs):
+        return False
+    outs = out_perms if out_perms is not None else [perm] * len(node.outputs)
+    if sum(costs) >= 0 and sum(costs) + sum(output_credit(graph, y, p) for y, p in zip(node.outputs, outs)) >= 0:
         return False
     for j in data_inputs:
         if j < len(node.inputs) and node.inputs[j]:
             graph.set_input(node, j, untranspose_input(graph, node.inputs[j], perm, created_by))
     if update is not None:
         update()
-    transpose_outputs(graph, node, out_perms if out_perms is not None else [perm] * len(node.outputs), created_by)
+    transpose_outputs(graph, node, outs, created_by)
     return True
 
 

@@ -825,3 +825,21 @@ def test_push_through_topk_keeps_both_outputs_consistent():
     assert_equivalent(model, g)
     (tk,) = ops_of(g, "TopK")
     assert tk.attr("axis") == 3
+
+
+def test_push_when_the_moved_transpose_cancels_below():
+    """Transpose(p) -> Add(., y) -> Transpose(p^-1): pushing costs one Transpose on ``y`` but the
+    moved one cancels with the reader below, 2 -> 1 (the sequence-first attention pattern of
+    nn.MultiheadAttention at a run-time batch size)."""
+    b = ShapedBuilder(17)
+    a = b.input("a", [2, 3, 4])
+    y = b.input("y", [3, 2, 4])
+    t = b.op("Transpose", [a], perm=[1, 0, 2])
+    s = b.op("Add", [t, y])
+    b.output(b.op("Relu", [b.op("Transpose", [s], perm=[1, 0, 2])]))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert transposes(g) == [(1, 0, 2)]
+    (add,) = ops_of(g, "Add")
+    assert a in add.inputs, "the Add reads the untransposed input"
