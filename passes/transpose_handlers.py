@@ -553,6 +553,76 @@ def reshape_like(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool
     return True
 
 
+def _drop_axes(perm: tuple, positions: Sequence[int]) -> tuple:
+    """``perm`` without the entries at ``positions``, renumbered: the perm that remains after
+    those axes of ``transpose(x, perm)`` (axes ``perm[i]`` of ``x``) are removed."""
+    gone = sorted(perm[i] for i in positions)
+    return tuple(v - sum(g < v for g in gone) for i, v in enumerate(perm) if i not in positions)
+
+
+def _moves_whole(graph: Graph, tensor: str, out_perm: tuple) -> bool:
+    """Pushing below one reader only pays when no Transpose is left behind on each reader's
+    output (``out_perm`` is the identity), or when that reader is the only one (the Transpose
+    moves rather than multiplies)."""
+    return P.is_identity(out_perm) or (len(graph.consumers(tensor)) == 1 and not graph.is_graph_output(tensor))
+
+
+def squeeze(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """Squeeze of ``Transpose(perm)(x)``: squeeze the same (size-1) axes of ``x`` instead; the
+    Transpose of the remaining axes follows. Order-keeping cases become a Reshape (reshape_like)."""
+    if reshape_like(graph, node, perm, created_by):
+        return True
+    rank = len(perm)
+    if transpose_perm(graph, node.inputs[0]) != perm:
+        return False
+    from_input = _opset(graph) >= 13
+    if from_input and len(node.inputs) > 1 and node.inputs[1]:
+        v = graph.constant_value(node.inputs[1])
+        if v is None:
+            return False
+        axes = [int(a) % rank for a in v.reshape(-1)]
+    elif not from_input and node.attr("axes") is not None:
+        axes = [int(a) % rank for a in node.attr("axes")]
+    else:  # every size-1 axis
+        shape = graph.shape(node.inputs[0])
+        if shape is None or any(not isinstance(d, int) for d in shape):
+            return False
+        axes = [a for a, d in enumerate(shape) if d == 1]
+    axes = sorted(set(axes))
+    new_axes = sorted(perm[a] for a in axes)
+    out_perm = _drop_axes(perm, axes)
+    if not _moves_whole(graph, node.inputs[0], out_perm):
+        return False
+
+    def update() -> None:
+        if from_input:
+            name = graph.add_initializer(f"{node.name}_axes", np.array(new_axes, dtype=np.int64))
+            if len(node.inputs) > 1:
+                graph.set_input(node, 1, name)
+            else:
+                graph.add_input(node, name)
+        else:
+            node.set_attr("axes", new_axes)
+
+    return push(graph, node, perm, [0], created_by, [out_perm], update)
+
+
+def gather(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """Gather from ``Transpose(perm)(data)`` with a scalar or 1-D index: gather along the matching
+    axis of ``data``; a scalar index drops that axis from the perm that follows (often leaving
+    none, e.g. the q/k/v selection of nn.MultiheadAttention's packed projection)."""
+    if transpose_perm(graph, node.inputs[0]) != perm or graph.rank(node.inputs[0]) != len(perm):
+        return False
+    r_idx = graph.rank(node.inputs[1])
+    if r_idx not in (0, 1):
+        return False
+    axis = node.attr("axis", 0) % len(perm)
+    out_perm = _drop_axes(perm, [axis]) if r_idx == 0 else perm
+    if not _moves_whole(graph, node.inputs[0], out_perm):
+        return False
+    return push(graph, node, perm, [0], created_by, [out_perm], lambda: node.set_attr("axis", perm[axis]))
+
+
 UNARY = [
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
@@ -570,7 +640,8 @@ HANDLERS.update({
     "Softmax": with_axis("axis", -1),
     "LogSoftmax": with_axis("axis", -1),
     "Split": with_axis("axis", 0),
-    "Squeeze": reshape_like,
+    "Squeeze": squeeze,
+    "Gather": gather,
     "Unsqueeze": reshape_like,
     "Transpose": merge_transpose,
     "Pad": pad,

@@ -843,3 +843,54 @@ def test_push_when_the_moved_transpose_cancels_below():
     assert transposes(g) == [(1, 0, 2)]
     (add,) = ops_of(g, "Add")
     assert a in add.inputs, "the Add reads the untransposed input"
+
+
+def test_packed_qkv_selection_needs_no_transpose():
+    """nn.MultiheadAttention's packed in-projection: (L, B, 3, E) -> Unsqueeze(0) -> Transpose
+    (3, 1, 2, 0, 4) -> Squeeze(3) -> Gather(axis 0, scalar) for q, k, v. Squeeze and Gather take
+    the Transpose along; after the scalar Gather nothing is left to transpose."""
+    b = ShapedBuilder(17)
+    x = b.input("x", [5, 2, 3, 4])
+    u = b.op("Unsqueeze", [x, b.ints([0])])
+    t = b.op("Transpose", [u], perm=[3, 1, 2, 0, 4])
+    s = b.op("Squeeze", [t, b.ints([3])])
+    for k in range(3):
+        b.output(b.op("Gather", [s, b.const(np.array(k, np.int64), dtype=np.int64)], axis=0))
+    model = b.model()
+    g, _ = run_pipeline(model, keep_io_layout=True)
+    assert_equivalent(model, g)
+    assert g.count("Transpose") == 0
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axes", [[1], [0, 2], None])
+def test_push_through_squeeze_that_moves_data(opset, axes):
+    b = ShapedBuilder(opset)
+    x = b.input("x", [1, 3, 1, 4])
+    t = b.op("Transpose", [x], perm=[2, 3, 0, 1])  # (1, 4, 1, 3): not an order-keeping move
+    if axes is None:
+        s = b.op("Squeeze", [t])
+    elif opset >= 13:
+        s = b.op("Squeeze", [t, b.ints([2] if axes == [1] else [0, 2])])
+    else:
+        s = b.op("Squeeze", [t], axes=[2] if axes == [1] else [0, 2])
+    b.output(b.op("Relu", [s]))
+    model = b.model()
+    g, _ = run_pipeline(model, keep_io_layout=True)
+    assert_equivalent(model, g)
+    (sq,) = ops_of(g, "Squeeze")
+    assert g.producer(sq.inputs[0]) is None or g.producer(sq.inputs[0]).op_type != "Transpose"
+
+
+@pytest.mark.parametrize("idx", [np.array(1, np.int64), np.array([2, 0], np.int64), np.array(-1, np.int64)])
+@pytest.mark.parametrize("axis", [0, 2, -1])
+def test_push_through_gather(idx, axis):
+    b = ShapedBuilder(13)
+    x = b.input("x", [3, 4, 5])
+    t = b.op("Transpose", [x], perm=[2, 0, 1])  # (5, 3, 4)
+    b.output(b.op("Gather", [t, b.const(idx, dtype=np.int64)], axis=axis))
+    model = b.model()
+    g, _ = run_pipeline(model, keep_io_layout=True)
+    assert_equivalent(model, g)
+    (ga,) = ops_of(g, "Gather")
+    assert ga.inputs[0] == "x"
