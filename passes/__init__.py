@@ -17,13 +17,14 @@ def register(registry) -> None:
         prune,
         push_transposes,
         recognize_depth_space,
+        split_group_norm,
         to_channels_last,
         transpose_handlers,
     )
     from graph_convert.tf import ops as tf_ops
 
     for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
-                recognize_depth_space, fold_channel_permutation, to_channels_last, io_channels_last,
+                recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
                 push_transposes, heads_first, merge_slices, prune):
         registry.add_pass(mod.PASS)
     for op_type, handler in transpose_handlers.HANDLERS.items():

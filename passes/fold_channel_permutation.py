@@ -5,6 +5,10 @@
   channels (weights and bias) instead.
 - ``DepthToSpace(mode=CRD)`` of such a Conv output: reorder the Conv's output channels to DCR,
   which TFLite's DEPTH_TO_SPACE computes natively (no 6-D TRANSPOSE).
+
+"A Conv output" may also be reached through single-use elementwise unary ops (Relu, Sigmoid,
+Clip with scalar bounds, ...): they act on every element alike, so they commute with any channel
+permutation.
 """
 from __future__ import annotations
 
@@ -39,9 +43,43 @@ def input_foldable(graph: Graph, consumer: Node, tensor: str) -> bool:
     return _plain_conv(graph, consumer) and consumer.inputs[0] == tensor and consumer.attr("group", 1) == 1 and tensor not in consumer.inputs[1:]
 
 
+# elementwise ops that treat every element alike (extra inputs, if any, must be scalars)
+_CHANNEL_FREE = {
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
+    "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
+    "Round", "Sign", "Sin", "Cos", "Identity", "ThresholdedRelu", "Shrink", "Clip",
+}
+
+
+def _channel_free(graph: Graph, node: Node | None) -> bool:
+    if node is None or node.op_type not in _CHANNEL_FREE or node.domain not in ("", "ai.onnx") or node.is_layout_marked:
+        return False
+    for t in node.inputs[1:]:
+        if t:
+            v = graph.constant_value(t)
+            if v is None or v.size != 1:
+                return False
+    return len(node.outputs) == 1
+
+
+def conv_source(graph: Graph, tensor: str) -> Node | None:
+    """The plain Conv whose output reaches ``tensor`` through single-use channel-free elementwise
+    ops (or directly), each intermediate used once and not a graph output; else None."""
+    if len(graph.consumers(tensor)) != 1 or graph.is_graph_output(tensor):
+        return None
+    prod = graph.producer(tensor)
+    while _channel_free(graph, prod):
+        tensor = prod.inputs[0]
+        if len(graph.consumers(tensor)) != 1 or graph.is_graph_output(tensor):
+            return None
+        prod = graph.producer(tensor)
+    if _plain_conv(graph, prod) and prod.outputs[0] == tensor and prod.attr("group", 1) == 1:
+        return prod
+    return None
+
+
 def output_foldable(graph: Graph, producer: Node | None, tensor: str) -> bool:
-    return (_plain_conv(graph, producer) and producer.outputs[0] == tensor and producer.attr("group", 1) == 1
-            and len(graph.consumers(tensor)) == 1 and not graph.is_graph_output(tensor))
+    return producer is not None and conv_source(graph, tensor) is not None
 
 
 def permute_conv_outputs(graph: Graph, conv: Node, idx: np.ndarray) -> None:
@@ -67,8 +105,8 @@ class FoldChannelPermutation(Pass):
             if node.op_type == "DepthToSpace" and node.attr("mode", "DCR") == "CRD" and not node.is_layout_marked:
                 src = node.inputs[0]
                 shape = graph.shape(src)
-                prod = graph.producer(src)
-                if shape is None or not isinstance(shape[1], int) or not output_foldable(graph, prod, src):
+                prod = conv_source(graph, src)
+                if shape is None or not isinstance(shape[1], int) or prod is None:
                     continue
                 r = node.attr("blocksize")
                 c = shape[1] // (r * r)
@@ -91,8 +129,8 @@ class FoldChannelPermutation(Pass):
                 graph.replace_all_uses(y, x)
                 graph.remove_node(node, force=True)
                 folded += 1
-            elif output_foldable(graph, graph.producer(x), x) and not graph.is_graph_output(y):
-                permute_conv_outputs(graph, graph.producer(x), idx)
+            elif conv_source(graph, x) is not None and not graph.is_graph_output(y):
+                permute_conv_outputs(graph, conv_source(graph, x), idx)
                 graph.replace_all_uses(y, x)
                 graph.remove_node(node, force=True)
                 folded += 1

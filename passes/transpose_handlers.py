@@ -103,18 +103,41 @@ def transpose_outputs(graph: Graph, node: Node, out_perms: Sequence[tuple | None
         graph.add_node("Transpose", [inner], [y], attrs={"perm": list(p)}, created_by=created_by)
 
 
+def output_credit(graph: Graph, tensor: str, perm: tuple | None) -> int:
+    """-1 when a ``Transpose(perm)`` put on ``tensor`` would cancel: every reader of ``tensor`` is
+    a plain Transpose undoing ``perm`` (the pair merges to an identity and both go); else 0."""
+    if not tensor or perm is None or P.is_identity(perm) or graph.is_graph_output(tensor):
+        return 0
+    users = graph.consumers(tensor)
+    if not users:
+        return 0
+    for u in users:
+        if u.op_type != "Transpose" or u.domain not in ("", "ai.onnx") or u.is_layout_marked:
+            return 0
+        q = u.attr("perm")
+        q = tuple(reversed(range(len(perm)))) if q is None else tuple(q)
+        if len(q) != len(perm) or not P.is_identity(P.compose(perm, q)):
+            return 0
+    return -1
+
+
 def push(graph: Graph, node: Node, perm: tuple, data_inputs: Sequence[int], created_by: str,
          out_perms: Sequence[tuple | None] | None = None, update: Callable[[], None] | None = None) -> bool:
-    """Generic push: decide by cost, rewrite ``data_inputs``, apply ``update``, transpose outputs."""
+    """Generic push: decide by cost, rewrite ``data_inputs``, apply ``update``, transpose outputs.
+    The cost counts the Transposes cancelled or added at the inputs, and those the moved
+    Transpose cancels right away below the node (its readers undo it)."""
     costs = [input_cost(graph, node.inputs[j], perm) for j in data_inputs if j < len(node.inputs)]
-    if any(c is None for c in costs) or sum(costs) >= 0:
+    if any(c is None for c in costs):
+        return False
+    outs = out_perms if out_perms is not None else [perm] * len(node.outputs)
+    if sum(costs) >= 0 and sum(costs) + sum(output_credit(graph, y, p) for y, p in zip(node.outputs, outs)) >= 0:
         return False
     for j in data_inputs:
         if j < len(node.inputs) and node.inputs[j]:
             graph.set_input(node, j, untranspose_input(graph, node.inputs[j], perm, created_by))
     if update is not None:
         update()
-    transpose_outputs(graph, node, out_perms if out_perms is not None else [perm] * len(node.outputs), created_by)
+    transpose_outputs(graph, node, outs, created_by)
     return True
 
 
@@ -183,6 +206,37 @@ def reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
             node.set_attr("axes", new_axes)
 
     return push(graph, node, perm, [0], created_by, [out_perm] + [None] * (len(node.outputs) - 1), update)
+
+
+def cumsum(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """CumSum: the axis is a (constant) input; ``exclusive``/``reverse`` do not depend on the layout."""
+    if len(node.inputs) < 2 or graph.rank(node.inputs[0]) != len(perm):
+        return False
+    axis_v = graph.constant_value(node.inputs[1])
+    if axis_v is None or axis_v.size != 1:
+        return False
+    new_axis = np.array(P.remap_axis(int(axis_v.reshape(-1)[0]), perm), dtype=axis_v.dtype).reshape(axis_v.shape)
+
+    def update() -> None:
+        graph.set_input(node, 1, graph.add_initializer(f"{node.name}_axis", new_axis))
+
+    return push(graph, node, perm, [0], created_by, update=update)
+
+
+def arg_reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """ArgMax/ArgMin: one axis attribute; keepdims=0 drops it from the output perm. The indices
+    count positions along that axis, which no permutation of the other axes changes."""
+    rank = len(perm)
+    if graph.rank(node.inputs[0]) != rank:
+        return False
+    axis = node.attr("axis", 0) % rank
+    new_axis = perm[axis]
+    if node.attr("keepdims", 1):
+        out_perm = perm
+    else:
+        kept_x = [a for a in range(rank) if a != new_axis]
+        out_perm = tuple(kept_x.index(perm[i]) for i in range(rank) if i != axis)
+    return push(graph, node, perm, [0], created_by, [out_perm], lambda: node.set_attr("axis", new_axis))
 
 
 def pad(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
@@ -499,6 +553,76 @@ def reshape_like(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool
     return True
 
 
+def _drop_axes(perm: tuple, positions: Sequence[int]) -> tuple:
+    """``perm`` without the entries at ``positions``, renumbered: the perm that remains after
+    those axes of ``transpose(x, perm)`` (axes ``perm[i]`` of ``x``) are removed."""
+    gone = sorted(perm[i] for i in positions)
+    return tuple(v - sum(g < v for g in gone) for i, v in enumerate(perm) if i not in positions)
+
+
+def _moves_whole(graph: Graph, tensor: str, out_perm: tuple) -> bool:
+    """Pushing below one reader only pays when no Transpose is left behind on each reader's
+    output (``out_perm`` is the identity), or when that reader is the only one (the Transpose
+    moves rather than multiplies)."""
+    return P.is_identity(out_perm) or (len(graph.consumers(tensor)) == 1 and not graph.is_graph_output(tensor))
+
+
+def squeeze(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """Squeeze of ``Transpose(perm)(x)``: squeeze the same (size-1) axes of ``x`` instead; the
+    Transpose of the remaining axes follows. Order-keeping cases become a Reshape (reshape_like)."""
+    if reshape_like(graph, node, perm, created_by):
+        return True
+    rank = len(perm)
+    if transpose_perm(graph, node.inputs[0]) != perm:
+        return False
+    from_input = _opset(graph) >= 13
+    if from_input and len(node.inputs) > 1 and node.inputs[1]:
+        v = graph.constant_value(node.inputs[1])
+        if v is None:
+            return False
+        axes = [int(a) % rank for a in v.reshape(-1)]
+    elif not from_input and node.attr("axes") is not None:
+        axes = [int(a) % rank for a in node.attr("axes")]
+    else:  # every size-1 axis
+        shape = graph.shape(node.inputs[0])
+        if shape is None or any(not isinstance(d, int) for d in shape):
+            return False
+        axes = [a for a, d in enumerate(shape) if d == 1]
+    axes = sorted(set(axes))
+    new_axes = sorted(perm[a] for a in axes)
+    out_perm = _drop_axes(perm, axes)
+    if not _moves_whole(graph, node.inputs[0], out_perm):
+        return False
+
+    def update() -> None:
+        if from_input:
+            name = graph.add_initializer(f"{node.name}_axes", np.array(new_axes, dtype=np.int64))
+            if len(node.inputs) > 1:
+                graph.set_input(node, 1, name)
+            else:
+                graph.add_input(node, name)
+        else:
+            node.set_attr("axes", new_axes)
+
+    return push(graph, node, perm, [0], created_by, [out_perm], update)
+
+
+def gather(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
+    """Gather from ``Transpose(perm)(data)`` with a scalar or 1-D index: gather along the matching
+    axis of ``data``; a scalar index drops that axis from the perm that follows (often leaving
+    none, e.g. the q/k/v selection of nn.MultiheadAttention's packed projection)."""
+    if transpose_perm(graph, node.inputs[0]) != perm or graph.rank(node.inputs[0]) != len(perm):
+        return False
+    r_idx = graph.rank(node.inputs[1])
+    if r_idx not in (0, 1):
+        return False
+    axis = node.attr("axis", 0) % len(perm)
+    out_perm = _drop_axes(perm, [axis]) if r_idx == 0 else perm
+    if not _moves_whole(graph, node.inputs[0], out_perm):
+        return False
+    return push(graph, node, perm, [0], created_by, [out_perm], lambda: node.set_attr("axis", perm[axis]))
+
+
 UNARY = [
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
@@ -516,10 +640,15 @@ HANDLERS.update({
     "Softmax": with_axis("axis", -1),
     "LogSoftmax": with_axis("axis", -1),
     "Split": with_axis("axis", 0),
-    "Squeeze": reshape_like,
+    "Squeeze": squeeze,
+    "Gather": gather,
     "Unsqueeze": reshape_like,
     "Transpose": merge_transpose,
     "Pad": pad,
+    "CumSum": cumsum,
+    "ArgMax": arg_reduce,
+    "ArgMin": arg_reduce,
+    "TopK": with_axis("axis", -1),
     "Slice": slice_,
     "Reshape": reshape,
     "Flatten": reshape,

@@ -24,7 +24,7 @@ SUBSET = {
     "test_averagepool_2d_dilations": "pass", "test_basic_conv_without_padding": "pass",
     "test_batchnorm_epsilon": "pass", "test_cast_FLOAT_to_FLOAT16": "pass",
     "test_castlike_FLOAT16_to_DOUBLE": "pass", "test_ceil_example": "pass", "test_celu": "pass",
-    "test_clip_default_max": "pass", "test_concat_2d_axis_negative_2": "pass", "test_constant": "pass",
+    "test_clip_default_max": "pass", "test_col2im_pads": "pass", "test_concat_2d_axis_negative_2": "pass", "test_constant": "pass",
     "test_constantofshape_int_zeros": "pass", "test_convtranspose_group_2": "pass",
     "test_cos_example": "pass", "test_cosh": "pass", "test_cumsum_2d_int32": "pass",
     "test_depthtospace_example": "pass", "test_div": "pass", "test_dropout_default_ratio": "pass",

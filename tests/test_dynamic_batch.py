@@ -124,3 +124,19 @@ def test_dynamic_batch_with_quantize_is_refused_up_front(tmp_path, capsys):
     onnx.save(_fixed_inside(), path)
     code = main(["convert", str(path), "-o", str(tmp_path / "out"), "--dynamic-batch", "--quantize", "fp16"])
     assert code == EXIT_USAGE and "--quantize" in capsys.readouterr().err
+
+
+def test_gather_nd_over_leading_axes_with_the_batch_inside(tmp_path):
+    """GatherND (as exported for non-uniform adaptive pooling) indexing the two leading axes of a
+    tensor whose run-time batch sits behind them: only the indexed dims must be known (negative
+    indices count from them)."""
+    b = Builder(opset=17)
+    x = b.input("x", ["N", 2, 4, 3])
+    t = b.op("Transpose", [x], perm=[1, 2, 0, 3])  # (2, 4, N, 3)
+    idx = b.const(np.array([[[1, -1], [0, 2]], [[0, 0], [1, 3]]], np.int64), dtype=np.int64)
+    g = b.op("GatherND", [t, idx])  # (2, 2, N, 3)
+    b.output(b.op("Transpose", [g], perm=[2, 0, 1, 3]))
+    result = convert(b.model(), output_dir=tmp_path / "out")
+    dyn = result.report["dynamic_batch"]
+    assert dyn["kept"] and set(dyn["verification"]) == {"batch 3", "batch 1"}
+    assert all(f["ok"] for per_stage in dyn["verification"].values() for figs in per_stage.values() for f in figs.values())

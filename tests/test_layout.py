@@ -697,3 +697,200 @@ def test_plugin_transpose_handler_overrides_builtin():
     # the shared built-in registry is untouched
     g2, _ = run_pipeline(model)
     assert g2.count("Transpose") == 0
+
+
+@pytest.mark.parametrize("acts", [["Relu"], ["Sigmoid", "Clip"]])
+def test_crd_depth_to_space_folds_into_conv_through_activations(acts):
+    """PixelShuffle (CRD) after Conv -> activation(s): the channel reorder still folds into the
+    Conv's output channels (elementwise ops commute with a channel permutation)."""
+    b = ShapedBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.conv(x, 3, 8)
+    for op in acts:
+        y = b.op(op, [y, b.const(np.float32(-0.2)), b.const(np.float32(0.7))]) if op == "Clip" else b.op(op, [y])
+    b.output(b.op("DepthToSpace", [y], blocksize=2, mode="CRD"))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (d2s,) = ops_of(g, "DepthToSpace")
+    assert d2s.attr("mode") == "DCR"
+    assert g.count("Transpose") == 0
+
+
+def test_channel_gather_folds_into_conv_through_activation_not_when_shared():
+    b = ShapedBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.op("Relu", [b.conv(x, 3, 4)])
+    g1 = b.op("Gather", [y, b.ints([2, 0, 3, 1])], axis=1)
+    b.output(b.op("Add", [g1, b.op("Sigmoid", [g1])]))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert g.count("Gather") == 0
+    # the Relu output is also read elsewhere: the permutation must stay
+    b = ShapedBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.op("Relu", [b.conv(x, 3, 4)])
+    g1 = b.op("Gather", [y, b.ints([2, 0, 3, 1])], axis=1)
+    b.output(b.op("Add", [g1, y]))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert g.count("Gather") == 1
+
+
+def _torch_style_group_norm(b: "ShapedBuilder", x: str, shape: list, groups: int, affine: bool) -> str:
+    """``F.group_norm`` as exporters spell it: Reshape(N, G, -1) -> InstanceNormalization -> Reshape -> Mul/Add."""
+    c = shape[1]
+    y = b.op("Reshape", [x, b.ints([shape[0], groups, -1])])
+    y = b.op("InstanceNormalization", [y, b.const(np.ones(groups, np.float32)), b.const(np.zeros(groups, np.float32))],
+             epsilon=1e-5)
+    y = b.op("Reshape", [y, b.ints(shape)])
+    if affine:
+        bshape = [c] + [1] * (len(shape) - 2)
+        y = b.op("Mul", [y, b.array(bshape)[1]])
+        y = b.op("Add", [y, b.array(bshape)[1]])
+    return y
+
+
+@pytest.mark.parametrize("opset,rank,groups,affine", [(17, 4, 2, True), (18, 4, 1, False), (20, 4, 8, True),
+                                                      (18, 3, 4, True), (18, 5, 2, False)])
+def test_group_norm_between_convs_needs_no_transpose(opset, rank, groups, affine):
+    b = ShapedBuilder(opset)
+    shape = [1, 8] + [5] * (rank - 2)
+    x = b.input("x", [1, 3] + [5] * (rank - 2))
+    y = b.conv(x, 3, 8, rank=rank)
+    y = _torch_style_group_norm(b, y, shape, groups, affine)
+    b.output(b.conv(b.op("Relu", [y]), 8, 4, rank=rank))
+    model = b.model()
+    g, records = run_pipeline(model)
+    assert_equivalent(model, g, atol=1e-4)
+    assert [r.details for r in _record(records, "split_group_norm")] == [{"rewritten": 1}]
+    assert g.count("InstanceNormalization") == 0
+    assert g.count("Transpose") == 0
+
+
+def test_instance_norm_with_other_reshapes_is_left_alone():
+    """The second Reshape does not restore the input shape: not a group norm, nothing rewritten."""
+    b = ShapedBuilder(18)
+    x = b.input("x", [1, 8, 4, 4])
+    y = b.op("Reshape", [x, b.ints([1, 2, -1])])
+    y = b.op("InstanceNormalization", [y, b.const(np.ones(2, np.float32)), b.const(np.zeros(2, np.float32))])
+    b.output(b.op("Reshape", [y, b.ints([1, 8, 16])]))
+    model = b.model()
+    g, records = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert not _record(records, "split_group_norm") and g.count("InstanceNormalization") == 1
+
+
+@pytest.mark.parametrize("axis", [1, 2, -1])
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 1)])
+def test_push_through_cumsum(axis, exclusive, reverse):
+    b = ShapedBuilder(14)
+    x = b.input("x", [1, 3, 5, 6])
+    y = b.op("CumSum", [b.conv(x, 3, 4), b.const(np.array(axis, np.int64), dtype=np.int64)],
+             exclusive=exclusive, reverse=reverse)
+    b.output(b.conv(y, 4, 2))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (cs,) = ops_of(g, "CumSum")
+    assert int(g.constant_value(cs.inputs[1])) % 4 == P.channels_first(4)[axis % 4]
+    assert g.count("Transpose") == 0
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis,keepdims", [(1, 1), (1, 0), (2, 0), (-1, 0), (3, 1)])
+def test_push_through_arg_reduce(op, axis, keepdims):
+    b = ShapedBuilder(13)
+    x = b.input("x", [1, 3, 5, 6])
+    y = b.op(op, [b.conv(x, 3, 4)], axis=axis, keepdims=keepdims)
+    b.output(y, dtype=onnx.TensorProto.INT64)
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (arg,) = ops_of(g, op)
+    assert g.producer(arg.inputs[0]).op_type != "Transpose", "the arg-reduce reads the channels-last conv output"
+    assert arg.attr("axis") == P.channels_first(4)[axis % 4]
+
+
+def test_push_through_topk_keeps_both_outputs_consistent():
+    b = ShapedBuilder(13)
+    x = b.input("x", [1, 3, 5, 6])
+    v, i = b.op("TopK", [b.conv(x, 3, 4), b.const(np.array([2], np.int64), dtype=np.int64)], n_out=2, axis=1)
+    b.output(b.conv(v, 2, 2))
+    b.output(i, dtype=onnx.TensorProto.INT64)
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    (tk,) = ops_of(g, "TopK")
+    assert tk.attr("axis") == 3
+
+
+def test_push_when_the_moved_transpose_cancels_below():
+    """Transpose(p) -> Add(., y) -> Transpose(p^-1): pushing costs one Transpose on ``y`` but the
+    moved one cancels with the reader below, 2 -> 1 (the sequence-first attention pattern of
+    nn.MultiheadAttention at a run-time batch size)."""
+    b = ShapedBuilder(17)
+    a = b.input("a", [2, 3, 4])
+    y = b.input("y", [3, 2, 4])
+    t = b.op("Transpose", [a], perm=[1, 0, 2])
+    s = b.op("Add", [t, y])
+    b.output(b.op("Relu", [b.op("Transpose", [s], perm=[1, 0, 2])]))
+    model = b.model()
+    g, _ = run_pipeline(model)
+    assert_equivalent(model, g)
+    assert transposes(g) == [(1, 0, 2)]
+    (add,) = ops_of(g, "Add")
+    assert a in add.inputs, "the Add reads the untransposed input"
+
+
+def test_packed_qkv_selection_needs_no_transpose():
+    """nn.MultiheadAttention's packed in-projection: (L, B, 3, E) -> Unsqueeze(0) -> Transpose
+    (3, 1, 2, 0, 4) -> Squeeze(3) -> Gather(axis 0, scalar) for q, k, v. Squeeze and Gather take
+    the Transpose along; after the scalar Gather nothing is left to transpose."""
+    b = ShapedBuilder(17)
+    x = b.input("x", [5, 2, 3, 4])
+    u = b.op("Unsqueeze", [x, b.ints([0])])
+    t = b.op("Transpose", [u], perm=[3, 1, 2, 0, 4])
+    s = b.op("Squeeze", [t, b.ints([3])])
+    for k in range(3):
+        b.output(b.op("Gather", [s, b.const(np.array(k, np.int64), dtype=np.int64)], axis=0))
+    model = b.model()
+    g, _ = run_pipeline(model, keep_io_layout=True)
+    assert_equivalent(model, g)
+    assert g.count("Transpose") == 0
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axes", [[1], [0, 2], None])
+def test_push_through_squeeze_that_moves_data(opset, axes):
+    b = ShapedBuilder(opset)
+    x = b.input("x", [1, 3, 1, 4])
+    t = b.op("Transpose", [x], perm=[2, 3, 0, 1])  # (1, 4, 1, 3): not an order-keeping move
+    if axes is None:
+        s = b.op("Squeeze", [t])
+    elif opset >= 13:
+        s = b.op("Squeeze", [t, b.ints([2] if axes == [1] else [0, 2])])
+    else:
+        s = b.op("Squeeze", [t], axes=[2] if axes == [1] else [0, 2])
+    b.output(b.op("Relu", [s]))
+    model = b.model()
+    g, _ = run_pipeline(model, keep_io_layout=True)
+    assert_equivalent(model, g)
+    (sq,) = ops_of(g, "Squeeze")
+    assert g.producer(sq.inputs[0]) is None or g.producer(sq.inputs[0]).op_type != "Transpose"
+
+
+@pytest.mark.parametrize("idx", [np.array(1, np.int64), np.array([2, 0], np.int64), np.array(-1, np.int64)])
+@pytest.mark.parametrize("axis", [0, 2, -1])
+def test_push_through_gather(idx, axis):
+    b = ShapedBuilder(13)
+    x = b.input("x", [3, 4, 5])
+    t = b.op("Transpose", [x], perm=[2, 0, 1])  # (5, 3, 4)
+    b.output(b.op("Gather", [t, b.const(idx, dtype=np.int64)], axis=axis))
+    model = b.model()
+    g, _ = run_pipeline(model, keep_io_layout=True)
+    assert_equivalent(model, g)
+    (ga,) = ops_of(g, "Gather")
+    assert ga.inputs[0] == "x"

@@ -455,3 +455,26 @@ def test_transpose_forms_match_onnx_runtime(shape, perm, decomposed, runner):
     check(runner, m, {"x": _f32(*shape)}, rtol=0, atol=0)
     n = tflite_ops(runner).count("TRANSPOSE")
     assert (n > 1) == decomposed, tflite_ops(runner)  # the TFLite converter may merge two of the three
+
+
+COL2IM_CASES = {
+    "plain": dict(image=[6, 6], block=[2, 2], attrs={}),
+    "stride_pad_dilation": dict(image=[7, 6], block=[3, 2], attrs=dict(strides=[2, 1], pads=[1, 0, 1, 1], dilations=[1, 2])),
+    "uncovered_tail": dict(image=[7, 7], block=[2, 2], attrs=dict(strides=[2, 2])),  # row/col 6 get no block
+    "one_d": dict(image=[9], block=[3], attrs=dict(strides=[2], pads=[1, 1])),
+}
+
+
+@pytest.mark.parametrize("case", list(COL2IM_CASES))
+def test_col2im(runner, case):
+    """Col2Im (torch F.fold) against ORT: channels, block offsets, strides, pads, dilations."""
+    cfg = COL2IM_CASES[case]
+    image, block, attrs = cfg["image"], cfg["block"], cfg["attrs"]
+    n = len(image)
+    st, dl = attrs.get("strides", [1] * n), attrs.get("dilations", [1] * n)
+    pd = attrs.get("pads", [0] * (2 * n))
+    grid = [(image[i] + pd[i] + pd[i + n] - dl[i] * (block[i] - 1) - 1) // st[i] + 1 for i in range(n)]
+    c, k = 3, int(np.prod(block))
+    model = one_op("Col2Im", [("x", [2, c * k, int(np.prod(grid))], TensorProto.FLOAT)], opset=18,
+                   consts={"image": np.array(image, np.int64), "block": np.array(block, np.int64)}, **attrs)
+    check(runner, model, {"x": RNG.standard_normal((2, c * k, int(np.prod(grid)))).astype(np.float32)})

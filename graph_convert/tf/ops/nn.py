@@ -20,7 +20,9 @@ from graph_convert.tf.ops.core import (
     _U8,
     _back,
     _dims,
+    _float,
     _gap,
+    _input_value,
     _lite,
     _shape_tensor,
     _unsupported,
@@ -400,3 +402,65 @@ def emit_space_to_depth(node, x, ctx):
     t = tf.reshape(xc, _shape_tensor([nb, h // b, b, w // b, b, c]))
     t = tf.transpose(t, [0, 1, 3, 5, 2, 4])
     return _from_cl(node, _back(tf.reshape(t, _shape_tensor([nb, h // b, w // b, c * b * b])), dt))
+
+
+# --- Col2Im (F.fold) ---------------------------------------------------------------------------
+def col2im_kernel(channels: int, block: list[int], dilations: list[int]) -> np.ndarray:
+    """ConvTranspose weight (ONNX layout (C*K, C, *dilated block)) that scatters column
+    ``c*K + k`` of a Col2Im input to channel ``c`` at block offset ``k`` (row-major over ``block``)."""
+    k = int(np.prod(block))
+    kd = [(b - 1) * d + 1 for b, d in zip(block, dilations)]
+    w = np.zeros((channels * k, channels, *kd), np.float32)
+    for c in range(channels):
+        for j, off in enumerate(itertools.product(*[range(b) for b in block])):
+            w[(c * k + j, c, *[o * d for o, d in zip(off, dilations)])] = 1.0
+    return w
+
+
+def col2im_geometry(image: list[int], block: list[int], dilations: list[int], pads: list[int], strides: list[int]):
+    """Per spatial dim: number of block positions L, and the output cells past the last block (r)."""
+    n = len(image)
+    grid, rest = [], []
+    for i in range(n):
+        span = image[i] + pads[i] + pads[i + n] - dilations[i] * (block[i] - 1) - 1
+        grid.append(span // strides[i] + 1)
+        rest.append(span % strides[i])
+    return grid, rest
+
+
+@emitter("Col2Im")
+def emit_col2im(node, x, ctx):
+    t, dt = _float(node, x[0])
+    image, block = _input_value(node, ctx, x, 1), _input_value(node, ctx, x, 2)
+    if image is None or block is None:
+        raise _unsupported(node, "a run-time image_shape or block_shape")
+    image, block = [int(v) for v in image.reshape(-1)], [int(v) for v in block.reshape(-1)]
+    n = len(image)
+    if n not in (1, 2, 3) or len(block) != n:
+        raise _unsupported(node, f"{n}-D images")
+    dil = list(node.attr("dilations") or [1] * n)
+    strides = list(node.attr("strides") or [1] * n)
+    pads = list(node.attr("pads") or [0] * (2 * n))
+    dims = _dims(t)
+    ck, k = dims[1], int(np.prod(block))
+    if not isinstance(ck, int) or ck % k:
+        raise _unsupported(node, "an unknown or non-divisible column count")
+    c = ck // k
+    grid, _ = col2im_geometry(image, block, dil, pads, strides)
+    if isinstance(dims[2], int) and dims[2] != int(np.prod(grid)):
+        raise ConvertError(f"node {node.name!r} (Col2Im): {dims[2]} columns, but the geometry gives {int(np.prod(grid))}")
+    cols = tf.reshape(t, _shape_tensor([dims[0], ck, *grid]))
+    cols = tf.transpose(cols, [0, *range(2, n + 2), 1])  # channels-last for TF's conv_transpose
+    w = col2im_kernel(c, block, dil)  # (CK, C, k...) -> TF (k..., C, CK)
+    w = np.ascontiguousarray(np.transpose(w, [*range(2, n + 2), 1, 0]))
+    kd = list(w.shape[:n])
+    full = [(grid[i] - 1) * strides[i] + kd[i] for i in range(n)]
+    batch = dims[0]
+    oshape = _shape_tensor([batch, *full, c])
+    conv = {1: tf.nn.conv1d_transpose, 2: tf.nn.conv2d_transpose, 3: tf.nn.conv3d_transpose}[n]
+    y = conv(cols, tf.constant(w, cols.dtype), oshape, strides=strides, padding="VALID")
+    y = y[(slice(None), *[slice(pads[i], min(pads[i] + image[i], full[i])) for i in range(n)], slice(None))]
+    extra = [max(pads[i] + image[i] - full[i], 0) for i in range(n)]  # cells no block reaches
+    if any(extra):
+        y = tf.pad(y, [(0, 0), *[(0, e) for e in extra], (0, 0)])
+    return _back(tf.transpose(y, [0, n + 1, *range(1, n + 1)]), dt)

@@ -318,12 +318,20 @@ def emit_gather_elements(node, x, ctx):
 def emit_gather_nd(node, x, ctx):
     data, idx = x
     b = node.attr("batch_dims", 0)
-    ishape, dshape = _static(idx), _static(data)
-    if ishape is None or dshape is None:
-        raise _unsupported(node, "unknown input shapes")
-    k = ishape[-1]
-    idx = _nonneg_index(idx, tf.constant(np.array(dshape[b:b + k], dtype=idx.dtype.as_numpy_dtype)))
+    k = idx.shape[-1]
+    if k is None:
+        raise _unsupported(node, "an unknown index depth (last dim of indices)")
+    # only the k indexed dims bound negative indices; other data dims (a run-time batch) may be unknown
+    bounds = _dims(data)[b:b + k]
+    if all(isinstance(d, int) for d in bounds):
+        bounds = tf.constant(np.array(bounds, dtype=idx.dtype.as_numpy_dtype))
+    else:
+        bounds = tf.stack([tf.cast(d, idx.dtype) for d in bounds])
+    idx = _nonneg_index(idx, bounds)
     if b:  # prepend the batch coordinates, so one plain GATHER_ND does it
+        ishape = _static(idx)
+        if ishape is None:
+            raise _unsupported(node, "batch_dims > 0 with unknown index shape")
         grid = _coords(ishape[:-1], idx.dtype)[:b]
         idx = tf.concat([tf.expand_dims(g, -1) for g in grid] + [idx], axis=-1)
     (t,), dt = _lite(node, "gather", data)
