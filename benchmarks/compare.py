@@ -71,14 +71,22 @@ class Run:
     note: str = ""
 
 
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
 def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, timeout: float) -> Run:
     """Run ``cmd``; wall time from spawn to exit; peak RSS from wait4() of that child.
 
     ru_maxrss of a reaped child is the max over the child and every descendant it reaped
-    (onnx2tf's onnxsim subprocesses included): the largest single process, as /usr/bin/time -v."""
+    (onnx2tf's onnxsim subprocesses included): the largest single process, as /usr/bin/time -v.
+    Linux carries a forked child's high-water mark (the parent's RSS at fork) across exec, so a
+    direct child of this (by then large) process would report at least our own RSS: the command
+    runs under GNU time, forked from that small process, and its figure is the one taken."""
+    rss_file = log_path + ".maxrss"
+    wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file, *cmd] if GNU_TIME else cmd
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        p = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
         note = ""
         while True:
@@ -93,7 +101,14 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
             time.sleep(0.005)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
-    return Run(p.returncode == 0 and not note, p.returncode, wall, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime, log_path, note)
+    peak = ru.ru_maxrss / 1024.0
+    if GNU_TIME:
+        try:
+            with open(rss_file) as f:
+                peak = float(f.read().strip().splitlines()[-1]) / 1024.0
+        except (OSError, ValueError, IndexError):
+            pass  # killed before GNU time wrote it: keep the (upper bound) figure from wait4
+    return Run(p.returncode == 0 and not note, p.returncode, wall, peak, ru.ru_utime + ru.ru_stime, log_path, note)
 
 
 def log_tail(path: str, n: int = 3) -> str:

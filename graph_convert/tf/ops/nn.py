@@ -309,8 +309,13 @@ def emit_max_pool(node, x, ctx):
         y = _pool_valid(xc, kernel, strides, "MAX")
     elif _non_negative(ctx, node.inputs[0]):
         # after ReLU & co. a zero fill is exact (padding never wins a max over >= 0 values) and,
-        # unlike a -inf fill, keeps a PAD that XNNPack runs and an honest range for int8
-        y = _pool_valid(_pad_cl(xc, total, 0.0), kernel, strides, "MAX")
+        # unlike a -inf fill, keeps an honest range for int8. As PADV2 (an explicit fill value)
+        # rather than PAD: XNNPack takes PAD but cannot fuse a zero fill into the pooling, and its
+        # separate pad measured slower than TFLite's own PADV2 kernel (resnet_style 115 vs 110 us,
+        # a 1x32x32x16 ReLU->pad->pool block 71 vs 58 us, 1 thread)
+        full = [(0, 0), *total, (0, 0)]
+        y = _pool_valid(tf.raw_ops.PadV2(input=xc, paddings=tf.constant(full, tf.int32), constant_values=tf.zeros([], xc.dtype)),
+                        kernel, strides, "MAX")
     else:
         y = _pool_valid(_pad_cl(xc, total, low), kernel, strides, "MAX")
     return _from_cl(node, _back(y, dt))
