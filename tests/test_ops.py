@@ -388,11 +388,27 @@ def test_float64_runs_in_tf_and_is_declared_a_tflite_gap(runner):
     assert "float64" in r.tflite_excluded
 
 
-def test_inf_constants_are_a_tflite_gap(runner):
-    """TFLite's converter stores -inf constants as -FLT_MAX: declared, not silently converted."""
-    model = one_op("Add", [("a", [3], F)], consts={"m": np.array([0.0, -np.inf, 1.0], np.float32)})
-    r = check(runner, model, {"a": _f32(3)}, tflite="excluded")
-    assert "inf" in r.tflite_excluded
+def test_inf_constants_stay_exact_in_tflite(runner):
+    """TFLite's converter stores an infinite constant as +-FLT_MAX (1 + -FLT_MAX is not -inf): the
+    infinities are made at run time, so TFLite gives ORT's +-inf."""
+    model = one_op("Add", [("a", [3], F)], consts={"m": np.array([0.0, -np.inf, np.inf], np.float32)})
+    check(runner, model, {"a": np.array([1.0, 2.0, -3.0], np.float32)})
+
+
+def test_inf_from_folded_and_filled_constants_stays_exact_in_tflite(live):
+    """A causal mask folded at conversion time (Where of constants) and a run-time-shaped
+    ConstantOfShape(-inf): a fully masked row soft-maxes to NaN as in ORT, not to a uniform row."""
+    b = Builder(17)
+    s = b.input("s", [4, 4])
+    shp = b.input("shp", [2], TensorProto.INT64)
+    tri = b.const(np.triu(np.ones((4, 4), bool), 1) | (np.arange(4)[:, None] == 3), dtype=np.bool_)
+    mask = b.op("Where", [tri, b.const(np.float32(-np.inf)), b.const(np.float32(0))])
+    b.output(b.op("Softmax", [b.op("Add", [s, mask])], axis=-1))
+    fill = b.op("ConstantOfShape", [shp], value=onnx.numpy_helper.from_array(np.array([-np.inf], np.float32)))
+    b.output(b.op("Add", [fill, b.const(np.float32(1))]))
+    r = check(live, b.model(), {"s": _f32(4, 4), "shp": np.array([2, 3], np.int64)})
+    assert "FILL" in tflite_ops(live)  # the run-time-shaped form
+    assert r.tflite == "pass"
 
 
 # --- numerics in the tails ------------------------------------------------------------------------
