@@ -79,7 +79,7 @@ def emit_recurrent(node, x, ctx):
     clip = node.attr("clip")
     X = x[0]
     dt = X.dtype
-    t_axis, b_axis = (1, 0) if layout else (0, 1)
+    t_axis = 1 if layout else 0
     T = X.shape[t_axis]
     if T is None:
         raise ConvertError(f"node {node.name!r} ({op}): the sequence length must be static to unroll")
