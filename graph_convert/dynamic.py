@@ -12,7 +12,9 @@ must be the same graph up to values; what differs between them is what depends o
   target of Reshapes it becomes ``-1`` at that entry (static everywhere else, as TFLite likes);
   otherwise it is computed at run time from the input's batch size;
 - a constant that differs in size along one axis and is the same block repeated batch times
-  (a class token expanded over the batch, then folded) is that block tiled at run time.
+  (a class token expanded over the batch, then folded) is that block tiled at run time;
+- an integer constant that differs in size along one axis and steps by the same amount along it
+  (``torch.arange(batch)`` indexing a batch of rows, then folded) is a run-time range.
 
 Anything else (a batch-dependent float value, a non-linear shape) is refused with the node or
 constant named. The result is checked by running the TF function and the .tflite at batch sizes
@@ -88,6 +90,7 @@ class BatchView:
     dims: dict[str, tuple] = field(default_factory=dict)  # tensor -> shape with None at batch-dependent dims
     linear: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # const -> (c, k): c + k*B
     tiled: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # const -> (block, axis)
+    ranged: dict[str, tuple[np.ndarray, np.ndarray, int, int]] = field(default_factory=dict)  # const -> (first, step, axis, m): first + i*step, i < m*B
     stats: dict[str, int] = field(default_factory=dict)
 
     # -- what the emitter asks ---------------------------------------------------------------
@@ -95,7 +98,7 @@ class BatchView:
         return self.dims.get(tensor, self.graph.shape(tensor))
 
     def is_dynamic_const(self, tensor: str) -> bool:
-        return tensor in self.linear or tensor in self.tiled
+        return tensor in self.linear or tensor in self.tiled or tensor in self.ranged
 
     def minus_one_target(self, tensor: str) -> np.ndarray | None:
         """The constant as a Reshape target with -1 at its one batch entry, when that is exact."""
@@ -127,6 +130,13 @@ class BatchView:
             if c.ndim == 1:  # a Pack of scalars: TF's shape inference keeps the static entries
                 return tf.stack([tf.constant(int(ci), dt) if ki == 0 else int(ki) * b for ci, ki in zip(c, k)])
             return tf.constant(c) + tf.constant(k) * b
+        if tensor in self.ranged:
+            first, step, axis, m = self.ranged[tensor]
+            dt = tf.as_dtype(first.dtype)
+            shape = [1] * (first.ndim + 1)
+            shape[axis] = -1
+            i = tf.reshape(tf.cast(tf.range(m * tf.cast(batch, tf.int32)), dt), shape)
+            return tf.constant(np.expand_dims(first, axis)) + i * tf.constant(np.expand_dims(step, axis))
         block, axis = self.tiled[tensor]
         reps = [1] * block.ndim
         reps[axis] = batch
@@ -190,10 +200,15 @@ def batch_view(g1: Graph, g2: Graph, inputs: list[str]) -> BatchView:
         if tile is not None:
             view.tiled[name] = tile
             continue
+        rng = _as_range(v1, v2)
+        if rng is not None:
+            view.ranged[name] = rng
+            continue
         readers = ", ".join(f"{n.name} ({n.op_type})" for n in g1.consumers(name)) or "none"
         raise DynamicBatchError(f"dynamic batch: constant {name!r} (read by {readers}) depends on the batch size in a way "
                            f"that is neither linear nor a repeat: shape {v1.shape} at batch {B1}, {v2.shape} at batch {B2}")
-    view.stats = {"batch_dependent_dims": len(view.dims), "linear_constants": len(view.linear), "tiled_constants": len(view.tiled)}
+    view.stats = {"batch_dependent_dims": len(view.dims), "linear_constants": len(view.linear), "tiled_constants": len(view.tiled),
+                  "ranged_constants": len(view.ranged)}
     return view
 
 
@@ -212,3 +227,28 @@ def _as_tiled(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, int] | None:
     if not (np.array_equal(np.concatenate([block] * B1, axis=a), v1) and np.array_equal(np.concatenate([block] * B2, axis=a), v2)):
         return None
     return block, a
+
+
+def _as_range(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+    """``(first, step, axis, m)`` when both integer constants are ``first + i*step`` along their one
+    differing axis, ``i`` from 0 to ``m*B - 1`` (exactly, at both batch sizes)."""
+    if v1.ndim != v2.ndim or v1.dtype != v2.dtype or v1.dtype.kind not in "iu":
+        return None
+    diff = [a for a in range(v1.ndim) if v1.shape[a] != v2.shape[a]]
+    if len(diff) != 1:
+        return None
+    a = diff[0]
+    n1, n2 = v1.shape[a], v2.shape[a]
+    if n1 < 2 or n1 % B1 or n2 % B2 or n1 // B1 != n2 // B2:
+        return None
+    first = np.take(v1, 0, axis=a)
+    step = np.take(v1, 1, axis=a) - first
+
+    def ramp(n):
+        shape = [1] * v1.ndim
+        shape[a] = n
+        return np.expand_dims(first, a) + np.arange(n, dtype=v1.dtype).reshape(shape) * np.expand_dims(step, a)
+
+    if not (np.array_equal(ramp(n1), v1) and np.array_equal(ramp(n2), v2)):
+        return None
+    return first, step, a, n1 // B1

@@ -41,6 +41,8 @@ SUBSET = {
     "test_l2normalization_axis_1": "pass", "test_layer_normalization_4d_axis_negative_1": "pass",
     "test_leakyrelu": "pass", "test_less_equal": "pass", "test_less_uint32": "pass",
     "test_log_example": "pass", "test_logsoftmax_example_1": "pass", "test_lrn_default": "pass",
+    "test_lstm_bidirectional": "pass", "test_lstm_batchwise": "pass", "test_gru_with_initial_bias": "pass",
+    "test_gru_reverse": "pass", "test_simple_rnn_batchwise": "pass", "test_rnn_seq_length": "pass",
     "test_matmul_2d": "pass", "test_max_float32": "pass", "test_maxpool_3d_dilations": "pass",
     "test_mean_one_input": "pass", "test_min_int16": "pass", "test_mish": "pass",
     "test_mod_mixed_sign_int8": "pass", "test_mul_bcast": "pass", "test_mvn": "pass",

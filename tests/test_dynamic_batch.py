@@ -140,3 +140,20 @@ def test_gather_nd_over_leading_axes_with_the_batch_inside(tmp_path):
     dyn = result.report["dynamic_batch"]
     assert dyn["kept"] and set(dyn["verification"]) == {"batch 3", "batch 1"}
     assert all(f["ok"] for per_stage in dyn["verification"].values() for figs in per_stage.values() for f in figs.values())
+
+
+class _PickRow(torch.nn.Module):
+    """CLIP-style pooling: per batch row, the position of the largest token id (``arange(batch)``
+    and the argmax index the rows; the exporter folds the arange into a batch-sized constant)."""
+
+    def forward(self, ids, x):
+        return x[torch.arange(x.shape[0]), ids.argmax(dim=-1)] * 2.0
+
+
+def test_arange_over_the_batch_becomes_a_run_time_range(tmp_path):
+    ids = torch.tensor([[3, 9, 1, 0, 2, 5], [7, 1, 2, 8, 0, 0]], dtype=torch.long)
+    x = torch.randn(2, 6, 4)
+    result = convert(_PickRow().eval(), (ids, x), str(tmp_path / "out"), dynamic_batch=True)
+    dyn = result.report["dynamic_batch"]
+    assert dyn["kept"] and set(dyn["verification"]) == {"batch 3", "batch 1"}
+    assert all(f["ok"] for per_stage in dyn["verification"].values() for figs in per_stage.values() for f in figs.values())

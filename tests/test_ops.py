@@ -388,11 +388,27 @@ def test_float64_runs_in_tf_and_is_declared_a_tflite_gap(runner):
     assert "float64" in r.tflite_excluded
 
 
-def test_inf_constants_are_a_tflite_gap(runner):
-    """TFLite's converter stores -inf constants as -FLT_MAX: declared, not silently converted."""
-    model = one_op("Add", [("a", [3], F)], consts={"m": np.array([0.0, -np.inf, 1.0], np.float32)})
-    r = check(runner, model, {"a": _f32(3)}, tflite="excluded")
-    assert "inf" in r.tflite_excluded
+def test_inf_constants_stay_exact_in_tflite(runner):
+    """TFLite's converter stores an infinite constant as +-FLT_MAX (1 + -FLT_MAX is not -inf): the
+    infinities are made at run time, so TFLite gives ORT's +-inf."""
+    model = one_op("Add", [("a", [3], F)], consts={"m": np.array([0.0, -np.inf, np.inf], np.float32)})
+    check(runner, model, {"a": np.array([1.0, 2.0, -3.0], np.float32)})
+
+
+def test_inf_from_folded_and_filled_constants_stays_exact_in_tflite(live):
+    """A causal mask folded at conversion time (Where of constants) and a run-time-shaped
+    ConstantOfShape(-inf): a fully masked row soft-maxes to NaN as in ORT, not to a uniform row."""
+    b = Builder(17)
+    s = b.input("s", [4, 4])
+    shp = b.input("shp", [2], TensorProto.INT64)
+    tri = b.const(np.triu(np.ones((4, 4), bool), 1) | (np.arange(4)[:, None] == 3), dtype=np.bool_)
+    mask = b.op("Where", [tri, b.const(np.float32(-np.inf)), b.const(np.float32(0))])
+    b.output(b.op("Softmax", [b.op("Add", [s, mask])], axis=-1))
+    fill = b.op("ConstantOfShape", [shp], value=onnx.numpy_helper.from_array(np.array([-np.inf], np.float32)))
+    b.output(b.op("Add", [fill, b.const(np.float32(1))]))
+    r = check(live, b.model(), {"s": _f32(4, 4), "shp": np.array([2, 3], np.int64)})
+    assert "FILL" in tflite_ops(live)  # the run-time-shaped form
+    assert r.tflite == "pass"
 
 
 # --- numerics in the tails ------------------------------------------------------------------------
@@ -478,3 +494,87 @@ def test_col2im(runner, case):
     model = one_op("Col2Im", [("x", [2, c * k, int(np.prod(grid))], TensorProto.FLOAT)], opset=18,
                    consts={"image": np.array(image, np.int64), "block": np.array(block, np.int64)}, **attrs)
     check(runner, model, {"x": RNG.standard_normal((2, c * k, int(np.prod(grid)))).astype(np.float32)})
+
+
+# --- recurrent layers (unrolled) ------------------------------------------------------------------
+def _rnn_model(op: str, *, T=5, N=2, I=3, H=4, dirs=1, layout=0, bias=True, init=True, peep=False, seq=False, n_out=None, **attrs):
+    ng = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    rng = np.random.default_rng(7)  # the same weights and inputs for the same arguments
+
+    def _f32(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    b = Builder(14)
+    xs = [T, N, I] if layout == 0 else [N, T, I]
+    hs = [dirs, N, H] if layout == 0 else [N, dirs, H]
+    ins = [b.input("X", xs), b.const(_f32(dirs, ng * H, I, scale=0.5), name="W"), b.const(_f32(dirs, ng * H, H, scale=0.5), name="R"),
+           b.const(_f32(dirs, 2 * ng * H), name="B") if bias else "",
+           b.const(np.full([N], T, np.int32), name="seq", dtype=np.int32) if seq else "",
+           b.input("h0", hs) if init else ""]
+    if op == "LSTM":
+        ins += [b.input("c0", hs) if init else "", b.const(_f32(dirs, 3 * H), name="P") if peep else ""]
+    while ins[-1] == "":
+        ins.pop()
+    n_out = n_out or (3 if op == "LSTM" else 2)
+    direction = {1: "forward", 2: "bidirectional"}[dirs] if "direction" not in attrs else attrs.pop("direction")
+    outs = b.op(op, ins, n_out=n_out, hidden_size=H, layout=layout, direction=direction, **attrs)
+    for y in outs:
+        b.output(y)
+    feeds = {"X": _f32(*xs)}
+    if init:
+        feeds["h0"] = _f32(*hs)
+        if op == "LSTM":
+            feeds["c0"] = _f32(*hs)
+    return b.model(), feeds
+
+
+@pytest.mark.parametrize("op,kw", [
+    ("LSTM", dict(dirs=2, peep=True, seq=True, clip=1.5)),
+    ("LSTM", dict(dirs=1, direction="reverse", init=False, input_forget=1)),
+    ("LSTM", dict(dirs=2, activations=["HardSigmoid", "Tanh", "Softsign", "Sigmoid", "ScaledTanh", "Tanh"],
+                  activation_alpha=[0.3, 0.7], activation_beta=[0.4, 1.3])),
+    ("GRU", dict(dirs=2, linear_before_reset=1)),
+    ("GRU", dict(dirs=1, bias=False, init=False)),
+    ("GRU", dict(dirs=1, direction="reverse", linear_before_reset=1, clip=0.8, activations=["Sigmoid", "Relu"])),
+    ("RNN", dict(dirs=2, activations=["Relu", "LeakyRelu"], activation_alpha=[0.2])),
+    ("RNN", dict(dirs=1, seq=True, init=False)),
+])
+def test_recurrent_unrolled(runner, op, kw):
+    model, feeds = _rnn_model(op, **kw)
+    check(runner, model, feeds, rtol=1e-5, atol=1e-5)
+    ops_ = set(tflite_ops(runner))
+    assert "FULLY_CONNECTED" in ops_ and not any(o.startswith("FLEX") or o == "WHILE" for o in ops_), ops_
+
+
+@pytest.mark.parametrize("op,kw", [
+    ("LSTM", dict(dirs=2, peep=True, clip=1.5)),
+    ("GRU", dict(dirs=2, linear_before_reset=1)),
+    ("RNN", dict(dirs=1, init=False)),
+])
+def test_recurrent_batch_first_layout(runner, op, kw):
+    """layout=1 (ONNX Runtime's CPU kernels refuse it): the reference is the same model in layout 0
+    run by ONNX Runtime, its I/O transposed to batch-first."""
+    m0, f0 = _rnn_model(op, layout=0, **kw)
+    m1, f1 = _rnn_model(op, layout=1, **kw)
+    feeds1 = {k: np.swapaxes(v, 0, 1) for k, v in f0.items()}
+    ref = run_ort(m0, f0)
+    outs = [ref[o.name] for o in m0.graph.output]
+    expect = [np.transpose(outs[0], (2, 0, 1, 3))] + [np.swapaxes(o, 0, 1) for o in outs[1:]]
+    inputs = [feeds1[vi.name] for vi in m1.graph.input if vi.name in feeds1]
+    case = TestCase(name=m1.graph.name, model_name=m1.graph.name, url=None, model_dir=None, model=m1,
+                    data_sets=[(inputs, expect)], kind="node", rtol=1e-5, atol=1e-5)
+    r = runner.run(case)
+    assert r.tf == "pass" and r.tflite == "pass", f"{r.reason_class}: {r.reason}"
+
+
+def test_recurrent_partial_sequence_lens_is_declined(runner):
+    from graph_convert.errors import ConvertError
+
+    b = Builder(14)
+    ins = [b.input("X", [3, 2, 3]), b.const(_f32(1, 4, 3), name="W"), b.const(_f32(1, 4, 4), name="R"), "",
+           b.const(np.array([3, 1], np.int32), name="seq", dtype=np.int32)]
+    y, yh = b.op("RNN", ins, n_out=2, hidden_size=4)
+    b.output(y)
+    b.output(yh)
+    r = runner.run(ort_case(b.model(), {"X": _f32(3, 2, 3)}))
+    assert r.tf != "pass" and "sequence_lens" in r.reason

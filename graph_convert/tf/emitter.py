@@ -55,7 +55,40 @@ class EmitContext:
     env: dict[str, Any] = field(default_factory=dict)
     batch: Any = None  # graph_convert.dynamic.BatchView when the batch is dynamic
     variables: list = field(default_factory=list)  # weights made tf.Variables (see ``weight``)
+    probe: Any = None  # a graph input with at least one element (see ``exact_constant``)
     _n_weights: int = 0
+    _true: Any = None
+    const_reads: set = field(default_factory=set)  # tensors read through ``const`` by the node being emitted
+    _exact: dict = field(default_factory=dict)  # id(tensor) -> (tensor, value) of run-time-built constants
+
+    def exact_constant(self, value):
+        """A constant holding +-inf that TFLite keeps exact, or ``None`` when the graph has no input
+        to build it from. The TFLite converter stores an infinite constant as +-FLT_MAX (and folds
+        any constant arithmetic that would make one) and -FLT_MAX is not -inf: -FLT_MAX + -FLT_MAX
+        overflows, a row of -FLT_MAX soft-maxes to a uniform row rather than NaN. So each
+        infinity is made at run time as (+-max) * 2, the 2 coming from an input element through
+        ``x == x or x != x`` (true also for NaN), which no converter folds; the finite entries stay
+        constants, selected by a constant mask."""
+        import tensorflow as tf
+
+        arr = np.asarray(value)
+        if self.probe is None:
+            return None
+        if self._true is None:
+            p = tf.reshape(self.probe, [-1])[0]
+            self._true = tf.logical_or(tf.equal(p, p), tf.not_equal(p, p))
+        inf = np.isinf(arr)
+        big = np.where(inf, np.sign(arr) * np.finfo(arr.dtype).max, 0).astype(arr.dtype)
+        two = tf.cast(self._true, tf.as_dtype(arr.dtype)) * np.asarray(2, arr.dtype)
+        out = tf.where(tf.constant(inf), tf.constant(big) * two, tf.constant(np.where(inf, 0, arr).astype(arr.dtype)))
+        self._exact[id(out)] = (out, arr)
+        return out
+
+    def exact_value(self, t) -> np.ndarray | None:
+        """The value of a tensor made by :meth:`exact_constant` (``tf.get_static_value`` cannot
+        see through its run-time factor)."""
+        hit = self._exact.get(id(t))
+        return hit[1] if hit is not None and hit[0] is t else None
 
     def weight(self, value, dtype=None):
         """A constant for the TF graph. Float arrays of WEIGHT_MIN_ELEMENTS or more become
@@ -69,6 +102,10 @@ class EmitContext:
         arr = np.asarray(value)
         if dtype is not None and arr.dtype != tf.as_dtype(dtype).as_numpy_dtype:
             arr = arr.astype(tf.as_dtype(dtype).as_numpy_dtype)
+        if arr.dtype.kind == "f" and np.isinf(arr).any():
+            exact = self.exact_constant(arr)
+            if exact is not None:
+                return exact
         if arr.size < WEIGHT_MIN_ELEMENTS or arr.dtype.kind != "f":
             return tf.constant(arr)
         # tf.function traces a function that creates variables twice; the second trace must get
@@ -88,6 +125,7 @@ class EmitContext:
     def const(self, tensor: str) -> np.ndarray | None:
         if not tensor:
             return None
+        self.const_reads.add(tensor)
         if self.batch is not None and self.batch.is_dynamic_const(tensor):
             return self.batch.minus_one_target(tensor)  # None: a run-time value
         return self.graph.constant_value(tensor)
@@ -131,6 +169,14 @@ class _Inputs(list):
             return self._peek_const(self._pending[j])
         t = super().__getitem__(j)
         return None if t is None else static_value(t)
+
+    def pending(self, j: int) -> bool:
+        """Input ``j`` is an ONNX constant not made yet."""
+        return j in self._pending
+
+    def made(self, j: int):
+        """Input ``j``'s tensor if made (``None`` while pending or omitted)."""
+        return None if j in self._pending else super().__getitem__(j)
 
     def _load(self, j: int) -> None:
         t = self._pending.pop(j, None)
@@ -189,6 +235,12 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None):
         env = ctx.env
         for x, a in zip(graph.inputs, args):
             env[x] = a
+        for x, a in zip(graph.inputs, args):
+            dims = a.shape.as_list() if a.shape.rank is not None else None
+            if a.dtype in (tf.float32, tf.int32, tf.int64, tf.int8, tf.uint8, tf.bool):  # TFLite slices and compares these
+                if dims is not None and all(d is None or d > 0 for d in dims):  # None: the dynamic batch, >= 1
+                    ctx.probe = a
+                    break
         batch_size = None
         if batch is not None:
             src, axis = batch.batch_source

@@ -15,12 +15,12 @@ unmarked node is transposed to channels-last, or handled in its own layout, here
 
 An emitter that cannot translate a form raises :class:`ConvertError` naming the node and the
 reason, never a silently different result. Where to add an op: the module of its family
-(``elementwise``, ``shape``, ``linalg``, ``reduce``, ``nn``, ``norm``, ``resize``), with
+(``elementwise``, ``shape``, ``linalg``, ``reduce``, ``nn``, ``norm``, ``resize``, ``recurrent``), with
 ``@emitter("OpType")`` from ``core``.
 """
 from __future__ import annotations
 
-from graph_convert.tf.ops import elementwise, linalg, nn, norm, reduce, resize, shape  # noqa: F401  (they fill the table)
+from graph_convert.tf.ops import elementwise, linalg, nn, norm, recurrent, reduce, resize, shape  # noqa: F401  (they fill the table)
 from graph_convert.tf.ops.core import EMITTERS, emitter, take_tflite_gaps
 
 __all__ = ["EMITTERS", "emitter", "take_tflite_gaps"]

@@ -36,13 +36,14 @@ def _folding(fn):
     TFLite kernel. The values come from the same TF kernels, run eagerly."""
 
     def emit(node, x, ctx):
+        static = lambda t: _small_static_value(t, ctx)  # noqa: E731
         if hasattr(x, "peek"):  # the emitter's lazy inputs: look without making weights
             given = [x.has(j) for j in range(len(x))]
-            vals = [x.peek(j, _small_static_value) if g else None for j, g in enumerate(given)]
+            vals = [x.peek(j, static) if g else None for j, g in enumerate(given)]
             vals = [None if v is None or v.size > _FOLD_LIMIT else np.asarray(v) for v in vals]
         else:
             given = [t is not None for t in x]
-            vals = [None if t is None else _small_static_value(t) for t in x]
+            vals = [None if t is None else static(t) for t in x]
         if any(given) and all(v is not None for v, g in zip(vals, given) if g):
             mark = len(_GAPS)
             try:
@@ -56,30 +57,43 @@ def _folding(fn):
                 outs = None
             del _GAPS[mark:]
             if outs is not None and all(o.size <= _FOLD_LIMIT for o in outs):
-                consts = [_constant(node, o) for o in outs]
+                consts = [_constant(node, o, ctx) for o in outs]
                 return consts if many else consts[0]
-        if any(v is not None and v.dtype.kind == "f" and np.isinf(v).any() for v in vals):
-            _gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
-        return fn(node, x, ctx)
+        ctx.const_reads.clear()
+        outs = fn(node, x, ctx)
+        # an infinite operand stays exact in TFLite only when the emitter used it as the tensor
+        # ``EmitContext.exact_constant`` made, not as a value read through ``ctx.const``
+        for j, v in enumerate(vals):
+            if v is not None and v.dtype.kind == "f" and np.isinf(v).any():
+                t = x.made(j) if hasattr(x, "made") else x[j]
+                if t is None or ctx.exact_value(t) is None or node.inputs[j] in ctx.const_reads:
+                    _gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
+                    break
+        return outs
 
     emit.__name__ = emit.__qualname__ = fn.__name__
     emit.__doc__ = fn.__doc__
     return emit
 
 
-def _small_static_value(t) -> np.ndarray | None:
+def _small_static_value(t, ctx: EmitContext | None = None) -> np.ndarray | None:
     """The value of ``t`` if known while tracing and not larger than the folding limit (big weights
     are never folded, and copying them per use would only cost time)."""
     n = t.shape.num_elements()
     if n is None or n > _FOLD_LIMIT:
         return None
-    return tf.get_static_value(t)
+    v = ctx.exact_value(t) if ctx is not None else None
+    return v if v is not None else tf.get_static_value(t)
 
 
-def _constant(node: Node, value: np.ndarray):
-    """``tf.constant``, noting that TFLite would store +-inf in it as +-FLT_MAX (which can change
-    results: -FLT_MAX + -FLT_MAX overflows where -inf + -inf does not)."""
+def _constant(node: Node, value: np.ndarray, ctx: EmitContext | None = None):
+    """``tf.constant``; one holding +-inf is built by ``ctx.exact_constant`` (TFLite would store
+    +-FLT_MAX, which can change results: -FLT_MAX + -FLT_MAX overflows where -inf + -inf does
+    not), or noted as a TFLite gap when that cannot be done."""
     if value.dtype.kind == "f" and np.isinf(value).any():
+        exact = ctx.exact_constant(value) if ctx is not None else None
+        if exact is not None:
+            return exact
         _gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
     return tf.constant(value)
 
@@ -90,7 +104,8 @@ def _input_value(node: Node, ctx: EmitContext, x: list, j: int) -> np.ndarray | 
         return None
     v = ctx.const(node.inputs[j])
     if v is None and j < len(x) and x[j] is not None:
-        v = tf.get_static_value(x[j])
+        v = _small_static_value(x[j], ctx)
+        v = tf.get_static_value(x[j]) if v is None else v
     return None if v is None else np.asarray(v)
 
 
@@ -243,5 +258,5 @@ def _scalar_operand(node: Node, ctx: EmitContext, x: list, j: int):
     """Input ``j`` as a Python float when constant, the tensor when not, None when absent."""
     v = _input_value(node, ctx, x, j)
     if v is None:
-        return None if len(node.inputs) <= j or not node.inputs[j] else x[j]
+        return None if len(node.inputs) <= j or not node.inputs[j] else tf.reshape(x[j], [])
     return v.reshape(-1)[0].item()

@@ -84,7 +84,7 @@ def emit_reduce(node, x, ctx):
     s = _static(x[0])
     if s is not None and any(s[a] == 0 for a in axes):  # nothing to reduce: the result is a constant
         out = [1 if i in axes else d for i, d in enumerate(s)] if keep else [d for i, d in enumerate(s) if i not in axes]
-        return _constant(node, np.full(out, _empty_reduction(node.op_type, x[0].dtype)))
+        return _constant(node, np.full(out, _empty_reduction(node.op_type, x[0].dtype)), ctx)
     if float_only and not x[0].dtype.is_floating:
         raise _unsupported(node, f"{x[0].dtype.name} input")
     (t,), dt = _lite(node, kinds, x[0])

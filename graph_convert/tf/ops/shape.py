@@ -402,8 +402,12 @@ def emit_constant_of_shape(node, x, ctx):
     value = np.zeros(1, np.float32) if v is None else onnx.numpy_helper.to_array(v).reshape(-1)
     shape = _input_value(node, ctx, x, 0)
     if shape is not None:
-        return _constant(node, np.full([int(d) for d in shape.reshape(-1)], value[0], dtype=value.dtype))
+        return _constant(node, np.full([int(d) for d in shape.reshape(-1)], value[0], dtype=value.dtype), ctx)
     dt = tf.as_dtype(value.dtype)
+    if value.dtype.kind == "f" and np.isinf(value[0]):
+        exact = ctx.exact_constant(value[:1].reshape(()))
+        if exact is not None and dt in _LITE_DTYPES["fill"]:
+            return tf.fill(tf.cast(x[0], tf.int64), exact)
     for c in _CONTAINERS.get(dt, (dt,)):
         if c in _LITE_DTYPES["fill"]:
             return _back(tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt) if c == dt else tf.cast(value[0], c)), dt)
@@ -413,7 +417,7 @@ def emit_constant_of_shape(node, x, ctx):
 
 @emitter("Constant")
 def emit_constant(node, x, ctx):
-    return _constant(node, np.asarray(ctx.const(node.outputs[0])))
+    return _constant(node, np.asarray(ctx.const(node.outputs[0])), ctx)
 
 
 @emitter("Expand")
