@@ -212,7 +212,8 @@ def batch_view(g1: Graph, g2: Graph, inputs: list[str]) -> BatchView:
     return view
 
 
-def _as_tiled(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, int] | None:
+def _batch_axis(v1: np.ndarray, v2: np.ndarray) -> tuple[int, int] | None:
+    """``(axis, m)`` when the two values differ in size along one axis only, there ``m * B``."""
     if v1.ndim != v2.ndim or v1.dtype != v2.dtype:
         return None
     diff = [a for a in range(v1.ndim) if v1.shape[a] != v2.shape[a]]
@@ -222,7 +223,14 @@ def _as_tiled(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, int] | None:
     n1, n2 = v1.shape[a], v2.shape[a]
     if n1 % B1 or n2 % B2 or n1 // B1 != n2 // B2:
         return None
-    m = n1 // B1
+    return a, n1 // B1
+
+
+def _as_tiled(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, int] | None:
+    got = _batch_axis(v1, v2)
+    if got is None:
+        return None
+    a, m = got
     block = np.take(v1, range(m), axis=a)
     if not (np.array_equal(np.concatenate([block] * B1, axis=a), v1) and np.array_equal(np.concatenate([block] * B2, axis=a), v2)):
         return None
@@ -232,15 +240,10 @@ def _as_tiled(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, int] | None:
 def _as_range(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int] | None:
     """``(first, step, axis, m)`` when both integer constants are ``first + i*step`` along their one
     differing axis, ``i`` from 0 to ``m*B - 1`` (exactly, at both batch sizes)."""
-    if v1.ndim != v2.ndim or v1.dtype != v2.dtype or v1.dtype.kind not in "iu":
+    got = _batch_axis(v1, v2) if v1.dtype.kind in "iu" else None
+    if got is None or v1.shape[got[0]] < 2:
         return None
-    diff = [a for a in range(v1.ndim) if v1.shape[a] != v2.shape[a]]
-    if len(diff) != 1:
-        return None
-    a = diff[0]
-    n1, n2 = v1.shape[a], v2.shape[a]
-    if n1 < 2 or n1 % B1 or n2 % B2 or n1 // B1 != n2 // B2:
-        return None
+    a = got[0]
     first = np.take(v1, 0, axis=a)
     step = np.take(v1, 1, axis=a) - first
 
@@ -249,6 +252,6 @@ def _as_range(v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray, i
         shape[a] = n
         return np.expand_dims(first, a) + np.arange(n, dtype=v1.dtype).reshape(shape) * np.expand_dims(step, a)
 
-    if not (np.array_equal(ramp(n1), v1) and np.array_equal(ramp(n2), v2)):
+    if not (np.array_equal(ramp(v1.shape[a]), v1) and np.array_equal(ramp(v2.shape[a]), v2)):
         return None
-    return first, step, a, n1 // B1
+    return first, step, a, got[1]
