@@ -65,7 +65,7 @@ class FoldConstants(Pass):
     before = ("fold_batchnorm", "to_channels_last")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        opset = dict(graph.model_meta.get("opset_import", [("", 17)])).get("", 17)
+        opset = graph.opset
         folded: dict[str, int] = {}
         for node in graph.nodes:
             if node.domain not in ("", "ai.onnx") or node.op_type in NEVER or node.is_layout_marked or node.implicit_inputs:

@@ -204,7 +204,7 @@ class HeadsFirst(Pass):
                            created_by=self.name).outputs[0]
         graph.set_info(y, dtype, tuple(os_[:-1]) + (cout,))
         axes = [i for i, a in enumerate(batch) if a > nl]
-        opset = dict(graph.model_meta.get("opset_import", [])).get("", 17)
+        opset = graph.opset
         if opset >= 13:  # axes became an input in opset 13
             s = graph.add_node("ReduceSum", [y, graph.add_initializer(f"{mm.name}_head_axes", np.array(axes, np.int64))],
                                name=f"{mm.name}_sum_heads", attrs={"keepdims": 0}, created_by=self.name).outputs[0]

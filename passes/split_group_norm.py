@@ -24,10 +24,6 @@ def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
 
-def _opset(graph: Graph) -> int:
-    return dict(graph.model_meta.get("opset_import", [("", 17)])).get("", 17)
-
-
 class SplitGroupNorm(Pass):
     name = "split_group_norm"
     phase = "canonicalize"
@@ -35,7 +31,7 @@ class SplitGroupNorm(Pass):
     after = ("constants_to_initializers", "fold_constants")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        opset = _opset(graph)
+        opset = graph.opset
         found = 0
         for norm in graph.nodes:
             if (not graph.has_node(norm.name) or norm.op_type != "InstanceNormalization"

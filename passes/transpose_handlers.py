@@ -161,7 +161,7 @@ def with_axis(attr: str = "axis", default: int = 0, all_inputs: bool = False) ->
     """Op with one axis attribute (Concat, Softmax at opset >= 13, Gather's data, ...)."""
 
     def handler(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
-        if node.op_type in ("Softmax", "LogSoftmax", "Hardmax") and _opset(graph) < 13:
+        if node.op_type in ("Softmax", "LogSoftmax", "Hardmax") and graph.opset < 13:
             return False
         axis = node.attr(attr, default)
         data = list(range(len(node.inputs))) if all_inputs else [0]
@@ -170,10 +170,6 @@ def with_axis(attr: str = "axis", default: int = 0, all_inputs: bool = False) ->
         return push(graph, node, perm, data, created_by, update=lambda: node.set_attr(attr, P.remap_axis(axis, perm)))
 
     return handler
-
-
-def _opset(graph: Graph) -> int:
-    return dict(graph.model_meta.get("opset_import", [("", 17)])).get("", 17)
 
 
 def reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
@@ -267,7 +263,7 @@ def pad(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
 
 def slice_(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     rank = len(perm)
-    if _opset(graph) < 10:
+    if graph.opset < 10:
         axes = node.attr("axes")
         if axes is None:
             axes = list(range(len(node.attr("starts"))))
@@ -575,7 +571,7 @@ def squeeze(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     rank = len(perm)
     if transpose_perm(graph, node.inputs[0]) != perm:
         return False
-    from_input = _opset(graph) >= 13
+    from_input = graph.opset >= 13
     if from_input and len(node.inputs) > 1 and node.inputs[1]:
         v = graph.constant_value(node.inputs[1])
         if v is None:

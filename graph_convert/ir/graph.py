@@ -150,6 +150,11 @@ class Graph:
     def __len__(self) -> int:
         return self._g.number_of_nodes()
 
+    @property
+    def opset(self) -> int:
+        """The default-domain (ai.onnx) opset the graph is written in (17 when not declared)."""
+        return dict(self.model_meta.get("opset_import", [("", 17)])).get("", 17)
+
     # -- tensors ----------------------------------------------------------------------------
     def shape(self, tensor: str) -> tuple | None:
         ti = self.info.get(tensor)

@@ -216,7 +216,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None):
     missing = missing_emitters(graph, emitters)
     if missing:
         raise UnsupportedOpsError(missing)
-    opset = dict(graph.model_meta.get("opset_import", [("", 17)])).get("", 17)
+    opset = graph.opset
     specs = []
     in_names = [tf_name(x) for x in graph.inputs]
     out_names = [tf_name(y) for y in graph.outputs]
