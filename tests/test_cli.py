@@ -265,3 +265,12 @@ def test_tflite_gap_is_named_up_front_and_no_tflite_records_it(tmp_path, capsys)
     assert rep["tflite_gaps"] and all("float64" in g["reason"] for g in rep["tflite_gaps"])
     assert {g["op_type"] for g in rep["tflite_gaps"]} <= {"Mul", "Sqrt"}
     assert not (out / "model_float32.tflite").exists()
+
+
+def test_bad_verify_mode_is_refused_through_the_api(tmp_path):
+    from graph_convert import convert
+    from graph_convert.errors import ConvertError
+
+    with pytest.raises(ConvertError, match="--verify 'sometimes': expected one of end, phase, each, none"):
+        convert(small_model(), None, tmp_path / "out", verify="sometimes")
+    assert not (tmp_path / "out").exists()
