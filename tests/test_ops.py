@@ -264,6 +264,21 @@ def test_gemm_runtime_operands(trans_a, trans_b, runner):
     check(runner, model, {"a": _f32(*a_shape), "b": _f32(*b_shape), "c": _f32(1, 5)})
 
 
+@pytest.mark.parametrize("bias", ["runtime", "constant"])
+@pytest.mark.parametrize("c_shape", [[1, 5], [5], [3, 5], [3, 1], [1, 1], []], ids=lambda s: "x".join(map(str, s)) or "scalar")
+@pytest.mark.parametrize("trans_a,trans_b", [(1, 0), (1, 1), (0, 0)])
+def test_gemm_bias_shapes_with_unit_alpha_beta(trans_a, trans_b, c_shape, bias, runner):
+    """alpha = beta = 1 leaves MatMul + Add adjacent, which TF's remapper fuses into one
+    _FusedMatMul; with transA a (1, N) addend then failed at run time ("bias must be
+    1-dimensional", ONNX test_gemm_transposeA). Every bias shape must give ORT's answer."""
+    a_shape, b_shape = ([4, 3] if trans_a else [3, 4]), ([5, 4] if trans_b else [4, 5])
+    c = np.asarray(_f32(*c_shape))
+    inputs = [("a", a_shape, F), ("b", b_shape, F)] + ([("c", c_shape, F)] if bias == "runtime" else [])
+    model = one_op("Gemm", inputs, consts={"c": c} if bias == "constant" else None, transA=trans_a, transB=trans_b)
+    feeds = {"a": _f32(*a_shape), "b": _f32(*b_shape)} | ({"c": c} if bias == "runtime" else {})
+    check(runner, model, feeds)
+
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_gemm_constant_weight_is_one_fully_connected(trans_b, runner):
     w = _f32(6, 4) if trans_b else _f32(4, 6)

@@ -49,11 +49,17 @@ def emit_gemm(node, x, ctx):
     if alpha != 1.0:
         y = y * alpha
     if len(node.inputs) > 2 and node.inputs[2]:
+        # A (1, N) bias broadcasts over the (M, N) product exactly as an (N,) one, and must be
+        # given as (N,): TF's grappler remapper fuses MatMul(transpose_a) + Add into _FusedMatMul
+        # without checking the addend's rank, which then fails at run time with "bias must be
+        # 1-dimensional" (ONNX test_gemm_transposeA).
         cv = _input_value(node, ctx, x, 2)
         if cv is not None:
+            cv = cv.reshape(-1) if cv.ndim == 2 and cv.shape[0] == 1 else cv
             c = tf.constant((cv * beta) if beta != 1.0 else cv, dtype=y.dtype)
         else:
             (c,), _ = _lite(node, "float", x[2])
+            c = tf.squeeze(c, 0) if c.shape.rank == 2 and c.shape[0] == 1 else c
             c = c * beta if beta != 1.0 else c
         y = y + c
     return _back(y, dt)
