@@ -11,8 +11,10 @@ emitters declare a *TFLite gap* for it (a dtype without TFLite kernel, +-inf con
 *unsupported* when an emitter declines the form with a ConvertError. Everything else must pass.
 
 ``python -m graph_convert.conformance`` runs all of them in worker processes and writes
-``docs/CONFORMANCE.md``; ``--match REGEX`` runs a subset and prints it. :class:`Runner` and
-:func:`run_cases` are what the tests use.
+``docs/CONFORMANCE.md`` and the per-case baseline ``docs/conformance_baseline.json``; ``--check``
+runs all of them and compares with that baseline instead (exit 1 when a case that passed no
+longer passes); ``--match REGEX`` runs a subset and prints it. :class:`Runner`,
+:func:`run_cases` and :func:`compare_with_baseline` are what the tests use.
 """
 from __future__ import annotations
 
@@ -484,6 +486,92 @@ def run_cases(cases: Sequence | None = None, *, match: str | None = None, jobs: 
     return [results[c.name] for c in cases]
 
 
+# --- baseline: per-case outcomes of the last full run ---------------------------------------------
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC_PATH = os.path.join(_ROOT, "docs", "CONFORMANCE.md")
+BASELINE_PATH = os.path.join(_ROOT, "docs", "conformance_baseline.json")
+PASS, PASS_TF_ONLY = "pass", "pass_tf_only"
+
+
+def outcome(r: CaseResult) -> str:
+    """The one word a baseline keeps per case: ``pass`` (TF and TFLite), ``pass_tf_only`` (TF
+    passed, TFLite excluded by a declared gap), else the case's status. A case going from ``pass``
+    to ``pass_tf_only`` lost its TFLite check, so it counts as a regression too."""
+    if r.status == "pass":
+        return PASS if r.tflite == "pass" else PASS_TF_ONLY
+    return r.status
+
+
+def _rank(o: str | None) -> int:
+    return {PASS: 2, PASS_TF_ONLY: 1}.get(o or "", 0)
+
+
+def write_baseline(results: Iterable[CaseResult], path: str = BASELINE_PATH) -> None:
+    """``{"versions": ..., "cases": {name: outcome}}``, one case per line so a diff reads well."""
+    import json
+
+    cases = {r.name: outcome(r) for r in results}
+    lines = ["{", f' "versions": {json.dumps(_versions(), sort_keys=True)},', ' "cases": {']
+    items = sorted(cases.items())
+    lines += [f"  {json.dumps(k)}: {json.dumps(v)}{',' if i < len(items) - 1 else ''}" for i, (k, v) in enumerate(items)]
+    lines += [" }", "}", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def load_baseline(path: str = BASELINE_PATH) -> dict[str, str]:
+    """Case name -> outcome, as :func:`write_baseline` wrote it."""
+    import json
+
+    with open(path) as f:
+        return dict(json.load(f)["cases"])
+
+
+@dataclass
+class BaselineDiff:
+    """``regressed``: (case, baseline outcome, outcome now, reason) for every case that passed in the
+    baseline and passes less now (or was not run: a case missing from this onnx version counts);
+    ``improved``: (case, baseline outcome, outcome now) for cases that pass more than the baseline
+    says (regenerate it: ``python -m graph_convert.conformance``)."""
+
+    regressed: list[tuple[str, str, str, str]] = field(default_factory=list)
+    improved: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    def regressions_text(self) -> str:
+        lines = [f"{len(self.regressed)} conformance case(s) passed in the baseline and no longer pass:"]
+        lines += [f"  {name}: {was} -> {now}" + (f" ({why})" if why else "") for name, was, now, why in self.regressed]
+        return "\n".join(lines)
+
+    def improvements_text(self) -> str:
+        lines = [f"{len(self.improved)} conformance case(s) pass beyond the baseline; regenerate it with "
+                 "`python -m graph_convert.conformance`:"]
+        lines += [f"  {name}: {was or 'not in baseline'} -> {now}" for name, was, now in self.improved]
+        return "\n".join(lines)
+
+
+def compare_with_baseline(results: Iterable[CaseResult], baseline: dict[str, str]) -> BaselineDiff:
+    """How ``results`` differ from ``baseline`` (see :class:`BaselineDiff`)."""
+    diff = BaselineDiff()
+    now = {r.name: r for r in results}
+    for name, was in sorted(baseline.items()):
+        r = now.get(name)
+        if r is None:
+            if _rank(was):
+                diff.regressed.append((name, was, "not run", "no such case in this run"))
+            continue
+        o = outcome(r)
+        if _rank(o) < _rank(was):
+            why = f"{r.reason_class}: {r.reason}" if r.reason else (f"TFLite excluded: {r.tflite_excluded}" if r.tflite_excluded else "")
+            diff.regressed.append((name, was, o, why))
+        elif _rank(o) > _rank(was):
+            diff.improved.append((name, was, o))
+    for name in sorted(set(now) - set(baseline)):
+        o = outcome(now[name])
+        if _rank(o):
+            diff.improved.append((name, None, o))
+    return diff
+
+
 # --- report --------------------------------------------------------------------------------------
 @dataclass
 class OpSummary:
@@ -643,7 +731,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graph_convert.conformance", description=__doc__.splitlines()[0])
     ap.add_argument("--match", help="only cases whose name matches this regex (prints, does not write the doc)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    ap.add_argument("--output", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "CONFORMANCE.md"))
+    ap.add_argument("--output", default=DOC_PATH, help="the table to write (full runs only)")
+    ap.add_argument("--baseline", default=BASELINE_PATH, help="per-case outcomes to write (full runs) or to check against (--check)")
+    ap.add_argument("--check", action="store_true", help="compare with --baseline instead of writing it and the table; "
+                    "exit 1 when a case that passed there no longer passes")
     ap.add_argument("--show", default="fail", help="statuses to list per case (comma-separated, or 'all')")
     ap.add_argument("--json", help="also write every case's result to this JSON file")
     args = ap.parse_args(argv)
@@ -674,11 +765,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with open(args.json, "w") as f:
             json.dump([dataclasses.asdict(r) for r in results], f, indent=1)
+    if args.check:
+        diff = compare_with_baseline(results, load_baseline(args.baseline))
+        if args.match is not None:  # only the cases that ran can be judged
+            names = {r.name for r in results}
+            diff.regressed = [d for d in diff.regressed if d[0] in names]
+        if diff.improved:
+            print(diff.improvements_text())
+        if diff.regressed:
+            print(diff.regressions_text())
+            return 1
+        print(f"no regression against {args.baseline}")
+        return 0
     if args.match is None:
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
         with open(args.output, "w") as f:
             f.write(render_markdown(results, emitter_ops, seconds, args.jobs))
-        print(f"wrote {args.output}")
+        write_baseline(results, args.baseline)
+        print(f"wrote {args.output} and {args.baseline}")
     return 1 if counts.get("fail") else 0
 
 
