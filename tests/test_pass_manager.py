@@ -284,6 +284,99 @@ def test_pass_breaking_a_graph_output_is_caught() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# a pass whose ``changed`` flag lies is named, not the innocent pass after it
+# ---------------------------------------------------------------------------------------------
+def weighted_graph() -> Graph:
+    """x -> Relu -> Add(w) -> y, with w an initializer."""
+    b = Builder()
+    y = b.op("Relu", [b.input("x", [1, 3])])
+    b.output(b.op("Add", [y, b.const(np.array([[1.0, 2.0, 3.0]], np.float32), name="w")]))
+    return from_onnx(b.model())
+
+
+def _relu(g: Graph):
+    return next(n for n in g.nodes if n.op_type == "Relu")
+
+
+def _add(g: Graph):
+    return next(n for n in g.nodes if n.op_type == "Add")
+
+
+# (what the lying pass does, a fragment the error must contain)
+LIES = {
+    "op_type_edited": (lambda g: setattr(_relu(g), "op_type", "Sigmoid"), "op_type 'Relu' -> 'Sigmoid'"),
+    "attribute_set": (lambda g: _add(g).set_attr("note", 1), "attribute(s) note changed"),
+    "attribute_dict_edited": (lambda g: _add(g).attrs.update(note=helper.make_attribute("note", 2)), "attribute(s) note"),
+    "layout_marked": (lambda g: setattr(_relu(g), "in_perms", [(1, 0)]), "in_perms None -> ((1, 0),)"),
+    "node_added": (lambda g: g.add_node("Neg", [g.inputs[0]], 1, name="stray"), "node 'stray' (Neg) added"),
+    "node_removed": (lambda g: (g.replace_all_uses(_relu(g).outputs[0], g.inputs[0]), g.remove_node(_relu(g))), "(Relu) removed"),
+    "input_rewired": (lambda g: g.set_input(_add(g), 0, g.inputs[0]), "inputs"),
+    "input_list_edited": (lambda g: _add(g).inputs.reverse(), "inputs"),
+    "initializer_replaced": (lambda g: g.set_initializer("w", np.zeros((1, 3), np.float32)), "initializer 'w' replaced"),
+    "initializer_added": (lambda g: g.add_initializer("spare", np.ones(2, np.float32)), "initializer 'spare__"),
+    "initializer_removed": (lambda g: g.remove_initializer("w"), "initializer 'w' removed"),
+    "graph_output_renamed": (lambda g: (g.set_output(_add(g), 0, "renamed"), g.rename_graph_output(g.outputs[0], "renamed")), "outputs"),
+    "io_layout_recorded": (lambda g: g.io_perms.update(x=(1, 0)), "graph I/O layouts"),
+}
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_pass_that_edits_but_reports_unchanged_is_named(lie) -> None:
+    edit, fragment = LIES[lie]
+    log: list[str] = []
+
+    def liar(graph: Graph, ctx: PassContext) -> PassResult:
+        edit(graph)
+        return PassResult(False)
+
+    reg = registry_of(make_pass("honest", "canonicalize", run=changes_times(1), log=log),
+                      make_pass("liar", run=liar, log=log), make_pass("innocent", "cleanup", log=log))
+    with pytest.raises(PassError) as e:
+        PassManager(reg).run(weighted_graph())
+    assert e.value.pass_name == "liar" and e.value.ran_before == ["honest"]
+    assert "reported changed=False but changed the graph" in str(e.value)
+    assert fragment in str(e.value), str(e.value)
+    assert log == ["honest", "liar"], "the pass after the liar must not run (nor be blamed)"
+
+
+@pytest.mark.parametrize("stored", ["as_loaded", "set_by_an_earlier_edit"])
+def test_pass_that_edits_a_weight_in_place_is_named(stored) -> None:
+    def in_place(graph: Graph, ctx: PassContext) -> PassResult:
+        graph.initializer("w")[0, 0] = -1.0  # behind the API's back: the graph cannot see this edit
+        return PassResult(True)
+
+    g = weighted_graph()
+    mine = np.array([[4.0, 5.0, 6.0]], np.float32)
+    if stored == "set_by_an_earlier_edit":  # a plain, writable numpy array
+        g.set_initializer("w", mine)
+    before = g.initializer("w").tolist()
+    with pytest.raises(PassError, match=r"'in_place' failed: edited an initializer in place .*set_initializer"):
+        PassManager(registry_of(make_pass("in_place", run=in_place))).run(g)
+    assert g.initializer("w").tolist() == before
+    assert mine.flags.writeable, "outside a pass the caller's array is writable again"
+
+
+def test_pass_that_only_reads_or_undoes_its_edit_is_not_a_liar() -> None:
+    """Reading, refining shape facts, rewriting a weight with the same value and an edit undone
+    within the pass all leave the computation as it was: changed=False is the truth."""
+
+    def careful(graph: Graph, ctx: PassContext) -> PassResult:
+        w = graph.initializer("w")
+        graph.constant_value("w")
+        graph.set_info(_relu(graph).outputs[0], shape=(1, 3))
+        graph.set_initializer("w", w.copy())
+        stray = graph.add_node("Neg", [graph.inputs[0]], 1, name="trial")
+        graph.remove_node(stray)
+        add = _add(graph)
+        add.set_attr("tmp", 1)
+        add.del_attr("tmp")
+        return PassResult(False)
+
+    records = PassManager(registry_of(make_pass("careful", run=careful))).run(weighted_graph())
+    assert [(r.name, r.changed) for r in records] == [("careful", False)]
+
+
+# ---------------------------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------------------------
 def phased_registry(log: list[str]) -> Registry:

@@ -108,6 +108,7 @@ class Graph:
         self.model_meta: dict[str, Any] = {}
         self._names = itertools.count()
         self._reserved: set[str] = set()  # names defined inside subgraphs
+        self._frozen: list[np.ndarray] | None = None  # arrays made read-only while a pass runs
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -208,7 +209,11 @@ class Graph:
         if name not in self._init_array:
             if name not in self._init_proto:
                 raise GraphError(f"{name!r} is not an initializer")
-            self._init_array[name] = numpy_helper.to_array(self._init_proto[name])
+            arr = self._init_array[name] = numpy_helper.to_array(self._init_proto[name])
+            frozen = getattr(self, "_frozen", None)
+            if frozen is not None and arr.flags.writeable:  # decoded while a pass runs: read-only too
+                arr.flags.writeable = False
+                frozen.append(arr)
         return self._init_array[name]
 
     def initializer_proto(self, name: str) -> onnx.TensorProto:
@@ -436,6 +441,77 @@ class Graph:
 
         refresh_shapes(self)
 
+    # -- change detection (a pass's ``changed`` flag is checked against these) -------------
+    def snapshot(self) -> "GraphSnapshot":
+        """What :meth:`changes_since` compares: everything that defines the computation.
+
+        Nodes (name, op type, domain, inputs, outputs, attributes, layout marks), graph inputs,
+        outputs and their layouts, and initializers (by the stored object; a replaced one is then
+        compared by value). Left out on purpose: shape/dtype facts (``info``; passes may refine
+        them, e.g. :meth:`refresh_shapes`, without changing what is computed), ``created_by``,
+        doc strings and the node order among independent nodes. Initializer *contents* edited in
+        place are not compared: :meth:`freeze_initializers` makes them read-only while a pass runs.
+        Costs one walk over the nodes (attributes serialized), nothing per weight byte."""
+        nodes = {}
+        for name, d in self._g.nodes(data=True):
+            n = d["node"]
+            nodes[name] = (n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs), tuple(n.implicit_inputs),
+                           tuple(sorted((k, a.SerializeToString()) for k, a in n.attrs.items())),
+                           _perms_key(n.in_perms), _perms_key(n.out_perms))
+        inits = {k: self._init_proto.get(k, self._init_array.get(k)) for k in self.initializer_names}
+        return GraphSnapshot(nodes, tuple(self.inputs), tuple(self.outputs),
+                             tuple(sorted((k, tuple(v)) for k, v in self.io_perms.items())), inits)
+
+    def changes_since(self, snap: "GraphSnapshot") -> str | None:
+        """The first difference between the graph now and ``snap``, in words; None when equal."""
+        now = self.snapshot()
+        for name in sorted(set(now.nodes) - set(snap.nodes)):
+            return f"node {name!r} ({now.nodes[name][0]}) added"
+        for name in sorted(set(snap.nodes) - set(now.nodes)):
+            return f"node {name!r} ({snap.nodes[name][0]}) removed"
+        for name in sorted(now.nodes):
+            a, b = snap.nodes[name], now.nodes[name]
+            if a == b:
+                continue
+            for field_name, x, y in zip(_NODE_FIELDS, a, b):
+                if x != y:
+                    if field_name == "attributes":
+                        keys = sorted({k for k, v in set(x) ^ set(y)})
+                        return f"node {name!r} ({b[0]}): attribute(s) {', '.join(keys)} changed"
+                    return f"node {name!r} ({b[0]}): {field_name} {x!r} -> {y!r}"
+        for what, x, y in (("graph inputs", snap.inputs, now.inputs), ("graph outputs", snap.outputs, now.outputs),
+                           ("graph I/O layouts", snap.io_perms, now.io_perms)):
+            if x != y:
+                return f"{what} {list(x)!r} -> {list(y)!r}"
+        for name in sorted(set(snap.inits) | set(now.inits)):
+            if name not in now.inits:
+                return f"initializer {name!r} removed"
+            if name not in snap.inits:
+                return f"initializer {name!r} added"
+            x, y = snap.inits[name], now.inits[name]
+            if x is not y and not _same_tensor(x, y):
+                return f"initializer {name!r} replaced by a different value"
+        return None
+
+    def freeze_initializers(self) -> list[np.ndarray]:
+        """Make every initializer array read-only (also those decoded until :meth:`thaw_initializers`),
+        so an in-place edit, which :meth:`changes_since` cannot see, fails where it happens.
+        Returns the arrays made read-only, for :meth:`thaw_initializers`."""
+        frozen = [a for a in self._init_array.values() if a.flags.writeable]
+        for a in frozen:
+            a.flags.writeable = False
+        self._frozen = frozen
+        return frozen
+
+    def thaw_initializers(self) -> None:
+        """Undo :meth:`freeze_initializers` for the arrays it (or a decode since) made read-only."""
+        for a in getattr(self, "_frozen", None) or ():
+            try:
+                a.flags.writeable = True
+            except ValueError:  # a view of read-only memory: it was never ours to unlock
+                pass
+        self._frozen = None
+
     # -- checks -----------------------------------------------------------------------------
     def check(self) -> None:
         """Cheap structural check: raises GraphError naming the first broken node/tensor."""
@@ -478,7 +554,37 @@ class Graph:
         g.model_meta = dict(self.model_meta)
         g._names = itertools.count(next(self._names))
         g._reserved = set(self._reserved)
+        g._frozen = None
         return g
+
+
+_NODE_FIELDS = ("op_type", "domain", "inputs", "outputs", "implicit inputs", "attributes", "in_perms", "out_perms")
+
+
+def _perms_key(perms) -> tuple | None:
+    return None if perms is None else tuple(None if p is None else tuple(p) for p in perms)
+
+
+def _same_tensor(x, y) -> bool:
+    """Equal dtype, shape and bytes (NaN payloads included) for initializers stored as array or proto."""
+    a = numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
+    b = numpy_helper.to_array(y) if isinstance(y, onnx.TensorProto) else np.asarray(y)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == object:
+        return bool(np.array_equal(a, b))
+    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+@dataclass
+class GraphSnapshot:
+    """The state :meth:`Graph.snapshot` records (opaque to passes)."""
+
+    nodes: dict[str, tuple]
+    inputs: tuple
+    outputs: tuple
+    io_perms: tuple
+    inits: dict[str, Any]
 
 
 def node_summary(graph: Graph) -> dict[str, int]:
