@@ -244,18 +244,35 @@ class PassManager:
 
     def _run_one(self, graph: Graph, name: str, ran: list[str], round_: int) -> PassRecord:
         cls = self.specs[name]
+        # ``changed`` drives fixed points and checks; a pass that edits and says False would get a
+        # later, innocent pass blamed. The snapshot costs one walk over the nodes; weights are
+        # read-only while the pass runs, so an in-place edit fails inside the pass that made it.
+        before = graph.snapshot()
+        graph.freeze_initializers()
         t0 = time.perf_counter()
         try:
             result = cls().run(graph, self.ctx)
+            seconds = time.perf_counter() - t0
         except (ConvertError, PassError):
             raise
+        except ValueError as e:
+            if "read-only" in str(e):
+                raise PassError(name, list(dict.fromkeys(ran)), f"edited an initializer in place ({e}); "
+                                "use graph.set_initializer() to change a weight") from e
+            raise PassError(name, list(dict.fromkeys(ran)), f"{type(e).__name__}: {e}") from e
         except Exception as e:
             raise PassError(name, list(dict.fromkeys(ran)), f"{type(e).__name__}: {e}") from e
+        finally:
+            graph.thaw_initializers()
         if not isinstance(result, PassResult):
             raise PassError(name, list(dict.fromkeys(ran)), f"run() returned {type(result).__name__}, expected PassResult")
+        if not result.changed:
+            what = graph.changes_since(before)
+            if what is not None:
+                raise PassError(name, list(dict.fromkeys(ran)), f"reported changed=False but changed the graph: {what}")
         if result.changed:
             try:
                 graph.check()
             except GraphError as e:
                 raise PassError(name, list(dict.fromkeys(ran)), f"left the graph broken: {e}") from None
-        return PassRecord(name, cls.phase, time.perf_counter() - t0, bool(result.changed), round_, result.details, self.registry.passes[name][1])
+        return PassRecord(name, cls.phase, seconds, bool(result.changed), round_, result.details, self.registry.passes[name][1])
