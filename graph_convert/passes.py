@@ -104,21 +104,46 @@ class Registry:
         self.emitters[op_type] = fn
 
     def load(self, module_name: str, register: Callable[["Registry"], None] | None = None) -> None:
-        """Run one plugin's ``register`` function, recording where entries came from."""
+        """Run one plugin's ``register`` function, recording where entries came from.
+
+        Whatever goes wrong in a plugin (its import: ImportError, SyntaxError, anything its top
+        level raises; or its ``register``) becomes one ConvertError line naming the plugin, with
+        the original exception chained for a traceback on request."""
         if register is None:
             try:
                 module = importlib.import_module(module_name)
-            except ImportError as e:
-                raise ConvertError(f"plugin {module_name!r}: cannot import it ({e})") from None
+            except (Exception, SystemExit) as e:
+                raise ConvertError(f"plugin {module_name!r}: cannot import it ({_one_line(e)})") from e
             register = getattr(module, "register", None)
             if not callable(register):
                 raise ConvertError(f"plugin {module_name!r}: module has no register(registry) function")
         prev, self._current = self._current, module_name
         try:
             register(self)
+        except ConvertError as e:
+            if str(e).startswith(f"plugin {module_name!r}"):
+                raise  # the registry's own refusals already name the plugin
+            raise ConvertError(f"plugin {module_name!r}: register() raised {_one_line(e)}") from e
+        except (Exception, SystemExit) as e:
+            raise ConvertError(f"plugin {module_name!r}: register() raised {_one_line(e)}") from e
         finally:
             self._current = prev
         self.sources.append(module_name)
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message`` on one line (a SyntaxError's message already names the file and line)."""
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _load_entry_point(ep) -> Callable[[Registry], None]:
+    try:
+        return ep.load()
+    except (Exception, SystemExit) as e:
+        raise ConvertError(f"plugin {ep.value!r} (entry point {ep.name!r}): cannot import it ({_one_line(e)})") from e
 
 
 def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points: bool = True) -> Registry:
@@ -127,16 +152,12 @@ def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points:
     eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if entry_points else []
     builtin = [ep for ep in eps if ep.name == "builtin"]
     if builtin:
-        reg.load(f"{builtin[0].value} (entry point)", builtin[0].load())
+        reg.load(f"{builtin[0].value} (entry point)", _load_entry_point(builtin[0]))
     else:  # running from a source tree that was never installed: same function, found directly
         reg.load("passes")
     for ep in eps:
         if ep.name != "builtin":
-            try:
-                fn = ep.load()
-            except Exception as e:
-                raise ConvertError(f"plugin entry point {ep.name!r} ({ep.value}): cannot load it ({e})") from None
-            reg.load(f"{ep.value} (entry point {ep.name})", fn)
+            reg.load(f"{ep.value} (entry point {ep.name})", _load_entry_point(ep))
     for mod in plugins:
         reg.load(mod)
     return reg
