@@ -8,6 +8,7 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Any, Sequence
@@ -52,7 +53,11 @@ def load_torch_model(spec: str):
     if mod_part.endswith(".py"):
         if not os.path.isfile(mod_part):
             raise ConvertError(f"{spec}: no such file {mod_part!r}")
-        name = f"_graph_convert_user_{abs(hash(os.path.abspath(mod_part)))}"
+        # The module name reaches the exported ONNX (node metadata names the classes' modules), so
+        # it must not depend on the process: a per-process hash() made two runs differ. The file's
+        # own name is enough (the module is never put into sys.modules, so names cannot clash).
+        stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(mod_part))[0])
+        name = f"_graph_convert_user_{stem}"
         mspec = importlib.util.spec_from_file_location(name, mod_part)
         module = importlib.util.module_from_spec(mspec)
         sys.path.insert(0, os.path.dirname(os.path.abspath(mod_part)))
