@@ -269,7 +269,7 @@ class PassManager:
         # later, innocent pass blamed. The snapshot costs one walk over the nodes; weights are
         # read-only while the pass runs, so an in-place edit fails inside the pass that made it.
         before = graph.snapshot()
-        graph.freeze_initializers()
+        frozen = graph.freeze_initializers()
         t0 = time.perf_counter()
         try:
             result = cls().run(graph, self.ctx)
@@ -284,7 +284,7 @@ class PassManager:
         except Exception as e:
             raise PassError(name, list(dict.fromkeys(ran)), f"{type(e).__name__}: {e}") from e
         finally:
-            graph.thaw_initializers()
+            graph.thaw_initializers(frozen)
         if not isinstance(result, PassResult):
             raise PassError(name, list(dict.fromkeys(ran)), f"run() returned {type(result).__name__}, expected PassResult")
         if not result.changed:

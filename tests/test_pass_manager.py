@@ -356,6 +356,27 @@ def test_pass_that_edits_a_weight_in_place_is_named(stored) -> None:
     assert mine.flags.writeable, "outside a pass the caller's array is writable again"
 
 
+def test_weights_stay_read_only_after_a_nested_pass_manager() -> None:
+    """A pass may run a pass manager of its own on the graph; when that returns, the outer pass's
+    weights are still read-only, and afterwards the caller's array is writable again."""
+    g = weighted_graph()
+    mine = np.array([[4.0, 5.0, 6.0]], np.float32)
+    g.set_initializer("w2", mine)
+
+    def inner_reads(graph: Graph, ctx: PassContext) -> PassResult:
+        graph.initializer("w")  # decoded inside the inner run
+        return PassResult(False)
+
+    def outer(graph: Graph, ctx: PassContext) -> PassResult:
+        PassManager(registry_of(make_pass("inner", run=inner_reads))).run(graph)
+        graph.initializer("w2")[0, 0] = 0.0
+        return PassResult(True)
+
+    with pytest.raises(PassError, match=r"'outer' failed: edited an initializer in place"):
+        PassManager(registry_of(make_pass("outer", run=outer))).run(g)
+    assert mine.tolist() == [[4.0, 5.0, 6.0]] and mine.flags.writeable
+
+
 def test_pass_that_only_reads_or_undoes_its_edit_is_not_a_liar() -> None:
     """Reading, refining shape facts, rewriting a weight with the same value and an edit undone
     within the pass all leave the computation as it was: changed=False is the truth."""

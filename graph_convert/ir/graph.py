@@ -210,7 +210,7 @@ class Graph:
             if name not in self._init_proto:
                 raise GraphError(f"{name!r} is not an initializer")
             arr = self._init_array[name] = numpy_helper.to_array(self._init_proto[name])
-            frozen = getattr(self, "_frozen", None)
+            frozen = self._frozen
             if frozen is not None and arr.flags.writeable:  # decoded while a pass runs: read-only too
                 arr.flags.writeable = False
                 frozen.append(arr)
@@ -493,24 +493,31 @@ class Graph:
                 return f"initializer {name!r} replaced by a different value"
         return None
 
-    def freeze_initializers(self) -> list[np.ndarray]:
-        """Make every initializer array read-only (also those decoded until :meth:`thaw_initializers`),
-        so an in-place edit, which :meth:`changes_since` cannot see, fails where it happens.
-        Returns the arrays made read-only, for :meth:`thaw_initializers`."""
+    def freeze_initializers(self) -> tuple:
+        """Make every initializer array read-only (also those decoded until the matching
+        :meth:`thaw_initializers`), so an in-place edit, which :meth:`changes_since` cannot see,
+        fails where it happens. Returns the token to pass to :meth:`thaw_initializers` (freezes
+        nest: a pass may run a pass manager of its own)."""
         frozen = [a for a in self._init_array.values() if a.flags.writeable]
         for a in frozen:
             a.flags.writeable = False
+        token = (self._frozen, frozen, len(frozen))
         self._frozen = frozen
-        return frozen
+        return token
 
-    def thaw_initializers(self) -> None:
-        """Undo :meth:`freeze_initializers` for the arrays it (or a decode since) made read-only."""
-        for a in getattr(self, "_frozen", None) or ():
+    def thaw_initializers(self, token: tuple) -> None:
+        """Undo :meth:`freeze_initializers`: the arrays it made read-only are writable again; those
+        decoded meanwhile stay read-only while an outer freeze is still on."""
+        outer, frozen, n = token
+        for i, a in enumerate(frozen):
+            if outer is not None and i >= n:
+                outer.append(a)
+                continue
             try:
                 a.flags.writeable = True
             except ValueError:  # a view of read-only memory: it was never ours to unlock
                 pass
-        self._frozen = None
+        self._frozen = outer
 
     # -- checks -----------------------------------------------------------------------------
     def check(self) -> None:
