@@ -66,7 +66,8 @@ def two_branch_onnx(path) -> None:
 
 
 def convert(cwd, args: list[str], hash_seed: int) -> None:
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONHASHSEED=str(hash_seed))
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, PYTHONHASHSEED=str(hash_seed))
     proc = subprocess.run([sys.executable, "-m", "graph_convert.cli", "convert", *args, "-q"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
