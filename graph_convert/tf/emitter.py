@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from graph_convert import perm as P
-from graph_convert.errors import ConvertError, UnsupportedOpsError
+from graph_convert.errors import ConvertError, StageError, UnsupportedOpsError
 from graph_convert.ir import Graph, Node
 
 
@@ -269,8 +269,9 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None):
                 outs = _emit_node(node, _Inputs(node.inputs, get, env, peek_const), ctx, emitters)
             except ConvertError:
                 raise
-            except Exception as e:
-                raise ConvertError(f"TF emitter failed on node {node.name!r} ({node.op_type}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            except Exception as e:  # an emitter bug, ours or a plugin's: not the user's input
+                raise StageError("emit TensorFlow", f"the {node.op_type} emitter raised {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}", node.name) from e
             for t, y in zip(node.outputs, outs):
                 if t:
                     env[t] = y
