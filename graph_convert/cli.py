@@ -8,8 +8,8 @@ import signal
 import sys
 import traceback
 
-from graph_convert.errors import ConvertError, PassError, StageError, VerificationError
-from graph_convert.quantize import QuantizationThresholdError
+import graph_convert as gc
+from graph_convert import ConvertError, ConvertOptions, PassError, QuantizationThresholdError, StageError, VerificationError
 
 EXIT_USAGE, EXIT_VERIFY, EXIT_PASS = 2, 3, 4
 EXIT_QUANT_THRESHOLD = 5  # a quantized variant fell below --min-sqnr / --min-top1
@@ -129,9 +129,7 @@ def _summary(result) -> str:
         lines.append(f"dynamic batch not kept: {dyn['reason']}")
     quant = ""
     if "quantization" in r:
-        from graph_convert.quantize import tables
-
-        lines.append(tables(r["quantization"]))
+        lines.append(gc.quantization_tables(r["quantization"]))
         quant = "".join(f"{e['path']}, " for e in r["quantization"]["variants"].values())
     lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}{quant}model.rewritten.onnx, report.json) in {r['timings_seconds']['total']:.1f}s")
     return "\n".join(lines)
@@ -173,29 +171,12 @@ def _fail(args, code: int, message: str, error: BaseException) -> int:
 def _run(args) -> int:
     try:
         if args.command == "passes":
-            from graph_convert.passes import PassManager, builtin_registry
-
-            reg = builtin_registry(args.plugin)
-            pm = PassManager(reg)
-            for step in pm.steps():
-                for name in step:
-                    cls, src = reg.passes[name]
-                    grp = f" [fixed-point group {cls.group}]" if cls.group else ""
-                    print(f"{cls.phase:13s} {name}{grp}  (from {src})")
+            for p in gc.pass_pipeline(args.plugin):
+                grp = f" [fixed-point group {p['group']}]" if p["group"] else ""
+                print(f"{p['phase']:13s} {p['name']}{grp}  (from {p['source']})")
             return 0
-        from graph_convert.export import parse_shape
-        from graph_convert.pipeline import convert
-
-        shapes = [parse_shape(s) for s in args.input_shape]
-        atol, seed = _positive_finite(args.atol), _non_negative_int(args.seed)
         log = None if args.quiet else (lambda m: print(m, flush=True))
-        result = convert(args.source, None, args.output, input_shapes=shapes, inputs=args.inputs,
-                         keep_io_layout=args.keep_io_layout, dynamic_batch=args.dynamic_batch, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
-                         verify=args.verify, atol=atol, seed=seed, tflite=not args.no_tflite,
-                         overwrite=args.overwrite, log=log, quantize=args.quantize, calibration=args.calibration,
-                         eval_data=args.eval_data, int8_io=args.int8_io, quant_debug=args.quant_debug,
-                         float_ops=args.float_ops.split(",") if args.float_ops is not None else (),
-                         min_sqnr=args.min_sqnr, min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size)
+        result = gc.convert(args.source, None, args.output, options_from_args(args), log=log)
         if not args.quiet:
             print(_summary(result))
         return 0
@@ -214,6 +195,18 @@ def _run(args) -> int:
         where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
         at = f" (in {os.path.basename(where.filename)}:{where.lineno} {where.name})" if where else ""
         return _fail(args, EXIT_INTERNAL, f"internal error: {type(e).__name__}: {_one_line(e)}{at} (--debug shows the traceback)", e)
+
+
+def options_from_args(args) -> ConvertOptions:
+    """The same validated options object the Python API builds."""
+    return ConvertOptions(
+        input_shapes=[gc.parse_shape(s) for s in args.input_shape], inputs=args.inputs, keep_io_layout=args.keep_io_layout,
+        dynamic_batch=args.dynamic_batch, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
+        verify=args.verify, atol=_positive_finite(args.atol), seed=_non_negative_int(args.seed), tflite=not args.no_tflite,
+        overwrite=args.overwrite, quantize=args.quantize, calibration=args.calibration, eval_data=args.eval_data,
+        int8_io=args.int8_io, quant_debug=args.quant_debug,
+        float_ops=args.float_ops.split(",") if args.float_ops is not None else (), min_sqnr=args.min_sqnr,
+        min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size)
 
 
 def _one_line(e: BaseException) -> str:

@@ -472,7 +472,7 @@ class NodeNames:
 
 
 def _interpreter(model: bytes | str, allocate: bool = False):
-    from graph_convert.tf.writer import interpreter
+    from graph_convert.tf.runner import interpreter
 
     return interpreter(model, allocate)
 
@@ -587,9 +587,9 @@ def _lite_figures(path_or_bytes, eval_rw_by_tf, reference, graph, in_names, out_
 
 @contextlib.contextmanager
 def _quiet():
-    from graph_convert.tf.writer import _quiet_fds
+    from graph_convert.tf.writer import quiet_fds
 
-    with warnings.catch_warnings(), _quiet_fds():
+    with warnings.catch_warnings(), quiet_fds():
         warnings.simplefilter("ignore")
         yield
 

@@ -2,6 +2,7 @@
 (rewritten ONNX, TF, TFLite); inputs and outputs are mapped through the recorded layout perms."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -71,6 +72,32 @@ def make_draws(graph: Graph, seed: int = 0, shapes: Mapping[str, tuple] | None =
     draws.append(Draw(f"normal(0, 1), seed {seed}", make_inputs(graph, seed, shapes, "normal")))
     draws.append(Draw(f"uniform[0, 1), seed {seed + 1}", make_inputs(graph, seed + 1, shapes, "uniform")))
     return draws
+
+
+def read_npz(path: str, option: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive, or one line saying why it cannot be read."""
+    if not os.path.exists(path):
+        raise ConvertError(f"{option} {path}: no such file")
+    if os.path.isdir(path):
+        raise ConvertError(f"{option} {path}: is a folder, expected an .npz file (numpy.savez)")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ConvertError(f"{option} {path}: cannot read it ({e.strerror})") from None
+    if magic != b"PK\x03\x04":
+        what = "a single .npy array" if magic.startswith(b"\x93NUM") else "an empty file" if not magic else "not a zip archive"
+        raise ConvertError(f"{option} {path}: not an .npz archive ({what}); write one with numpy.savez(path, name=array, ...)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ConvertError(f"{option} {path}: holds object arrays (pickled data), which are not read for safety; "
+                               f"save plain numeric arrays") from None
+        raise ConvertError(f"{option} {path}: cannot read it as .npz ({e})") from None
+    except Exception as e:
+        raise ConvertError(f"{option} {path}: cannot read it as .npz ({type(e).__name__}: {e})") from None
 
 
 def check_user_inputs(graph: Graph, data: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
