@@ -1,17 +1,69 @@
-"""graph_convert: PyTorch/ONNX -> verified rewrite -> TensorFlow SavedModel + TFLite."""
+"""graph_convert: PyTorch/ONNX -> verified rewrite -> TensorFlow SavedModel + TFLite.
+
+The public API (the command line uses nothing else): :func:`convert` with
+:class:`ConvertOptions`, :func:`pass_pipeline`, :func:`parse_shape`, :func:`quantization_tables`,
+the plugin classes (:class:`Pass`, :class:`PassResult`, :class:`PassContext`, :class:`Registry`)
+and the error types, each of which the CLI maps to one exit code.
+"""
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError  # noqa: E402
+from graph_convert.errors import (  # noqa: E402
+    ConvertError,
+    GraphConvertError,
+    PassError,
+    StageError,
+    UnsupportedOpsError,
+    VerificationError,
+)
+from graph_convert.options import ConvertOptions  # noqa: E402
 from graph_convert.passes import Pass, PassContext, PassResult, Registry  # noqa: E402
 
 
-def convert(source, example_inputs=None, output_dir="converted", **kwargs):
+def convert(source, example_inputs=None, output_dir="converted", options=None, **kwargs):
     """Convert a model; see :func:`graph_convert.pipeline.convert` for the options."""
     from graph_convert.pipeline import convert as _convert
 
-    return _convert(source, example_inputs, output_dir, **kwargs)
+    return _convert(source, example_inputs, output_dir, options, **kwargs)
 
 
-__all__ = ["convert", "ConvertError", "PassError", "UnsupportedOpsError", "VerificationError", "Pass", "PassContext", "PassResult", "Registry", "__version__"]
+def pass_pipeline(plugins=()) -> list[dict]:
+    """The pass pipeline with ``plugins`` loaded, in run order: one dict per pass with its
+    ``phase``, ``name``, fixed-point ``group`` (or None) and ``source`` (the plugin it came from)."""
+    from graph_convert.passes import PassManager, builtin_registry
+
+    reg = builtin_registry(list(plugins))
+    out = []
+    for step in PassManager(reg).steps():
+        for name in step:
+            cls, src = reg.passes[name]
+            out.append({"phase": cls.phase, "name": name, "group": cls.group, "source": src})
+    return out
+
+
+def parse_shape(text: str, option: str = "--input-shape"):
+    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
+    from graph_convert.export import parse_shape as _parse
+
+    return _parse(text, option)
+
+
+def quantization_tables(section) -> str:
+    """The printed tables of a report's ``quantization`` section."""
+    from graph_convert.quantize import tables
+
+    return tables(section)
+
+
+def __getattr__(name):
+    if name == "QuantizationThresholdError":  # defined with the quantizer, imported on first use
+        from graph_convert.quantize import QuantizationThresholdError
+
+        return QuantizationThresholdError
+    raise AttributeError(f"module 'graph_convert' has no attribute {name!r}")
+
+
+__all__ = ["convert", "ConvertOptions", "pass_pipeline", "parse_shape", "quantization_tables", "ConvertError",
+           "GraphConvertError", "PassError", "StageError", "UnsupportedOpsError", "VerificationError",
+           "QuantizationThresholdError", "Pass", "PassContext", "PassResult", "Registry", "__version__"]

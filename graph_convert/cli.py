@@ -2,14 +2,51 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
+import traceback
 
-from graph_convert.errors import ConvertError, PassError, VerificationError
-from graph_convert.quantize import QuantizationThresholdError
+import graph_convert as gc
+from graph_convert import ConvertError, ConvertOptions, PassError, QuantizationThresholdError, StageError, VerificationError
 
 EXIT_USAGE, EXIT_VERIFY, EXIT_PASS = 2, 3, 4
 EXIT_QUANT_THRESHOLD = 5  # a quantized variant fell below --min-sqnr / --min-top1
+EXIT_INTERNAL = 6  # a stage broke where it should not (TensorFlow runtime error, emitter bug, converter crash)
+# a signal (SIGINT, SIGTERM, SIGHUP) ends the run with 128 + its number, the temporary folder removed
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP turned into an exception, so every ``finally`` (the temp folder's) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _positive_finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not math.isfinite(v) or v <= 0:
+        raise ConvertError(f"--atol {text!r}: must be a finite positive number (a tolerance relative to each output's scale)")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise ConvertError(f"--seed {text!r}: must be a non-negative integer")
+    return v
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,11 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--verify", choices=["end", "phase", "each", "none"], default="end",
                    help="ORT check of the rewritten graph (default; on a mismatch the passes are replayed with a check "
                         "after each to name the first diverging pass), after each phase, after every pass, or only of the outputs")
-    c.add_argument("--atol", type=float, default=1e-4, help="tolerance: max abs error <= atol * max(1, max|reference|)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--atol", default="1e-4",
+                   help="tolerance relative to each output's own scale: max abs error <= atol * max|source output| "
+                        "(plus a float32 floor), and cosine >= 1 - atol")
+    c.add_argument("--seed", default="0", help="seed of the random verification inputs (a non-negative integer)")
     c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
-    c.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder that graph-convert wrote earlier (never one holding anything else)")
     c.add_argument("-q", "--quiet", action="store_true")
+    c.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     q = c.add_argument_group("quantization (TFLite post-training quantization, checked against ONNX Runtime float32)")
     q.add_argument("--quantize", metavar="LIST", help="any of fp16,int8,int8-full (comma-separated)")
     q.add_argument("--calibration", metavar="DATA.npz|DIR|random",
@@ -52,14 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--min-top1", type=float, metavar="PCT", help=f"fail (exit {EXIT_QUANT_THRESHOLD}, nothing written) if any classifier output's top-1 agreement is lower")
     ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
     ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    ls.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     return p
 
 
 def _table(report: dict) -> str:
-    rows = [("stage", "output", "max abs", "max rel", "cosine", "ok")]
+    rows = [("stage", "output", "max abs", "/ scale", "cosine", "SQNR dB", "ok")]
     for stage in ("rewritten_onnx", "tensorflow", "tflite_float32"):
         for name, f in report["verification"].get(stage, {}).items():
-            rows.append((stage, name, f"{f['max_abs']:.2e}", f"{f['max_rel']:.2e}", f"{f['cosine']:.6f}", "yes" if f["ok"] else "NO"))
+            rows.append((stage, name, f"{f['max_abs']:.2e}", f"{f['max_rel']:.2e}", f"{f['cosine']:.6f}", f"{f['sqnr_db']:.1f}",
+                         "yes" if f["ok"] else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -74,6 +117,9 @@ def _summary(result) -> str:
     if "tflite" in r:
         lines.append(f"TFLite float32: {r['tflite']['total_ops']} ops, TRANSPOSE {r['tflite']['transpose_ops']}, {r['tflite']['bytes']} bytes")
     lines.append(_table(r))
+    lines.append(f"checked on {len(r['verification']['draws'])} input draws: {'; '.join(r['verification']['draws'])}")
+    for w in r["verification"].get("warnings", []):
+        lines.append(f"warning: output {w['output']!r}: {w['warning']}")
     dyn = r.get("dynamic_batch", {})
     if dyn.get("kept"):
         worst = max((f["max_abs"] for v in dyn["verification"].values() for st in v.values() for f in st.values()), default=0.0)
@@ -83,9 +129,7 @@ def _summary(result) -> str:
         lines.append(f"dynamic batch not kept: {dyn['reason']}")
     quant = ""
     if "quantization" in r:
-        from graph_convert.quantize import tables
-
-        lines.append(tables(r["quantization"]))
+        lines.append(gc.quantization_tables(r["quantization"]))
         quant = "".join(f"{e['path']}, " for e in r["quantization"]["variants"].values())
     lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}{quant}model.rewritten.onnx, report.json) in {r['timings_seconds']['total']:.1f}s")
     return "\n".join(lines)
@@ -94,47 +138,79 @@ def _summary(result) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    handlers = {}
+    if _in_main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            handlers[sig] = signal.signal(sig, _raise_interrupted)
+    try:
+        return _run(args)
+    except Interrupted as e:
+        print(f"graph-convert: stopped by {signal.Signals(e.signum).name}; nothing was written", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("graph-convert: interrupted; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _fail(args, code: int, message: str, error: BaseException) -> int:
+    print(f"graph-convert: {message}", file=sys.stderr)
+    if getattr(args, "debug", False):
+        traceback.print_exception(error, file=sys.stderr)
+    return code
+
+
+def _run(args) -> int:
     try:
         if args.command == "passes":
-            from graph_convert.passes import PassManager, builtin_registry
-
-            reg = builtin_registry(args.plugin)
-            pm = PassManager(reg)
-            for step in pm.steps():
-                for name in step:
-                    cls, src = reg.passes[name]
-                    grp = f" [fixed-point group {cls.group}]" if cls.group else ""
-                    print(f"{cls.phase:13s} {name}{grp}  (from {src})")
+            for p in gc.pass_pipeline(args.plugin):
+                grp = f" [fixed-point group {p['group']}]" if p["group"] else ""
+                print(f"{p['phase']:13s} {p['name']}{grp}  (from {p['source']})")
             return 0
-        from graph_convert.export import parse_shape
-        from graph_convert.pipeline import convert
-
-        shapes = [parse_shape(s) for s in args.input_shape]
         log = None if args.quiet else (lambda m: print(m, flush=True))
-        result = convert(args.source, None, args.output, input_shapes=shapes, inputs=args.inputs,
-                         keep_io_layout=args.keep_io_layout, dynamic_batch=args.dynamic_batch, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
-                         verify=args.verify, atol=args.atol, seed=args.seed, tflite=not args.no_tflite,
-                         overwrite=args.overwrite, log=log, quantize=args.quantize, calibration=args.calibration,
-                         eval_data=args.eval_data, int8_io=args.int8_io, quant_debug=args.quant_debug,
-                         float_ops=args.float_ops.split(",") if args.float_ops is not None else (),
-                         min_sqnr=args.min_sqnr, min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size)
+        result = gc.convert(args.source, None, args.output, options_from_args(args), log=log)
         if not args.quiet:
             print(_summary(result))
         return 0
     except VerificationError as e:
-        print(f"graph-convert: verification failed: {e}", file=sys.stderr)
-        return EXIT_VERIFY
+        return _fail(args, EXIT_VERIFY, f"verification failed: {_one_line(e)}", e)
     except QuantizationThresholdError as e:
-        print(f"graph-convert: {e}", file=sys.stderr)
-        return EXIT_QUANT_THRESHOLD
+        return _fail(args, EXIT_QUANT_THRESHOLD, _one_line(e), e)
     except PassError as e:
-        print(f"graph-convert: {e}", file=sys.stderr)
-        return EXIT_PASS
+        return _fail(args, EXIT_PASS, _one_line(e), e)
     except ConvertError as e:
-        print(f"graph-convert: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+        return _fail(args, EXIT_USAGE, f"error: {_one_line(e)}", e)
+    except StageError as e:
+        return _fail(args, EXIT_INTERNAL, f"internal error: {_one_line(e)} (a bug in graph-convert or TensorFlow: "
+                                          f"--debug shows the traceback)", e)
+    except Exception as e:  # whatever no stage caught: still one line, never a raw traceback
+        where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        at = f" (in {os.path.basename(where.filename)}:{where.lineno} {where.name})" if where else ""
+        return _fail(args, EXIT_INTERNAL, f"internal error: {type(e).__name__}: {_one_line(e)}{at} (--debug shows the traceback)", e)
+
+
+def options_from_args(args) -> ConvertOptions:
+    """The same validated options object the Python API builds."""
+    return ConvertOptions(
+        input_shapes=[gc.parse_shape(s) for s in args.input_shape], inputs=args.inputs, keep_io_layout=args.keep_io_layout,
+        dynamic_batch=args.dynamic_batch, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
+        verify=args.verify, atol=_positive_finite(args.atol), seed=_non_negative_int(args.seed), tflite=not args.no_tflite,
+        overwrite=args.overwrite, quantize=args.quantize, calibration=args.calibration, eval_data=args.eval_data,
+        int8_io=args.int8_io, quant_debug=args.quant_debug,
+        float_ops=args.float_ops.split(",") if args.float_ops is not None else (), min_sqnr=args.min_sqnr,
+        min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def entry() -> int:

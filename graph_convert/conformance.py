@@ -241,14 +241,12 @@ class Runner:
 
     def _run(self, case, ops) -> CaseResult:
         from graph_convert.errors import ConvertError, PassError
-        from graph_convert.tf import ops as tf_ops
 
         res = CaseResult(case.name, ops, "fail")
         self.last_graph = self.last_tflite = None
         try:
-            tf_ops.take_tflite_gaps()
             try:
-                concrete, module, feeds, expected, tf_names = self._build(case)
+                concrete, module, feeds, expected, tf_names, gaps = self._build(case)
             except ConvertError as e:
                 if e.__cause__ is None:  # an emitter declined this form on purpose
                     res.status, res.reason_class, res.reason = "unsupported", "declined by emitter", _line(e)
@@ -263,7 +261,6 @@ class Runner:
                 raise _Fail("tf", "TF runtime error", _line(e)) from None
             _check(got, expected, tf_names, case, "tf")
             res.tf = "pass"
-            gaps = tf_ops.take_tflite_gaps()
             if gaps:  # the emitters said TFLite has no builtin kernel for a form in this graph
                 res.tflite = "excluded"
                 res.tflite_excluded = "; ".join(sorted({f"{op}: {why}" for _, op, why in gaps}))
@@ -294,19 +291,20 @@ class Runner:
         graph = from_onnx(m)
         PassManager(self.registry, disabled=self.disable, options=self.options).run(graph)
         self.last_graph = graph
-        module, concrete, in_names, out_names = build_function(graph, self.registry.emitters)
+        module, concrete, in_names, out_names, gaps = build_function(graph, self.registry.emitters,
+                                                                     layout_aware=self.registry.layout_aware)
         expected = dict(zip([vi.name for vi in case.model.graph.output], outputs))
         tf_names = {tf_name(y): y for y in graph.outputs}
-        return concrete, module, {tf_name(k): np.asarray(v) for k, v in feeds.items()}, expected, tf_names
+        return concrete, module, {tf_name(k): np.asarray(v) for k, v in feeds.items()}, expected, tf_names, gaps
 
     def _tflite(self, concrete, module) -> bytes:
-        from graph_convert.tf.writer import _quiet_fds
+        from graph_convert.tf.writer import quiet_fds
 
         tf = self.tf
         try:
             conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            with _quiet_fds():
+            with quiet_fds():
                 return conv.convert()
         except Exception as e:
             raise _Fail("tflite", "TFLite conversion failed", _tflite_reason(e)) from None

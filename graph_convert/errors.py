@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 
-class ConvertError(Exception):
+class GraphConvertError(Exception):
+    """Base of every error graph-convert reports on purpose (each maps to a documented exit code)."""
+
+
+class ConvertError(GraphConvertError):
     """A problem with the user's input or options; the CLI prints it as one line and exits 2."""
 
 
@@ -16,7 +20,7 @@ class UnsupportedOpsError(ConvertError):
         super().__init__(f"unsupported ops for the TF emitter: {shown}{more}")
 
 
-class PassError(Exception):
+class PassError(GraphConvertError):
     """A pass failed or broke the graph; names the pass and those that ran before it."""
 
     def __init__(self, pass_name: str, ran_before: list[str], reason: str):
@@ -26,10 +30,21 @@ class PassError(Exception):
         super().__init__(f"pass {pass_name!r} failed: {reason} (passes run before it: {before})")
 
 
-class VerificationError(Exception):
+class VerificationError(GraphConvertError):
     """Rewritten/emitted model disagrees with the original beyond tolerance."""
 
     def __init__(self, message: str, stage: str, culprit: str | None = None):
         self.stage = stage
         self.culprit = culprit
         super().__init__(message)
+
+
+class StageError(GraphConvertError):
+    """Something broke inside a stage that should not break (a TensorFlow runtime error, an
+    emitter bug, a crash in the TFLite converter): names the stage, and the node when known."""
+
+    def __init__(self, stage: str, reason: str, node: str | None = None):
+        self.stage = stage
+        self.node = node
+        where = f" at node {node!r}" if node else ""
+        super().__init__(f"stage {stage!r} failed{where}: {reason}")

@@ -86,6 +86,7 @@ class Registry:
         self.passes: dict[str, tuple[type[Pass], str]] = {}
         self.transpose_handlers: dict[str, TransposeHandler] = {}
         self.emitters: dict[str, Emitter] = {}
+        self.layout_aware: set[str] = set()  # op types whose emitter reads the layout marks itself
         self.sources: list[str] = []
         self._current = "api"
 
@@ -100,8 +101,16 @@ class Registry:
     def add_transpose_handler(self, op_type: str, handler: TransposeHandler) -> None:
         self.transpose_handlers[op_type] = handler
 
-    def add_emitter(self, op_type: str, fn: Emitter) -> None:
+    def add_emitter(self, op_type: str, fn: Emitter, *, layout_aware: bool = False) -> None:
+        """``fn(node, inputs, ctx)``. A layout-aware emitter is handed a layout-marked node's
+        tensors as they are stored (channels-last) and reads ``node.in_perm``/``out_perm``; any
+        other emitter (the default, also when it replaces a layout-aware built-in) sees the
+        source layout."""
         self.emitters[op_type] = fn
+        if layout_aware:
+            self.layout_aware.add(op_type)
+        else:
+            self.layout_aware.discard(op_type)
 
     def load(self, module_name: str, register: Callable[["Registry"], None] | None = None) -> None:
         """Run one plugin's ``register`` function, recording where entries came from.
@@ -155,6 +164,9 @@ def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points:
         reg.load(f"{builtin[0].value} (entry point)", _load_entry_point(builtin[0]))
     else:  # running from a source tree that was never installed: same function, found directly
         reg.load("passes")
+    from graph_convert.tf import ops as tf_ops  # the TF emitters register from the TF package
+
+    reg.load("graph_convert.tf.ops", tf_ops.register)
     for ep in eps:
         if ep.name != "builtin":
             reg.load(f"{ep.value} (entry point {ep.name})", _load_entry_point(ep))

@@ -1,28 +1,39 @@
-"""The conversion pipeline: source -> IR -> passes (ORT-verified) -> TF -> SavedModel/TFLite (verified).
+"""The conversion pipeline as named stages over one per-conversion context:
 
-Output is written to a temporary sibling directory and renamed into place only when every
-requested artifact was written and verified, so a failed run leaves nothing behind.
+    load plugins -> load source -> check -> rewrite (ORT proof) -> write rewritten ONNX -> emit TF
+    -> verify TF -> write SavedModel -> write TFLite -> verify TFLite -> quantize -> report
+
+Each stage is a small function that reads and fills a :class:`Conversion`. Output is written to a
+locked temporary sibling of the output folder and moved into place only when every requested
+artifact was written and verified (:mod:`graph_convert.output`), so a failed run leaves nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
-import shutil
-import tempfile
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import onnx
 
 from graph_convert import __version__
 from graph_convert import dynamic as D
-from graph_convert import quantize as Q
-from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
-from graph_convert.ir import Graph, from_onnx, load_model, to_onnx
-from graph_convert.passes import PassManager, builtin_registry
-from graph_convert.verify import Verifier, check_user_inputs, first_diverging_tensor, make_inputs, to_rewritten_layout
+from graph_convert.errors import ConvertError, GraphConvertError, PassError, StageError, UnsupportedOpsError, VerificationError
+from graph_convert.ir import Graph, from_onnx, to_onnx
+from graph_convert.options import ConvertOptions
+from graph_convert.output import OutputDir, protected_paths
+from graph_convert.passes import Registry, builtin_registry
+from graph_convert.rewrite import Rewritten, rewrite
+from graph_convert.source import check_weights, input_shape_overrides, resolve_source
+from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, read_npz, to_rewritten_layout, to_source_layout
+
+VERIFY_RULE = ("per output and input draw: NaN/+-inf in the same places; max |got - source| <= atol x max |source| "
+               "+ 4 x the smallest normal float32; cosine >= 1 - atol; integers and booleans equal")
 
 
 @dataclass
@@ -53,78 +64,367 @@ class ConvertResult:
         return max(v["max_abs"] for v in self.report["verification"][stage].values())
 
 
-def _prepare_output(output_dir: str, overwrite: bool) -> str:
-    """Validate the destination and return a fresh temp dir beside it (same filesystem)."""
-    out = os.path.abspath(output_dir)
-    parent = os.path.dirname(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConvertError(f"output {output_dir}: exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise ConvertError(f"output {output_dir}: directory exists and is not empty (use --overwrite)")
-    if not os.path.isdir(parent):
-        if os.path.exists(parent):
-            raise ConvertError(f"output {output_dir}: parent {parent} is not a directory")
+@dataclass
+class Traced:
+    """The emitted TensorFlow: the module holding the weights, its concrete function, the TF
+    names of the graph inputs/outputs, and (when quantizing) the TF scope of every node."""
+
+    module: Any
+    concrete: Any
+    in_names: list[str]
+    out_names: list[str]
+    scopes: dict[str, str]
+
+
+@dataclass
+class Conversion:
+    """One conversion's state: the stages read and fill it in order. Nothing here is shared
+    with another conversion (two may run in one process)."""
+
+    source: Any
+    example_inputs: Any
+    options: ConvertOptions
+    work: str  # the temporary output folder
+    say: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
+    registry: Registry | None = None
+    model: onnx.ModelProto | None = None  # the source model (static shapes unless the batch is dynamic)
+    source_graph: Graph | None = None
+    source_info: dict[str, Any] = field(default_factory=dict)
+    shape_overrides: dict[str, tuple] = field(default_factory=dict)
+    user_feeds: dict[str, np.ndarray] | None = None
+    quant_plan: Any = None
+    batch_names: list[str] = field(default_factory=list)
+    dynamic: bool = False  # convert with a dynamic batch (asked for, or the source's symbolic batch)
+    rewritten: Rewritten | None = None
+    view: Any = None  # dynamic.BatchView when the batch is dynamic
+    other_batches: list[tuple[int, Verifier]] = field(default_factory=list)
+    dyn_info: dict[str, Any] | None = None
+    traced: Traced | None = None
+    gaps: list[dict[str, str]] = field(default_factory=list)
+    figures: dict[str, dict[str, Figures]] = field(default_factory=dict)  # stage -> output -> figures
+    paths: dict[str, str] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def graph(self) -> Graph:
+        return self.rewritten.graph
+
+    @property
+    def verifier(self) -> Verifier:
+        return self.rewritten.verifier
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Any exception escaping ``name`` that is not one of ours becomes a StageError naming the
+    stage (and the TF node when TensorFlow's message names one): never a raw traceback."""
+    try:
+        yield
+    except GraphConvertError:  # ours, already one clear line with its own exit code
+        raise
+    except Exception as e:
+        # TensorFlow's OpError wraps the reason in a Python call stack (indented lines) between a
+        # "Graph execution error:" header and the "[[{{node ...}}]]" trailer: keep the reason
+        text = str(getattr(e, "message", None) or e)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln[:1].isspace()]
+        reason = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "[["))]
+        first = (reason or lines or [type(e).__name__])[0]
+        node = re.search(r"\{\{node ([^}]+)\}\}", str(e))
+        raise StageError(name, f"{type(e).__name__}: {first[:400]}", node.group(1) if node else None) from e
+
+
+# -- stages ----------------------------------------------------------------------------------------
+
+def load_plugins(c: Conversion) -> None:
+    c.registry = builtin_registry(c.options.plugins)
+
+
+def load_source(c: Conversion) -> None:
+    c.model, c.source_info = resolve_source(c.source, c.example_inputs, c.options.input_shapes, c.work, c.options.dynamic_batch)
+    check_weights(c.model)
+    c.source_graph = from_onnx(c.model)
+    opsets = dict(c.source_graph.model_meta.get("opset_import", []))
+    c.source_info["opset"] = opsets.get("", opsets.get("ai.onnx"))
+    # older opsets (attribute axes, Upsample, spatial BN, ...) are read by the emitters and
+    # transpose handlers themselves rather than rewritten by onnx.version_converter
+    c.source_info["old_forms"] = "handled directly (no version conversion)"
+    c.say(f"source: {c.source_info.get('path') or c.source_info.get('spec') or c.source_info['kind']} ({len(c.source_graph)} nodes)")
+
+
+def check_source(c: Conversion) -> None:
+    """Everything that can be refused is refused here, before any conversion work."""
+    from graph_convert import quantize as Q
+    from graph_convert.tf.emitter import missing_emitters
+
+    graph, opts = c.source_graph, c.options
+    missing = missing_emitters(graph, c.registry.emitters)
+    if missing:
+        raise UnsupportedOpsError(missing)
+    if c.source_info["kind"] != "pytorch":
+        c.shape_overrides = input_shape_overrides(graph, opts.input_shapes)
+    if isinstance(opts.inputs, (str, os.PathLike)):
+        path = os.fspath(opts.inputs)
+        c.user_feeds = check_user_inputs(graph, read_npz(path, "--inputs"), f"--inputs {path}")
+    elif opts.inputs is not None:
+        c.user_feeds = check_user_inputs(graph, opts.inputs, "inputs")
+    if opts.quant is not None:  # quantization data and names are checked before any conversion work
+        c.quant_plan = Q.prepare(opts.quant, graph, c.shape_overrides, opts.seed)
+    # dynamic batch: asked for, or the source's own symbolic batch dim (then kept when it can be)
+    c.batch_names = D.batch_inputs(c.model, force=opts.dynamic_batch)
+    if opts.dynamic_batch:
+        if not c.batch_names:
+            raise ConvertError("--dynamic-batch: the model has no input with a batch dim (every input is a scalar)")
+        for clash, what in ((c.user_feeds is not None, "--inputs"), (opts.quant is not None, "--quantize")):
+            if clash:
+                raise ConvertError(f"--dynamic-batch cannot be combined with {what} (verification runs on generated batches "
+                                   f"of {D.B1} and {D.B2}; quantized models are written with a static batch)")
+    c.dynamic = bool(opts.dynamic_batch or (c.batch_names and c.user_feeds is None and opts.quant is None
+                                            and not any(n in c.shape_overrides for n in c.batch_names)))
+
+
+def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
+    o = c.options
+    return rewrite(model, c.registry, disable_passes=o.disable_passes, pass_options=o.pass_options, verify=o.verify, atol=o.atol,
+                   seed=o.seed, shape_overrides=c.shape_overrides, user_feeds=user_feeds, timings=c.timings, graph=graph)
+
+
+def rewrite_graph(c: Conversion) -> None:
+    if not c.dynamic:
+        c.rewritten = _rewrite(c, c.model, c.user_feeds, c.source_graph)
+    else:
+        _rewrite_dynamic(c)
+    from graph_convert.tf.emitter import missing_emitters
+
+    missing = missing_emitters(c.graph, c.registry.emitters)
+    if missing:  # a pass made an op no emitter knows
+        raise UnsupportedOpsError(missing)
+
+
+def _rewrite_dynamic(c: Conversion) -> None:
+    """Convert at batch B1 and B2 and compare the two graphs (see :mod:`graph_convert.dynamic`);
+    a source whose symbolic batch cannot be kept stays at batch 1 unless --dynamic-batch."""
+    names, asked = c.batch_names, c.options.dynamic_batch
+
+    def at_batch(b: int) -> Rewritten:
         try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as e:
-            raise ConvertError(f"output {output_dir}: cannot create parent directory ({e.strerror})") from None
+            return _rewrite(c, D.with_batch(c.model, names, b, c.shape_overrides))
+        except (VerificationError, PassError, UnsupportedOpsError):
+            raise
+        except ConvertError as e:  # the source itself fails at this batch size
+            raise D.DynamicBatchError(f"at batch {b}: {e} (is the batch size fixed inside the model, e.g. a Reshape "
+                                      f"to a constant shape? export it with a dynamic batch)") from None
+
+    requested = "--dynamic-batch" if asked else "symbolic batch dim in the source model"
     try:
-        return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    except OSError as e:
-        raise ConvertError(f"output {output_dir}: cannot write in {parent} ({e.strerror})") from None
+        c.rewritten = at_batch(D.B1)
+        second = at_batch(D.B2)
+        c.view = D.batch_view(c.graph, second.graph, names)
+    except D.DynamicBatchError as e:
+        if asked:
+            raise
+        c.say(f"warning: the batch stays static (1): {e}")
+        c.dyn_info = {"inputs": names, "requested": requested, "kept": False, "reason": str(e)}
+        c.rewritten, c.view = _rewrite(c, D.with_batch(c.model, names, 1, c.shape_overrides)), None
+        return
+    c.dyn_info = {"inputs": names, "requested": requested, "kept": True, "converted_at": [D.B1, D.B2], **c.view.stats,
+                  "verification": {}}
+    # the dynamic model is proven at the other batch sizes too: B2 (the second conversion) and 1
+    draws1 = [Draw(d.label, {k: (v[:1] if k in names else v) for k, v in d.feeds.items()}) for d in c.verifier.draws]
+    c.other_batches = [(D.B2, second.verifier), (1, Verifier(D.with_batch(c.model, names, 1, c.shape_overrides), draws1, c.options.atol))]
 
 
-def _commit_output(tmp: str, output_dir: str) -> None:
-    out = os.path.abspath(output_dir)
-    if os.path.isdir(out):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-        os.rename(out, os.path.join(old, "x"))
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
-def _resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Any accepted source -> (ONNX model, provenance facts for the report)."""
-    from graph_convert import export as ex
-
-    info: dict[str, Any] = {}
-    if isinstance(source, onnx.ModelProto):
-        return source, {"kind": "onnx-model"}
-    if isinstance(source, (str, os.PathLike)) and not ex.is_torch_spec(os.fspath(source)):
-        path = os.fspath(source)
-        return load_model(path), {"kind": "onnx-file", "path": os.path.abspath(path)}
-    import torch
-
-    if isinstance(source, str):
-        module = ex.load_torch_model(source)
-        info.update(kind="pytorch", spec=source)
-    elif isinstance(source, torch.nn.Module):
-        module = source.eval()
-        info.update(kind="pytorch", spec=type(source).__name__)
-    else:
-        raise ConvertError(f"source: expected an .onnx path, a 'file.py:factory' spec or an nn.Module, got {type(source).__name__}")
-    if example_inputs is None:
-        if not input_shapes:
-            raise ConvertError("a PyTorch model needs --input-shape (or example_inputs=...) to be exported")
-        unnamed = [s for n, s in input_shapes if n is None]
-        if len(unnamed) != len(input_shapes):
-            raise ConvertError("--input-shape for a PyTorch model: give shapes in argument order without names")
-        example_inputs = tuple(torch.randn(*s) for s in unnamed)
-    elif isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    export_dir = os.path.join(work, ".export")  # the exporter may write external data next to the file
-    os.makedirs(export_dir, exist_ok=True)
-    path = os.path.join(export_dir, "source.onnx")
-    t0 = time.perf_counter()
+def write_rewritten(c: Conversion) -> None:
+    rewritten = to_onnx(c.graph)
+    path = os.path.join(c.work, "model.rewritten.onnx")
+    onnx.save(rewritten, path)
     try:
-        info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
-        info["export_seconds"] = round(time.perf_counter() - t0, 3)
-        model = onnx.load(path)  # external data read in
+        onnx.checker.check_model(path)
+    except onnx.checker.ValidationError as e:
+        raise VerificationError(f"model.rewritten.onnx fails onnx.checker: {str(e).splitlines()[0]}", "rewritten-onnx") from None
+    c.paths["rewritten_onnx"] = path
+    # the same lowering was checked at the end of the passes (unless nothing changed or --verify none)
+    c.figures["rewritten_onnx"] = c.rewritten.figures or c.verifier.check_graph(c.graph, "rewritten ONNX")
+
+
+def emit(c: Conversion) -> None:
+    from graph_convert import quantize as Q
+    from graph_convert.tf.emitter import build_function
+
+    emitters, scopes = c.registry.emitters, {}
+    if c.quant_plan is not None:  # TF op names carry their node's name, so TFLite layers map back to nodes
+        emitters, scopes = Q.scoped_emitters(c.registry.emitters, c.graph)
+    t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
+    c.traced = Traced(t.module, t.concrete, t.in_names, t.out_names, scopes)
+    # forms TF runs but TFLite has no builtin kernel for: named now, not as a converter crash later
+    c.gaps = [{"node": n, "op_type": op, "reason": why} for n, op, why in t.gaps]
+    if c.gaps and c.options.tflite:
+        shown = "; ".join(f"node {g['node']!r} ({g['op_type']}): {g['reason']}" for g in c.gaps[:10])
+        more = f" and {len(c.gaps) - 10} more" if len(c.gaps) > 10 else ""
+        raise ConvertError(f"TFLite has no builtin kernel for {len(c.gaps)} node(s): {shown}{more} "
+                           f"(--no-tflite writes the SavedModel only)")
+
+
+def _runner(c: Conversion, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
+    """Source-layout feeds -> source-layout outputs, keyed by ONNX names, for ``run`` that takes
+    and gives rewritten-layout arrays keyed by TF names."""
+    g, t = c.graph, c.traced
+
+    def go(feeds):
+        rw = to_rewritten_layout(feeds, g.io_perms)
+        with stage(label):
+            out = run({n: rw[x] for x, n in zip(g.inputs, t.in_names)})
+        return to_source_layout({y: out[n] for y, n in zip(g.outputs, t.out_names)}, g.io_perms)
+    return go
+
+
+def _verify(c: Conversion, key: str, label: str, run) -> None:
+    go = _runner(c, f"run {label}", run)
+    c.figures[key] = c.verifier.check(go, label)
+    for b, ver in c.other_batches:
+        c.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = _figs(ver.check(go, f"{label} at batch {b}"))
+
+
+def verify_tf(c: Conversion) -> None:
+    from graph_convert.tf.runner import run_tf
+
+    t = c.traced
+    _verify(c, "tensorflow", "TensorFlow", lambda feeds: run_tf(t.concrete, t.in_names, feeds, t.in_names))
+
+
+def write_saved_model(c: Conversion) -> None:
+    from graph_convert.tf.writer import save_saved_model
+
+    path = os.path.join(c.work, "saved_model")
+    save_saved_model(c.traced.module, c.traced.concrete, path)
+    c.paths["saved_model"] = path
+
+
+def write_tflite(c: Conversion) -> None:
+    from graph_convert.tf.writer import convert_tflite
+
+    path = os.path.join(c.work, "model_float32.tflite")
+    convert_tflite(c.traced.concrete, c.traced.module, path)
+    c.paths["tflite_float32"] = path
+
+
+def verify_tflite(c: Conversion) -> None:
+    from graph_convert.tf.runner import run_tflite, tflite_op_counts
+
+    path = c.paths["tflite_float32"]
+    _verify(c, "tflite_float32", "TFLite float32", lambda feeds: run_tflite(path, feeds))
+    ops = tflite_op_counts(path)
+    c.report["tflite"] = {"path": "model_float32.tflite", "bytes": os.path.getsize(path), "transpose_ops": ops.get("TRANSPOSE", 0),
+                          "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
+
+
+def quantize(c: Conversion) -> None:
+    from graph_convert import quantize as Q
+
+    t = c.traced
+    c.report["quantization"], qpaths = Q.run(c.quant_plan, out_dir=c.work, sm_dir=c.paths["saved_model"],
+                                             float_tflite=c.paths["tflite_float32"], source_model=c.model, graph=c.graph,
+                                             in_names=t.in_names, out_names=t.out_names, scopes=t.scopes, say=c.say)
+    c.paths.update(qpaths)
+
+
+def build_report(c: Conversion) -> None:
+    g, t, v = c.graph, c.traced, c.verifier
+    warnings = [{"output": name, "warning": f"{why}: the check on it proves little"}
+                for name, why in v.input_independent_outputs().items()]
+    for w in warnings:
+        c.say(f"warning: output {w['output']!r}: {w['warning']}")
+
+    def io(names, tf_names):
+        return [{"name": x, "tf_name": n, "shape": _io_shape(g, c.view, x), "layout_perm": list(g.io_perms.get(x, [])) or None}
+                for x, n in zip(names, tf_names)]
+
+    verification = {"rule": VERIFY_RULE, "atol": c.options.atol, "draws": v.draw_labels, "notes": v.notes, "warnings": warnings}
+    verification.update({k: _figs(f) for k, f in c.figures.items()})
+    c.report = {
+        "graph_convert_version": __version__,
+        "source": c.source_info,
+        "io": {"inputs": io(g.inputs, t.in_names), "outputs": io(g.outputs, t.out_names), "keep_io_layout": c.options.keep_io_layout},
+        "plugins": c.registry.sources,
+        "passes": [r.as_dict() for r in c.rewritten.records],
+        "rewritten_graph": {"nodes": len(g), "transposes": g.count("Transpose"), "transposes_left": _transposes_left(g)},
+        "verification": verification,
+        "tflite_gaps": c.gaps,
+        "dynamic_batch": c.dyn_info if c.dyn_info is not None else {"kept": False, "reason": "static batch (no --dynamic-batch, no symbolic batch dim)"},
+        **c.report,  # the TFLite op counts and the quantization report, filled by their stages
+    }
+
+
+# (name in the error message, key in report.json's timings, function, runs when)
+STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion], bool]], ...] = (
+    ("load plugins", "load_plugins", load_plugins, lambda c: True),
+    ("load source", "load", load_source, lambda c: True),
+    ("check source", "check", check_source, lambda c: True),
+    ("rewrite", "rewrite", rewrite_graph, lambda c: True),
+    ("write model.rewritten.onnx", "verify_rewritten", write_rewritten, lambda c: True),
+    ("emit TensorFlow", "tf_trace", emit, lambda c: True),
+    ("verify TensorFlow", "verify_tf", verify_tf, lambda c: True),
+    ("write SavedModel", "saved_model", write_saved_model, lambda c: True),
+    ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.options.tflite),
+    ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.options.tflite),
+    ("quantize", "quantize", quantize, lambda c: c.options.tflite and c.quant_plan is not None),
+    ("report", "report", build_report, lambda c: True),
+)
+
+
+def run_stages(c: Conversion) -> None:
+    for name, key, fn, wanted in STAGES:
+        if not wanted(c):
+            continue
+        t = time.perf_counter()
+        with stage(name):
+            fn(c)
+        c.timings[key] = c.timings.get(key, 0.0) + time.perf_counter() - t
+
+
+def convert(source, example_inputs=None, output_dir: str | os.PathLike = "converted", options: ConvertOptions | None = None,
+            *, log: Callable[[str], None] | None = None, **kwargs) -> ConvertResult:
+    """Convert ``source`` (an ``nn.Module``, ``file.py:factory``, ``module:attr``, an .onnx path or
+    ModelProto) and write the verified artifacts to ``output_dir``. Options: a
+    :class:`~graph_convert.options.ConvertOptions`, or its fields as keyword arguments. Raises
+    ConvertError (bad input), UnsupportedOpsError, PassError, VerificationError, StageError or
+    :class:`graph_convert.quantize.QuantizationThresholdError`; nothing is written on failure."""
+    if options is None:
+        options = ConvertOptions.from_kwargs(**kwargs)
+    elif kwargs:
+        raise ConvertError(f"convert(): give options either as ConvertOptions or as keywords, not both ({', '.join(kwargs)})")
+    t_start = time.perf_counter()
+    out = OutputDir(output_dir, overwrite=options.overwrite, protected=protected_paths(source, options.plugins))
+    work = out.prepare()
+    try:
+        c = Conversion(source, example_inputs, options, work, log or (lambda msg: None))
+        run_stages(c)
+        c.timings["total"] = time.perf_counter() - t_start
+        c.report["timings_seconds"] = {k: round(v, 4) for k, v in c.timings.items()}
+        with open(os.path.join(work, "report.json"), "w") as f:
+            json.dump(_json_safe(c.report), f, indent=2, allow_nan=False)
+        out.commit(os.listdir(work))
+        where = os.path.abspath(os.fspath(output_dir))
+        paths = {k: os.path.join(where, os.path.basename(v)) for k, v in c.paths.items()}
+        paths["report"] = os.path.join(where, "report.json")
+        return ConvertResult(os.fspath(output_dir), c.report, paths)
     finally:
-        shutil.rmtree(export_dir, ignore_errors=True)
-    return model, info
+        out.discard()
+
+
+# -- report helpers --------------------------------------------------------------------------------
+
+def _json_safe(x):
+    """The report as strict JSON: numpy scalars as numbers, non-finite floats as strings."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else repr(float(x))
+    return x
 
 
 def _io_shape(graph: Graph, view, name: str) -> list:
@@ -134,315 +434,6 @@ def _io_shape(graph: Graph, view, name: str) -> list:
 
 def _figs(figs) -> dict[str, Any]:
     return {k: v.as_dict() for k, v in figs.items()}
-
-
-def convert(
-    source,
-    example_inputs=None,
-    output_dir: str | os.PathLike = "converted",
-    *,
-    input_shapes: Sequence[tuple[str | None, tuple[int, ...]]] | None = None,
-    inputs: Mapping[str, np.ndarray] | str | None = None,
-    keep_io_layout: bool = False,
-    dynamic_batch: bool = False,
-    heads_first: bool = False,
-    plugins: Sequence[str] = (),
-    disable_passes: Sequence[str] = (),
-    verify: str = "end",
-    atol: float = 1e-4,
-    seed: int = 0,
-    tflite: bool = True,
-    overwrite: bool = False,
-    log=None,
-    quantize: str | Sequence[str] | None = None,
-    calibration=None,
-    eval_data=None,
-    int8_io: bool = False,
-    quant_debug: bool = False,
-    float_ops: str | Sequence[str] = (),
-    min_sqnr: float | None = None,
-    min_top1: float | None = None,
-    mean=None,
-    std=None,
-    size=None,
-) -> ConvertResult:
-    """Convert ``source`` (an ``nn.Module``, ``file.py:factory``, ``module:attr``, an .onnx path or
-    ModelProto) and write the verified artifacts to ``output_dir``. Raises ConvertError (bad input),
-    UnsupportedOpsError, PassError or VerificationError; nothing is written on failure.
-
-    Quantization (see :mod:`graph_convert.quantize`): ``quantize`` any of ``fp16``, ``int8``,
-    ``int8-full``; ``calibration`` an .npz path, an image folder (with ``mean``/``std``/``size``),
-    ``"random"`` or ``{input name: array}`` (source layout, samples on axis 0); ``eval_data`` likewise
-    (default: a held-out share of the calibration data); ``int8_io``, ``quant_debug``, ``float_ops``;
-    ``min_sqnr``/``min_top1`` raise :class:`graph_convert.quantize.QuantizationThresholdError`."""
-    if verify not in ("end", "phase", "each", "none"):
-        raise ConvertError(f"--verify {verify!r}: expected one of end, phase, each, none")
-    if not (atol > 0):
-        raise ConvertError(f"--atol {atol!r}: must be a positive number")
-    qopts = Q.make_options(quantize, calibration=calibration, eval_data=eval_data, int8_io=int8_io, quant_debug=quant_debug,
-                           float_ops=float_ops, min_sqnr=min_sqnr, min_top1=min_top1, mean=mean, std=std, size=size, tflite=tflite)
-    say = log or (lambda msg: None)
-    output_dir = os.fspath(output_dir)
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    tmp = _prepare_output(output_dir, overwrite)
-    try:
-        result = _convert_into(tmp, source, example_inputs, output_dir, input_shapes or [], inputs, keep_io_layout,
-                               list(plugins), list(disable_passes), verify, atol, seed, tflite, say, timings, qopts, dynamic_batch,
-                               heads_first)
-        timings["total"] = time.perf_counter() - t_start
-        result.report["timings_seconds"] = {k: round(v, 4) for k, v in timings.items()}
-        with open(os.path.join(tmp, "report.json"), "w") as f:
-            json.dump(result.report, f, indent=2, default=float)
-        _commit_output(tmp, output_dir)
-        out = os.path.abspath(output_dir)
-        result.paths = {k: os.path.join(out, os.path.basename(v)) for k, v in result.paths.items()}
-        result.paths["report"] = os.path.join(out, "report.json")
-        return result
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _convert_into(tmp, source, example_inputs, output_dir, input_shapes, inputs, keep_io_layout, plugins,
-                  disable_passes, verify, atol, seed, want_tflite, say, timings, qopts=None, dynamic_batch=False,
-                  heads_first=False) -> ConvertResult:
-    t = time.perf_counter()
-    registry = builtin_registry(plugins)
-    timings["load_plugins"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    model, src_info = _resolve_source(source, example_inputs, input_shapes, tmp, dynamic_batch)
-    graph = from_onnx(model)
-    src_info["opset"] = dict(graph.model_meta.get("opset_import", [])).get("", dict(graph.model_meta.get("opset_import", [])).get("ai.onnx"))
-    # older opsets (attribute axes, Upsample, spatial BN, ...) are read by the emitters and
-    # transpose handlers themselves rather than rewritten by onnx.version_converter
-    src_info["old_forms"] = "handled directly (no version conversion)"
-    timings["load"] = time.perf_counter() - t
-    say(f"source: {src_info.get('path') or src_info.get('spec') or src_info['kind']} ({len(graph)} nodes)")
-
-    # every op must be emittable before any work is done
-    from graph_convert.tf.emitter import missing_emitters
-
-    missing = missing_emitters(graph, registry.emitters)
-    if missing:
-        raise UnsupportedOpsError(missing)
-
-    shape_overrides = {}
-    if src_info["kind"] != "pytorch":
-        for name, dims in input_shapes:
-            target = name if name is not None else (graph.inputs[0] if len(graph.inputs) == 1 else None)
-            if target is None or target not in graph.inputs:
-                raise ConvertError(f"--input-shape: {'name the input' if target is None else f'no model input named {target!r}'} (inputs: {graph.inputs})")
-            shape_overrides[target] = dims
-    user_feeds = None
-    if isinstance(inputs, (str, os.PathLike)):
-        path = os.fspath(inputs)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except Exception as e:
-            raise ConvertError(f"--inputs {path}: cannot read it as .npz ({type(e).__name__}: {e})") from None
-        user_feeds = check_user_inputs(graph, data, f"--inputs {path}")
-    elif inputs is not None:
-        user_feeds = check_user_inputs(graph, inputs, "inputs")
-
-    qplan = None
-    if qopts is not None:  # quantization data and names are checked before any conversion work
-        qplan = Q.prepare(qopts, graph, shape_overrides, seed)
-
-    # dynamic batch: asked for, or the source's own symbolic batch dim (then kept when it can be)
-    batch_names = D.batch_inputs(model, force=dynamic_batch)
-    if dynamic_batch:
-        if not batch_names:
-            raise ConvertError("--dynamic-batch: the model has no input with a batch dim (every input is a scalar)")
-        for clash, what in ((user_feeds is not None, "--inputs"), (qopts is not None, "--quantize")):
-            if clash:
-                raise ConvertError(f"--dynamic-batch cannot be combined with {what} (verification runs on generated batches "
-                                   f"of {D.B1} and {D.B2}; quantized models are written with a static batch)")
-    auto_dynamic = (not dynamic_batch and batch_names and user_feeds is None and qopts is None
-                    and not any(n in shape_overrides for n in batch_names))
-    dyn_info: dict[str, Any] | None = None
-    view = None
-    options = {"keep_io_layout": keep_io_layout, "heads_first": heads_first}
-
-    def rewrite(static_model, feeds=None, graph=None):
-        return _rewrite(static_model, registry, disable_passes, options, verify, atol, seed, shape_overrides, feeds, timings, graph)
-
-    if dynamic_batch or auto_dynamic:
-        def at_batch(b):
-            try:
-                return rewrite(D.with_batch(model, batch_names, b, shape_overrides))
-            except (VerificationError, PassError, UnsupportedOpsError):
-                raise
-            except ConvertError as e:  # the source itself fails at this batch size
-                raise D.DynamicBatchError(f"at batch {b}: {e} (is the batch size fixed inside the model, e.g. a Reshape "
-                                          f"to a constant shape? export it with a dynamic batch)") from None
-
-        try:
-            graph, verifier, feeds, records = at_batch(D.B1)
-            graph2, verifier2, feeds2, _ = at_batch(D.B2)
-            view = D.batch_view(graph, graph2, batch_names)
-            dyn_info = {"inputs": batch_names, "requested": "--dynamic-batch" if dynamic_batch else "symbolic batch dim in the source model",
-                        "kept": True, "converted_at": [D.B1, D.B2], **view.stats}
-        except D.DynamicBatchError as e:
-            if dynamic_batch:
-                raise
-            say(f"warning: the batch stays static (1): {e}")
-            dyn_info = {"inputs": batch_names, "requested": "symbolic batch dim in the source model", "kept": False, "reason": str(e)}
-            graph, verifier, feeds, records = rewrite(D.with_batch(model, batch_names, 1, shape_overrides))
-            view = None
-    else:
-        graph, verifier, feeds, records = rewrite(model, user_feeds, graph)
-
-    missing = missing_emitters(graph, registry.emitters)
-    if missing:
-        raise UnsupportedOpsError(missing)
-
-    t = time.perf_counter()
-    rewritten = to_onnx(graph)
-    rewritten_path = os.path.join(tmp, "model.rewritten.onnx")
-    onnx.save(rewritten, rewritten_path)
-    try:
-        onnx.checker.check_model(rewritten_path)
-    except onnx.checker.ValidationError as e:
-        raise VerificationError(f"model.rewritten.onnx fails onnx.checker: {str(e).splitlines()[0]}", "rewritten-onnx") from None
-    # the same lowering was checked at the end of the passes (unless nothing changed or --verify none)
-    rewritten_figs = verifier.final_figs if verifier.final_figs is not None else verifier.check_graph(graph, "rewritten ONNX")
-    timings["verify_rewritten"] = time.perf_counter() - t
-
-    # TF
-    from graph_convert.tf.emitter import build_function
-    from graph_convert.tf.writer import convert_tflite, run_tf, run_tflite, save_saved_model, tflite_op_counts
-
-    t = time.perf_counter()
-    emitters, scopes = registry.emitters, {}
-    if qplan is not None:  # TF op names carry their node's name, so TFLite layers map back to nodes
-        emitters, scopes = Q.scoped_emitters(registry.emitters, graph)
-    from graph_convert.tf.ops import take_tflite_gaps
-
-    take_tflite_gaps()  # forget forms traced by earlier conversions in this process
-    module, concrete, in_names, out_names = build_function(graph, emitters, batch=view)
-    timings["tf_trace"] = time.perf_counter() - t
-    # forms TF runs but TFLite has no builtin kernel for: named now, not as a converter crash later
-    gaps = [{"node": n, "op_type": op, "reason": why} for n, op, why in take_tflite_gaps()]
-    if gaps and want_tflite:
-        shown = "; ".join(f"node {g['node']!r} ({g['op_type']}): {g['reason']}" for g in gaps[:10])
-        more = f" and {len(gaps) - 10} more" if len(gaps) > 10 else ""
-        raise ConvertError(f"TFLite has no builtin kernel for {len(gaps)} node(s): {shown}{more} "
-                           f"(--no-tflite writes the SavedModel only)")
-    feeds_rw = to_rewritten_layout(feeds, graph.io_perms)
-    t = time.perf_counter()
-    tf_out = run_tf(concrete, in_names, feeds_rw, graph.inputs)
-    tf_by_onnx = {y: tf_out[n] for y, n in zip(graph.outputs, out_names)}
-    from graph_convert.verify import to_source_layout
-
-    tf_figs = verifier.check_outputs(to_source_layout(tf_by_onnx, graph.io_perms), "TensorFlow")
-    # a dynamic batch is proven at the other batch sizes too: B2 (the second conversion) and 1
-    extra = []
-    if view is not None:
-        feeds1 = {k: (v[:1] if k in batch_names else v) for k, v in feeds.items()}
-        verifier1 = Verifier(D.with_batch(model, batch_names, 1, shape_overrides), feeds1, atol)
-        extra = [(D.B2, verifier2, feeds2), (1, verifier1, feeds1)]
-        dyn_info["verification"] = {}
-    for b, ver, fd in extra:
-        out = run_tf(concrete, in_names, to_rewritten_layout(fd, graph.io_perms), graph.inputs)
-        figs = ver.check_outputs(to_source_layout({y: out[n] for y, n in zip(graph.outputs, out_names)}, graph.io_perms), f"TensorFlow at batch {b}")
-        dyn_info["verification"][f"batch {b}"] = {"tensorflow": _figs(figs)}
-    timings["verify_tf"] = time.perf_counter() - t
-    sm_dir = os.path.join(tmp, "saved_model")
-    t = time.perf_counter()
-    save_saved_model(module, concrete, sm_dir)
-    timings["saved_model"] = time.perf_counter() - t
-    paths = {"saved_model": sm_dir, "rewritten_onnx": rewritten_path}
-
-    report: dict[str, Any] = {
-        "graph_convert_version": __version__,
-        "source": src_info,
-        "io": {
-            "inputs": [{"name": x, "tf_name": n, "shape": _io_shape(graph, view, x), "layout_perm": list(graph.io_perms.get(x, [])) or None} for x, n in zip(graph.inputs, in_names)],
-            "outputs": [{"name": y, "tf_name": n, "shape": _io_shape(graph, view, y), "layout_perm": list(graph.io_perms.get(y, [])) or None} for y, n in zip(graph.outputs, out_names)],
-            "keep_io_layout": keep_io_layout,
-        },
-        "plugins": registry.sources,
-        "passes": [r.as_dict() for r in records],
-        "rewritten_graph": {"nodes": len(graph), "transposes": graph.count("Transpose"), "transposes_left": _transposes_left(graph)},
-        "verification": {"atol": atol, "inputs": "user (--inputs)" if inputs is not None else f"random, seed {seed}",
-                         "rewritten_onnx": _figs(rewritten_figs), "tensorflow": _figs(tf_figs)},
-        "tflite_gaps": gaps,
-        "dynamic_batch": dyn_info if dyn_info is not None else {"kept": False, "reason": "static batch (no --dynamic-batch, no symbolic batch dim)"},
-    }
-    if want_tflite:
-        tfl = os.path.join(tmp, "model_float32.tflite")
-        t = time.perf_counter()
-        convert_tflite(concrete, module, tfl)
-        timings["tflite_convert"] = time.perf_counter() - t
-        t = time.perf_counter()
-        lite_out = run_tflite(tfl, {n: feeds_rw[x] for x, n in zip(graph.inputs, in_names)})
-        lite_by_onnx = {y: lite_out[n] for y, n in zip(graph.outputs, out_names)}
-        lite_figs = verifier.check_outputs(to_source_layout(lite_by_onnx, graph.io_perms), "TFLite float32")
-        for b, ver, fd in extra:
-            fd_rw = to_rewritten_layout(fd, graph.io_perms)
-            out = run_tflite(tfl, {n: fd_rw[x] for x, n in zip(graph.inputs, in_names)})
-            figs = ver.check_outputs(to_source_layout({y: out[n] for y, n in zip(graph.outputs, out_names)}, graph.io_perms),
-                                     f"TFLite float32 at batch {b}")
-            dyn_info["verification"][f"batch {b}"]["tflite_float32"] = _figs(figs)
-        timings["verify_tflite"] = time.perf_counter() - t
-        ops = tflite_op_counts(tfl)
-        report["verification"]["tflite_float32"] = _figs(lite_figs)
-        report["tflite"] = {"path": "model_float32.tflite", "bytes": os.path.getsize(tfl), "transpose_ops": ops.get("TRANSPOSE", 0),
-                            "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
-        paths["tflite_float32"] = tfl
-        if qplan is not None:
-            t = time.perf_counter()
-            report["quantization"], qpaths = Q.run(qplan, out_dir=tmp, sm_dir=sm_dir, float_tflite=tfl, source_model=model, graph=graph,
-                                                   in_names=in_names, out_names=out_names, scopes=scopes, say=say)
-            paths.update(qpaths)
-            timings["quantize"] = time.perf_counter() - t
-    return ConvertResult(output_dir, report, paths)
-
-
-def _rewrite(model, registry, disable_passes, options, verify, atol, seed, shape_overrides, feeds, timings, graph=None):
-    """Run the passes on ``model`` (or its already loaded ``graph``) with ORT verification;
-    returns (graph, verifier, feeds, records)."""
-    graph = from_onnx(model) if graph is None else graph
-    if feeds is None:
-        feeds = make_inputs(graph, seed, shape_overrides)
-    t = time.perf_counter()
-    verifier = Verifier(model, feeds, atol)
-    timings["reference_ort"] = timings.get("reference_ort", 0.0) + time.perf_counter() - t
-    pm = PassManager(registry, disabled=tuple(disable_passes), options=options)
-    pristine = graph.copy()
-    t = time.perf_counter()
-    last: dict[str, Any] = {}  # figures of the latest check: of the final graph when nothing changed after it
-
-    def check(stage):
-        return lambda g, name: last.update(figs=verifier.check_graph(g, f"{stage} {name}"))
-
-    check_phase = check("after phase") if verify == "phase" else None
-    check_each = check("after pass") if verify == "each" else None
-    try:
-        records = pm.run(graph, check_each=check_each, check_phase=check_phase)
-        if verify == "end" or (verify != "none" and "figs" not in last and any(r.changed for r in records)):
-            last["figs"] = verifier.check_graph(graph, "rewritten graph")
-    except VerificationError as e:
-        if verify == "each":
-            culprit = e.stage.replace("after pass ", "")
-        else:  # bisect: replay from the source graph, checking after every pass
-            culprit = _find_culprit(pristine, registry, disable_passes, options, verifier)
-        detail = ""
-        if culprit:
-            g2 = pristine.copy()
-            try:
-                PassManager(registry, disabled=tuple(disable_passes), options=options).run(g2, check_each=_stop_after(culprit))
-            except _Stop:
-                pass
-            tensor = first_diverging_tensor(model, g2, feeds, atol)
-            detail = f"; first diverging tensor: {tensor!r}" if tensor else ""
-        raise VerificationError(f"{e} — first diverging pass: {culprit!r}{detail}", e.stage, culprit) from None
-    timings["passes"] = timings.get("passes", 0.0) + time.perf_counter() - t
-    verifier.final_figs = last.get("figs")  # the rewritten graph's figures, when checked already
-    return graph, verifier, feeds, records
 
 
 def _transposes_left(graph: Graph) -> list[dict[str, Any]]:
@@ -456,26 +447,3 @@ def _transposes_left(graph: Graph) -> list[dict[str, Any]]:
         out.append({"node": n.name, "perm": n.attr("perm"), "input_from": None if prod is None else f"{prod.name} ({prod.op_type})",
                     "read_by": users + (["graph output"] if graph.is_graph_output(n.outputs[0]) else [])})
     return out
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_after(name: str):
-    def check(g, pass_name):
-        if pass_name == name:
-            raise _Stop()
-    return check
-
-
-def _find_culprit(pristine: Graph, registry, disable_passes, options, verifier: Verifier) -> str | None:
-    g = pristine.copy()
-    try:
-        PassManager(registry, disabled=tuple(disable_passes), options=options).run(
-            g, check_each=lambda gg, name: verifier.check_graph(gg, f"after pass {name}"))
-    except VerificationError as e:
-        return e.stage.replace("after pass ", "")
-    except PassError as e:
-        return e.pass_name
-    return None

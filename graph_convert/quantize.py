@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from onnx import helper
 
-from graph_convert.errors import ConvertError, VerificationError
+from graph_convert.errors import ConvertError, GraphConvertError, VerificationError
 
 # user-facing name -> (file written, ConvertResult.paths key, what it is)
 VARIANTS: dict[str, tuple[str, str, str]] = {
@@ -42,7 +42,7 @@ SQNR_CAP_DB = 200.0  # an exact match has infinite SQNR; the report caps it here
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class QuantizationThresholdError(Exception):
+class QuantizationThresholdError(GraphConvertError):
     """A quantized variant fell below ``--min-sqnr`` / ``--min-top1`` (the CLI exits 5)."""
 
     def __init__(self, failures: list[str]):
@@ -472,7 +472,7 @@ class NodeNames:
 
 
 def _interpreter(model: bytes | str, allocate: bool = False):
-    from graph_convert.tf.writer import interpreter
+    from graph_convert.tf.runner import interpreter
 
     return interpreter(model, allocate)
 
@@ -587,9 +587,9 @@ def _lite_figures(path_or_bytes, eval_rw_by_tf, reference, graph, in_names, out_
 
 @contextlib.contextmanager
 def _quiet():
-    from graph_convert.tf.writer import _quiet_fds
+    from graph_convert.tf.writer import quiet_fds
 
-    with warnings.catch_warnings(), _quiet_fds():
+    with warnings.catch_warnings(), quiet_fds():
         warnings.simplefilter("ignore")
         yield
 

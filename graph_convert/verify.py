@@ -2,6 +2,7 @@
 (rewritten ONNX, TF, TFLite); inputs and outputs are mapped through the recorded layout perms."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -33,15 +34,26 @@ def _concrete_shape(name: str, shape: tuple | None, overrides: Mapping[str, tupl
     return tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
 
 
-def make_inputs(graph: Graph, seed: int = 0, shapes: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
-    """Seeded random inputs in the *source* layout for every graph input."""
+@dataclass
+class Draw:
+    """One set of verification inputs, in the source layout, and how it was made."""
+
+    label: str
+    feeds: dict[str, np.ndarray]
+
+
+def make_inputs(graph: Graph, seed: int = 0, shapes: Mapping[str, tuple] | None = None, kind: str = "normal") -> dict[str, np.ndarray]:
+    """Seeded random inputs in the *source* layout for every graph input: float inputs standard
+    normal (``kind="normal"``) or uniform in [0, 1) (``kind="uniform"``), integers in [0, 8),
+    booleans either way."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for name in graph.inputs:
         shape = _concrete_shape(name, graph.shape(name), shapes or {})
         dt = helper.tensor_dtype_to_np_dtype(graph.dtype(name))
         if dt.kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dt)
+            x = rng.standard_normal(shape) if kind == "normal" else rng.random(shape)
+            feeds[name] = x.astype(dt)
         elif dt.kind == "b":
             feeds[name] = rng.integers(0, 2, shape).astype(bool)
         elif dt.kind in "iu":
@@ -49,6 +61,43 @@ def make_inputs(graph: Graph, seed: int = 0, shapes: Mapping[str, tuple] | None 
         else:
             raise ConvertError(f"input {name!r}: cannot make random data of type {dt}; pass --inputs data.npz")
     return feeds
+
+
+def make_draws(graph: Graph, seed: int = 0, shapes: Mapping[str, tuple] | None = None,
+               user: Mapping[str, np.ndarray] | None = None) -> list[Draw]:
+    """The input draws every stage is checked on: the user's arrays (when given), a standard
+    normal draw (seed) and a uniform [0, 1) draw (seed + 1): one draw can hide a wrong model
+    (a sign error in a ReLU network fed only positive values, say), two rarely do."""
+    draws = [Draw("user (--inputs)", dict(user))] if user is not None else []
+    draws.append(Draw(f"normal(0, 1), seed {seed}", make_inputs(graph, seed, shapes, "normal")))
+    draws.append(Draw(f"uniform[0, 1), seed {seed + 1}", make_inputs(graph, seed + 1, shapes, "uniform")))
+    return draws
+
+
+def read_npz(path: str, option: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive, or one line saying why it cannot be read."""
+    if not os.path.exists(path):
+        raise ConvertError(f"{option} {path}: no such file")
+    if os.path.isdir(path):
+        raise ConvertError(f"{option} {path}: is a folder, expected an .npz file (numpy.savez)")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ConvertError(f"{option} {path}: cannot read it ({e.strerror})") from None
+    if magic != b"PK\x03\x04":
+        what = "a single .npy array" if magic.startswith(b"\x93NUM") else "an empty file" if not magic else "not a zip archive"
+        raise ConvertError(f"{option} {path}: not an .npz archive ({what}); write one with numpy.savez(path, name=array, ...)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ConvertError(f"{option} {path}: holds object arrays (pickled data), which are not read for safety; "
+                               f"save plain numeric arrays") from None
+        raise ConvertError(f"{option} {path}: cannot read it as .npz ({e})") from None
+    except Exception as e:
+        raise ConvertError(f"{option} {path}: cannot read it as .npz ({type(e).__name__}: {e})") from None
 
 
 def check_user_inputs(graph: Graph, data: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
@@ -78,83 +127,187 @@ def to_source_layout(outputs: Mapping[str, np.ndarray], io_perms: Mapping[str, t
     return {k: np.transpose(v, P.invert(io_perms[k])) if k in io_perms else v for k, v in outputs.items()}
 
 
+# Below this an absolute difference is float32 noise whatever the output's scale: 4x the
+# smallest normal float32 (TFLite/XNNPack flush denormals to zero).
+FLOAT32_FLOOR = 4 * float(np.finfo(np.float32).tiny)
+
+
 @dataclass
 class Figures:
+    """How one output compares with the reference, over every draw (the worst draw counts)."""
+
     max_abs: float
-    max_rel: float
+    max_rel: float  # max_abs / scale
     cosine: float
-    scale: float
+    scale: float  # max |reference| over the finite entries
     ok: bool
+    sqnr_db: float = 200.0
+    reason: str = ""  # why it failed, in words
 
     def as_dict(self) -> dict[str, Any]:
-        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine, "scale": self.scale, "ok": self.ok}
+        d = {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine, "sqnr_db": self.sqnr_db,
+             "scale": self.scale, "ok": self.ok}
+        if self.reason:
+            d["reason"] = self.reason
+        return d
 
 
-def compare(ref: np.ndarray, got: np.ndarray, atol: float) -> Figures:
-    """Figures for one output. Passes when max_abs <= atol * max(1, max|ref|)."""
+def _nonfinite_mismatch(r: np.ndarray, g: np.ndarray) -> str:
+    """'' when NaN and +-inf sit in the same places with the same signs, else what differs."""
+    for what, a, b in (("NaN", np.isnan(g), np.isnan(r)), ("+inf", np.isposinf(g), np.isposinf(r)),
+                       ("-inf", np.isneginf(g), np.isneginf(r))):
+        extra, missing = a & ~b, b & ~a
+        if extra.any():
+            at = tuple(int(i) for i in np.argwhere(extra)[0])
+            return f"{what} at {int(extra.sum())} position(s) where the source has {'a finite value' if np.isfinite(r[at]) else r[at]} (first at index {at})"
+        if missing.any():
+            at = tuple(int(i) for i in np.argwhere(missing)[0])
+            return f"the source has {what} at {int(missing.sum())} position(s) where this has {g[at]} (first at index {at})"
+    return ""
+
+
+def compare(ref: np.ndarray, got: np.ndarray, tol: float) -> Figures:
+    """Figures for one output, judged against the output's own scale. Passes when NaN/+-inf sit
+    in exactly the same places, ``max_abs <= tol * max|ref| + FLOAT32_FLOOR`` over the finite
+    entries, and the two point the same way (``cosine >= 1 - tol``). Integers and booleans
+    must be equal."""
     ref = np.asarray(ref)
     got = np.asarray(got)
     if ref.shape != got.shape:
-        return Figures(float("inf"), float("inf"), 0.0, 0.0, False)
+        return Figures(float("inf"), float("inf"), 0.0, 0.0, False, 0.0, f"shape {got.shape}, the source gives {ref.shape}")
     if ref.dtype.kind in "biu" and got.dtype.kind in "biu":
         bad = float(np.max(np.abs(ref.astype(np.int64) - got.astype(np.int64)))) if ref.size else 0.0
-        return Figures(bad, bad, 1.0 if bad == 0 else 0.0, 0.0, bad == 0)
+        scale = float(np.max(np.abs(ref.astype(np.int64)))) if ref.size else 0.0
+        return Figures(bad, bad / max(scale, 1.0), 1.0 if bad == 0 else 0.0, scale, bad == 0, 200.0 if bad == 0 else 0.0,
+                       "" if bad == 0 else f"integers differ by up to {bad:g}")
     r = ref.astype(np.float64)
     g = got.astype(np.float64)
-    finite = np.isfinite(r)
-    same_nonfinite = bool(np.all((np.isnan(r) & np.isnan(g)) | (r == g) | finite))
-    r_f, g_f = r[finite], g[finite]
+    reason = _nonfinite_mismatch(r, g)
+    both = np.isfinite(r) & np.isfinite(g)
+    r_f, g_f = r[both], g[both]
     diff = np.abs(r_f - g_f)
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(r_f).max()) if r_f.size else 0.0
-    max_rel = float((diff / np.maximum(np.abs(r_f), 1e-12)).max()) if diff.size else 0.0
-    den = float(np.linalg.norm(r_f) * np.linalg.norm(g_f))
-    cosine = float(np.dot(r_f.ravel(), g_f.ravel()) / den) if den > 0 else (1.0 if max_abs == 0 else 0.0)
-    ok = same_nonfinite and np.isfinite(g_f).all() and max_abs <= atol * max(1.0, scale)
-    return Figures(max_abs, max_rel, cosine, scale, bool(ok))
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    nr, ng = float(np.linalg.norm(r_f)), float(np.linalg.norm(g_f))
+    if nr > 0 and ng > 0:
+        cosine = float(np.dot(r_f.ravel(), g_f.ravel()) / (nr * ng))
+    else:
+        cosine = 1.0 if nr == ng else 0.0
+    err = float(np.sum(diff * diff))
+    sqnr = 200.0 if err == 0 else (min(200.0, 10 * np.log10(nr * nr / err)) if nr > 0 else -200.0)
+    bound = tol * scale + FLOAT32_FLOOR
+    if not reason and max_abs > bound:
+        reason = f"max abs {max_abs:.3g} > {tol:g} x scale {scale:.3g} (max |source|)"
+    if not reason and cosine < 1 - tol:
+        reason = f"points another way (cosine {cosine:.6f})"
+    return Figures(max_abs, max_rel, cosine, scale, not reason, float(sqnr), reason)
 
 
 def compare_all(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], atol: float) -> dict[str, Figures]:
     return {name: compare(ref[name], got[name], atol) for name in ref}
 
 
-class Verifier:
-    """Reference outputs of the source model, computed once; checks rewritten graphs against them."""
+def _worst(a: Figures | None, b: Figures) -> Figures:
+    if a is None:
+        return b
+    if a.ok != b.ok:
+        return a if not a.ok else b
+    return a if a.max_rel >= b.max_rel else b
 
-    def __init__(self, source: onnx.ModelProto, feeds: Mapping[str, np.ndarray], atol: float = 1e-4):
-        self.feeds = dict(feeds)
+
+Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+class Verifier:
+    """Reference outputs of the source model on every draw, computed once; checks later stages
+    (a rewritten graph, TensorFlow, TFLite) against them, output by output, draw by draw."""
+
+    def __init__(self, source: onnx.ModelProto, draws: list[Draw] | Mapping[str, np.ndarray], atol: float = 1e-4,
+                 *, optional: tuple[int, ...] = ()):
+        """``draws``: a list of :class:`Draw` (or one feed dict); a draw whose index is in
+        ``optional`` is dropped, with a note, when the source model fails on it."""
+        if not isinstance(draws, list):
+            draws = [Draw("given", dict(draws))]
         self.atol = atol
-        self.final_figs: dict[str, Figures] | None = None  # set by the pipeline once the rewritten graph is checked
+        self.notes: list[str] = []
         try:
             sess = ort_session(source)
-            names = [o.name for o in sess.get_outputs()]
-            self.reference = dict(zip(names, sess.run(names, self.feeds)))
         except Exception as e:  # the source itself is the reference: without it nothing can be proven
-            msg = " ".join(str(e).split())
-            raise ConvertError(f"source model does not run in ONNX Runtime, so it cannot serve as the reference: {msg[:400]}") from None
+            raise ConvertError(f"source model does not load in ONNX Runtime, so it cannot serve as the reference: {_line(e)}") from None
+        names = [o.name for o in sess.get_outputs()]
+        self.draws: list[Draw] = []
+        self.references: list[dict[str, np.ndarray]] = []
+        for i, d in enumerate(draws):
+            try:
+                self.references.append(dict(zip(names, sess.run(names, d.feeds))))
+                self.draws.append(d)
+            except Exception as e:
+                if i in optional:
+                    self.notes.append(f"draw {d.label!r} dropped: the source model fails on it in ONNX Runtime ({_line(e)[:200]})")
+                    continue
+                raise ConvertError(f"source model does not run in ONNX Runtime on the {d.label} inputs, so it cannot serve "
+                                   f"as the reference: {_line(e)[:400]}") from None
+        self.failed_draw: Draw | None = None
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The first draw (the user's, when given)."""
+        return self.draws[0].feeds
+
+    @property
+    def draw_labels(self) -> list[str]:
+        return [d.label for d in self.draws]
+
+    def input_independent_outputs(self) -> dict[str, str]:
+        """Outputs the check proves little about: the same on every draw, or all zero."""
+        out = {}
+        for name in self.references[0]:
+            vals = [np.asarray(r[name]) for r in self.references]
+            if vals[0].size and not np.any(vals[0]) and all(not np.any(v) for v in vals):
+                out[name] = "all zero on every draw"
+            elif len(vals) > 1 and all(v.shape == vals[0].shape and np.array_equal(v, vals[0], equal_nan=True) for v in vals[1:]):
+                out[name] = "the same on every draw (it does not depend on the inputs)"
+        return out
+
+    def check(self, run: Run, stage: str) -> dict[str, Figures]:
+        """Run ``run`` (source-layout feeds -> source-layout outputs) on every draw and compare;
+        raises VerificationError naming the output, the draw and what differs."""
+        worst: dict[str, Figures] = {}
+        for d, ref in zip(self.draws, self.references):
+            got = run(d.feeds)
+            missing = [n for n in ref if n not in got]
+            if missing:
+                raise VerificationError(f"{stage}: outputs {missing} missing", stage)
+            for name in ref:
+                f = compare(ref[name], got[name], self.atol)
+                if not f.ok:
+                    self.failed_draw = d
+                    raise VerificationError(f"{stage}: output {name!r} differs from the source model in ONNX Runtime "
+                                            f"on the {d.label} inputs: {f.reason}", stage)
+                worst[name] = _worst(worst.get(name), f)
+        return worst
 
     def check_graph(self, graph: Graph, stage: str) -> dict[str, Figures]:
-        """Lower ``graph``, run it in ORT, compare; raises VerificationError on mismatch."""
+        """Lower ``graph``, run it in ORT on every draw, compare; raises VerificationError on mismatch."""
         try:
             sess = ort_session(to_onnx(graph))
             names = [o.name for o in sess.get_outputs()]
-            got = dict(zip(names, sess.run(names, to_rewritten_layout(self.feeds, graph.io_perms))))
         except Exception as e:
-            raise VerificationError(f"{stage}: rewritten graph does not run in ONNX Runtime: {str(e).splitlines()[0]}", stage) from None
-        return self.check_outputs(to_source_layout(got, graph.io_perms), stage)
+            raise VerificationError(f"{stage}: rewritten graph does not load in ONNX Runtime: {_line(e)}", stage) from None
 
-    def check_outputs(self, got: Mapping[str, np.ndarray], stage: str) -> dict[str, Figures]:
-        missing = [n for n in self.reference if n not in got]
-        if missing:
-            raise VerificationError(f"{stage}: outputs {missing} missing", stage)
-        figs = compare_all(self.reference, got, self.atol)
-        bad = {n: f for n, f in figs.items() if not f.ok}
-        if bad:
-            n, f = next(iter(bad.items()))
-            raise VerificationError(
-                f"{stage}: output {n!r} differs from the source model in ONNX Runtime "
-                f"(max abs {f.max_abs:.3g}, max rel {f.max_rel:.3g}, tolerance {self.atol:g} x max(1, {f.scale:.3g}))", stage)
-        return figs
+        def run(feeds):
+            try:
+                got = dict(zip(names, sess.run(names, to_rewritten_layout(feeds, graph.io_perms))))
+            except Exception as e:
+                raise VerificationError(f"{stage}: rewritten graph does not run in ONNX Runtime: {_line(e)}", stage) from None
+            return to_source_layout(got, graph.io_perms)
+
+        return self.check(run, stage)
+
+
+def _line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def first_diverging_tensor(source: onnx.ModelProto, graph: Graph, feeds: Mapping[str, np.ndarray], atol: float) -> str | None:

@@ -21,13 +21,9 @@ def register(registry) -> None:
         to_channels_last,
         transpose_handlers,
     )
-    from graph_convert.tf import ops as tf_ops
-
     for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
                 recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
                 push_transposes, heads_first, merge_slices, prune):
         registry.add_pass(mod.PASS)
     for op_type, handler in transpose_handlers.HANDLERS.items():
         registry.add_transpose_handler(op_type, handler)
-    for op_type, fn in tf_ops.EMITTERS.items():
-        registry.add_emitter(op_type, fn)

@@ -74,7 +74,7 @@ def test_user_inputs_npz(onnx_file, tmp_path, capsys):
     code, _, err = run(["convert", onnx_file, "-o", tmp_path / "out", "--inputs", data, "-q"], capsys)
     assert code == 0, err
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert rep["verification"]["inputs"].startswith("user")
+    assert rep["verification"]["draws"][0].startswith("user") and len(rep["verification"]["draws"]) == 3
 
 
 def test_verify_each_records_all_passes(onnx_file, tmp_path, capsys):
@@ -172,9 +172,16 @@ def test_non_empty_output_needs_overwrite(onnx_file, tmp_path, capsys):
     code, _, err = run(["convert", onnx_file, "-o", out], capsys)
     assert code == EXIT_USAGE and "--overwrite" in err
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only what graph-convert wrote: a folder holding the user's file is refused
     code, _, err = run(["convert", onnx_file, "-o", out, "--overwrite", "-q"], capsys)
-    assert code == 0, err
-    assert not (out / "keep.txt").exists() and (out / "report.json").exists()
+    assert code == EXIT_USAGE and "keep.txt" in err and "did not write" in err
+    assert sorted(os.listdir(out)) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run(["convert", onnx_file, "-o", out, "-q"], capsys)[0] == 0  # an empty folder is fine
+    first = (out / "report.json").stat().st_ino
+    code, _, err = run(["convert", onnx_file, "-o", out, "--overwrite", "-q"], capsys)
+    assert code == 0, err  # our own output is replaced
+    assert (out / "report.json").stat().st_ino != first
 
 
 def test_inputs_npz_wrong_shape(onnx_file, tmp_path, capsys):
@@ -223,7 +230,7 @@ def test_console_script_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TRANSPOSE 0" in proc.stdout
     # exactly the documented artifacts: nothing the exporter wrote (external data) is left over
-    assert sorted(os.listdir(out)) == ["model.rewritten.onnx", "model_float32.tflite", "report.json", "saved_model"]
+    assert sorted(os.listdir(out)) == [".graph-convert.json", "model.rewritten.onnx", "model_float32.tflite", "report.json", "saved_model"]
     # the console script's fast exit leaves no XNNPACK/TF chatter behind -q
     proc = subprocess.run(cmd + ["convert", "models/resnet_style.py:make", "--input-shape", "1,3,64,64", "-o", str(out),
                                  "--overwrite", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=600)

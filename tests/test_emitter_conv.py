@@ -209,7 +209,7 @@ def test_keep_io_layout(tmp_path):
         assert os.path.exists(result.paths[key]), key
 
     # the written TFLite model takes and returns NCHW tensors
-    from graph_convert.tf.writer import run_tflite
+    from graph_convert.tf.runner import run_tflite
 
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     out = run_tflite(result.tflite, {"x": x})

@@ -14,7 +14,6 @@ from onnx import TensorProto, helper
 from onnx.backend.test.case.test_case import TestCase
 
 from graph_convert.conformance import CaseResult, Runner
-from graph_convert.tf import ops
 from passes.to_channels_last import CHANNELS_LAST_OPS, LayoutSpec
 from tests.helpers import Builder, run_ort
 
@@ -457,17 +456,15 @@ def test_runtime_resize_scales_are_declined_with_node_and_reason(live):
     assert "(Resize)" in r.reason and "non-constant roi/scales/sizes is not supported" in r.reason
 
 
-def test_take_tflite_gaps_names_node_and_clears(runner):
+def test_tflite_gaps_belong_to_their_trace(runner):
     model = one_op("Add", [("a", [3], TensorProto.DOUBLE), ("b", [3], TensorProto.DOUBLE)])
-    runner.run(ort_case(model, {"a": np.arange(3.0), "b": np.ones(3)}))
-    assert ops.take_tflite_gaps() == []  # the harness took them; a fresh trace records again
     from graph_convert.ir import from_onnx
     from graph_convert.tf.emitter import build_function
 
-    build_function(from_onnx(model), runner.registry.emitters)
-    gaps = ops.take_tflite_gaps()
-    assert [(op, why) for _, op, why in gaps] == [("Add", "TFLite has no add kernel for float64")]
-    assert ops.take_tflite_gaps() == []
+    traced = build_function(from_onnx(model), runner.registry.emitters)
+    assert [(op, why) for _, op, why in traced.gaps] == [("Add", "TFLite has no add kernel for float64")]
+    clean = one_op("Add", [("a", [3], TensorProto.FLOAT), ("b", [3], TensorProto.FLOAT)])
+    assert build_function(from_onnx(clean), runner.registry.emitters).gaps == []  # nothing carried over
 
 
 @pytest.mark.parametrize("shape,perm,decomposed", [

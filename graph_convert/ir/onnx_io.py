@@ -28,9 +28,16 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if os.path.getsize(path) == 0:
         raise ConvertError(f"{path}: file is empty, not an ONNX model")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {type(e).__name__}: {e})") from None
+    _check_external_data(model, path)
+    try:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+    except Exception as e:
+        raise ConvertError(f"{path}: cannot read its external data ({type(e).__name__}: {' '.join(str(e).split())})") from None
     if not model.graph.node and not model.graph.output:
         raise ConvertError(f"{path}: not a valid ONNX model (no graph found)")
     try:
@@ -39,6 +46,25 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ConvertError(f"{path}: ONNX checker rejected the model: {first}") from None
     return model
+
+
+def _check_external_data(model: onnx.ModelProto, path: str) -> None:
+    """Every external-data file the model names must be there: named as missing, not as corrupt."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    base = os.path.dirname(os.path.abspath(path))
+    for t in _get_all_tensors(model):
+        if not uses_external_data(t):
+            continue
+        info = ExternalDataInfo(t)
+        where = os.path.normpath(os.path.join(base, info.location))
+        if not os.path.isfile(where):
+            raise ConvertError(f"{path}: the external data file {info.location!r} of tensor {t.name!r} is missing "
+                               f"(looked for {where})")
+        need = (info.offset or 0) + (info.length or 0)
+        if info.length and os.path.getsize(where) < need:
+            raise ConvertError(f"{path}: the external data file {info.location!r} is shorter than tensor {t.name!r} needs "
+                               f"({os.path.getsize(where)} bytes, needs {need}): truncated")
 
 
 def info_from_value_info(vi: onnx.ValueInfoProto) -> TensorInfo:

@@ -1,1 +1,41 @@
-"""TensorFlow side: the emitter (IR -> tf.function), SavedModel and TFLite writers and runners."""
+"""TensorFlow side: the emitter (IR -> tf.function), SavedModel and TFLite writers and runners.
+
+Importing this package imports TensorFlow with its C++ start-up log lines kept off the user's
+terminal: TensorFlow 2.21 prints its oneDNN notice through absl before any log level applies
+(``TF_CPP_MIN_LOG_LEVEL`` does not reach it), so file descriptor 2 is pointed elsewhere for the
+import. If the import fails, what it printed is shown. ``GRAPH_CONVERT_TF_LOG=1`` keeps it all.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def _import_tensorflow_quietly() -> None:
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get("GRAPH_CONVERT_TF_LOG") == "1":
+        import tensorflow  # noqa: F401
+        return
+    try:
+        sys.stderr.flush()
+    except Exception:  # a closed stream: nothing to keep in order
+        pass
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_import_tensorflow_quietly()

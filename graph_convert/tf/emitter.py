@@ -7,16 +7,17 @@ transposed forward here, so an emitter never sees a layout it did not ask for.
 """
 from __future__ import annotations
 
+import contextvars
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection, NamedTuple
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from graph_convert import perm as P
-from graph_convert.errors import ConvertError, UnsupportedOpsError
+from graph_convert.errors import ConvertError, StageError, UnsupportedOpsError
 from graph_convert.ir import Graph, Node
 
 
@@ -142,9 +143,6 @@ class EmitContext:
 
 WEIGHT_MIN_ELEMENTS = 1024
 
-# ops whose emitters read ``in_perms``/``out_perms`` themselves
-LAYOUT_AWARE: set[str] = set()
-
 
 class _Inputs(list):
     """An emitter's input tensors, each made on first access: a weight the emitter reads as
@@ -194,12 +192,12 @@ class _Inputs(list):
         return super().__iter__()
 
 
-def _emit_node(node: Node, inputs: list, ctx: EmitContext, emitters: dict[str, Any]) -> list:
+def _emit_node(node: Node, inputs: list, ctx: EmitContext, emitters: dict[str, Any], layout_aware: Collection[str]) -> list:
     import tensorflow as tf
 
     key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
     fn = emitters[key]
-    if node.is_layout_marked and key not in LAYOUT_AWARE:
+    if node.is_layout_marked and key not in layout_aware:  # the emitter sees the source layout only
         inputs = [x if x is None or node.in_perm(j) is None else tf.transpose(x, P.invert(node.in_perm(j))) for j, x in enumerate(inputs)]
         outs = fn(node, inputs, ctx)
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
@@ -208,9 +206,39 @@ def _emit_node(node: Node, inputs: list, ctx: EmitContext, emitters: dict[str, A
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
-def build_function(graph: Graph, emitters: dict[str, Any], batch=None):
-    """Return ``(tf.Module, concrete function, input names, output names)`` for the graph;
-    ``batch`` (a :class:`graph_convert.dynamic.BatchView`) makes the batch dim dynamic."""
+class Traced(NamedTuple):
+    """The traced graph: a module holding the weights, its concrete function, the TF names of
+    the graph inputs and outputs, and the TFLite gaps the emitters recorded while tracing it
+    (``(node, op_type, reason)`` of every form TFLite has no builtin kernel for)."""
+
+    module: Any
+    concrete: Any
+    in_names: list[str]
+    out_names: list[str]
+    gaps: list[tuple[str, str, str]]
+
+
+# the gap record of the trace running in this thread (see ``record_tflite_gap``)
+_TRACE_GAPS: contextvars.ContextVar[list | None] = contextvars.ContextVar("graph_convert_tflite_gaps", default=None)
+
+
+def record_tflite_gap(node: Node, reason: str) -> None:
+    """Note that TFLite has no builtin kernel for the form ``node`` is being emitted as."""
+    gaps = _TRACE_GAPS.get()
+    if gaps is not None:
+        gaps.append((node.name, node.op_type, reason))
+
+
+def trace_gaps() -> list | None:
+    """The running trace's gap list (emitters that try a form and fall back trim it)."""
+    return _TRACE_GAPS.get()
+
+
+def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aware: Collection[str] = ()) -> Traced:
+    """Trace the graph into a ``tf.function``. ``layout_aware``: op types whose emitters read the
+    layout marks themselves (a registry's ``layout_aware``); every other layout-marked node gets
+    its inputs transposed back to the source layout and its outputs forward. ``batch`` (a
+    :class:`graph_convert.dynamic.BatchView`) makes the batch dim dynamic."""
     import tensorflow as tf
 
     missing = missing_emitters(graph, emitters)
@@ -266,11 +294,12 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None):
 
         for node in nodes:
             try:
-                outs = _emit_node(node, _Inputs(node.inputs, get, env, peek_const), ctx, emitters)
+                outs = _emit_node(node, _Inputs(node.inputs, get, env, peek_const), ctx, emitters, layout_aware)
             except ConvertError:
                 raise
-            except Exception as e:
-                raise ConvertError(f"TF emitter failed on node {node.name!r} ({node.op_type}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            except Exception as e:  # an emitter bug, ours or a plugin's: not the user's input
+                raise StageError("emit TensorFlow", f"the {node.op_type} emitter raised {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}", node.name) from e
             for t, y in zip(node.outputs, outs):
                 if t:
                     env[t] = y
@@ -278,6 +307,11 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None):
 
     module = tf.Module()
     module.serve = tf.function(fn, input_signature=specs, autograph=False)
-    concrete = module.serve.get_concrete_function()
+    gaps: list[tuple[str, str, str]] = []
+    token = _TRACE_GAPS.set(gaps)
+    try:
+        concrete = module.serve.get_concrete_function()
+    finally:
+        _TRACE_GAPS.reset(token)
     module.weights = list(variables)  # tracked, so a SavedModel of ``module`` holds them
-    return module, concrete, in_names, out_names
+    return Traced(module, concrete, in_names, out_names, list(dict.fromkeys(gaps)))

@@ -4,7 +4,7 @@ One traced ``tf.function`` serves both the SavedModel and the .tflite file, so e
 that the TFLite converter maps to *builtin* kernels (GATHER rather than GatherV2 with batch dims,
 shifted slices rather than dilated pooling, ...). TFLite kernels take fewer dtypes than TF:
 ``core._lite`` computes such a dtype in the narrowest wider one that holds every value (exact),
-and when none exists (float64, uint64, ...) records a *TFLite gap* (:func:`take_tflite_gaps`): TF
+and when none exists (float64, uint64, ...) records a *TFLite gap* (``Traced.gaps``): TF
 runs the graph, the TFLite converter would refuse it (or, for +-inf constants, change them).
 Emitters whose inputs are all known at conversion time are evaluated then (shape arithmetic
 becomes constants).
@@ -21,6 +21,13 @@ reason, never a silently different result. Where to add an op: the module of its
 from __future__ import annotations
 
 from graph_convert.tf.ops import elementwise, linalg, nn, norm, recurrent, reduce, resize, shape  # noqa: F401  (they fill the table)
-from graph_convert.tf.ops.core import EMITTERS, emitter, take_tflite_gaps
+from graph_convert.tf.ops.core import EMITTERS, LAYOUT_AWARE, emitter
 
-__all__ = ["EMITTERS", "emitter", "take_tflite_gaps"]
+
+def register(registry) -> None:
+    """The built-in emitters, added to a conversion's registry like a plugin's."""
+    for op_type, fn in EMITTERS.items():
+        registry.add_emitter(op_type, fn, layout_aware=op_type in LAYOUT_AWARE)
+
+
+__all__ = ["EMITTERS", "LAYOUT_AWARE", "emitter", "register"]

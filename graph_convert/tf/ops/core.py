@@ -9,10 +9,12 @@ import tensorflow as tf
 
 from graph_convert.errors import ConvertError
 from graph_convert.ir import Node
-from graph_convert.tf.emitter import LAYOUT_AWARE, EmitContext
+from graph_convert.tf.emitter import EmitContext, record_tflite_gap, trace_gaps
 
-
+# the built-in table, filled once at import by ``@emitter``; a conversion reads it through its
+# Registry (``register`` below copies it there), never changes it
 EMITTERS: dict[str, Callable] = {}
+LAYOUT_AWARE: set[str] = set()  # built-in emitters that read the layout marks themselves
 
 
 def emitter(*op_types: str, layout_aware: bool = False):
@@ -45,7 +47,8 @@ def _folding(fn):
             given = [t is not None for t in x]
             vals = [None if t is None else static(t) for t in x]
         if any(given) and all(v is not None for v, g in zip(vals, given) if g):
-            mark = len(_GAPS)
+            gaps = trace_gaps()
+            mark = len(gaps) if gaps is not None else 0
             try:
                 with tf.init_scope():
                     outs = fn(node, [None if v is None else tf.constant(v) for v in vals], ctx)
@@ -55,7 +58,8 @@ def _folding(fn):
                 raise
             except Exception:  # not evaluable eagerly: emit it as ops
                 outs = None
-            del _GAPS[mark:]
+            if gaps is not None:  # evaluated at conversion time: no TFLite kernel is needed
+                del gaps[mark:]
             if outs is not None and all(o.size <= _FOLD_LIMIT for o in outs):
                 consts = [_constant(node, o, ctx) for o in outs]
                 return consts if many else consts[0]
@@ -173,19 +177,8 @@ _CONTAINERS: dict = {
     _B: (_B, _I8, _I32),
 }
 
-_GAPS: list[tuple[str, str, str]] = []
-
-
-def take_tflite_gaps() -> list[tuple[str, str, str]]:
-    """``(node, op_type, reason)`` for every form traced since the last call that TFLite has no
-    builtin kernel for (TF runs it; TFLite conversion would fail). Clears the record."""
-    out = list(dict.fromkeys(_GAPS))
-    _GAPS.clear()
-    return out
-
-
 def _gap(node: Node, reason: str) -> None:
-    _GAPS.append((node.name, node.op_type, reason))
+    record_tflite_gap(node, reason)
 
 
 def _lite(node: Node, kinds: str | tuple[str, ...], *xs):

@@ -1,0 +1,100 @@
+"""``ConvertOptions``: every option of one conversion, validated once, frozen. The CLI and the
+Python API both build one; the stages only read it."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from graph_convert.errors import ConvertError
+
+VERIFY_MODES = ("end", "phase", "each", "none")
+
+
+def check_tolerance(atol: Any) -> float:
+    if isinstance(atol, bool) or not isinstance(atol, (int, float, np.floating)) or not math.isfinite(atol) or atol <= 0:
+        raise ConvertError(f"--atol {atol!r}: must be a finite positive number (a tolerance relative to each output's scale)")
+    return float(atol)
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConvertError(f"--seed {seed!r}: must be a non-negative integer")
+    return int(seed)
+
+
+def _tuple(value, option: str) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConvertError(f"{option}: expected a list, got {type(value).__name__}") from None
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What to convert and how. ``input_shapes``: ``[(name or None, dims), ...]``; ``inputs``: an
+    .npz path or ``{input name: array}`` (source layout); ``quantize`` and the options after it:
+    see :mod:`graph_convert.quantize` (checked against each other into ``quant``)."""
+
+    input_shapes: Sequence[tuple[str | None, tuple[int, ...]]] = ()
+    inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None
+    keep_io_layout: bool = False
+    dynamic_batch: bool = False
+    heads_first: bool = False
+    plugins: Sequence[str] = ()
+    disable_passes: Sequence[str] = ()
+    verify: str = "end"
+    atol: float = 1e-4
+    seed: int = 0
+    tflite: bool = True
+    overwrite: bool = False
+    quantize: str | Sequence[str] | None = None
+    calibration: Any = None
+    eval_data: Any = None
+    int8_io: bool = False
+    quant_debug: bool = False
+    float_ops: str | Sequence[str] = ()
+    min_sqnr: float | None = None
+    min_top1: float | None = None
+    mean: Any = None
+    std: Any = None
+    size: Any = None
+    quant: Any = field(init=False, default=None, compare=False, repr=False)  # QuantOptions | None
+
+    def __post_init__(self) -> None:
+        if self.verify not in VERIFY_MODES:
+            raise ConvertError(f"--verify {self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
+        set_ = object.__setattr__.__get__(self)
+        set_("atol", check_tolerance(self.atol))
+        set_("seed", check_seed(self.seed))
+        set_("input_shapes", tuple((n, tuple(int(d) for d in dims)) for n, dims in _tuple(self.input_shapes, "--input-shape")))
+        set_("plugins", _tuple(self.plugins, "--plugin"))
+        set_("disable_passes", _tuple(self.disable_passes, "--disable-pass"))
+        for flag in ("keep_io_layout", "dynamic_batch", "heads_first", "tflite", "overwrite", "int8_io", "quant_debug"):
+            set_(flag, bool(getattr(self, flag)))
+        from graph_convert.quantize import make_options
+
+        set_("quant", make_options(self.quantize, calibration=self.calibration, eval_data=self.eval_data, int8_io=self.int8_io,
+                                   quant_debug=self.quant_debug, float_ops=self.float_ops, min_sqnr=self.min_sqnr,
+                                   min_top1=self.min_top1, mean=self.mean, std=self.std, size=self.size, tflite=self.tflite))
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "ConvertOptions":
+        """Build from keyword arguments, naming an unknown one (a typo must not pass silently)."""
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConvertError(f"convert(): unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**kwargs)
+
+    @property
+    def pass_options(self) -> dict[str, Any]:
+        """What the passes may read (``PassContext.options``)."""
+        return {"keep_io_layout": self.keep_io_layout, "heads_first": self.heads_first}

@@ -1,0 +1,102 @@
+"""The source stage: any accepted source (an .onnx path, a ModelProto, an ``nn.Module`` or a
+``file.py:factory`` / ``package.module:attr`` spec) -> an ONNX model, checked before any work."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from graph_convert.errors import ConvertError
+from graph_convert.ir import Graph, load_model
+
+
+def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Any accepted source -> (ONNX model, provenance facts for the report)."""
+    from graph_convert import export as ex
+
+    info: dict[str, Any] = {}
+    if isinstance(source, onnx.ModelProto):
+        return source, {"kind": "onnx-model"}
+    if isinstance(source, (str, os.PathLike)) and not ex.is_torch_spec(os.fspath(source)):
+        path = os.fspath(source)
+        return load_model(path), {"kind": "onnx-file", "path": os.path.abspath(path)}
+    import torch
+
+    if isinstance(source, str):
+        module = ex.load_torch_model(source)
+        info.update(kind="pytorch", spec=source)
+    elif isinstance(source, torch.nn.Module):
+        module = source.eval()
+        info.update(kind="pytorch", spec=type(source).__name__)
+    else:
+        raise ConvertError(f"source: expected an .onnx path, a 'file.py:factory' spec or an nn.Module, got {type(source).__name__}")
+    if example_inputs is None:
+        if not input_shapes:
+            raise ConvertError("a PyTorch model needs --input-shape (or example_inputs=...) to be exported")
+        unnamed = [s for n, s in input_shapes if n is None]
+        if len(unnamed) != len(input_shapes):
+            raise ConvertError("--input-shape for a PyTorch model: give shapes in argument order without names")
+        example_inputs = tuple(torch.randn(*s) for s in unnamed)
+    elif isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    export_dir = os.path.join(work, ".export")  # the exporter may write external data next to the file
+    os.makedirs(export_dir, exist_ok=True)
+    path = os.path.join(export_dir, "source.onnx")
+    t0 = time.perf_counter()
+    try:
+        info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
+        info["export_seconds"] = round(time.perf_counter() - t0, 3)
+        model = onnx.load(path)  # external data read in
+    finally:
+        shutil.rmtree(export_dir, ignore_errors=True)
+    return model, info
+
+
+def check_weights(model: onnx.ModelProto) -> None:
+    """A NaN in a weight or constant makes every check meaningless: refused up front, named.
+    (+-inf stays legal: attention masks hold it.)"""
+    from onnx import numpy_helper
+
+    def tensors(graph):
+        for t in graph.initializer:
+            yield "initializer", t.name, t
+        for n in graph.node:
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and n.op_type == "Constant":
+                    yield "Constant node", n.name or n.output[0], a.t
+                for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    yield from tensors(g)
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    for kind, name, t in tensors(model.graph):
+        if t.data_type not in floats:
+            continue
+        try:
+            arr = np.asarray(numpy_helper.to_array(t))
+        except Exception:
+            continue  # unreadable data is reported by the loader / ORT with its own message
+        bad = np.isnan(arr.astype(np.float64, copy=False))
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0]) if arr.ndim else ()
+            raise ConvertError(f"{kind} {name!r} holds NaN ({int(bad.sum())} of {arr.size} values, first at index {at}): "
+                               f"nothing computed from it can be checked; fix the weights")
+
+
+def input_shape_overrides(graph: Graph, input_shapes: Sequence[tuple[str | None, tuple[int, ...]]]) -> dict[str, tuple[int, ...]]:
+    """``--input-shape`` for an ONNX source: only the symbolic dims of a named (or the only) input."""
+    overrides = {}
+    for name, dims in input_shapes:
+        target = name if name is not None else (graph.inputs[0] if len(graph.inputs) == 1 else None)
+        if target is None or target not in graph.inputs:
+            raise ConvertError(f"--input-shape: {'name the input' if target is None else f'no model input named {target!r}'} (inputs: {graph.inputs})")
+        have = graph.shape(target)
+        if have is not None and (len(have) != len(dims) or any(isinstance(h, int) and h > 0 and h != d for h, d in zip(have, dims))):
+            shown = ",".join(str(h) if isinstance(h, int) and h > 0 else str(h or "?") for h in have)
+            raise ConvertError(f"--input-shape {target}={','.join(map(str, dims))}: the model's input {target!r} has shape "
+                               f"[{shown}]; only its symbolic dims can be set")
+        overrides[target] = dims
+    return overrides

@@ -1,0 +1,172 @@
+"""Architecture rules that keep the code changeable: the layering of imports (every import, lazy
+ones inside functions too), per-conversion emitter state, and ``convert`` as named stages."""
+from __future__ import annotations
+
+import ast
+import os
+import threading
+
+import numpy as np
+import onnx
+import pytest
+
+import graph_convert
+from graph_convert import ConvertError, ConvertOptions
+from tests.helpers import Builder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def imports_of(path: str) -> list[tuple[int, str]]:
+    """(line, module) of every import in the file, wherever it is (module level or in a function);
+    ``from X import Y`` counts as both X and X.Y (Y may be a submodule)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ("." * node.level) + (node.module or "")
+            out.append((node.lineno, base))
+            out += [(node.lineno, f"{base}.{a.name}" if node.module else f"{base}{a.name}") for a in node.names]
+    return out
+
+
+def python_files(folder: str) -> list[str]:
+    out = []
+    for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+        out += [os.path.join(dirpath, f) for f in files if f.endswith(".py")]
+    return sorted(out)
+
+
+def hits(folder: str, banned: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in python_files(folder):
+        for line, mod in imports_of(path):
+            if any(mod == b or mod.startswith(b + ".") for b in banned):
+                found.append(f"{os.path.relpath(path, ROOT)}:{line} imports {mod}")
+    return found
+
+
+def test_imports_are_read_lazy_ones_too(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("import os\ndef f():\n    import tensorflow as tf\n    from graph_convert.tf import ops\n")
+    mods = [m for _, m in imports_of(str(p))]
+    assert "tensorflow" in mods and "graph_convert.tf" in mods and "graph_convert.tf.ops" in mods
+
+
+def test_ir_imports_no_runtime():
+    assert hits("graph_convert/ir", ("tensorflow", "onnxruntime", "torch", "graph_convert.tf")) == []
+
+
+def test_builtin_passes_import_no_networkx_or_tensorflow():
+    assert hits("passes", ("networkx", "tensorflow", "graph_convert.tf", "onnxruntime", "torch")) == []
+
+
+def test_tf_emitter_never_imports_the_passes():
+    assert hits("graph_convert/tf", ("passes", "graph_convert_passes", "graph_convert.pipeline")) == []
+
+
+def test_cli_uses_only_the_public_api():
+    bad = []
+    for line, mod in imports_of(os.path.join(ROOT, "graph_convert", "cli.py")):
+        if mod.startswith("graph_convert.") and mod.split(".", 1)[1] not in graph_convert.__all__:
+            bad.append(f"cli.py:{line} imports {mod}")
+    assert bad == []
+
+
+def test_no_function_over_80_lines_in_the_new_stage_modules():
+    long = []
+    for rel in ("graph_convert/pipeline.py", "graph_convert/rewrite.py", "graph_convert/options.py", "graph_convert/output.py",
+                "graph_convert/source.py", "graph_convert/cli.py", "graph_convert/verify.py"):
+        tree = ast.parse(open(os.path.join(ROOT, rel)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
+
+
+# -- options -------------------------------------------------------------------------------------
+
+def test_options_are_validated_once_and_frozen():
+    o = ConvertOptions(atol=1e-3, seed=3, plugins=["a"], disable_passes="prune")
+    assert o.plugins == ("a",) and o.disable_passes == ("prune",) and o.quant is None
+    with pytest.raises(Exception):
+        o.atol = 1.0  # frozen
+    for bad in ({"atol": float("inf")}, {"atol": -1}, {"seed": -1}, {"seed": 1.5}, {"verify": "sometimes"}):
+        with pytest.raises(ConvertError):
+            ConvertOptions(**bad)
+    with pytest.raises(ConvertError, match="unknown option.*heads_frist"):
+        ConvertOptions.from_kwargs(heads_frist=True)
+
+
+# -- per-conversion emitter state -------------------------------------------------------------------
+
+def conv_model() -> onnx.ModelProto:
+    b = Builder()
+    x = b.input("x", [1, 3, 8, 8])
+    y = b.op("Conv", [x, b.weight([4, 3, 3, 3]), b.weight([4])], pads=[1, 1, 1, 1])
+    b.output(b.op("Relu", [y]))
+    return b.model()
+
+
+def test_a_plugin_emitter_that_replaces_a_layout_aware_one_sees_the_source_layout(tmp_path):
+    """A plugin's Conv emitter does not inherit the built-in's layout-awareness: it is handed NCHW
+    data and an OIHW weight, as the ONNX op defines them, and the conversion verifies."""
+    from graph_convert.passes import builtin_registry
+
+    seen = {}
+
+    def nchw_conv(node, inputs, ctx):
+        import tensorflow as tf
+
+        x, w, bias = inputs[0], inputs[1], inputs[2]
+        seen["x"], seen["w"] = tuple(x.shape), tuple(w.shape)
+        y = tf.nn.conv2d(tf.transpose(x, [0, 2, 3, 1]), tf.transpose(w, (2, 3, 1, 0)), 1, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        return tf.transpose(y + bias, [0, 3, 1, 2])
+
+    def register(reg):
+        reg.add_emitter("Conv", nchw_conv)
+
+    assert "Conv" in builtin_registry().layout_aware
+    mod = type(os)("gc_nchw_conv_plugin")
+    mod.register = register
+    import sys
+
+    sys.modules["gc_nchw_conv_plugin"] = mod
+    try:
+        res = graph_convert.convert(conv_model(), None, tmp_path / "out", plugins=["gc_nchw_conv_plugin"])
+    finally:
+        del sys.modules["gc_nchw_conv_plugin"]
+    assert seen == {"x": (1, 3, 8, 8), "w": (4, 3, 3, 3)}
+    assert all(f["ok"] for f in res.report["verification"]["tflite_float32"].values())
+    assert "Conv" in builtin_registry().layout_aware  # the built-in registry is untouched
+
+
+def test_two_conversions_in_two_threads_do_not_interfere(tmp_path):
+    """One model with a TFLite gap (float64) and one without, converted at the same time: the
+    gap is reported for its own conversion only."""
+    b = Builder()
+    x = b.input("x", [1, 4], onnx.TensorProto.DOUBLE)
+    b.output(b.op("Sqrt", [b.op("Mul", [x, x])]), onnx.TensorProto.DOUBLE)
+    gap_model = b.model()
+    results, errors = {}, {}
+
+    def run(name, model, **kw):
+        try:
+            results[name] = graph_convert.convert(model, None, tmp_path / name, **kw)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors[name] = e
+
+    threads = [threading.Thread(target=run, args=("gap", gap_model), kwargs={"tflite": False}),
+               threading.Thread(target=run, args=("clean", conv_model()))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == {}
+    assert results["gap"].report["tflite_gaps"] and results["clean"].report["tflite_gaps"] == []
+    assert results["clean"].report["tflite"]["transpose_ops"] == 0
