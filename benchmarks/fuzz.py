@@ -1,0 +1,1087 @@
+"""Mutation fuzzer for the real command line: N mutated ONNX models through
+``graph-convert convert FILE.onnx -o OUT``; checks that every run ends cleanly, never passes a
+wrong model and leaves nothing beside its output. Usage (see benchmarks/README.md):
+
+    PYTHONPATH=. python benchmarks/fuzz.py N [--seed S] [--jobs J] [--keep-failures DIR] [--start I]
+
+Properties checked for each mutation:
+  a. the run ends with a documented exit code (0, 2, 3, 4, 5), no exception escapes ``cli.main``,
+     no "Traceback" on stderr, and a failing run says why in exactly one line;
+  b. an exit 0 is right: the written ``model_float32.tflite`` (and, with ``--savedmodel``, the
+     SavedModel) run on fresh inputs agree with the *mutated* source in ONNX Runtime, judged
+     here by our own scale-aware rule (``graph_convert.verify`` is what is under test);
+  c. nothing is left beside the output: the output's parent folder holds OUT after an exit 0
+     and nothing after a failure; the source's folder is untouched.
+
+Mutations are reproducible from (seed, index): ``--seed S --start I 1`` reruns exactly one.
+Conversions run in long-lived worker processes (TensorFlow is imported once per worker) that
+call ``graph_convert.cli.main(argv)``; a worker that hangs is killed and replaced.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter, defaultdict, deque
+from typing import Any, Callable
+
+import numpy as np
+
+DOCUMENTED_EXITS = {0, 2, 3, 4, 5}
+OUTCOMES = ["ok", "exit2", "exit3", "exit4", "exit5", "traceback", "bad-exit", "bad-stderr",
+            "wrong-output", "leftovers", "timeout", "crash"]
+FAILURES = {"traceback", "bad-exit", "bad-stderr", "wrong-output", "leftovers", "timeout", "crash"}
+CACHE = os.path.join(tempfile.gettempdir(), "graph_convert_fuzz_cache")
+
+# ---------------------------------------------------------------------------------------------
+# base models: tiny, valid, quick to convert
+# ---------------------------------------------------------------------------------------------
+
+
+class _B:
+    """A few lines of graph building (like tests/helpers.Builder, but free of graph_convert)."""
+
+    def __init__(self, opset: int = 17):
+        from onnx import helper
+
+        self.h, self.opset = helper, opset
+        self.nodes, self.inputs, self.outputs, self.inits = [], [], [], []
+        self.n = 0
+        self.rng = np.random.default_rng(0)
+
+    def input(self, name, shape, elem=1):
+        self.inputs.append(self.h.make_tensor_value_info(name, elem, list(shape)))
+        return name
+
+    def const(self, arr, name=None):
+        from onnx import numpy_helper
+
+        self.n += 1
+        name = name or f"c{self.n}"
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def w(self, *shape, scale=0.5):
+        return self.const((self.rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def op(self, op_type, inputs, n_out=1, **attrs):
+        self.n += 1
+        outs = [f"{op_type.lower()}{self.n}_{i}" for i in range(n_out)]
+        self.nodes.append(self.h.make_node(op_type, list(inputs), outs, name=f"{op_type}_{self.n}", **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def model(self, *outputs):
+        import onnx
+
+        g = self.h.make_graph(self.nodes, "fuzz_base", self.inputs, [], self.inits)
+        g.output.extend(onnx.ValueInfoProto(name=o) for o in outputs)
+        m = self.h.make_model(g, opset_imports=[self.h.make_opsetid("", self.opset)])
+        m.ir_version = 8
+        inferred = onnx.shape_inference.infer_shapes(m)
+        known = {vi.name: vi for vi in [*inferred.graph.value_info, *m.graph.input]}
+        for o in m.graph.output:
+            o.type.CopyFrom(known[o.name].type)
+        onnx.checker.check_model(m)
+        return m
+
+
+def base_conv_chain():
+    b = _B()
+    x = b.input("x", [1, 3, 8, 8])
+    y = b.op("Conv", [x, b.w(4, 3, 3, 3), b.w(4)], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+    y = b.op("Relu", [y])
+    y = b.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = b.op("Conv", [y, b.w(4, 1, 3, 3), b.w(4)], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=4)
+    y = b.op("Sigmoid", [y])
+    y = b.op("Flatten", [y], axis=1)
+    y = b.op("Gemm", [y, b.w(5, 64, scale=0.2), b.w(5)], transB=1)
+    return b.model(y)
+
+
+def base_residual():
+    b = _B()
+    x = b.input("image", [1, 4, 6, 6])
+    y = b.op("Conv", [x, b.w(4, 4, 3, 3), b.w(4)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    y = b.op("BatchNormalization", [y, b.const(np.linspace(0.5, 1.5, 4).astype(np.float32)), b.w(4),
+                                     b.w(4), b.const(np.linspace(0.5, 2, 4).astype(np.float32))], epsilon=1e-5)
+    y = b.op("Relu", [y])
+    y = b.op("Conv", [y, b.w(4, 4, 1, 1), b.w(4)], kernel_shape=[1, 1])
+    y = b.op("Add", [y, x])
+    y = b.op("Relu", [y])
+    y = b.op("GlobalAveragePool", [y])
+    return b.model(y)
+
+
+def base_attention():
+    b = _B()
+    x = b.input("tokens", [1, 6, 8])
+    q = b.op("MatMul", [x, b.w(8, 8, scale=0.3)])
+    k = b.op("MatMul", [x, b.w(8, 8, scale=0.3)])
+    v = b.op("MatMul", [x, b.w(8, 8, scale=0.3)])
+    heads = b.const(np.array([1, 6, 2, 4], np.int64))
+    q, k, v = (b.op("Transpose", [b.op("Reshape", [t, heads])], perm=[0, 2, 1, 3]) for t in (q, k, v))
+    kt = b.op("Transpose", [k], perm=[0, 1, 3, 2])
+    s = b.op("Mul", [b.op("MatMul", [q, kt]), b.const(np.float32(0.5))])
+    p = b.op("Softmax", [s], axis=-1)
+    o = b.op("Transpose", [b.op("MatMul", [p, v])], perm=[0, 2, 1, 3])
+    o = b.op("Reshape", [o, b.const(np.array([1, 6, 8], np.int64))])
+    o = b.op("Add", [b.op("MatMul", [o, b.w(8, 8, scale=0.3)]), x])
+    mean = b.op("ReduceMean", [o], axes=[-1], keepdims=1)
+    o = b.op("LayerNormalization", [o, b.const(np.ones(8, np.float32)), b.const(np.zeros(8, np.float32))], axis=-1)
+    return b.model(o, mean)
+
+
+def base_multi_io():
+    b = _B()
+    img = b.input("img", [1, 2, 6, 6])
+    vec = b.input("vec", [1, 5])
+    y = b.op("Conv", [img, b.w(3, 2, 3, 3), b.w(3)], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    y = b.op("LeakyRelu", [y], alpha=0.1)
+    y = b.op("Concat", [y, b.op("AveragePool", [img], kernel_shape=[2, 2], strides=[2, 2])], axis=1)
+    pooled = b.op("Flatten", [b.op("GlobalMaxPool", [y])], axis=1)
+    z = b.op("Concat", [pooled, vec], axis=1)
+    z = b.op("Tanh", [b.op("Gemm", [z, b.w(10, 4), b.w(4)])])
+    parts = b.op("Split", [z, b.const(np.array([1, 3], np.int64))], n_out=2, axis=1)
+    return b.model(y, parts[0], parts[1])
+
+
+def base_misc():
+    b = _B(opset=13)
+    x = b.input("x", [1, 4, 4, 4])
+    y = b.op("ConvTranspose", [x, b.w(4, 2, 2, 2), b.w(2)], kernel_shape=[2, 2], strides=[2, 2])
+    y = b.op("Pad", [y, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], mode="constant")
+    y = b.op("Clip", [y, b.const(np.float32(-1)), b.const(np.float32(1))])
+    y = b.op("Resize", [y, b.const(np.zeros(0, np.float32)), b.const(np.array([1, 1, 0.5, 0.5], np.float32))], mode="nearest")
+    y = b.op("Mul", [y, b.w(1, 2, 1, 1)])
+    t = b.op("Transpose", [y], perm=[0, 2, 3, 1])
+    r = b.op("ReduceSum", [t, b.const(np.array([1, 2], np.int64))], keepdims=0)
+    g = b.op("Gather", [b.op("Exp", [r]), b.const(np.array([1, 0], np.int64))], axis=1)
+    return b.model(y, g)
+
+
+BUILT = {"conv_chain": base_conv_chain, "residual": base_residual, "attention": base_attention,
+         "multi_io": base_multi_io, "misc": base_misc}
+# bundled PyTorch models exported once with small shapes (cached under CACHE)
+EXPORTED = {"digits_cnn": (1, 1, 8, 8), "channel_shuffle": (1, 3, 16, 16), "se_block": (1, 3, 16, 16),
+            "convnext_block": (1, 3, 16, 16)}
+
+
+def load_bases(names: list[str], log: Callable[[str], None]) -> dict[str, bytes]:
+    """Serialized base models by name; exported ones are cached across runs."""
+    out = {}
+    for name in names:
+        if name in BUILT:
+            out[name] = BUILT[name]().SerializeToString()
+            continue
+        shape = EXPORTED[name]
+        path = os.path.join(CACHE, f"{name}-{'x'.join(map(str, shape))}.onnx")
+        if not os.path.exists(path):
+            log(f"exporting models/{name}.py at {shape} (once, cached in {CACHE})")
+            os.makedirs(CACHE, exist_ok=True)
+            _export(name, shape, path)
+        with open(path, "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+def _export(name: str, shape: tuple, path: str) -> None:
+    import importlib
+
+    import onnx
+    import torch
+
+    from graph_convert.export import export
+
+    torch.manual_seed(0)
+    module = importlib.import_module(f"models.{name}").make().eval()
+    work = tempfile.mkdtemp(prefix="gc-fuzz-export-")
+    try:
+        export(module, (torch.randn(*shape),), os.path.join(work, "m.onnx"))
+        model = onnx.load(os.path.join(work, "m.onnx"))  # external data folded back in
+        tmp = path + f".tmp{os.getpid()}"
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# mutations: each takes (model, rng) and returns a ModelProto or bytes plus a one-line detail
+# ---------------------------------------------------------------------------------------------
+
+_INT_ATTRS_BY_OP = {
+    "Conv": {"group": [1, 2, 3, 4, 0, -1], "strides": "ints2", "pads": "ints4", "kernel_shape": "ints2", "dilations": "ints2",
+             "auto_pad": ["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET", "BOGUS"]},
+    "ConvTranspose": {"group": [1, 2, 0], "strides": "ints2", "output_padding": "ints2", "pads": "ints4",
+                      "output_shape": "ints2", "auto_pad": ["SAME_UPPER", "VALID"]},
+    "MaxPool": {"ceil_mode": [0, 1], "storage_order": [0, 1], "dilations": "ints2", "strides": "ints2", "pads": "ints4",
+                "kernel_shape": "ints2", "auto_pad": ["SAME_UPPER", "VALID"]},
+    "AveragePool": {"ceil_mode": [0, 1], "count_include_pad": [0, 1], "pads": "ints4", "strides": "ints2", "kernel_shape": "ints2"},
+    "Transpose": {"perm": "perm"},
+    "Softmax": {"axis": "axis"}, "Concat": {"axis": "axis"}, "Flatten": {"axis": "axis"}, "Gather": {"axis": "axis"},
+    "Split": {"axis": "axis"}, "LayerNormalization": {"axis": "axis", "epsilon": "float"},
+    "Reshape": {"allowzero": [0, 1]},
+    "Gemm": {"transA": [0, 1], "transB": [0, 1], "alpha": "float", "beta": "float"},
+    "ReduceMean": {"keepdims": [0, 1], "axes": "axes"}, "ReduceSum": {"keepdims": [0, 1], "noop_with_empty_axes": [0, 1]},
+    "BatchNormalization": {"epsilon": "float", "momentum": "float", "training_mode": [0, 1]},
+    "LeakyRelu": {"alpha": "float"}, "Resize": {"mode": ["linear", "cubic", "nearest", "bogus"],
+                                                 "coordinate_transformation_mode": ["align_corners", "asymmetric", "half_pixel"]},
+    "Pad": {"mode": ["reflect", "edge", "wrap", "bogus"]},
+}
+
+
+def _attr_value(spec, rng, old=None):
+    from onnx import helper  # noqa: F401
+
+    if isinstance(spec, list):
+        return spec[int(rng.integers(len(spec)))]
+    if spec == "float":
+        return float(rng.choice([0.0, -1.0, 1e-12, 2.5, 1e6, float("nan")]))
+    if spec == "axis":
+        return int(rng.integers(-5, 6))
+    if spec == "axes":
+        return [int(a) for a in rng.choice(np.arange(-4, 5), size=int(rng.integers(0, 4)), replace=False)]
+    if spec == "perm":
+        n = len(old) if old is not None and rng.random() < 0.7 else int(rng.integers(1, 6))
+        p = [int(a) for a in rng.permutation(n)]
+        if rng.random() < 0.2:
+            p[int(rng.integers(n))] = int(rng.integers(-2, n + 2))  # not a permutation
+        return p
+    n = int(spec[-1]) if spec.startswith("ints") else 2
+    return [int(a) for a in rng.choice([0, 1, 1, 2, 3, -1, 7], size=n if rng.random() < 0.8 else int(rng.integers(0, 6)))]
+
+
+def _perturb(attr, rng):
+    """A new value for an existing attribute, of the same kind."""
+    from onnx import AttributeProto, helper
+
+    if attr.type == AttributeProto.INT:
+        return int(rng.choice([attr.i + 1, attr.i - 1, 0, -1, 2 * attr.i + 2, 1000]))
+    if attr.type == AttributeProto.INTS:
+        v = list(attr.ints)
+        r = rng.random()
+        if r < 0.5 and v:
+            v[int(rng.integers(len(v)))] = int(rng.choice([0, 1, 2, 3, -1, 5]))
+        elif r < 0.7 and v:
+            v.pop(int(rng.integers(len(v))))
+        elif r < 0.85:
+            v.append(int(rng.integers(-1, 4)))
+        else:
+            v = [int(a) for a in rng.permutation(v)] if v else [1]
+        return v
+    if attr.type == AttributeProto.FLOAT:
+        return float(rng.choice([0.0, -attr.f, attr.f * 10, 1e-20, float("nan"), float("inf")]))
+    if attr.type == AttributeProto.STRING:
+        return str(rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET", "linear", "nearest", "constant", "reflect", "xyz", ""]))
+    return helper.get_attribute_value(attr)
+
+
+def _set_attr(node, name, value):
+    from onnx import helper
+
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _pick(rng, seq):
+    seq = list(seq)
+    return seq[int(rng.integers(len(seq)))] if seq else None
+
+
+def _graph_inputs(m):
+    inits = {i.name for i in m.graph.initializer}
+    return [vi for vi in m.graph.input if vi.name not in inits]
+
+
+def _float_inits(m):
+    from onnx import TensorProto
+
+    return [t for t in m.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+            and int(np.prod(t.dims)) > 0]
+
+
+def mut_attr_change(m, rng):
+    nodes = [n for n in m.graph.node if n.attribute]
+    if not nodes:
+        return mut_attr_add(m, rng)
+    n = _pick(rng, nodes)
+    a = _pick(rng, n.attribute)
+    spec = _INT_ATTRS_BY_OP.get(n.op_type, {}).get(a.name)
+    from onnx import helper
+
+    old = helper.get_attribute_value(a)
+    for _ in range(8):  # a value that differs (nan != nan counts as different)
+        new = _attr_value(spec, rng, old) if spec is not None and rng.random() < 0.6 else _perturb(a, rng)
+        if not _same(new, old):
+            break
+    _set_attr(n, a.name, new)
+    return m, f"{n.op_type} {n.name!r}: {a.name} {_short(old)} -> {_short(new)}"
+
+
+def mut_attr_remove(m, rng):
+    nodes = [n for n in m.graph.node if n.attribute]
+    if not nodes:
+        return mut_attr_add(m, rng)
+    n = _pick(rng, nodes)
+    i = int(rng.integers(len(n.attribute)))
+    name = n.attribute[i].name
+    del n.attribute[i]
+    return m, f"{n.op_type} {n.name!r}: removed {name}"
+
+
+def mut_attr_add(m, rng):
+    known = [n for n in m.graph.node if n.op_type in _INT_ATTRS_BY_OP]
+    n = _pick(rng, known) if known and rng.random() < 0.9 else _pick(rng, m.graph.node)
+    table = _INT_ATTRS_BY_OP.get(n.op_type, {})
+    if table and rng.random() < 0.9:
+        name = _pick(rng, sorted(table))
+        old = next((a for a in n.attribute if a.name == name), None)
+        from onnx import helper
+
+        value = _attr_value(table[name], rng, helper.get_attribute_value(old) if old is not None else None)
+    else:
+        name, value = "fuzz_unknown_attr", int(rng.integers(0, 3))
+    _set_attr(n, name, value)
+    return m, f"{n.op_type} {n.name!r}: set {name}={_short(value)}"
+
+
+def mut_input_shape(m, rng):
+    vi = _pick(rng, _graph_inputs(m))
+    if vi is None:
+        return m, "no graph input"
+    dims = vi.type.tensor_type.shape.dim
+    before = _dims(vi)
+    r = rng.random()
+    if r < 0.45 and len(dims):
+        d = dims[int(rng.integers(len(dims)))]
+        v = d.dim_value
+        d.dim_value = int(rng.choice([v + 1, max(v - 1, 0), 2 * v, 1, 0, 3, 17]))
+    elif r < 0.6 and len(dims):
+        d = dims[int(rng.integers(len(dims)))]
+        d.dim_param = str(rng.choice(["N", "batch", "seq"]))
+    elif r < 0.75 and len(dims):
+        del dims[int(rng.integers(len(dims)))]
+    elif r < 0.9:
+        vi.type.tensor_type.shape.dim.add().dim_value = int(rng.choice([1, 2, 3]))
+    else:
+        vi.type.tensor_type.ClearField("shape")
+    return m, f"input {vi.name!r}: {before} -> {_dims(vi)}"
+
+
+_DTYPES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 5: "INT16", 6: "INT32", 7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16",
+           11: "DOUBLE", 16: "BFLOAT16", 0: "UNDEFINED", 99: "99"}
+
+
+def mut_input_dtype(m, rng):
+    vi = _pick(rng, _graph_inputs(m))
+    if vi is None:
+        return m, "no graph input"
+    new = int(rng.choice([11, 10, 7, 6, 3, 2, 9, 8, 16, 0, 99]))
+    vi.type.tensor_type.elem_type = new
+    return m, f"input {vi.name!r}: elem_type FLOAT -> {_DTYPES.get(new, new)}"
+
+
+def mut_init_dtype_consistent(m, rng):
+    from onnx import numpy_helper
+
+    t = _pick(rng, m.graph.initializer)
+    arr = numpy_helper.to_array(t)
+    dt = np.dtype(rng.choice(["float16", "float64", "int64", "int32", "float32", "bool", "uint8"]))
+    new = numpy_helper.from_array(arr.astype(dt), t.name)
+    t.CopyFrom(new)
+    return m, f"initializer {t.name!r}: {arr.dtype} -> {dt} (data converted)"
+
+
+def mut_init_dtype_inconsistent(m, rng):
+    t = _pick(rng, m.graph.initializer)
+    old = t.data_type
+    t.data_type = int(rng.choice([k for k in (1, 2, 3, 6, 7, 9, 10, 11, 16) if k != old]))
+    return m, f"initializer {t.name!r}: data_type {_DTYPES.get(old, old)} -> {_DTYPES.get(t.data_type)} (data left as is)"
+
+
+def mut_input_drop(m, rng):
+    ins = _graph_inputs(m)
+    vi = _pick(rng, ins)
+    if vi is None:
+        return m, "no graph input"
+    i = list(m.graph.input).index(vi)
+    name = vi.name
+    del m.graph.input[i]
+    return m, f"dropped graph input {name!r}"
+
+
+_NAMES = ["renamed", "in:0", "a/b", "1x", "x.y", "with space", "ÿnïcode", "serving_default", "x", "", "a" * 300]
+
+
+def mut_input_rename(m, rng):
+    """Rename a graph input; half the time its uses follow (a valid model), else they dangle."""
+    vi = _pick(rng, _graph_inputs(m))
+    if vi is None:
+        return m, "no graph input"
+    old, new = vi.name, str(_pick(rng, _NAMES))
+    consistent = rng.random() < 0.5
+    vi.name = new
+    if consistent:
+        for n in m.graph.node:
+            for i, x in enumerate(n.input):
+                if x == old:
+                    n.input[i] = new
+        for o in m.graph.output:
+            if o.name == old:
+                o.name = new
+    return m, f"input {old!r} -> {new!r} ({'uses renamed too' if consistent else 'uses left dangling'})"
+
+
+def mut_node_rewire(m, rng):
+    nodes = [n for n in m.graph.node if n.input]
+    n = _pick(rng, nodes)
+    i = int(rng.integers(len(n.input)))
+    old = n.input[i]
+    if rng.random() < 0.4:
+        new = str(rng.choice(["dangling", "", old + "_missing"]))
+    else:
+        names = [x.name for x in m.graph.input] + [t.name for t in m.graph.initializer] + [o for k in m.graph.node for o in k.output]
+        new = _pick(rng, names)
+    n.input[i] = new
+    return m, f"{n.op_type} {n.name!r} input {i}: {old!r} -> {new!r}"
+
+
+def mut_truncate(m, rng):
+    data = m.SerializeToString()
+    cut = int(rng.integers(0, len(data)))
+    return data[:cut], f"truncated to {cut} of {len(data)} bytes"
+
+
+def mut_byte_flip(m, rng):
+    data = bytearray(m.SerializeToString())
+    k = int(rng.integers(1, 9))
+    pos = sorted(int(p) for p in rng.integers(0, len(data), size=k))
+    for p in pos:
+        data[p] ^= int(rng.integers(1, 256))
+    return bytes(data), f"{k} byte(s) flipped at {pos}"
+
+
+def _poke(m, rng, values, what):
+    from onnx import numpy_helper
+
+    t = _pick(rng, _float_inits(m))
+    if t is None:
+        return m, "no float initializer"
+    arr = numpy_helper.to_array(t).copy()
+    k = 1 if rng.random() < 0.6 else int(rng.integers(1, max(arr.size, 1) + 1))
+    idx = rng.choice(arr.size, size=min(k, arr.size), replace=False)
+    flat = arr.reshape(-1)
+    flat[idx] = rng.choice(values, size=len(idx))
+    t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    return m, f"{len(idx)} {what} in initializer {t.name!r} {tuple(arr.shape)}"
+
+
+def mut_nan_weight(m, rng):
+    return _poke(m, rng, [np.nan], "NaN")
+
+
+def mut_inf_weight(m, rng):
+    return _poke(m, rng, [np.inf, -np.inf], "+-inf")
+
+
+def mut_init_remove(m, rng):
+    t = _pick(rng, m.graph.initializer)
+    if t is None:
+        return m, "no initializer"
+    name = t.name
+    m.graph.initializer.remove(t)
+    return m, f"removed initializer {name!r}"
+
+
+def mut_opset(m, rng):
+    imp = next((o for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    if imp is None:
+        return m, "no default opset"
+    old = imp.version
+    imp.version = int(rng.choice([1, 6, 7, 9, 10, 11, 12, 13, 14, 16, 18, 19, 20, 21, 22, 23, 25, 99, 0]))
+    return m, f"opset {old} -> {imp.version}"
+
+
+def mut_none(m, rng):
+    return m, "unmutated base model"
+
+
+MUTATIONS: dict[str, Callable] = {
+    "attr_change": mut_attr_change, "attr_remove": mut_attr_remove, "attr_add": mut_attr_add,
+    "input_shape": mut_input_shape, "input_dtype": mut_input_dtype,
+    "init_dtype_consistent": mut_init_dtype_consistent, "init_dtype_inconsistent": mut_init_dtype_inconsistent,
+    "input_drop": mut_input_drop, "input_rename": mut_input_rename, "node_rewire": mut_node_rewire,
+    "truncate": mut_truncate, "byte_flip": mut_byte_flip, "nan_weight": mut_nan_weight, "inf_weight": mut_inf_weight,
+    "init_remove": mut_init_remove, "opset": mut_opset, "none": mut_none,
+}
+# attribute mutations are where the converter's own logic lives: weight them up
+WEIGHTS = {"attr_change": 3, "attr_remove": 1.5, "attr_add": 2, "input_shape": 1.5, "none": 0.4}
+
+
+def _same(a, b) -> bool:
+    a = a.decode() if isinstance(a, bytes) else a
+    b = b.decode() if isinstance(b, bytes) else b
+    return type(a) is type(b) and a == b
+
+
+def _short(v) -> str:
+    s = repr(v.decode() if isinstance(v, bytes) else v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _dims(vi) -> str:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return "no shape"
+    return "[" + ",".join(d.dim_param or str(d.dim_value) for d in t.shape.dim) + "]"
+
+
+def make_mutation(seed: int, index: int, bases: dict[str, bytes]) -> tuple[str, str, str, bytes]:
+    """(base, kind, detail, file bytes) of mutation ``index`` of run ``seed``: deterministic."""
+    import onnx
+
+    rng = np.random.default_rng([seed, index])
+    names = sorted(bases)
+    base = names[int(rng.integers(len(names)))]
+    kinds = sorted(MUTATIONS)
+    w = np.array([WEIGHTS.get(k, 1.0) for k in kinds])
+    kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
+    model = onnx.load_from_string(bases[base])
+    out, detail = MUTATIONS[kind](model, rng)
+    data = out if isinstance(out, bytes) else out.SerializeToString()
+    return base, kind, detail, data
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker: one process, graph_convert imported once, cli.main per job
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_main(check_savedmodel: bool) -> None:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)  # stray prints must not corrupt the protocol
+    # what the console script does before main(): see graph_convert.cli.entry
+    import importlib.util
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if importlib.util.find_spec("tf_keras") is None:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    saved2 = os.dup(2)
+    os.dup2(devnull, 2)  # one-off import noise is not a per-run finding
+    try:
+        import graph_convert.cli as cli
+        import onnxruntime  # noqa: F401
+        import tensorflow  # noqa: F401
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    finally:
+        os.dup2(saved2, 2)
+        os.close(saved2)
+    proto.write(json.dumps({"ready": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        job = json.loads(line)
+        res = run_job(cli, job["src"], job["out"], job["check_seed"], check_savedmodel, proto)
+        proto.write(json.dumps(res) + "\n")
+
+
+def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, proto) -> dict[str, Any]:
+    cwd = os.getcwd()
+    with tempfile.TemporaryFile() as f1, tempfile.TemporaryFile() as f2:
+        saved = [os.dup(1), os.dup(2)]
+        py_out, py_err = io.StringIO(), io.StringIO()
+        old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = py_out, py_err
+        os.dup2(f1.fileno(), 1)
+        os.dup2(f2.fileno(), 2)
+        exc = None
+        t0 = time.perf_counter()
+        try:
+            rc = cli.main(["convert", src, "-o", out])
+        except SystemExit as e:  # argparse: still an exit code the user sees
+            rc = e.code if isinstance(e.code, int) else 1
+            if e.code not in (None, 0) and not isinstance(e.code, int):
+                py_err.write(str(e.code) + "\n")
+        except BaseException:  # noqa: BLE001 - exactly what the fuzzer is here to catch
+            rc, exc = None, traceback.format_exc()
+        finally:
+            seconds = time.perf_counter() - t0
+            for s in (sys.stdout, sys.stderr):
+                s.flush()
+            sys.stdout, sys.stderr = old
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+        f2.seek(0)
+        native_err = f2.read().decode(errors="replace")
+    res: dict[str, Any] = {"rc": rc, "exc": exc, "stderr": py_err.getvalue(), "native_stderr": native_err,
+                           "seconds": round(seconds, 2), "cwd_changed": os.getcwd() != cwd}
+    os.chdir(cwd)
+    if rc == 0:
+        proto.write(json.dumps({"phase": "check"}) + "\n")
+        saved2 = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)  # the interpreter's INFO line
+        try:
+            res["check"] = check_outputs(src, out, check_seed, check_savedmodel)
+        except Exception as e:  # noqa: BLE001
+            res["check"] = {"ok": False, "reason": f"checker itself failed: {type(e).__name__}: {_one_line(str(e))}"}
+        finally:
+            os.dup2(saved2, 2)
+            os.close(saved2)
+            os.close(devnull)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# property b: an independent check of what an exit 0 wrote
+# ---------------------------------------------------------------------------------------------
+
+RTOL = 1e-3          # of each output's own max |ref|
+FLOOR_ULPS = 64      # absolute floor: this many float32 epsilons of the output's scale, at least 1e-30
+MIN_COSINE = 0.999
+
+
+def compare(name: str, ref: np.ndarray, got: np.ndarray) -> str | None:
+    """None when ``got`` matches ``ref`` by a scale-aware rule, else why not."""
+    if tuple(ref.shape) != tuple(got.shape):
+        return f"output {name!r}: shape {tuple(got.shape)}, ORT gives {tuple(ref.shape)}"
+    if ref.dtype.kind in "biu" or got.dtype.kind in "biu":
+        if ref.dtype.kind == "f" or got.dtype.kind == "f":
+            return f"output {name!r}: dtype {got.dtype}, ORT gives {ref.dtype}"
+        bad = int(np.sum(ref.astype(np.int64) != got.astype(np.int64)))
+        return f"output {name!r}: {bad} of {ref.size} integer values differ" if bad else None
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    for what, fn in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        if not np.array_equal(fn(r), fn(g)):
+            return f"output {name!r}: {what} at {int(fn(g).sum())} positions, ORT has {int(fn(r).sum())} (positions differ)"
+    fin = np.isfinite(r)
+    if not fin.any():
+        return None
+    r, g = r[fin], g[fin]
+    scale = float(np.max(np.abs(r)))
+    err = float(np.max(np.abs(r - g)))
+    tol = RTOL * scale + max(FLOOR_ULPS * float(np.finfo(np.float32).eps) * scale, 1e-30)
+    if err > tol:
+        return f"output {name!r}: max abs err {err:.3g} > {tol:.3g} (max |ref| {scale:.3g})"
+    nr, ng = float(np.linalg.norm(r)), float(np.linalg.norm(g))
+    if r.size > 1 and nr > 0 and ng > 0:
+        cos = float(np.dot(r, g) / (nr * ng))
+        if cos < MIN_COSINE:
+            return f"output {name!r}: cosine {cos:.6f} (max |ref| {scale:.3g})"
+    return None
+
+
+def _draws(onnx_inputs, report_inputs, seed: int):
+    """Two fresh input draws (normal, uniform [0, 1]) in the source layout, from the shapes of
+    the .onnx (symbolic dims: 1 in the first draw, 2 in the second when the report says the
+    batch is dynamic)."""
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    dyn = {e["name"] for e in report_inputs if e.get("shape") and e["shape"][0] == "batch"}
+    draws = []
+    for k, sym in enumerate((1, 2)):
+        feeds = {}
+        for vi in onnx_inputs:
+            tt = vi.type.tensor_type
+            shape = [d.dim_value if d.dim_value > 0 else (sym if vi.name in dyn and i == 0 else 1) for i, d in enumerate(tt.shape.dim)]
+            dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            if dt.kind == "f":
+                a = rng.standard_normal(shape) if k == 0 else rng.uniform(0, 1, shape)
+            elif dt.kind == "b":
+                a = rng.integers(0, 2, shape)
+            else:
+                a = rng.integers(0, 4, shape)
+            feeds[vi.name] = np.asarray(a).astype(dt)
+        draws.append(feeds)
+    return draws
+
+
+def check_outputs(src: str, out: str, seed: int, check_savedmodel: bool) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+
+    need = ["report.json", "model_float32.tflite", "saved_model", "model.rewritten.onnx"]
+    missing = [n for n in need if not os.path.exists(os.path.join(out, n))]
+    if missing:
+        return {"ok": False, "reason": f"exit 0 but {missing} not written"}
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    rin, rout = report["io"]["inputs"], report["io"]["outputs"]
+    model = onnx.load(src)
+    inits = {t.name for t in model.graph.initializer}
+    onnx_inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    if [e["name"] for e in rin] != [vi.name for vi in onnx_inputs]:
+        return {"ok": False, "reason": f"report inputs {[e['name'] for e in rin]} != source inputs {[vi.name for vi in onnx_inputs]}"}
+    if [e["name"] for e in rout] != [o.name for o in model.graph.output]:
+        return {"ok": False, "reason": f"report outputs {[e['name'] for e in rout]} != source outputs {[o.name for o in model.graph.output]}"}
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        return {"ok": False, "reason": f"exit 0, but ORT cannot load the source: {_one_line(str(e))}"}
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=os.path.join(out, "model_float32.tflite"), num_threads=1)
+    runner = it.get_signature_runner("serving_default")
+    sm = None
+    if check_savedmodel:
+        import tensorflow as tf
+
+        sm = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
+    worst = 0.0
+    for k, feeds in enumerate(_draws(onnx_inputs, rin, seed)):
+        try:
+            ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        except Exception as e:  # noqa: BLE001
+            if k:  # the batch-2 draw of a model whose batch is not really free: not the converter's claim
+                continue
+            return {"ok": False, "reason": f"exit 0, but ORT cannot run the source: {_one_line(str(e))}"}
+        lite_feeds = {e["tf_name"]: (np.ascontiguousarray(np.transpose(feeds[e["name"]], e["layout_perm"])) if e["layout_perm"] else feeds[e["name"]])
+                      for e in rin}
+        stages = [("TFLite", lambda: runner(**lite_feeds))]
+        if sm is not None:
+            import tensorflow as tf
+
+            stages.append(("SavedModel", lambda: {k2: v.numpy() for k2, v in sm(**{n: tf.constant(a) for n, a in lite_feeds.items()}).items()}))
+        for stage, run in stages:
+            try:
+                got = run()
+            except Exception as e:  # noqa: BLE001
+                return {"ok": False, "reason": f"{stage} fails on draw {k}: {_one_line(str(e))}"}
+            for e in rout:
+                if e["tf_name"] not in got:
+                    return {"ok": False, "reason": f"{stage} has no output {e['tf_name']!r} (has {sorted(got)})"}
+                g = np.asarray(got[e["tf_name"]])
+                if e["layout_perm"]:
+                    g = np.transpose(g, np.argsort(e["layout_perm"]))
+                why = compare(e["name"], ref[e["name"]], g)
+                if why:
+                    return {"ok": False, "reason": f"{stage}, draw {k} ({'normal' if k == 0 else 'uniform'}): {why}"}
+                r = ref[e["name"]]
+                if r.dtype.kind == "f" and np.isfinite(r).any():
+                    fin = np.isfinite(r)
+                    sc = float(np.max(np.abs(r[fin]))) or 1.0
+                    worst = max(worst, float(np.max(np.abs(r[fin].astype(np.float64) - g[fin]))) / sc)
+    return {"ok": True, "worst_rel": worst}
+
+
+def _one_line(s: str) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= 240 else s[:237] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, check_savedmodel: bool):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + (["--savedmodel"] if check_savedmodel else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buf = b""
+        self.ready = False
+        self.job: dict[str, Any] | None = None
+        self.deadline = time.monotonic() + 600  # startup
+        self.done = 0
+        self.phase = "convert"
+
+    def send(self, job: dict[str, Any], timeout: float) -> None:
+        self.job, self.phase = job, "convert"
+        self.deadline = time.monotonic() + timeout
+        self.proc.stdin.write((json.dumps({k: job[k] for k in ("src", "out", "check_seed")}) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read_lines(self) -> list[str] | None:
+        """Complete lines available now; None at end of file (the worker died)."""
+        try:
+            chunk = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return []
+        if not chunk:
+            return None
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        return [ln.decode() for ln in lines]
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and anything it started
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def _listing(path: str) -> list[str]:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else ["<missing>"]
+
+
+def judge(job: dict[str, Any], res: dict[str, Any] | None, how: str | None) -> tuple[str, list[str]]:
+    """(outcome for the table, reasons) of one finished or killed job."""
+    if how == "timeout":
+        return "timeout", [f"no answer within the timeout (phase: {job.get('phase', 'convert')})"]
+    if how == "crash":
+        return "crash", [f"worker died in phase {job.get('phase', 'convert')} (exit {job.get('worker_rc')})"]
+    reasons, outcome = [], None
+    rc = res["rc"]
+    err = res["stderr"]
+    if res["exc"] is not None:
+        last = [ln for ln in res["exc"].strip().splitlines() if ln.strip()][-1]
+        outcome = "traceback"
+        reasons.append(f"exception escaped cli.main: {_one_line(last)}")
+    elif rc not in DOCUMENTED_EXITS:
+        outcome = "bad-exit"
+        reasons.append(f"exit {rc} (undocumented): {_one_line(err) or '(no message)'}")
+    for where, text in (("stderr", err), ("native stderr", res["native_stderr"])):
+        if "Traceback" in text and outcome != "traceback":
+            outcome = outcome or "traceback"
+            reasons.append(f"'Traceback' on {where}: {_one_line(text[text.index('Traceback'):])[:160]}")
+    if rc not in (0, None):
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        if len(lines) != 1 or not lines[0].startswith("graph-convert"):
+            outcome = outcome or "bad-stderr"
+            reasons.append(f"exit {rc} with {len(lines)} stderr line(s): {_one_line(err)[:160] or '(none)'}")
+    if res.get("cwd_changed"):
+        outcome = outcome or "bad-exit"
+        reasons.append("the working directory changed")
+    if rc == 0 and not res.get("check", {}).get("ok"):
+        outcome = outcome or "wrong-output"
+        reasons.append("exit 0 but " + res.get("check", {}).get("reason", "not checked"))
+    after = _listing(job["parent"])
+    want = ["out"] if rc == 0 else []
+    if after != want:
+        outcome = outcome or "leftovers"
+        reasons.append(f"beside the output after exit {rc}: {after} (expected {want})")
+    if _listing(job["srcdir"]) != ["model.onnx"] or _sha(job["src"]) != job["src_sha"]:
+        outcome = outcome or "leftovers"
+        reasons.append(f"the source's folder changed: {_listing(job['srcdir'])}")
+    if outcome is None:
+        outcome = "ok" if rc == 0 else f"exit{rc}"
+    return outcome, reasons
+
+
+def _sha(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def run(args) -> int:
+    say = (lambda m: print(m, file=sys.stderr, flush=True))
+    names = args.bases.split(",") if args.bases else [*BUILT, *EXPORTED]
+    unknown = [n for n in names if n not in BUILT and n not in EXPORTED]
+    if unknown:
+        say(f"fuzz.py: unknown base model(s) {unknown} (known: {[*BUILT, *EXPORTED]})")
+        return 2
+    bases = load_bases(names, say)
+    root = tempfile.mkdtemp(prefix="gc-fuzz-")
+    if args.keep_failures:
+        os.makedirs(args.keep_failures, exist_ok=True)
+    pending = deque(range(args.start, args.start + args.n))
+    workers = [Worker(args.savedmodel) for _ in range(max(1, min(args.jobs, args.n)))]
+    sel = selectors.DefaultSelector()
+    for w in workers:
+        sel.register(w.fd, selectors.EVENT_READ, w)
+    table: dict[str, Counter] = defaultdict(Counter)
+    failures: list[tuple[int, str, str, str, str]] = []
+    conv_seconds: list[float] = []
+    restarts = Counter()
+    t0 = time.perf_counter()
+    finished = 0
+
+    def finish(w: Worker, res, how) -> None:
+        nonlocal finished
+        job = w.job
+        outcome, reasons = judge(job, res, how)
+        table[job["kind"]][outcome] += 1
+        finished += 1
+        if res is not None:
+            conv_seconds.append(res["seconds"])
+        if outcome in FAILURES:
+            failures.append((job["index"], job["kind"], job["base"], job["detail"], "; ".join(reasons)))
+            if args.keep_failures:
+                shutil.copy(job["src"], os.path.join(args.keep_failures, f"fuzz-s{args.seed}-i{job['index']}-{job['kind']}.onnx"))
+        if args.verbose or outcome in FAILURES:
+            rc = "-" if res is None else res["rc"]
+            msg = "" if res is None else _one_line(res["stderr"])[:200]
+            secs = "" if res is None else f", {res['seconds']:.1f}s"
+            say(f"[{finished}/{args.n}] #{job['index']} {job['base']}/{job['kind']}: {outcome} (exit {rc}{secs}) {job['detail']}"
+                + (f"\n      {msg}" if msg and args.verbose else "") + (f"\n      FAILED: {'; '.join(reasons)}" if reasons else ""))
+        if how is None:
+            shutil.rmtree(job["root"], ignore_errors=True)
+        else:  # a killed run may leave its temp folder: expected after SIGKILL, not a finding
+            shutil.rmtree(job["root"], ignore_errors=True)
+        w.job = None
+
+    def replace(w: Worker, why: str) -> Worker:
+        sel.unregister(w.fd)
+        if why == "recycle":
+            w.stop()
+        else:
+            w.kill()
+        restarts[why] += 1
+        nw = Worker(args.savedmodel)
+        sel.register(nw.fd, selectors.EVENT_READ, nw)
+        workers[workers.index(w)] = nw
+        return nw
+
+    try:
+        while pending or any(w.job for w in workers):
+            for w in list(workers):
+                if w.ready and w.job is None and pending:
+                    if w.done >= args.max_per_worker:
+                        replace(w, "recycle")
+                        continue
+                    index = pending.popleft()
+                    base, kind, detail, data = make_mutation(args.seed, index, bases)
+                    mroot = os.path.join(root, f"m{index}")
+                    srcdir, parent = os.path.join(mroot, "src"), os.path.join(mroot, "work")
+                    os.makedirs(srcdir)
+                    os.makedirs(parent)
+                    src = os.path.join(srcdir, "model.onnx")
+                    with open(src, "wb") as f:
+                        f.write(data)
+                    job = {"index": index, "base": base, "kind": kind, "detail": detail, "root": mroot, "src": src,
+                           "srcdir": srcdir, "parent": parent, "out": os.path.join(parent, "out"),
+                           "src_sha": hashlib.sha256(data).hexdigest(), "check_seed": args.seed * 1_000_003 + index + 1}
+                    w.send(job, args.timeout)
+            timeout = max(0.0, min(w.deadline for w in workers) - time.monotonic())
+            for key, _ in sel.select(timeout=min(timeout, 5.0)):
+                w = key.data
+                lines = w.read_lines()
+                if lines is None:  # the worker died
+                    if w.job is not None:
+                        w.proc.wait()
+                        w.job["worker_rc"] = w.proc.returncode
+                        w.job["phase"] = w.phase
+                        finish(w, None, "crash")
+                        replace(w, "crash")
+                    else:
+                        say(f"fuzz.py: a worker died while starting (exit {w.proc.wait()}); is graph_convert importable?")
+                        return 2
+                    continue
+                for ln in lines:
+                    msg = json.loads(ln)
+                    if "ready" in msg:
+                        w.ready = True
+                        w.deadline = float("inf")
+                    elif "phase" in msg:
+                        w.phase = msg["phase"]
+                    else:
+                        w.done += 1
+                        finish(w, msg, None)
+                        w.deadline = float("inf")
+            now = time.monotonic()
+            for w in list(workers):
+                if now > w.deadline:
+                    if w.job is not None:
+                        w.job["phase"] = w.phase
+                        finish(w, None, "timeout")
+                        replace(w, "timeout")
+                    elif not w.ready:
+                        say("fuzz.py: a worker did not start within 600 s")
+                        return 2
+    finally:
+        for w in workers:
+            w.stop() if w.job is None else w.kill()
+        shutil.rmtree(root, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    print_table(table, failures, args, wall, conv_seconds, restarts)
+    return 1 if failures else 0
+
+
+def print_table(table, failures, args, wall, conv_seconds, restarts) -> None:
+    cols = [c for c in OUTCOMES if any(table[k][c] for k in table)] or OUTCOMES[:1]
+    rows = [["kind", *cols, "total"]]
+    for kind in sorted(table):
+        rows.append([kind, *(str(table[kind][c] or "") for c in cols), str(sum(table[kind].values()))])
+    tot = Counter()
+    for c in table.values():
+        tot.update(c)
+    rows.append(["total", *(str(tot[c]) for c in cols), str(sum(tot.values()))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    n = sum(tot.values())
+    print(f"\n{n} mutations, seed {args.seed}, indices {args.start}..{args.start + args.n - 1}, {args.jobs} job(s): "
+          f"{wall:.0f} s wall, {n / wall:.2f} mutations/s; median conversion {np.median(conv_seconds) if conv_seconds else 0:.2f} s"
+          + (f"; worker restarts {dict(restarts)}" if restarts else ""))
+    print(fmt(rows[0]))
+    print("  ".join("-" * w for w in widths))
+    for r in rows[1:-1]:
+        print(fmt(r))
+    print("  ".join("-" * w for w in widths))
+    print(fmt(rows[-1]))
+    bad = sum(tot[c] for c in FAILURES)
+    print(f"\nproperty failures: {bad}" + (" (none)" if not bad else ""))
+    here = os.path.relpath(os.path.abspath(__file__))
+    for index, kind, base, detail, reason in sorted(failures):
+        print(f"- #{index} {base}/{kind} [{detail}]: {reason}\n    repro: PYTHONPATH=. python {here} 1 --seed {args.seed} --start {index} -v"
+              + (f"  |  graph-convert convert {os.path.join(args.keep_failures, f'fuzz-s{args.seed}-i{index}-{kind}.onnx')} -o /tmp/fuzz-out"
+                 if args.keep_failures else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("n", type=int, nargs="?", default=100, help="number of mutations (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; mutation i of seed s is always the same")
+    p.add_argument("--start", type=int, default=0, help="first mutation index (to rerun one: --start I with N=1)")
+    p.add_argument("--jobs", "-j", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--keep-failures", metavar="DIR", help="save each failing mutated .onnx here")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per mutation before its worker is killed (default 120)")
+    p.add_argument("--max-per-worker", type=int, default=150, help="restart a worker after this many conversions (memory)")
+    p.add_argument("--bases", help=f"comma-separated base models (default all: {','.join([*BUILT, *EXPORTED])})")
+    p.add_argument("--savedmodel", action="store_true", help="also load and check the SavedModel on every exit 0 (slower)")
+    p.add_argument("--list", action="store_true", help="print the mutations (index, base, kind, detail) without running them")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per mutation")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker_main(args.savedmodel)
+        return 0
+    if args.n < 1 or args.jobs < 1 or args.seed < 0 or args.start < 0:
+        p.error("N and --jobs must be positive, --seed and --start non-negative")
+    if args.list:
+        names = args.bases.split(",") if args.bases else [*BUILT, *EXPORTED]
+        bases = load_bases(names, lambda m: print(m, file=sys.stderr))
+        for i in range(args.start, args.start + args.n):
+            base, kind, detail, data = make_mutation(args.seed, i, bases)
+            print(f"#{i} {base}/{kind}: {detail} ({len(data)} bytes)")
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    # models/ for the exports; appended, so graph_convert is whichever one is importable (PYTHONPATH)
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
