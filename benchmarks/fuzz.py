@@ -171,8 +171,65 @@ def base_misc():
     return b.model(y, g)
 
 
+def base_spelled():
+    """Forms that passes recognise or fold: stride-2 k//2 padding (not SAME), LayerNorm over
+    channels and GELU spelled out as exporters write them, a channel shuffle."""
+    b = _B()
+    x = b.input("x", [1, 4, 8, 8])
+    y = b.op("Conv", [x, b.w(8, 4, 3, 3), b.w(8)], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    t = b.op("Transpose", [y], perm=[0, 2, 3, 1])
+    mu = b.op("ReduceMean", [t], axes=[-1], keepdims=1)
+    d = b.op("Sub", [t, mu])
+    var = b.op("ReduceMean", [b.op("Pow", [d, b.const(np.float32(2))])], axes=[-1], keepdims=1)
+    n = b.op("Div", [d, b.op("Sqrt", [b.op("Add", [var, b.const(np.float32(1e-5))])])])
+    n = b.op("Add", [b.op("Mul", [n, b.w(8)]), b.w(8)])
+    y = b.op("Transpose", [n], perm=[0, 3, 1, 2])
+    e = b.op("Erf", [b.op("Div", [y, b.const(np.float32(np.sqrt(2)))])])
+    y = b.op("Mul", [b.op("Mul", [y, b.op("Add", [e, b.const(np.float32(1))])]), b.const(np.float32(0.5))])
+    y = b.op("Reshape", [y, b.const(np.array([1, 2, 4, 4, 4], np.int64))])
+    y = b.op("Transpose", [y], perm=[0, 2, 1, 3, 4])
+    y = b.op("Reshape", [y, b.const(np.array([1, 8, 4, 4], np.int64))])
+    y = b.op("HardSwish", [y])
+    y = b.op("Slice", [y, b.const(np.array([1, 0], np.int64)), b.const(np.array([7, 3], np.int64)),
+                       b.const(np.array([1, 3], np.int64)), b.const(np.array([2, 1], np.int64))])
+    return b.model(y)
+
+
+def base_dynamic():
+    """A symbolic batch (converted for any batch size) and an integer output."""
+    b = _B()
+    x = b.input("pixels", ["N", 3, 8, 8])
+    y = b.op("Conv", [x, b.w(6, 3, 3, 3), b.w(6)], kernel_shape=[3, 3], pads=[0, 0, 1, 1], strides=[1, 1])
+    y = b.op("Relu", [y])
+    y = b.op("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    y = b.op("Reshape", [y, b.const(np.array([0, -1], np.int64))])
+    y = b.op("Gemm", [y, b.w(96, 7, scale=0.1), b.w(7)])
+    p = b.op("Softmax", [y], axis=1)
+    return b.model(p, b.op("ArgMax", [y], axis=1, keepdims=0))
+
+
+def base_sequence():
+    """1-D convolution, squeeze/unsqueeze, a batched MatMul and elementwise odds and ends."""
+    b = _B()
+    x = b.input("audio", [1, 4, 16])
+    y = b.op("Conv", [x, b.w(6, 4, 5), b.w(6)], kernel_shape=[5], pads=[2, 2], dilations=[1])
+    y = b.op("BatchNormalization", [y, b.const(np.linspace(0.5, 1.5, 6).astype(np.float32)), b.w(6), b.w(6),
+                                     b.const(np.linspace(0.5, 2, 6).astype(np.float32))])
+    y = b.op("Elu", [y], alpha=1.0)
+    y = b.op("AveragePool", [y], kernel_shape=[2], strides=[2])
+    y = b.op("Unsqueeze", [y, b.const(np.array([1], np.int64))])
+    y = b.op("Squeeze", [y, b.const(np.array([1], np.int64))])
+    t = b.op("Transpose", [y], perm=[0, 2, 1])
+    y = b.op("MatMul", [t, b.w(6, 3)])
+    y = b.op("Max", [b.op("Neg", [y]), b.op("Abs", [b.op("Sin", [y])])])
+    y = b.op("ReduceMax", [y], axes=[1], keepdims=0)
+    c = b.op("Cast", [b.op("Greater", [y, b.const(np.float32(0.5))])], to=1)
+    return b.model(y, b.op("Where", [b.op("Cast", [c], to=9), y, b.const(np.float32(-1))]))
+
+
 BUILT = {"conv_chain": base_conv_chain, "residual": base_residual, "attention": base_attention,
-         "multi_io": base_multi_io, "misc": base_misc}
+         "multi_io": base_multi_io, "misc": base_misc, "spelled": base_spelled, "dynamic": base_dynamic,
+         "sequence": base_sequence}
 # bundled PyTorch models exported once with small shapes (cached under CACHE)
 EXPORTED = {"digits_cnn": (1, 1, 8, 8), "channel_shuffle": (1, 3, 16, 16), "se_block": (1, 3, 16, 16),
             "convnext_block": (1, 3, 16, 16)}
@@ -374,8 +431,8 @@ def mut_input_shape(m, rng):
         d = dims[int(rng.integers(len(dims)))]
         v = d.dim_value
         d.dim_value = int(rng.choice([v + 1, max(v - 1, 0), 2 * v, 1, 0, 3, 17]))
-    elif r < 0.6 and len(dims):
-        d = dims[int(rng.integers(len(dims)))]
+    elif r < 0.6 and len(dims):  # symbolic: dim 0 (a dynamic batch) more often than the others
+        d = dims[0 if rng.random() < 0.6 else int(rng.integers(len(dims)))]
         d.dim_param = str(rng.choice(["N", "batch", "seq"]))
     elif r < 0.75 and len(dims):
         del dims[int(rng.integers(len(dims)))]
@@ -520,6 +577,31 @@ def mut_opset(m, rng):
     return m, f"opset {old} -> {imp.version}"
 
 
+def mut_weight_scale(m, rng):
+    """Scale a weight so outputs become tiny or huge: a check with an absolute tolerance sees
+    nothing at 1e-7 and everything at 1e7."""
+    from onnx import numpy_helper
+
+    t = _pick(rng, [t for t in _float_inits(m) if int(np.prod(t.dims)) > 1])
+    if t is None:
+        return m, "no float weight"
+    f = float(rng.choice([1e-9, 1e-6, 1e-3, 1e3, 1e6, -1.0]))
+    t.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(t) * f).astype(numpy_helper.to_array(t).dtype), t.name))
+    return m, f"initializer {t.name!r} scaled by {f:g}"
+
+
+def mut_stacked(m, rng):
+    """Two to three structural mutations at once (attributes, shapes, scales): the corners
+    where one change alone is refused but a combination converts."""
+    kinds = ["attr_change", "attr_add", "attr_remove", "input_shape", "weight_scale"]
+    details = []
+    for _ in range(int(rng.integers(2, 4))):
+        k = _pick(rng, kinds)
+        m, d = MUTATIONS[k](m, rng)
+        details.append(f"{k}: {d}")
+    return m, " + ".join(details)
+
+
 def mut_none(m, rng):
     return m, "unmutated base model"
 
@@ -530,10 +612,11 @@ MUTATIONS: dict[str, Callable] = {
     "init_dtype_consistent": mut_init_dtype_consistent, "init_dtype_inconsistent": mut_init_dtype_inconsistent,
     "input_drop": mut_input_drop, "input_rename": mut_input_rename, "node_rewire": mut_node_rewire,
     "truncate": mut_truncate, "byte_flip": mut_byte_flip, "nan_weight": mut_nan_weight, "inf_weight": mut_inf_weight,
-    "init_remove": mut_init_remove, "opset": mut_opset, "none": mut_none,
+    "init_remove": mut_init_remove, "opset": mut_opset, "weight_scale": mut_weight_scale, "stacked": mut_stacked,
+    "none": mut_none,
 }
 # attribute mutations are where the converter's own logic lives: weight them up
-WEIGHTS = {"attr_change": 3, "attr_remove": 1.5, "attr_add": 2, "input_shape": 1.5, "none": 0.4}
+WEIGHTS = {"attr_change": 3, "attr_remove": 1.5, "attr_add": 2, "input_shape": 1.5, "stacked": 2, "none": 0.4}
 
 
 def _same(a, b) -> bool:
@@ -617,7 +700,7 @@ def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, pr
         sys.stdout, sys.stderr = py_out, py_err
         os.dup2(f1.fileno(), 1)
         os.dup2(f2.fileno(), 2)
-        exc = None
+        exc = tb_text = None
         t0 = time.perf_counter()
         try:
             rc = cli.main(["convert", src, "-o", out])
@@ -625,8 +708,11 @@ def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, pr
             rc = e.code if isinstance(e.code, int) else 1
             if e.code not in (None, 0) and not isinstance(e.code, int):
                 py_err.write(str(e.code) + "\n")
-        except BaseException:  # noqa: BLE001 - exactly what the fuzzer is here to catch
-            rc, exc = None, traceback.format_exc()
+        except BaseException as e:  # noqa: BLE001 - exactly what the fuzzer is here to catch
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}graph_convert{os.sep}" in f.filename]
+            where = f"{frames[-1].filename.rsplit(os.sep + 'graph_convert' + os.sep, 1)[-1]}:{frames[-1].lineno} {frames[-1].name}" if frames else "?"
+            rc, exc = None, f"{type(e).__name__}: {_one_line(str(e))[:200]} (raised below graph_convert/{where})"
+            tb_text = traceback.format_exc()
         finally:
             seconds = time.perf_counter() - t0
             for s in (sys.stdout, sys.stderr):
@@ -638,7 +724,7 @@ def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, pr
                 os.close(fd)
         f2.seek(0)
         native_err = f2.read().decode(errors="replace")
-    res: dict[str, Any] = {"rc": rc, "exc": exc, "stderr": py_err.getvalue(), "native_stderr": native_err,
+    res: dict[str, Any] = {"rc": rc, "exc": exc, "traceback": tb_text, "stderr": py_err.getvalue(), "native_stderr": native_err,
                            "seconds": round(seconds, 2), "cwd_changed": os.getcwd() != cwd}
     os.chdir(cwd)
     if rc == 0:
@@ -698,14 +784,14 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray) -> str | None:
 
 def _draws(onnx_inputs, report_inputs, seed: int):
     """Two fresh input draws (normal, uniform [0, 1]) in the source layout, from the shapes of
-    the .onnx (symbolic dims: 1 in the first draw, 2 in the second when the report says the
-    batch is dynamic)."""
+    the .onnx (symbolic dims 1; a batch the report says is dynamic is 4 in the second draw, a size
+    the converter never verified at)."""
     from onnx import helper
 
     rng = np.random.default_rng(seed)
     dyn = {e["name"] for e in report_inputs if e.get("shape") and e["shape"][0] == "batch"}
     draws = []
-    for k, sym in enumerate((1, 2)):
+    for k, sym in enumerate((1, 4)):
         feeds = {}
         for vi in onnx_inputs:
             tt = vi.type.tensor_type
@@ -766,7 +852,7 @@ def check_outputs(src: str, out: str, seed: int, check_savedmodel: bool) -> dict
         try:
             ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
         except Exception as e:  # noqa: BLE001
-            if k:  # the batch-2 draw of a model whose batch is not really free: not the converter's claim
+            if k:  # the batch-4 draw of a model whose batch is not really free: not the converter's claim
                 continue
             return {"ok": False, "ort_rejects": True, "reason": f"ORT cannot run the source on inputs of its declared shapes: {_one_line(str(e))}"}
         lite_feeds = {e["tf_name"]: (np.ascontiguousarray(np.transpose(feeds[e["name"]], e["layout_perm"])) if e["layout_perm"] else feeds[e["name"]])
@@ -874,9 +960,8 @@ def judge(job: dict[str, Any], res: dict[str, Any] | None, how: str | None) -> t
     rc = res["rc"]
     err = res["stderr"]
     if res["exc"] is not None:
-        last = [ln for ln in res["exc"].strip().splitlines() if ln.strip()][-1]
         outcome = "traceback"
-        reasons.append(f"exception escaped cli.main: {_one_line(last)}")
+        reasons.append(f"exception escaped cli.main: {res['exc']}")
     elif rc not in DOCUMENTED_EXITS:
         outcome = "bad-exit"
         reasons.append(f"exit {rc} (undocumented): {_one_line(err) or '(no message)'}")
