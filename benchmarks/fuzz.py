@@ -713,7 +713,9 @@ def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, pr
         except BaseException as e:  # noqa: BLE001 - exactly what the fuzzer is here to catch
             frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}graph_convert{os.sep}" in f.filename]
             where = f"{frames[-1].filename.rsplit(os.sep + 'graph_convert' + os.sep, 1)[-1]}:{frames[-1].lineno} {frames[-1].name}" if frames else "?"
-            rc, exc = None, f"{type(e).__name__}: {_one_line(str(e))[:200]} (raised below graph_convert/{where})"
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            msg = lines[0] + (" ... " + " ".join(lines[-2:]) if len(lines) > 2 else "") if lines else ""  # TF: the reason is last
+            rc, exc = None, f"{type(e).__name__}: {_one_line(msg)[:300]} (raised below graph_convert/{where})"
             tb_text = traceback.format_exc()
         finally:
             seconds = time.perf_counter() - t0
