@@ -229,9 +229,62 @@ def base_sequence():
     return b.model(y, b.op("Where", [b.op("Cast", [c], to=9), y, b.const(np.float32(-1))]))
 
 
+def base_zoo_spatial():
+    """Attribute-heavy spatial ops side by side, one output each: an attribute mutation of one
+    of them leaves the others as they were."""
+    b = _B()
+    x = b.input("x", [1, 4, 6, 6])
+    outs = [
+        b.op("Resize", [x, "", b.const(np.array([1, 1, 2, 1.5], np.float32))], mode="linear",
+             coordinate_transformation_mode="half_pixel"),
+        b.op("Resize", [x, "", b.const(np.array([1, 1, 0.5, 2], np.float32))], mode="nearest",
+             coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        b.op("DepthToSpace", [x], blocksize=2, mode="DCR"),
+        b.op("SpaceToDepth", [x], blocksize=2),
+        b.op("Pad", [x, b.const(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))], mode="reflect"),
+        b.op("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0, ceil_mode=1),
+        b.op("MaxPool", [x], kernel_shape=[2, 2], strides=[1, 1], dilations=[2, 2]),
+        b.op("Conv", [x, b.w(3, 4, 3, 3), b.w(3)], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+        b.op("Conv", [x, b.w(4, 2, 2, 3)], kernel_shape=[2, 3], dilations=[2, 1], group=2, pads=[0, 1, 1, 0]),
+        b.op("ConvTranspose", [x, b.w(4, 2, 3, 3), b.w(2)], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+             output_padding=[1, 0]),
+        b.op("LRN", [x], size=3, alpha=1e-3, beta=0.75, bias=1.0),
+        b.op("InstanceNormalization", [x, b.w(4), b.w(4)], epsilon=1e-5),
+    ]
+    return b.model(*outs)
+
+
+def base_zoo_tensor():
+    """Attribute-heavy tensor ops side by side, one output each."""
+    b = _B()
+    x = b.input("x", [2, 3, 5])
+    vals, idx = b.op("TopK", [x, b.const(np.array([2], np.int64))], n_out=2, axis=-1, largest=1)
+    outs = [
+        b.op("CumSum", [x, b.const(np.int64(2))], exclusive=1, reverse=1),
+        vals, idx,
+        b.op("LogSoftmax", [x], axis=1),
+        b.op("Hardmax", [x], axis=-1),
+        b.op("Trilu", [x, b.const(np.int64(1))], upper=0),
+        b.op("GatherElements", [x, b.const(np.array([[[0, 4, 1, 2, 3]] * 3] * 2, np.int64))], axis=2),
+        b.op("ReduceL2", [x], axes=[0, 2], keepdims=0),
+        b.op("Selu", [x], alpha=1.5, gamma=1.1),
+        b.op("Celu", [x], alpha=0.7),
+        b.op("Shrink", [x], bias=0.2, lambd=0.4),
+        b.op("ThresholdedRelu", [x], alpha=0.3),
+        b.op("HardSigmoid", [x], alpha=0.3, beta=0.4),
+        b.op("Slice", [x, b.const(np.array([-1, 4], np.int64)), b.const(np.array([-4, 0], np.int64)),
+                       b.const(np.array([1, 2], np.int64)), b.const(np.array([-1, -2], np.int64))]),
+        b.op("Mod", [x, b.const(np.float32(0.7))], fmod=1),
+        b.op("Einsum", [x, b.w(5, 4)], equation="bij,jk->bik"),
+        b.op("ArgMin", [x], axis=1, keepdims=1, select_last_index=1),
+        b.op("Expand", [b.op("Unsqueeze", [x, b.const(np.array([1], np.int64))]), b.const(np.array([2, 2, 3, 5], np.int64))]),
+    ]
+    return b.model(*outs)
+
+
 BUILT = {"conv_chain": base_conv_chain, "residual": base_residual, "attention": base_attention,
          "multi_io": base_multi_io, "misc": base_misc, "spelled": base_spelled, "dynamic": base_dynamic,
-         "sequence": base_sequence}
+         "sequence": base_sequence, "zoo_spatial": base_zoo_spatial, "zoo_tensor": base_zoo_tensor}
 # bundled PyTorch models exported once with small shapes (cached under CACHE)
 EXPORTED = {"digits_cnn": (1, 1, 8, 8), "channel_shuffle": (1, 3, 16, 16), "se_block": (1, 3, 16, 16),
             "convnext_block": (1, 3, 16, 16)}
@@ -298,7 +351,22 @@ _INT_ATTRS_BY_OP = {
     "LeakyRelu": {"alpha": "float"}, "Resize": {"mode": ["linear", "cubic", "nearest", "bogus"],
                                                  "coordinate_transformation_mode": ["align_corners", "asymmetric", "half_pixel"]},
     "Pad": {"mode": ["reflect", "edge", "wrap", "bogus"]},
+    "DepthToSpace": {"blocksize": [1, 2, 3, 0], "mode": ["DCR", "CRD", "XYZ"]}, "SpaceToDepth": {"blocksize": [1, 2, 3, 0]},
+    "LRN": {"size": [1, 2, 3, 5, 0], "alpha": "float", "beta": "float", "bias": "float"},
+    "InstanceNormalization": {"epsilon": "float"},
+    "CumSum": {"exclusive": [0, 1], "reverse": [0, 1]}, "TopK": {"axis": "axis", "largest": [0, 1], "sorted": [0, 1]},
+    "LogSoftmax": {"axis": "axis"}, "Hardmax": {"axis": "axis"}, "Trilu": {"upper": [0, 1]},
+    "GatherElements": {"axis": "axis"}, "ReduceL2": {"axes": "axes", "keepdims": [0, 1]},
+    "Selu": {"alpha": "float", "gamma": "float"}, "Celu": {"alpha": "float"}, "Shrink": {"bias": "float", "lambd": "float"},
+    "ThresholdedRelu": {"alpha": "float"}, "HardSigmoid": {"alpha": "float", "beta": "float"}, "Mod": {"fmod": [0, 1]},
+    "Einsum": {"equation": ["bij,jk->bik", "bij,jk->bki", "bij,jk->ik", "bij,kj->bik", "bij,jk", "bii,jk->bik", "xyz"]},
+    "ArgMin": {"axis": "axis", "keepdims": [0, 1], "select_last_index": [0, 1]},
+    "ArgMax": {"axis": "axis", "keepdims": [0, 1], "select_last_index": [0, 1]},
+    "Elu": {"alpha": "float"}, "Cast": {"to": [1, 6, 7, 9, 10, 11, 2]},
 }
+_INT_ATTRS_BY_OP["Resize"].update(nearest_mode=["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"], cubic_coeff_a="float",
+                                  exclude_outside=[0, 1], antialias=[0, 1])
+_INT_ATTRS_BY_OP["Resize"]["coordinate_transformation_mode"] += ["pytorch_half_pixel", "tf_crop_and_resize", "half_pixel_symmetric"]
 
 
 def _attr_value(spec, rng, old=None):
