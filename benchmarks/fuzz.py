@@ -1099,6 +1099,7 @@ def run(args) -> int:
         sel.register(w.fd, selectors.EVENT_READ, w)
     table: dict[str, Counter] = defaultdict(Counter)
     failures: list[tuple[int, str, str, str, str, str]] = []  # and the notes
+    gaps: list[tuple[int, str, str, str, str, str]] = []
     conv_seconds: list[float] = []
     restarts = Counter()
     t0 = time.perf_counter()
@@ -1112,6 +1113,8 @@ def run(args) -> int:
         finished += 1
         if res is not None:
             conv_seconds.append(res["seconds"])
+        if outcome in ("exit3", "exit4"):  # the safety promise held, but the converter got it wrong
+            gaps.append((job["index"], job["kind"], job["base"], job["detail"], _one_line(res["stderr"])[:300], outcome))
         if outcome in FAILURES or outcome in NOTES:
             failures.append((job["index"], job["kind"], job["base"], job["detail"], "; ".join(reasons), outcome))
             if args.keep_failures:
@@ -1202,6 +1205,10 @@ def run(args) -> int:
         shutil.rmtree(root, ignore_errors=True)
     wall = time.perf_counter() - t0
     print_table(table, failures, args, wall, conv_seconds, restarts)
+    if gaps and args.show_refusals:
+        print(f"\nrefused after a failed check (exit 3/4; safe, but a converter gap unless the mutation itself explains it): {len(gaps)}")
+        for index, kind, base, detail, msg, outcome in sorted(gaps):
+            print(f"- #{index} {base}/{kind} [{detail}]: {outcome}: {msg}")
     return 1 if any(f[-1] in FAILURES for f in failures) else 0
 
 
@@ -1254,6 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--savedmodel", action="store_true", help="also load and check the SavedModel on every exit 0 (slower)")
     p.add_argument("--list", action="store_true", help="print the mutations (index, base, kind, detail) without running them")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per mutation")
+    p.add_argument("--show-refusals", action="store_true", help="also list every exit 3/4 with its message (converter gaps)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
