@@ -761,8 +761,25 @@ def worker_main(check_savedmodel: bool) -> None:
         proto.write(json.dumps(res) + "\n")
 
 
+def _as_if_fresh() -> None:
+    """Forget the warnings already shown in this process, so that each run prints what it would
+    print as a new process (Python warnings and TensorFlow deprecation notes show once per process:
+    otherwise whether a run is flagged would depend on the runs before it in the same worker)."""
+    import warnings
+
+    for mod in list(sys.modules.values()):
+        reg = getattr(mod, "__warningregistry__", None)
+        if isinstance(reg, dict):
+            reg.clear()
+    warnings._filters_mutated()  # noqa: SLF001 - drops the cached "already shown" decisions
+    dep = sys.modules.get("tensorflow.python.util.deprecation")
+    if dep is not None and isinstance(getattr(dep, "_PRINTED_WARNING", None), dict):
+        dep._PRINTED_WARNING.clear()  # noqa: SLF001
+
+
 def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, proto) -> dict[str, Any]:
     cwd = os.getcwd()
+    _as_if_fresh()
     with tempfile.TemporaryFile() as f1, tempfile.TemporaryFile() as f2:
         saved = [os.dup(1), os.dup(2)]
         py_out, py_err = io.StringIO(), io.StringIO()
@@ -1048,8 +1065,8 @@ def judge(job: dict[str, Any], res: dict[str, Any] | None, how: str | None) -> t
         if "Traceback" in text and outcome != "traceback":
             outcome = outcome or "traceback"
             reasons.append(f"'Traceback' on {where}: {_one_line(text[text.index('Traceback'):])[:160]}")
-    if rc not in (0, None):
-        lines = [ln for ln in err.splitlines() if ln.strip()]
+    if rc not in (0, None):  # what the user's terminal shows: Python's stderr and the native one
+        lines = [ln for ln in (err + res["native_stderr"]).splitlines() if ln.strip()]
         if len(lines) != 1 or not lines[0].startswith("graph-convert"):
             outcome = outcome or "bad-stderr"
             reasons.append(f"exit {rc} with {len(lines)} stderr line(s): {_one_line(err)[:160] or '(none)'}")
@@ -1061,16 +1078,29 @@ def judge(job: dict[str, Any], res: dict[str, Any] | None, how: str | None) -> t
         outcome = outcome or ("exit0-ort-rejects" if check.get("ort_rejects") else "wrong-output")
         reasons.append("exit 0, but " + check.get("reason", "not checked"))
     after = _listing(job["parent"])
-    want = ["out"] if rc == 0 else []
+    want = sorted(["notes.txt"] + (["out"] if rc == 0 or job["precreated"] else []))
     if after != want:
         outcome = outcome or "leftovers"
         reasons.append(f"beside the output after exit {rc}: {after} (expected {want})")
+    elif _sha(os.path.join(job["parent"], "notes.txt")) != USER_FILE_SHA:
+        outcome = outcome or "leftovers"
+        reasons.append("the user's notes.txt beside the output changed")
+    inside = _listing(job["out"]) if os.path.isdir(job["out"]) else []
+    extra = sorted(set(inside) - set(OUTPUT_FILES)) if rc == 0 else inside
+    if extra:
+        outcome = outcome or "leftovers"
+        reasons.append(f"inside the output after exit {rc}: unexpected {extra}")
     if _listing(job["srcdir"]) != ["model.onnx"] or _sha(job["src"]) != job["src_sha"]:
         outcome = outcome or "leftovers"
         reasons.append(f"the source's folder changed: {_listing(job['srcdir'])}")
     if outcome is None:
         outcome = "ok" if rc == 0 else f"exit{rc}"
     return outcome, reasons
+
+
+OUTPUT_FILES = {"saved_model", "model_float32.tflite", "model.rewritten.onnx", "report.json"}
+USER_FILE = b"the user's own file beside the output folder\n"
+USER_FILE_SHA = hashlib.sha256(USER_FILE).hexdigest()
 
 
 def _sha(path: str) -> str | None:
@@ -1159,8 +1189,14 @@ def run(args) -> int:
                     src = os.path.join(srcdir, "model.onnx")
                     with open(src, "wb") as f:
                         f.write(data)
+                    with open(os.path.join(parent, "notes.txt"), "wb") as f:  # the user's: must survive
+                        f.write(USER_FILE)
+                    # one run in five finds OUT already there and empty (allowed without --overwrite)
+                    precreated = bool(np.random.default_rng([args.seed, index, 99]).random() < 0.2)
+                    if precreated:
+                        os.makedirs(os.path.join(parent, "out"))
                     job = {"index": index, "base": base, "kind": kind, "detail": detail, "root": mroot, "src": src,
-                           "srcdir": srcdir, "parent": parent, "out": os.path.join(parent, "out"),
+                           "precreated": precreated, "srcdir": srcdir, "parent": parent, "out": os.path.join(parent, "out"),
                            "src_sha": hashlib.sha256(data).hexdigest(), "check_seed": args.seed * 1_000_003 + index + 1}
                     w.send(job, args.timeout)
             timeout = max(0.0, min(w.deadline for w in workers) - time.monotonic())
@@ -1203,13 +1239,81 @@ def run(args) -> int:
         for w in workers:
             w.stop() if w.job is None else w.kill()
         shutil.rmtree(root, ignore_errors=True)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0  # the mutations alone: the fresh-process runs are extra
+    if not args.no_fresh:
+        for index, (name, base, detail, data) in enumerate(fresh_cases(bases), start=1):
+            outcome, reasons, res = fresh_process_run(data, args.timeout)
+            table["fresh_process"][outcome] += 1
+            if outcome in FAILURES or outcome in NOTES:
+                failures.append((-index, "fresh_process", base, f"{name}: {detail}", "; ".join(reasons), outcome))
+            if args.verbose or outcome in FAILURES:
+                say(f"[fresh process] {name}: {outcome} (exit {res['rc'] if res else '-'})"
+                    + (f"\n      FAILED: {'; '.join(reasons)}" if reasons else ""))
     print_table(table, failures, args, wall, conv_seconds, restarts)
     if gaps and args.show_refusals:
         print(f"\nrefused after a failed check (exit 3/4; safe, but a converter gap unless the mutation itself explains it): {len(gaps)}")
         for index, kind, base, detail, msg, outcome in sorted(gaps):
             print(f"- #{index} {base}/{kind} [{detail}]: {outcome}: {msg}")
     return 1 if any(f[-1] in FAILURES for f in failures) else 0
+
+
+def fresh_cases(bases: dict[str, bytes]) -> list[tuple[str, str, str, bytes]]:
+    """What a worker cannot show: a new process prints TensorFlow's import-time lines and every
+    once-per-process warning. One valid model and one refused after TensorFlow ran."""
+    import onnx
+    from onnx import numpy_helper
+
+    cases = []
+    name = "conv_chain" if "conv_chain" in bases else sorted(bases)[0]
+    cases.append(("valid", name, "unmutated", bases[name]))
+    m = onnx.load_from_string(bases[name])
+    t = max(_float_inits(m), key=lambda t: int(np.prod(t.dims)))
+    arr = numpy_helper.to_array(t).copy()
+    arr.reshape(-1)[0] = np.inf
+    t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    cases.append(("inf weight", name, f"+inf in initializer {t.name!r}", m.SerializeToString()))
+    return cases
+
+
+def fresh_process_run(data: bytes, timeout: float):
+    """``python -m graph_convert.cli convert`` (the console script's entry()) in a new process,
+    judged like a worker run."""
+    root = tempfile.mkdtemp(prefix="gc-fuzz-fresh-")
+    try:
+        srcdir, parent = os.path.join(root, "src"), os.path.join(root, "work")
+        os.makedirs(srcdir)
+        os.makedirs(parent)
+        src, out = os.path.join(srcdir, "model.onnx"), os.path.join(parent, "out")
+        with open(src, "wb") as f:
+            f.write(data)
+        with open(os.path.join(parent, "notes.txt"), "wb") as f:
+            f.write(USER_FILE)
+        job = {"src": src, "srcdir": srcdir, "parent": parent, "out": out, "precreated": False,
+               "src_sha": hashlib.sha256(data).hexdigest()}
+        try:
+            proc = subprocess.run([sys.executable, "-m", "graph_convert.cli", "convert", src, "-o", out],
+                                  capture_output=True, text=True, timeout=timeout, cwd=parent)
+        except subprocess.TimeoutExpired:
+            return "timeout", ["no answer within the timeout (fresh process)"], None
+        rc = proc.returncode if proc.returncode >= 0 else f"signal {-proc.returncode}"
+        res = {"rc": rc, "exc": None, "stderr": proc.stderr, "native_stderr": "", "cwd_changed": False}
+        if rc == 0:
+            saved2, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)  # the interpreter's INFO line
+            try:
+                res["check"] = check_outputs(src, out, 12345, False)
+            except Exception as e:  # noqa: BLE001
+                res["check"] = {"ok": False, "reason": f"checker itself failed: {type(e).__name__}: {_one_line(str(e))}"}
+            finally:
+                os.dup2(saved2, 2)
+                os.close(saved2)
+                os.close(devnull)
+        if isinstance(rc, str):
+            return "crash", [f"fresh process died: {rc}"], res
+        outcome, reasons = judge(job, res, None)
+        return outcome, reasons, res
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def print_table(table, failures, args, wall, conv_seconds, restarts) -> None:
@@ -1223,8 +1327,9 @@ def print_table(table, failures, args, wall, conv_seconds, restarts) -> None:
     rows.append(["total", *(str(tot[c]) for c in cols), str(sum(tot.values()))])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    n = sum(tot.values())
-    print(f"\n{n} mutations, seed {args.seed}, indices {args.start}..{args.start + args.n - 1}, {args.jobs} job(s): "
+    fresh = sum(table["fresh_process"].values()) if "fresh_process" in table else 0
+    n = sum(tot.values()) - fresh
+    print(f"\n{n} mutations{f' (+{fresh} fresh-process runs)' if fresh else ''}, seed {args.seed}, indices {args.start}..{args.start + args.n - 1}, {args.jobs} job(s): "
           f"{wall:.0f} s wall, {n / wall:.2f} mutations/s; median conversion {np.median(conv_seconds) if conv_seconds else 0:.2f} s"
           + (f"; worker restarts {dict(restarts)}" if restarts else ""))
     print(fmt(rows[0]))
@@ -1242,6 +1347,10 @@ def print_table(table, failures, args, wall, conv_seconds, restarts) -> None:
             continue
         print(f"\n{title}" + ("" if listed else " (none)"))
         for index, kind, base, detail, reason, outcome in listed:
+            if kind == "fresh_process":
+                print(f"- {base}/{kind} [{detail}]: {outcome}: {reason}\n"
+                      f"    repro: the same file through `python -m graph_convert.cli convert FILE -o OUT` in a new process")
+                continue
             kept = os.path.join(args.keep_failures, f"fuzz-s{args.seed}-i{index}-{kind}.onnx") if args.keep_failures else None
             print(f"- #{index} {base}/{kind} [{detail}]: {outcome}: {reason}\n"
                   f"    repro: PYTHONPATH=. python {here} 1 --seed {args.seed} --start {index}{extra} -v"
@@ -1261,6 +1370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--savedmodel", action="store_true", help="also load and check the SavedModel on every exit 0 (slower)")
     p.add_argument("--list", action="store_true", help="print the mutations (index, base, kind, detail) without running them")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per mutation")
+    p.add_argument("--no-fresh", action="store_true", help="skip the two runs in a new process (import-time output)")
     p.add_argument("--show-refusals", action="store_true", help="also list every exit 3/4 with its message (converter gaps)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
