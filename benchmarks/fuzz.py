@@ -333,7 +333,7 @@ def _export(name: str, shape: tuple, path: str) -> None:
 # mutations: each takes (model, rng) and returns a ModelProto or bytes plus a one-line detail
 # ---------------------------------------------------------------------------------------------
 
-_INT_ATTRS_BY_OP = {
+_ATTRS_BY_OP = {
     "Conv": {"group": [1, 2, 3, 4, 0, -1], "strides": "ints2", "pads": "ints4", "kernel_shape": "ints2", "dilations": "ints2",
              "auto_pad": ["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET", "BOGUS"]},
     "ConvTranspose": {"group": [1, 2, 0], "strides": "ints2", "output_padding": "ints2", "pads": "ints4",
@@ -364,14 +364,12 @@ _INT_ATTRS_BY_OP = {
     "ArgMax": {"axis": "axis", "keepdims": [0, 1], "select_last_index": [0, 1]},
     "Elu": {"alpha": "float"}, "Cast": {"to": [1, 6, 7, 9, 10, 11, 2]},
 }
-_INT_ATTRS_BY_OP["Resize"].update(nearest_mode=["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"], cubic_coeff_a="float",
+_ATTRS_BY_OP["Resize"].update(nearest_mode=["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"], cubic_coeff_a="float",
                                   exclude_outside=[0, 1], antialias=[0, 1])
-_INT_ATTRS_BY_OP["Resize"]["coordinate_transformation_mode"] += ["pytorch_half_pixel", "tf_crop_and_resize", "half_pixel_symmetric"]
+_ATTRS_BY_OP["Resize"]["coordinate_transformation_mode"] += ["pytorch_half_pixel", "tf_crop_and_resize", "half_pixel_symmetric"]
 
 
 def _attr_value(spec, rng, old=None):
-    from onnx import helper  # noqa: F401
-
     if isinstance(spec, list):
         return spec[int(rng.integers(len(spec)))]
     if spec == "float":
@@ -451,7 +449,7 @@ def mut_attr_change(m, rng):
         return mut_attr_add(m, rng)
     n = _pick(rng, nodes)
     a = _pick(rng, n.attribute)
-    spec = _INT_ATTRS_BY_OP.get(n.op_type, {}).get(a.name)
+    spec = _ATTRS_BY_OP.get(n.op_type, {}).get(a.name)
     from onnx import helper
 
     old = helper.get_attribute_value(a)
@@ -475,9 +473,9 @@ def mut_attr_remove(m, rng):
 
 
 def mut_attr_add(m, rng):
-    known = [n for n in m.graph.node if n.op_type in _INT_ATTRS_BY_OP]
+    known = [n for n in m.graph.node if n.op_type in _ATTRS_BY_OP]
     n = _pick(rng, known) if known and rng.random() < 0.9 else _pick(rng, m.graph.node)
-    table = _INT_ATTRS_BY_OP.get(n.op_type, {})
+    table = _ATTRS_BY_OP.get(n.op_type, {})
     if table and rng.random() < 0.9:
         name = _pick(rng, sorted(table))
         old = next((a for a in n.attribute if a.name == name), None)
@@ -792,7 +790,7 @@ def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, pr
         try:
             rc = cli.main(["convert", src, "-o", out])
         except SystemExit as e:  # argparse: still an exit code the user sees
-            rc = e.code if isinstance(e.code, int) else 1
+            rc = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
             if e.code not in (None, 0) and not isinstance(e.code, int):
                 py_err.write(str(e.code) + "\n")
         except BaseException as e:  # noqa: BLE001 - exactly what the fuzzer is here to catch
@@ -871,23 +869,26 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray) -> str | None:
     return None
 
 
+DRAWS = [("normal", 1), ("uniform [0, 1]", 4), ("normal", 1), ("uniform [-1, 0]", 4)]  # (values, dynamic batch)
+
+
 def _draws(onnx_inputs, report_inputs, seed: int):
-    """Two fresh input draws (normal, uniform [0, 1]) in the source layout, from the shapes of
-    the .onnx (symbolic dims 1; a batch the report says is dynamic is 4 in the second draw, a size
-    the converter never verified at)."""
+    """Fresh input draws (DRAWS) in the source layout, from the shapes of the .onnx (symbolic dims
+    1; a batch the report says is dynamic is 4 in every other draw, a size the converter never
+    verified at)."""
     from onnx import helper
 
     rng = np.random.default_rng(seed)
     dyn = {e["name"] for e in report_inputs if e.get("shape") and e["shape"][0] == "batch"}
     draws = []
-    for k, sym in enumerate((1, 4)):
+    for k, (values, sym) in enumerate(DRAWS):
         feeds = {}
         for vi in onnx_inputs:
             tt = vi.type.tensor_type
             shape = [d.dim_value if d.dim_value > 0 else (sym if vi.name in dyn and i == 0 else 1) for i, d in enumerate(tt.shape.dim)]
             dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
             if dt.kind == "f":
-                a = rng.standard_normal(shape) if k == 0 else rng.uniform(0, 1, shape)
+                a = rng.standard_normal(shape) if values == "normal" else rng.uniform(0, 1, shape) * (1 if "[0" in values else -1)
             elif dt.kind == "b":
                 a = rng.integers(0, 2, shape)
             else:
@@ -948,7 +949,7 @@ def check_outputs(src: str, out: str, seed: int, check_savedmodel: bool) -> dict
         try:
             ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
         except Exception as e:  # noqa: BLE001
-            if k:  # the batch-4 draw of a model whose batch is not really free: not the converter's claim
+            if k:  # e.g. a batch-4 draw of a model whose batch is not really free: not the converter's claim
                 continue
             return {"ok": False, "reason": f"ORT cannot run the source on inputs of the shapes in report.json: {_one_line(str(e))}"}
         lite_feeds = {e["tf_name"]: (np.ascontiguousarray(np.transpose(feeds[e["name"]], e["layout_perm"])) if e["layout_perm"] else feeds[e["name"]])
@@ -971,7 +972,7 @@ def check_outputs(src: str, out: str, seed: int, check_savedmodel: bool) -> dict
                     g = np.transpose(g, np.argsort(e["layout_perm"]))
                 why = compare(e["name"], ref[e["name"]], g)
                 if why:
-                    return {"ok": False, "reason": f"{stage}, draw {k} ({'normal' if k == 0 else 'uniform'}): {why}"}
+                    return {"ok": False, "reason": f"{stage}, draw {k} ({DRAWS[k][0]}): {why}"}
                 r = ref[e["name"]]
                 if r.dtype.kind == "f" and np.isfinite(r).any():
                     fin = np.isfinite(r)
@@ -1118,7 +1119,9 @@ def run(args) -> int:
     if unknown:
         say(f"fuzz.py: unknown base model(s) {unknown} (known: {[*BUILT, *EXPORTED]})")
         return 2
-    bases = load_bases(names, say)
+    bases = {} if args.replay else load_bases(names, say)
+    if args.replay:
+        args.n, args.start = len(args.replay), 0
     root = tempfile.mkdtemp(prefix="gc-fuzz-")
     if args.keep_failures:
         os.makedirs(args.keep_failures, exist_ok=True)
@@ -1154,7 +1157,8 @@ def run(args) -> int:
             msg = "" if res is None else _one_line(res["stderr"])[:200]
             secs = "" if res is None else f", {res['seconds']:.1f}s"
             say(f"[{finished}/{args.n}] #{job['index']} {job['base']}/{job['kind']}: {outcome} (exit {rc}{secs}) {job['detail']}"
-                + (f"\n      {msg}" if msg and args.verbose else "") + (f"\n      FAILED: {'; '.join(reasons)}" if reasons else ""))
+                + (f"\n      {msg}" if msg and args.verbose else "") + (f"\n      FAILED: {'; '.join(reasons)}" if reasons else "")
+                + (f"\n{res['traceback']}" if args.verbose and res is not None and res.get("traceback") else ""))
         if how is None:
             shutil.rmtree(job["root"], ignore_errors=True)
         else:  # a killed run may leave its temp folder: expected after SIGKILL, not a finding
@@ -1181,7 +1185,12 @@ def run(args) -> int:
                         replace(w, "recycle")
                         continue
                     index = pending.popleft()
-                    base, kind, detail, data = make_mutation(args.seed, index, bases)
+                    if args.replay:  # a saved file, e.g. from --keep-failures
+                        base, kind, detail = os.path.basename(args.replay[index]), "replay", args.replay[index]
+                        with open(args.replay[index], "rb") as f:
+                            data = f.read()
+                    else:
+                        base, kind, detail, data = make_mutation(args.seed, index, bases)
                     mroot = os.path.join(root, f"m{index}")
                     srcdir, parent = os.path.join(mroot, "src"), os.path.join(mroot, "work")
                     os.makedirs(srcdir)
@@ -1351,6 +1360,9 @@ def print_table(table, failures, args, wall, conv_seconds, restarts) -> None:
                 print(f"- {base}/{kind} [{detail}]: {outcome}: {reason}\n"
                       f"    repro: the same file through `python -m graph_convert.cli convert FILE -o OUT` in a new process")
                 continue
+            if kind == "replay":
+                print(f"- {base} [{detail}]: {outcome}: {reason}\n    repro: PYTHONPATH=. python {here} --replay {detail} -v")
+                continue
             kept = os.path.join(args.keep_failures, f"fuzz-s{args.seed}-i{index}-{kind}.onnx") if args.keep_failures else None
             print(f"- #{index} {base}/{kind} [{detail}]: {outcome}: {reason}\n"
                   f"    repro: PYTHONPATH=. python {here} 1 --seed {args.seed} --start {index}{extra} -v"
@@ -1372,11 +1384,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="one line per mutation")
     p.add_argument("--no-fresh", action="store_true", help="skip the two runs in a new process (import-time output)")
     p.add_argument("--show-refusals", action="store_true", help="also list every exit 3/4 with its message (converter gaps)")
+    p.add_argument("--replay", nargs="+", metavar="FILE.onnx", help="run these files (e.g. kept failures) instead of mutations")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker_main(args.savedmodel)
         return 0
+    if args.replay:
+        missing = [f for f in args.replay if not os.path.isfile(f)]
+        if missing:
+            p.error(f"--replay: no such file(s) {missing}")
+        args.no_fresh = True
     if args.n < 1 or args.jobs < 1 or args.seed < 0 or args.start < 0:
         p.error("N and --jobs must be positive, --seed and --start non-negative")
     if args.list:
