@@ -5,7 +5,7 @@ wrong model and leaves nothing beside its output. Usage (see benchmarks/README.m
     PYTHONPATH=. python benchmarks/fuzz.py N [--seed S] [--jobs J] [--keep-failures DIR] [--start I]
 
 Properties checked for each mutation:
-  a. the run ends with a documented exit code (0, 2, 3, 4, 5), no exception escapes ``cli.main``,
+  a. the run ends with a documented exit code (0, 2-6), no exception escapes ``cli.main``,
      no "Traceback" on stderr, and a failing run says why in exactly one line;
   b. an exit 0 is right: the written ``model_float32.tflite`` (and, with ``--savedmodel``, the
      SavedModel) run on fresh inputs agree with the *mutated* source in ONNX Runtime, judged
@@ -37,8 +37,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-DOCUMENTED_EXITS = {0, 2, 3, 4, 5}
-OUTCOMES = ["ok", "exit2", "exit3", "exit4", "exit5", "traceback", "bad-exit", "bad-stderr",
+# README "Exit codes" (6, internal error, since 9806e18; 128 + a signal cannot happen inside a worker)
+DOCUMENTED_EXITS = {0, 2, 3, 4, 5, 6}
+OUTCOMES = ["ok", "exit2", "exit3", "exit4", "exit5", "exit6", "traceback", "bad-exit", "bad-stderr",
             "wrong-output", "exit0-ort-rejects", "leftovers", "timeout", "crash"]
 FAILURES = {"traceback", "bad-exit", "bad-stderr", "wrong-output", "leftovers", "timeout", "crash"}
 # exit0-ort-rejects: exit 0 for a source that ONNX Runtime refuses as written (value_info that
@@ -752,7 +753,7 @@ def worker_main(check_savedmodel: bool) -> None:
     finally:
         os.dup2(saved2, 2)
         os.close(saved2)
-    proto.write(json.dumps({"ready": os.getpid()}) + "\n")
+    proto.write(json.dumps({"ready": os.getpid(), "graph_convert": os.path.dirname(os.path.abspath(cli.__file__))}) + "\n")
     for line in sys.stdin:
         job = json.loads(line)
         res = run_job(cli, job["src"], job["out"], job["check_seed"], check_savedmodel, proto)
@@ -1099,7 +1100,9 @@ def judge(job: dict[str, Any], res: dict[str, Any] | None, how: str | None) -> t
     return outcome, reasons
 
 
-OUTPUT_FILES = {"saved_model", "model_float32.tflite", "model.rewritten.onnx", "report.json"}
+# what an output folder may hold (README "Output directory"; .graph-convert.json: the marker that
+# lets --overwrite tell its own folders from the user's)
+OUTPUT_FILES = {"saved_model", "model_float32.tflite", "model.rewritten.onnx", "report.json", ".graph-convert.json"}
 USER_FILE = b"the user's own file beside the output folder\n"
 USER_FILE_SHA = hashlib.sha256(USER_FILE).hexdigest()
 
@@ -1135,6 +1138,7 @@ def run(args) -> int:
     gaps: list[tuple[int, str, str, str, str, str]] = []
     conv_seconds: list[float] = []
     restarts = Counter()
+    under_test: list[str] = []
     t0 = time.perf_counter()
     finished = 0
 
@@ -1146,7 +1150,7 @@ def run(args) -> int:
         finished += 1
         if res is not None:
             conv_seconds.append(res["seconds"])
-        if outcome in ("exit3", "exit4"):  # the safety promise held, but the converter got it wrong
+        if outcome in ("exit3", "exit4", "exit6"):  # the safety promise held, but the converter got it wrong
             gaps.append((job["index"], job["kind"], job["base"], job["detail"], _one_line(res["stderr"])[:300], outcome))
         if outcome in FAILURES or outcome in NOTES:
             failures.append((job["index"], job["kind"], job["base"], job["detail"], "; ".join(reasons), outcome))
@@ -1226,6 +1230,9 @@ def run(args) -> int:
                 for ln in lines:
                     msg = json.loads(ln)
                     if "ready" in msg:
+                        if not under_test:
+                            under_test.append(msg["graph_convert"])
+                            say(f"converter under test: {msg['graph_convert']}")
                         w.ready = True
                         w.deadline = float("inf")
                     elif "phase" in msg:
@@ -1260,7 +1267,8 @@ def run(args) -> int:
                     + (f"\n      FAILED: {'; '.join(reasons)}" if reasons else ""))
     print_table(table, failures, args, wall, conv_seconds, restarts)
     if gaps and args.show_refusals:
-        print(f"\nrefused after a failed check (exit 3/4; safe, but a converter gap unless the mutation itself explains it): {len(gaps)}")
+        print(f"\nrefused after a failed check or an internal error (exit 3/4/6; safe, but a converter gap unless the "
+              f"mutation itself explains it): {len(gaps)}")
         for index, kind, base, detail, msg, outcome in sorted(gaps):
             print(f"- #{index} {base}/{kind} [{detail}]: {outcome}: {msg}")
     return 1 if any(f[-1] in FAILURES for f in failures) else 0
@@ -1383,7 +1391,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the mutations (index, base, kind, detail) without running them")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per mutation")
     p.add_argument("--no-fresh", action="store_true", help="skip the two runs in a new process (import-time output)")
-    p.add_argument("--show-refusals", action="store_true", help="also list every exit 3/4 with its message (converter gaps)")
+    p.add_argument("--show-refusals", action="store_true", help="also list every exit 3/4/6 with its message (converter gaps)")
     p.add_argument("--replay", nargs="+", metavar="FILE.onnx", help="run these files (e.g. kept failures) instead of mutations")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
