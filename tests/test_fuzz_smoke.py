@@ -1,5 +1,5 @@
 """A small run of benchmarks/fuzz.py: mutated models through the real CLI end cleanly, never
-pass a wrong model and leave nothing beside the output (about 30 s on 2 cores)."""
+pass a wrong model and leave nothing beside the output (10-20 s on 2 cores)."""
 from __future__ import annotations
 
 import importlib.util
