@@ -27,7 +27,7 @@ from graph_convert.options import ConvertOptions
 from graph_convert.output import OutputDir, protected_paths
 from graph_convert.passes import Registry, builtin_registry
 from graph_convert.rewrite import Rewritten, rewrite
-from graph_convert.source import check_weights, input_shape_overrides, resolve_source
+from graph_convert.source import check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.report import build_report, figures_dict, json_safe
 from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, read_npz, to_rewritten_layout, to_source_layout
 
@@ -153,6 +153,7 @@ def check_source(c: Conversion) -> None:
     from graph_convert.tf.emitter import missing_emitters
 
     graph, opts = c.source_graph, c.options
+    check_input_types(graph)
     missing = missing_emitters(graph, c.registry.emitters)
     if missing:
         raise UnsupportedOpsError(missing)
