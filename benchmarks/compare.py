@@ -130,14 +130,14 @@ def bundled_models() -> list[str]:
     import importlib
     import pkgutil
 
-    import models
+    import graph_convert_models as models
 
     names = list(models.MODELS)
     for info in sorted(pkgutil.iter_modules(models.__path__), key=lambda i: i.name):
         if info.name in names or info.name.startswith("_"):
             continue
         try:
-            mod = importlib.import_module(f"models.{info.name}")
+            mod = importlib.import_module(f"graph_convert_models.{info.name}")
         except Exception:
             continue
         if callable(getattr(mod, "make", None)) and hasattr(mod, "INPUT_SHAPE"):
@@ -172,7 +172,7 @@ def model_list(requested: list[str] | None) -> tuple[list[str], list[str]]:
 
 
 def load_model(name: str):
-    import models
+    import graph_convert_models as models
 
     if name.startswith("tv:"):
         import torchvision
@@ -190,7 +190,7 @@ def example_inputs(name: str, shape) -> tuple:
     import torch
 
     if not name.startswith("tv:"):
-        mod = importlib.import_module(f"models.{name}")
+        mod = importlib.import_module(f"graph_convert_models.{name}")
         if callable(getattr(mod, "example_inputs", None)):
             ex = mod.example_inputs()
             return tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)

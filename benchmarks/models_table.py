@@ -11,7 +11,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import models  # noqa: E402
+import graph_convert_models as models  # noqa: E402
 from graph_convert import convert  # noqa: E402
 
 

@@ -72,7 +72,7 @@ print("AEQ_TIMES " + json.dumps(times))
 
 
 def bundled_models() -> list[str]:
-    import models
+    import graph_convert_models as models
 
     return ["digits_cnn"] + models.MODELS + models.FAMILIES
 
@@ -82,12 +82,12 @@ def build(name: str, seed: int = 0) -> dict[str, Any]:
     import torch
 
     if name == "digits_cnn":
-        from models import digits_cnn
+        from graph_convert_models import digits_cnn
 
         module, d = digits_cnn.trained()
         return {"module": module, "example": torch.from_numpy(d.x_test[:1]), "calib": d.x_train[:400, None],
                 "eval": d.x_test[:, None], "labels": d.y_test, "real": True}
-    import models
+    import graph_convert_models as models
 
     module, shape = models.load(name)
     rng = np.random.default_rng(seed)

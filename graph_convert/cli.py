@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 
 import graph_convert as gc
 from graph_convert import ConvertError, ConvertOptions, PassError, QuantizationThresholdError, StageError, VerificationError
@@ -169,6 +170,8 @@ def _fail(args, code: int, message: str, error: BaseException) -> int:
 
 
 def _run(args) -> int:
+    if not getattr(args, "debug", False):  # library warnings (numpy, TensorFlow) are not ours to show
+        warnings.simplefilter("ignore")
     try:
         if args.command == "passes":
             for p in gc.pass_pipeline(args.plugin):

@@ -155,15 +155,36 @@ def _load_entry_point(ep) -> Callable[[Registry], None]:
         raise ConvertError(f"plugin {ep.value!r} (entry point {ep.name!r}): cannot import it ({_one_line(e)})") from e
 
 
+def _source_tree_passes():
+    """The built-in passes: the installed ``graph_convert_passes``, or in an uninstalled checkout
+    ``passes/`` beside ``graph_convert/`` imported under that name (never a ``passes`` module from
+    the user's path)."""
+    import importlib.util
+    import os
+    import sys
+
+    if "graph_convert_passes" in sys.modules:
+        return sys.modules["graph_convert_passes"]
+    try:
+        return importlib.import_module("graph_convert_passes")
+    except ImportError:
+        pass
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "passes")
+    spec = importlib.util.spec_from_file_location("graph_convert_passes", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["graph_convert_passes"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points: bool = True) -> Registry:
     """Registry with the built-in passes, installed entry-point plugins, then ``plugins``."""
     reg = Registry()
     eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if entry_points else []
-    builtin = [ep for ep in eps if ep.name == "builtin"]
-    if builtin:
-        reg.load(f"{builtin[0].value} (entry point)", _load_entry_point(builtin[0]))
-    else:  # running from a source tree that was never installed: same function, found directly
-        reg.load("passes")
+    # the built-ins always come from our own package (the "builtin" entry point names it for
+    # discovery; loading it by that name could pick up a stale install or another checkout)
+    reg.load("graph_convert_passes", _source_tree_passes().register)
     from graph_convert.tf import ops as tf_ops  # the TF emitters register from the TF package
 
     reg.load("graph_convert.tf.ops", tf_ops.register)

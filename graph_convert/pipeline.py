@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import time
@@ -21,7 +20,6 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from graph_convert import __version__
 from graph_convert import dynamic as D
 from graph_convert.errors import ConvertError, GraphConvertError, PassError, StageError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, to_onnx
@@ -29,12 +27,9 @@ from graph_convert.options import ConvertOptions
 from graph_convert.output import OutputDir, protected_paths
 from graph_convert.passes import Registry, builtin_registry
 from graph_convert.rewrite import Rewritten, rewrite
-from graph_convert.source import check_weights, input_shape_overrides, resolve_source
+from graph_convert.source import check_input_types, check_weights, input_shape_overrides, resolve_source
+from graph_convert.report import build_report, figures_dict, json_safe
 from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, read_npz, to_rewritten_layout, to_source_layout
-
-VERIFY_RULE = ("per output and input draw: NaN/+-inf in the same places; max |got - source| <= atol x max |source| "
-               "+ 4 x the smallest normal float32; cosine >= 1 - atol; integers and booleans equal")
-
 
 @dataclass
 class ConvertResult:
@@ -158,6 +153,7 @@ def check_source(c: Conversion) -> None:
     from graph_convert.tf.emitter import missing_emitters
 
     graph, opts = c.source_graph, c.options
+    check_input_types(graph)
     missing = missing_emitters(graph, c.registry.emitters)
     if missing:
         raise UnsupportedOpsError(missing)
@@ -282,7 +278,7 @@ def _verify(c: Conversion, key: str, label: str, run) -> None:
     go = _runner(c, f"run {label}", run)
     c.figures[key] = c.verifier.check(go, label)
     for b, ver in c.other_batches:
-        c.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = _figs(ver.check(go, f"{label} at batch {b}"))
+        c.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}"))
 
 
 def verify_tf(c: Conversion) -> None:
@@ -326,33 +322,6 @@ def quantize(c: Conversion) -> None:
                                              float_tflite=c.paths["tflite_float32"], source_model=c.model, graph=c.graph,
                                              in_names=t.in_names, out_names=t.out_names, scopes=t.scopes, say=c.say)
     c.paths.update(qpaths)
-
-
-def build_report(c: Conversion) -> None:
-    g, t, v = c.graph, c.traced, c.verifier
-    warnings = [{"output": name, "warning": f"{why}: the check on it proves little"}
-                for name, why in v.input_independent_outputs().items()]
-    for w in warnings:
-        c.say(f"warning: output {w['output']!r}: {w['warning']}")
-
-    def io(names, tf_names):
-        return [{"name": x, "tf_name": n, "shape": _io_shape(g, c.view, x), "layout_perm": list(g.io_perms.get(x, [])) or None}
-                for x, n in zip(names, tf_names)]
-
-    verification = {"rule": VERIFY_RULE, "atol": c.options.atol, "draws": v.draw_labels, "notes": v.notes, "warnings": warnings}
-    verification.update({k: _figs(f) for k, f in c.figures.items()})
-    c.report = {
-        "graph_convert_version": __version__,
-        "source": c.source_info,
-        "io": {"inputs": io(g.inputs, t.in_names), "outputs": io(g.outputs, t.out_names), "keep_io_layout": c.options.keep_io_layout},
-        "plugins": c.registry.sources,
-        "passes": [r.as_dict() for r in c.rewritten.records],
-        "rewritten_graph": {"nodes": len(g), "transposes": g.count("Transpose"), "transposes_left": _transposes_left(g)},
-        "verification": verification,
-        "tflite_gaps": c.gaps,
-        "dynamic_batch": c.dyn_info if c.dyn_info is not None else {"kept": False, "reason": "static batch (no --dynamic-batch, no symbolic batch dim)"},
-        **c.report,  # the TFLite op counts and the quantization report, filled by their stages
-    }
 
 
 # (name in the error message, key in report.json's timings, function, runs when)
@@ -402,7 +371,7 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
         c.timings["total"] = time.perf_counter() - t_start
         c.report["timings_seconds"] = {k: round(v, 4) for k, v in c.timings.items()}
         with open(os.path.join(work, "report.json"), "w") as f:
-            json.dump(_json_safe(c.report), f, indent=2, allow_nan=False)
+            json.dump(json_safe(c.report), f, indent=2, allow_nan=False)
         out.commit(os.listdir(work))
         where = os.path.abspath(os.fspath(output_dir))
         paths = {k: os.path.join(where, os.path.basename(v)) for k, v in c.paths.items()}
@@ -410,40 +379,3 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
         return ConvertResult(os.fspath(output_dir), c.report, paths)
     finally:
         out.discard()
-
-
-# -- report helpers --------------------------------------------------------------------------------
-
-def _json_safe(x):
-    """The report as strict JSON: numpy scalars as numbers, non-finite floats as strings."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else repr(float(x))
-    return x
-
-
-def _io_shape(graph: Graph, view, name: str) -> list:
-    shape = view.shape(name) if view is not None else graph.shape(name)
-    return ["batch" if d is None else d for d in (shape or [])]
-
-
-def _figs(figs) -> dict[str, Any]:
-    return {k: v.as_dict() for k, v in figs.items()}
-
-
-def _transposes_left(graph: Graph) -> list[dict[str, Any]]:
-    """Each Transpose still in the graph, with the node that forced it (its reader or writer)."""
-    out = []
-    for n in graph.nodes:
-        if n.op_type != "Transpose":
-            continue
-        users = [c.name + f" ({c.op_type})" for c in graph.consumers(n.outputs[0])]
-        prod = graph.producer(n.inputs[0])
-        out.append({"node": n.name, "perm": n.attr("perm"), "input_from": None if prod is None else f"{prod.name} ({prod.op_type})",
-                    "read_by": users + (["graph output"] if graph.is_graph_output(n.outputs[0]) else [])})
-    return out

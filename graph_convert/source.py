@@ -2,6 +2,7 @@
 ``file.py:factory`` / ``package.module:attr`` spec) -> an ONNX model, checked before any work."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -72,6 +73,10 @@ def check_weights(model: onnx.ModelProto) -> None:
                     yield from tensors(g)
 
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    for node, attr in _float_attributes(model.graph):
+        if any(math.isnan(v) for v in attr):
+            raise ConvertError(f"node {node!r}: attribute {attr.name!r} holds NaN: nothing computed from it can be checked; "
+                               f"fix the model")
     for kind, name, t in tensors(model.graph):
         if t.data_type not in floats:
             continue
@@ -84,6 +89,33 @@ def check_weights(model: onnx.ModelProto) -> None:
             at = tuple(int(i) for i in np.argwhere(bad)[0]) if arr.ndim else ()
             raise ConvertError(f"{kind} {name!r} holds NaN ({int(bad.sum())} of {arr.size} values, first at index {at}): "
                                f"nothing computed from it can be checked; fix the weights")
+
+
+class _Floats(list):
+    name = ""
+
+
+def _float_attributes(graph):
+    """(node name, the float values of one FLOAT/FLOATS attribute) of every node, subgraphs too."""
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS):
+                vals = _Floats([a.f] if a.type == onnx.AttributeProto.FLOAT else list(a.floats))
+                vals.name = a.name
+                yield n.name or n.output[0], vals
+            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                yield from _float_attributes(g)
+
+
+def check_input_types(graph: Graph) -> None:
+    """Every graph input has an element type ONNX defines (a corrupt or hand-edited file may not)."""
+    from onnx import helper
+
+    for name in graph.inputs:
+        try:
+            helper.tensor_dtype_to_np_dtype(graph.dtype(name))
+        except Exception:
+            raise ConvertError(f"model input {name!r}: element type {graph.dtype(name)!r} is not an ONNX tensor type") from None
 
 
 def input_shape_overrides(graph: Graph, input_shapes: Sequence[tuple[str | None, tuple[int, ...]]]) -> dict[str, tuple[int, ...]]:

@@ -119,12 +119,21 @@ def check_user_inputs(graph: Graph, data: Mapping[str, np.ndarray], source: str)
     return out
 
 
-def to_rewritten_layout(feeds: Mapping[str, np.ndarray], io_perms: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-    return {k: np.ascontiguousarray(np.transpose(v, io_perms[k])) if k in io_perms else v for k, v in feeds.items()}
+def _past_run_axis(p: tuple, batched: bool) -> tuple:
+    """``batched``: the arrays hold one model input per entry of a new leading axis 0, which stays
+    put; the perm moves past it. ``(0, 2, 3, 1)`` -> ``(0, 1, 3, 4, 2)``."""
+    return (0,) + tuple(d + 1 for d in p) if batched else tuple(p)
 
 
-def to_source_layout(outputs: Mapping[str, np.ndarray], io_perms: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-    return {k: np.transpose(v, P.invert(io_perms[k])) if k in io_perms else v for k, v in outputs.items()}
+def to_rewritten_layout(feeds: Mapping[str, np.ndarray], io_perms: Mapping[str, tuple], batched: bool = False) -> dict[str, np.ndarray]:
+    """Source-layout arrays -> the rewritten graph's layout (``batched``: ``(runs, *input shape)``)."""
+    return {k: np.ascontiguousarray(np.transpose(v, _past_run_axis(io_perms[k], batched))) if k in io_perms else v
+            for k, v in feeds.items()}
+
+
+def to_source_layout(outputs: Mapping[str, np.ndarray], io_perms: Mapping[str, tuple], batched: bool = False) -> dict[str, np.ndarray]:
+    """Rewritten-layout arrays -> the source's layout (``batched``: ``(runs, *output shape)``)."""
+    return {k: np.transpose(v, _past_run_axis(P.invert(io_perms[k]), batched)) if k in io_perms else v for k, v in outputs.items()}
 
 
 # Below this an absolute difference is float32 noise whatever the output's scale: 4x the

@@ -18,7 +18,7 @@ BIG = ["resnet50_style", "vit_small"]
 
 def load(name: str):
     """(module, input_shape) of a bundled model by name."""
-    mod = importlib.import_module(f"models.{name}")
+    mod = importlib.import_module(f"graph_convert_models.{name}")
     return mod.make(), mod.INPUT_SHAPE
 
 
@@ -26,7 +26,7 @@ def example_inputs(name: str, seed: int = 0) -> tuple:
     """Example inputs for a bundled model: its own example_inputs(), else one seeded float tensor."""
     import torch
 
-    mod = importlib.import_module(f"models.{name}")
+    mod = importlib.import_module(f"graph_convert_models.{name}")
     if hasattr(mod, "example_inputs"):
         return tuple(mod.example_inputs())
     return (torch.randn(*mod.INPUT_SHAPE, generator=torch.Generator().manual_seed(seed)),)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.resnet_style import _randomize_bn
+from graph_convert_models.resnet_style import _randomize_bn
 
 INPUT_SHAPE = (1, 16, 8, 8)
 

@@ -45,7 +45,7 @@ class ResNet50Style(nn.Module):
 
 
 def make() -> nn.Module:
-    from models.resnet_style import _randomize_bn
+    from graph_convert_models.resnet_style import _randomize_bn
 
     torch.manual_seed(0)
     m = ResNet50Style()

@@ -36,7 +36,7 @@ class UNet(nn.Module):
 
 
 def make():
-    from models.resnet_style import _randomize_bn
+    from graph_convert_models.resnet_style import _randomize_bn
 
     torch.manual_seed(0)
     m = UNet()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def register(registry) -> None:
     """Entry point ``graph_convert.plugins: builtin``."""
-    from passes import (
+    from graph_convert_passes import (
         batchnorm_to_affine,
         constants_to_initializers,
         eliminate_identity,

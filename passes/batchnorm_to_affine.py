@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graph_convert.ir import Graph
 from graph_convert.passes import Pass, PassContext, PassResult
-from passes.fold_batchnorm import bn_scale_shift
+from graph_convert_passes.fold_batchnorm import bn_scale_shift
 
 
 class BatchNormToAffine(Pass):

@@ -12,7 +12,7 @@ import numpy as np
 from graph_convert.ir import Graph
 from graph_convert.passes import Pass, PassContext, PassResult
 from graph_convert import perm as P
-from passes.transpose_handlers import pull_through_reshape, transpose_perm
+from graph_convert_passes.transpose_handlers import pull_through_reshape, transpose_perm
 
 
 class PushTransposes(Pass):

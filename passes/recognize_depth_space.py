@@ -53,7 +53,7 @@ def _static(shape) -> bool:
 
 
 def _gather_foldable(graph: Graph, tensor: str) -> bool:
-    from passes.fold_channel_permutation import input_foldable
+    from graph_convert_passes.fold_channel_permutation import input_foldable
 
     users = graph.consumers(tensor)
     return bool(users) and not graph.is_graph_output(tensor) and all(input_foldable(graph, u, tensor) for u in users)

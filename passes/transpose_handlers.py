@@ -3,7 +3,8 @@
 A handler is ``handler(graph, node, perm, created_by) -> bool``: ``node`` reads at least one
 tensor produced by ``Transpose(perm)``; the handler either rewrites the graph so that ``node``
 works on the untransposed tensors and a ``Transpose(perm)`` follows its outputs (returning True),
-or leaves the graph untouched (False). Reusable building blocks: :func:`simple` (unary
+or leaves the graph untouched and returns ``decline(reason)`` (false, with the reason that
+report.json gives for every Transpose left). Reusable building blocks: :func:`simple` (unary
 elementwise), :func:`broadcast` (n-ary elementwise with broadcasting), :func:`with_axis`,
 :func:`reduce`, :func:`pad`, :func:`slice_`, :func:`reshape_like`. Plugins add or override
 entries through ``registry.add_transpose_handler``.
@@ -18,6 +19,31 @@ from graph_convert import perm as P
 from graph_convert.ir import Graph, Node
 
 Handler = Callable[[Graph, Node, tuple, str], bool]
+
+
+class Declined:
+    """A handler's refusal with its reason: false in a boolean test, so callers that only ask
+    "did it move?" need nothing else (the rewriter idiom ``MatchResult.fail(reason)``)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Declined({self.reason!r})"
+
+
+def decline(reason: str) -> Declined:
+    return Declined(reason)
+
+
+def reason_of(result) -> str:
+    """Why a handler said no (a plugin's plain ``False`` gives no reason)."""
+    return result.reason if isinstance(result, Declined) else "declined (the handler gave no reason)"
 
 
 def transpose_perm(graph: Graph, tensor: str) -> tuple | None:
@@ -128,10 +154,10 @@ def push(graph: Graph, node: Node, perm: tuple, data_inputs: Sequence[int], crea
     Transpose cancels right away below the node (its readers undo it)."""
     costs = [input_cost(graph, node.inputs[j], perm) for j in data_inputs if j < len(node.inputs)]
     if any(c is None for c in costs):
-        return False
+        return decline('an input cannot take the inverse layout (its rank or shape is unknown or differs)')
     outs = out_perms if out_perms is not None else [perm] * len(node.outputs)
     if sum(costs) >= 0 and sum(costs) + sum(output_credit(graph, y, p) for y, p in zip(node.outputs, outs)) >= 0:
-        return False
+        return decline('moving it would not lower the number of Transposes')
     for j in data_inputs:
         if j < len(node.inputs) and node.inputs[j]:
             graph.set_input(node, j, untranspose_input(graph, node.inputs[j], perm, created_by))
@@ -153,7 +179,7 @@ def broadcast(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     for t in node.inputs:
         r = graph.rank(t) if t else rank
         if r is None or (r < rank and graph.constant_value(t) is None) or r > rank:
-            return False
+            return decline("an input's rank is unknown, higher, or lower without being a constant (broadcasting would change)")
     return push(graph, node, perm, list(range(len(node.inputs))), created_by)
 
 
@@ -162,11 +188,11 @@ def with_axis(attr: str = "axis", default: int = 0, all_inputs: bool = False) ->
 
     def handler(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
         if node.op_type in ("Softmax", "LogSoftmax", "Hardmax") and graph.opset < 13:
-            return False
+            return decline('Softmax-like ops before opset 13 flatten from the axis on: the layout cannot move through')
         axis = node.attr(attr, default)
         data = list(range(len(node.inputs))) if all_inputs else [0]
         if any(graph.rank(node.inputs[j]) != len(perm) for j in data):
-            return False
+            return decline("an input's rank differs from the Transpose's")
         return push(graph, node, perm, data, created_by, update=lambda: node.set_attr(attr, P.remap_axis(axis, perm)))
 
     return handler
@@ -179,7 +205,7 @@ def reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     if axes_from_input:
         axes_v = graph.constant_value(node.inputs[1])
         if axes_v is None:
-            return False
+            return decline('the reduced axes are not a constant')
         axes = [int(a) % rank for a in axes_v.reshape(-1)]
     else:
         axes = [int(a) % rank for a in (node.attr("axes") or [])]
@@ -207,10 +233,10 @@ def reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
 def cumsum(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     """CumSum: the axis is a (constant) input; ``exclusive``/``reverse`` do not depend on the layout."""
     if len(node.inputs) < 2 or graph.rank(node.inputs[0]) != len(perm):
-        return False
+        return decline("not a CumSum of an input of the Transpose's rank")
     axis_v = graph.constant_value(node.inputs[1])
     if axis_v is None or axis_v.size != 1:
-        return False
+        return decline('the axis is not a constant scalar')
     new_axis = np.array(P.remap_axis(int(axis_v.reshape(-1)[0]), perm), dtype=axis_v.dtype).reshape(axis_v.shape)
 
     def update() -> None:
@@ -224,7 +250,7 @@ def arg_reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     count positions along that axis, which no permutation of the other axes changes."""
     rank = len(perm)
     if graph.rank(node.inputs[0]) != rank:
-        return False
+        return decline("the input's rank differs from the Transpose's")
     axis = node.attr("axis", 0) % rank
     new_axis = perm[axis]
     if node.attr("keepdims", 1):
@@ -238,16 +264,16 @@ def arg_reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
 def pad(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     rank = len(perm)
     if len(node.inputs) > 3 and node.inputs[3]:  # explicit axes (opset 18): keep it simple and exact
-        return False
+        return decline('explicit axes input (opset 18) is not remapped')
     if len(node.inputs) > 1 and node.inputs[1]:
         pads = graph.constant_value(node.inputs[1])
         if pads is None:
-            return False
+            return decline('the pads are not a constant')
         pads = [int(v) for v in pads.reshape(-1)]
     else:
         pads = list(node.attr("pads") or [])
     if len(pads) != 2 * rank:
-        return False
+        return decline('the pads do not cover every axis')
     new = [0] * (2 * rank)
     for i in range(rank):
         new[perm[i]], new[rank + perm[i]] = pads[i], pads[rank + i]
@@ -273,11 +299,11 @@ def slice_(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     if len(node.inputs) > 3 and node.inputs[3]:
         axes_v = graph.constant_value(node.inputs[3])
         if axes_v is None:
-            return False
+            return decline('the axes are not a constant')
         axes = [int(a) % rank for a in axes_v.reshape(-1)]
     else:
         if starts is None:
-            return False
+            return decline('the starts are not a constant')
         axes = list(range(starts.size))
     new_axes = np.array([perm[a] for a in axes], dtype=np.int64)
 
@@ -364,20 +390,20 @@ def reshape_push(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool
     """Reshape of ``Transpose(perm)(x)`` whose axis groups stay contiguous and ordered in ``x``:
     becomes ``Transpose(q)(Reshape(x))`` (channel splits/merges, patch flattening)."""
     if node.op_type != "Reshape":
-        return False
+        return decline('not a Reshape')
     u, y = node.inputs[0], node.outputs[0]
     s_u, s_y = graph.shape(u), graph.shape(y)
     s_x = graph.shape(graph.producer(u).inputs[0])
     if s_u is None or s_y is None or s_x is None:
-        return False
+        return decline('a shape is unknown')
     groups = reshape_groups(s_u, s_y)
     if groups is None:
-        return False
+        return decline('the reshape does not split into groups of whole axes')
     pre = None
     if not all(_consecutive(_nonunit_positions([perm[a] for a in ga], s_x)) for ga, _ in groups):
         split = _split_perm(perm, groups)
         if split is None:
-            return False
+            return decline("the reshape's axis groups are not contiguous in the untransposed tensor")
         pre, perm = split
         s_x = P.apply_to_shape(s_x, pre)
     order = sorted(range(len(groups)), key=lambda g: _group_key([perm[a] for a in groups[g][0]], s_x))
@@ -425,11 +451,11 @@ def absorb_into_matmul(graph: Graph, node: Node, perm: tuple, created_by: str) -
     u, y = node.inputs[0], node.outputs[0]
     s_u, s_x, s_y = graph.shape(u), graph.shape(graph.producer(u).inputs[0]), graph.shape(y)
     if s_u is None or s_x is None or s_y is None or len(s_y) != 2 or perm[0] != 0 or graph.is_graph_output(y):
-        return False
+        return decline('not a flatten to (batch, K) of a transposed tensor whose batch axis stays first')
     if node.op_type == "Flatten" and node.attr("axis", 1) != 1:
-        return False
+        return decline('Flatten with axis != 1')
     if any(not isinstance(d, int) for d in s_u[1:]) or s_y[1] != int(np.prod(s_u[1:])):
-        return False
+        return decline('the flattened dims are not static')
     users = graph.consumers(y)
     weights = []
     for c in users:
@@ -438,13 +464,13 @@ def absorb_into_matmul(graph: Graph, node: Node, perm: tuple, created_by: str) -
         elif c.op_type == "MatMul" and c.inputs[0] == y and c.inputs[1] != y:
             trans_b = False
         else:
-            return False
+            return decline('read by something other than a MatMul/Gemm taking it as its first input')
         w = graph.constant_value(c.inputs[1])
         if w is None or w.ndim != 2 or w.shape[1 if trans_b else 0] != s_y[1]:
-            return False
+            return decline('the matmul weight is not a constant of matching size')
         weights.append((c, w, trans_b))
     if not users:
-        return False
+        return decline('nothing reads it')
     inv = P.invert(perm)
     k_axes = [inv[a] - 1 for a in range(1, len(perm))]  # for each x axis, the u axis it came from
     for c, w, trans_b in weights:
@@ -464,8 +490,13 @@ def absorb_into_matmul(graph: Graph, node: Node, perm: tuple, created_by: str) -
 def reshape(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     """Reshape/Flatten: drop an order-keeping Transpose, else push by axis groups, else absorb
     into the following matmul weights; otherwise keep the Transpose (never a wrong answer)."""
-    return (reshape_like(graph, node, perm, created_by) or reshape_push(graph, node, perm, created_by)
-            or absorb_into_matmul(graph, node, perm, created_by))
+    reasons = []
+    for attempt in (reshape_like, reshape_push, absorb_into_matmul):
+        done = attempt(graph, node, perm, created_by)
+        if done:
+            return done
+        reasons.append(f"{attempt.__name__}: {reason_of(done)}")
+    return decline("; ".join(reasons))
 
 
 def pull_through_reshape(graph: Graph, node: Node, created_by: str) -> bool:
@@ -473,28 +504,28 @@ def pull_through_reshape(graph: Graph, node: Node, created_by: str) -> bool:
     ``Reshape(Transpose(r)(v))``; the new Transpose then merges with ``v``'s (strictly fewer)."""
     r_node = graph.producer(node.inputs[0])
     if r_node is None or r_node.op_type != "Reshape" or r_node.is_layout_marked:
-        return False
+        return decline('not fed by a Reshape')
     y, v, z = r_node.outputs[0], r_node.inputs[0], node.outputs[0]
     if graph.is_graph_output(y) or len(graph.consumers(y)) != 1:
-        return False
+        return decline("the Reshape's output has other readers or is a graph output")
     v_prod = graph.producer(v)
     # a Transpose split off by reshape_push stays put: pulling into it would undo the split
     foldable = graph.constant_value(v) is not None or (
         transpose_perm(graph, v) is not None and v_prod.created_by != SPLIT_TAG
         and len(graph.consumers(v)) == 1 and not graph.is_graph_output(v))
     if not foldable:
-        return False
+        return decline("the Reshape's input is neither a constant nor a single-use Transpose")
     s_v, s_y, s_z = graph.shape(v), graph.shape(y), graph.shape(z)
     if s_v is None or s_y is None or s_z is None:
-        return False
+        return decline('a shape is unknown')
     groups = reshape_groups(s_v, s_y)
     if groups is None:
-        return False
+        return decline('the reshape does not split into groups of whole axes')
     p2 = transpose_perm(graph, z)
     inv2 = P.invert(p2)
     # z axis k is y axis p2[k]: each group's y axes must appear in z consecutively and in order
     if not all(_consecutive(_nonunit_positions([inv2[j] for j in gb], s_z)) for _, gb in groups):
-        return False
+        return decline("the reshape's axis groups are not kept together by the Transpose")
     order = sorted(range(len(groups)), key=lambda g: _group_key([inv2[j] for j in groups[g][1]], s_z))
     r = tuple(a for g in order for a in groups[g][0])
     del v_prod
@@ -515,15 +546,15 @@ def reshape_like(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool
     src_shape = graph.shape(src)
     t_shape = graph.shape(t)
     if src_shape is None or t_shape is None or not P.is_memory_order_preserving(src_shape, perm):
-        return False
+        return decline('the Transpose moves data (not only size-1 axes)')
     if node.op_type == "Flatten":
         axis = node.attr("axis", 1) % max(len(perm), 1)
         if set(perm[:axis]) != set(range(axis)):
-            return False
+            return decline('Flatten would mix the axes the Transpose moves')
     elif node.op_type == "Reshape":
         target = graph.constant_value(node.inputs[1])
         if target is None:
-            return False
+            return decline('the Reshape target is not a constant')
         target = [int(v) for v in target.reshape(-1)]
         if not node.attr("allowzero", 0) and 0 in target:
             for i, v in enumerate(target):
@@ -533,12 +564,12 @@ def reshape_like(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool
                     if i < len(t_shape) and isinstance(t_shape[i], int):
                         target[i] = t_shape[i]
                     else:
-                        return False
+                        return decline('a 0 in the Reshape target refers to a dim that the Transpose moved and is not static')
             graph.set_input(node, 1, graph.add_initializer(f"{node.name}_shape", np.array(target, dtype=np.int64)))
     else:  # Squeeze/Unsqueeze: axes depend on the layout, so become a Reshape to the static shape
         out_shape = graph.shape(node.outputs[0])
         if out_shape is None or any(not isinstance(d, int) for d in out_shape) or len(node.inputs) > 2:
-            return False
+            return decline('the output shape is not static (or Squeeze/Unsqueeze has an axes input)')
         shape_name = graph.add_initializer(f"{node.name}_shape", np.array(out_shape, dtype=np.int64))
         node.op_type, node.attrs = "Reshape", {}
         if len(node.inputs) > 1:
@@ -570,25 +601,25 @@ def squeeze(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
         return True
     rank = len(perm)
     if transpose_perm(graph, node.inputs[0]) != perm:
-        return False
+        return decline("the Squeeze input is not the Transpose's output")
     from_input = graph.opset >= 13
     if from_input and len(node.inputs) > 1 and node.inputs[1]:
         v = graph.constant_value(node.inputs[1])
         if v is None:
-            return False
+            return decline('the axes are not a constant')
         axes = [int(a) % rank for a in v.reshape(-1)]
     elif not from_input and node.attr("axes") is not None:
         axes = [int(a) % rank for a in node.attr("axes")]
     else:  # every size-1 axis
         shape = graph.shape(node.inputs[0])
         if shape is None or any(not isinstance(d, int) for d in shape):
-            return False
+            return decline('the shape is not static')
         axes = [a for a, d in enumerate(shape) if d == 1]
     axes = sorted(set(axes))
     new_axes = sorted(perm[a] for a in axes)
     out_perm = _drop_axes(perm, axes)
     if not _moves_whole(graph, node.inputs[0], out_perm):
-        return False
+        return decline('after squeezing, the Transpose would still move data')
 
     def update() -> None:
         if from_input:
@@ -608,14 +639,14 @@ def gather(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     axis of ``data``; a scalar index drops that axis from the perm that follows (often leaving
     none, e.g. the q/k/v selection of nn.MultiheadAttention's packed projection)."""
     if transpose_perm(graph, node.inputs[0]) != perm or graph.rank(node.inputs[0]) != len(perm):
-        return False
+        return decline("the data input is not the Transpose's output")
     r_idx = graph.rank(node.inputs[1])
     if r_idx not in (0, 1):
-        return False
+        return decline('the index is not a scalar or 1-D')
     axis = node.attr("axis", 0) % len(perm)
     out_perm = _drop_axes(perm, [axis]) if r_idx == 0 else perm
     if not _moves_whole(graph, node.inputs[0], out_perm):
-        return False
+        return decline('after gathering, the Transpose would still move data')
     return push(graph, node, perm, [0], created_by, [out_perm], lambda: node.set_attr("axis", perm[axis]))
 
 

@@ -68,6 +68,13 @@ def test_tf_emitter_never_imports_the_passes():
     assert hits("graph_convert/tf", ("passes", "graph_convert_passes", "graph_convert.pipeline")) == []
 
 
+def test_quantizer_never_imports_the_stages():
+    """The stages call the quantizer, never the reverse: ``options`` imports it to validate, so an
+    import back would be a cycle."""
+    stages = ("graph_convert.pipeline", "graph_convert.options", "graph_convert.rewrite", "graph_convert.source", "graph_convert.cli")
+    assert hits("graph_convert/quantize", stages) == []
+
+
 def test_cli_uses_only_the_public_api():
     bad = []
     for line, mod in imports_of(os.path.join(ROOT, "graph_convert", "cli.py")):
@@ -79,7 +86,8 @@ def test_cli_uses_only_the_public_api():
 def test_no_function_over_80_lines_in_the_new_stage_modules():
     long = []
     for rel in ("graph_convert/pipeline.py", "graph_convert/rewrite.py", "graph_convert/options.py", "graph_convert/output.py",
-                "graph_convert/source.py", "graph_convert/cli.py", "graph_convert/verify.py"):
+                "graph_convert/source.py", "graph_convert/cli.py", "graph_convert/verify.py",
+                *(os.path.relpath(p, ROOT) for p in python_files("graph_convert/quantize"))):
         tree = ast.parse(open(os.path.join(ROOT, rel)).read())
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -170,3 +178,73 @@ def test_two_conversions_in_two_threads_do_not_interfere(tmp_path):
     assert errors == {}
     assert results["gap"].report["tflite_gaps"] and results["clean"].report["tflite_gaps"] == []
     assert results["clean"].report["tflite"]["transpose_ops"] == 0
+
+
+# -- transpose handlers say why they decline ----------------------------------------------------
+
+def test_report_says_why_each_transpose_is_left(tmp_path):
+    b = Builder(opset=11)
+    x = b.input("x", [1, 4, 6])
+    t = b.op("Transpose", [x], perm=[0, 2, 1])
+    b.output(b.op("MatMul", [t, x]))  # no handler: MatMul is not layout-agnostic
+    b.output(b.op("Softmax", [t], axis=2))  # before opset 13 Softmax flattens from the axis on
+    res = graph_convert.convert(b.model(), None, tmp_path / "out")
+    left = res.report["rewritten_graph"]["transposes_left"]
+    assert len(left) == 1
+    why = {k["op_type"]: k["reason"] for k in left[0]["kept_because"]}
+    assert why == {"MatMul": "no transpose handler for MatMul",
+                   "Softmax": "Softmax-like ops before opset 13 flatten from the axis on: the layout cannot move through"}
+
+
+def test_declined_is_false_and_a_combined_handler_lists_every_attempt():
+    from graph_convert.ir import from_onnx
+    from graph_convert_passes.transpose_handlers import HANDLERS, Declined
+
+    b = Builder()
+    x = b.input("x", [2, 3, 4])
+    t = b.op("Transpose", [x], perm=[0, 2, 1])
+    shape = b.const(np.array([2, -1], np.int64), dtype=np.int64)
+    y = b.op("Reshape", [t, shape])
+    b.output(b.op("MatMul", [y, x := b.input("w", [12, 5])]))
+    g = from_onnx(b.model())
+    node = next(n for n in g.nodes if n.op_type == "Reshape")
+    r = HANDLERS["Reshape"](g, node, (0, 2, 1), "test")
+    assert isinstance(r, Declined) and not r
+    assert [part.split(":")[0] for part in r.reason.split("; ")] == ["reshape_like", "reshape_push", "absorb_into_matmul"]
+
+
+# -- our packages cannot be shadowed -------------------------------------------------------------
+
+def test_a_users_passes_and_models_never_shadow_ours(tmp_path):
+    """From a folder holding its own passes.py, models.py and a passes/ package, the command
+    lists and runs our built-in passes (the installed names are graph_convert_passes/_models)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "passes.py").write_text("raise ImportError('the user passes.py was imported')\n")
+    (tmp_path / "models.py").write_text("raise ImportError('the user models.py was imported')\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "passes").mkdir()
+    (tmp_path / "mine" / "passes" / "__init__.py").write_text("raise ImportError('the user passes/ was imported')\n")
+    onnx.save(conv_model(), tmp_path / "m.onnx")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "mine"), str(tmp_path)]))
+    for args in (["passes"], ["convert", "m.onnx", "-o", "out", "-q"]):
+        proc = subprocess.run([sys.executable, "-m", "graph_convert.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert "user" not in proc.stderr
+    listing = subprocess.run([sys.executable, "-m", "graph_convert.cli", "passes"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600).stdout
+    assert "push_transposes" in listing and "graph_convert_passes" in listing
+
+
+def test_every_package_folder_is_installed():
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = set()
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "graph_convert")):
+        if "__init__.py" in files:
+            found.add(os.path.relpath(dirpath, ROOT).replace(os.sep, "."))
+    assert found | {"graph_convert_passes", "graph_convert_models"} == listed

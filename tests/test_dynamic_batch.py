@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-import models
+import graph_convert_models as models
 from graph_convert import convert
 from graph_convert.cli import EXIT_USAGE, main
 from graph_convert.export import export

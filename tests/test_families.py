@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import models
+import graph_convert_models as models
 from graph_convert import convert
 
 # Minimum TRANSPOSE count per model, with the argument for every non-zero entry.

@@ -8,7 +8,7 @@ from onnx import helper
 
 from graph_convert.ir import from_onnx
 from graph_convert.passes import PassManager
-from passes.fold_constants import FoldConstants
+from graph_convert_passes.fold_constants import FoldConstants
 from tests.helpers import Builder, assert_equivalent, registry, run_pipeline
 
 

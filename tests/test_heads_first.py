@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import models
+import graph_convert_models as models
 from graph_convert import convert
 from tests.helpers import Builder, assert_equivalent, run_pipeline
 

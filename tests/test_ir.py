@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import models
+import graph_convert_models as models
 from graph_convert import perm as P
 from graph_convert.ir import Graph, GraphError, from_onnx, to_onnx
-from passes.to_channels_last import CHANNELS_LAST_OPS, kernel_to_tf, switch_node
+from graph_convert_passes.to_channels_last import CHANNELS_LAST_OPS, kernel_to_tf, switch_node
 from tests.helpers import Builder, assert_equivalent, random_feeds, run_ort
 
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-import models
+import graph_convert_models as models
 from graph_convert import convert
 from graph_convert.verify import ort_session
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from onnx.backend.test.case.test_case import TestCase
 
 from graph_convert.conformance import CaseResult, Runner
-from passes.to_channels_last import CHANNELS_LAST_OPS, LayoutSpec
+from graph_convert_passes.to_channels_last import CHANNELS_LAST_OPS, LayoutSpec
 from tests.helpers import Builder, run_ort
 
 RNG = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import models
+import graph_convert_models as models
 from graph_convert import passes as passes_mod
 from graph_convert.errors import ConvertError, PassError
 from graph_convert.ir import Graph, from_onnx

@@ -20,7 +20,7 @@ from graph_convert.cli import EXIT_QUANT_THRESHOLD, EXIT_USAGE
 from graph_convert.ir import from_onnx
 from graph_convert.pipeline import convert
 from graph_convert.verify import to_rewritten_layout
-from models import digits_cnn
+from graph_convert_models import digits_cnn
 from tests.helpers import Builder
 from tests.test_cli import assert_clean_failure, run, small_model
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-import models
+import graph_convert_models as models
 from graph_convert import convert
 from graph_convert.export import export
 

@@ -335,6 +335,22 @@ def test_nan_weight_is_refused_inf_is_legal(work):
     assert not (work / "out" / "report.json").read_text().count("Infinity")
 
 
+def test_nan_attribute_and_unknown_input_type_are_refused(work):
+    b = Builder()
+    x = b.input("x", [1, 4])
+    b.output(b.op("LeakyRelu", [x], alpha=float("nan")))
+    onnx.save(b.model(), work / "nan_attr.onnx")
+    proc = cli(["convert", "nan_attr.onnx", "-o", work / "out"], work)
+    assert proc.returncode == 2 and "attribute 'alpha' holds NaN" in one_line_error(proc)
+    m = conv_model()
+    m.graph.input[0].type.tensor_type.elem_type = 99
+    with open(work / "bad_type.onnx", "wb") as f:
+        f.write(m.SerializeToString())  # onnx.save would not check either; the checker refuses on load
+    proc = cli(["convert", "bad_type.onnx", "-o", work / "out"], work)
+    assert proc.returncode == 2 and "input.1" in one_line_error(proc)
+    assert not (work / "out").exists() and leftovers(work) == []
+
+
 def test_compare_judges_each_output_by_its_own_scale():
     rng = np.random.default_rng(0)
     ref = (rng.standard_normal(100) * 1e-6).astype(np.float32)

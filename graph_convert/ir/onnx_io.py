@@ -45,6 +45,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ConvertError(f"{path}: ONNX checker rejected the model: {first}") from None
+    except Exception as e:  # e.g. a string field that is not UTF-8: the file is corrupt
+        raise ConvertError(f"{path}: not a valid ONNX model (corrupt: {type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     return model
 
 

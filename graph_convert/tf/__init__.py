@@ -39,3 +39,15 @@ def _import_tensorflow_quietly() -> None:
 
 
 _import_tensorflow_quietly()
+
+
+def _quiet_tensorflow_python_logs() -> None:
+    """TensorFlow's own Python warnings (deprecations of the ops some emitters use) are for
+    TensorFlow's developers, not for our users: only its errors go through."""
+    import logging
+
+    if os.environ.get("GRAPH_CONVERT_TF_LOG") != "1":
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+_quiet_tensorflow_python_logs()

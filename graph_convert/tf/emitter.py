@@ -234,6 +234,19 @@ def trace_gaps() -> list | None:
     return _TRACE_GAPS.get()
 
 
+def _probe(args):
+    """A graph input with at least one element, of a dtype TFLite slices and compares (see
+    ``EmitContext.exact_constant``), or None."""
+    import tensorflow as tf
+
+    for a in args:
+        dims = a.shape.as_list() if a.shape.rank is not None else None
+        if a.dtype in (tf.float32, tf.int32, tf.int64, tf.int8, tf.uint8, tf.bool):
+            if dims is not None and all(d is None or d > 0 for d in dims):  # None: the dynamic batch, >= 1
+                return a
+    return None
+
+
 def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aware: Collection[str] = ()) -> Traced:
     """Trace the graph into a ``tf.function``. ``layout_aware``: op types whose emitters read the
     layout marks themselves (a registry's ``layout_aware``); every other layout-marked node gets
@@ -263,12 +276,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
         env = ctx.env
         for x, a in zip(graph.inputs, args):
             env[x] = a
-        for x, a in zip(graph.inputs, args):
-            dims = a.shape.as_list() if a.shape.rank is not None else None
-            if a.dtype in (tf.float32, tf.int32, tf.int64, tf.int8, tf.uint8, tf.bool):  # TFLite slices and compares these
-                if dims is not None and all(d is None or d > 0 for d in dims):  # None: the dynamic batch, >= 1
-                    ctx.probe = a
-                    break
+        ctx.probe = _probe(args)
         batch_size = None
         if batch is not None:
             src, axis = batch.batch_source

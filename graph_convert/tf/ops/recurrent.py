@@ -11,6 +11,9 @@ W, R, B and P may be constants or run-time tensors.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,111 +68,120 @@ def _opt(node, x, j: int):
     return x[j] if len(node.inputs) > j and node.inputs[j] else None
 
 
-@emitter("LSTM", "GRU", "RNN")
-def emit_recurrent(node, x, ctx):
-    op = node.op_type
-    ng = _GATES[op]
-    hidden = int(node.attr("hidden_size"))
+@dataclass
+class _Cell:
+    """What every time step of one recurrent node needs."""
+
+    op: str
+    hidden: int
+    clip: float | None
+    peephole: Any  # LSTM's P input, [D, 3H], or None
+    input_forget: bool
+    linear_before_reset: bool
+
+    def pre(self, a):
+        return a if self.clip is None else tf.clip_by_value(a, -float(self.clip), float(self.clip))
+
+    def step(self, d: int, f, xt, h, c, Rt, rb):
+        """One step of direction ``d``: ``xt`` is the input projection plus biases, ``Rt`` the
+        recurrence weight transposed, ``f`` the direction's activations. Returns (h, c)."""
+        if self.op == "LSTM":
+            return self._lstm(d, f, xt, h, c, Rt)
+        if self.op == "GRU":
+            return self._gru(f, xt, h, Rt, rb), None
+        a = xt if h is None else xt + tf.matmul(h, Rt)
+        return f[0](self.pre(a)), None
+
+    def _lstm(self, d, f, xt, h, c, Rt):
+        H, P = self.hidden, self.peephole
+        a = xt if h is None else xt + tf.matmul(h, Rt)
+        ai, ao, af, ac = (a[:, k * H:(k + 1) * H] for k in range(4))
+        if P is not None and c is not None:
+            ai = ai + P[d][:H] * c
+            af = af + P[d][2 * H:] * c
+        it = f[0](self.pre(ai))
+        ft = 1.0 - it if self.input_forget else f[0](self.pre(af))
+        ct = f[1](self.pre(ac))
+        c = it * ct if c is None else ft * c + it * ct
+        if P is not None:
+            ao = ao + P[d][H:2 * H] * c
+        return f[0](self.pre(ao)) * f[2](c), c
+
+    def _gru(self, f, xt, h, Rt, rb):
+        H = self.hidden
+        az, ar, ah = (xt[:, k * H:(k + 1) * H] for k in range(3))
+        if h is not None:
+            hr = tf.matmul(h, Rt[:, :2 * H])
+            az, ar = az + hr[:, :H], ar + hr[:, H:]
+        zt, rt = f[0](self.pre(az)), f[0](self.pre(ar))
+        Rh = Rt[:, 2 * H:]
+        if self.linear_before_reset:
+            rh = rb[2 * H:] if h is None else tf.matmul(h, Rh) + rb[2 * H:]
+            ht = f[1](self.pre(ah + rt * rh))
+        else:
+            ht = f[1](self.pre(ah if h is None else ah + tf.matmul(rt * h, Rh)))
+        return (1.0 - zt) * ht if h is None else (1.0 - zt) * ht + zt * h
+
+
+def _directions(node) -> list[bool]:
     direction = node.attr("direction", "forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}.get(direction)
     if dirs is None:
-        raise ConvertError(f"node {node.name!r} ({op}): direction {direction!r} is not one of forward, reverse, bidirectional")
-    layout = int(node.attr("layout", 0))
-    clip = node.attr("clip")
+        raise ConvertError(f"node {node.name!r} ({node.op_type}): direction {direction!r} is not one of forward, reverse, bidirectional")
+    return dirs
+
+
+def _check_sequence_lens(node, ctx, x, T: int) -> None:
+    if len(node.inputs) > 4 and node.inputs[4]:
+        seq = _input_value(node, ctx, x, 4)
+        if seq is None or np.any(np.asarray(seq) != T):
+            raise ConvertError(f"node {node.name!r} ({node.op_type}): sequence_lens other than the full length {T} everywhere "
+                               f"(or known only at run time) is not supported by the TF emitter")
+
+
+@emitter("LSTM", "GRU", "RNN")
+def emit_recurrent(node, x, ctx):
+    op = node.op_type
+    ng, hidden, layout = _GATES[op], int(node.attr("hidden_size")), int(node.attr("layout", 0))
+    dirs = _directions(node)
     X = x[0]
-    dt = X.dtype
-    t_axis = 1 if layout else 0
-    T = X.shape[t_axis]
+    T = X.shape[1 if layout else 0]
     if T is None:
         raise ConvertError(f"node {node.name!r} ({op}): the sequence length must be static to unroll")
+    _check_sequence_lens(node, ctx, x, T)
     W, R, B = x[1], x[2], _opt(node, x, 3)
-    seq = _input_value(node, ctx, x, 4) if len(node.inputs) > 4 and node.inputs[4] else None
-    if len(node.inputs) > 4 and node.inputs[4]:
-        if seq is None or np.any(np.asarray(seq) != T):
-            raise ConvertError(f"node {node.name!r} ({op}): sequence_lens other than the full length {T} everywhere "
-                               f"(or known only at run time) is not supported by the TF emitter")
     init_h = x[5] if len(node.inputs) > 5 and node.inputs[5] else None
     init_c = x[6] if op == "LSTM" and len(node.inputs) > 6 and node.inputs[6] else None
-    P = _opt(node, x, 7) if op == "LSTM" else None
-    input_forget = op == "LSTM" and bool(node.attr("input_forget", 0))
-    lbr = op == "GRU" and bool(node.attr("linear_before_reset", 0))
+    cell = _Cell(op, hidden, node.attr("clip"), _opt(node, x, 7) if op == "LSTM" else None,
+                 op == "LSTM" and bool(node.attr("input_forget", 0)), op == "GRU" and bool(node.attr("linear_before_reset", 0)))
     acts = _activations(node, len(dirs))
 
     def state(s, d):  # initial state of direction d as [batch, hidden]
-        if s is None:
-            return None
-        return s[:, d, :] if layout else s[d]
+        return None if s is None else (s[:, d, :] if layout else s[d])
 
-    def pre(a):
-        return a if clip is None else tf.clip_by_value(a, -float(clip), float(clip))
-
-    shape = tf.shape(X)
-    in_size = X.shape[2]
+    shape, in_size = tf.shape(X), X.shape[2]
     hs_all, last_h, last_c = [], [], []
     for d, backward in enumerate(dirs):
-        Wd, Rd = W[d], R[d]
-        Bd = tf.zeros([2 * ng * hidden], dt) if B is None else B[d]
+        Bd = tf.zeros([2 * ng * hidden], X.dtype) if B is None else B[d]
         wb, rb = Bd[:ng * hidden], Bd[ng * hidden:]
         # input projection of every step at once: [T*B, I] x [I, G*H]
         flat = tf.reshape(X, [-1, in_size]) if in_size is not None else tf.reshape(X, tf.stack([-1, shape[2]]))
         # GRU with linear_before_reset adds Rbh inside r * (...); everywhere else both biases add up front
-        bias_x = tf.concat([wb[:2 * hidden] + rb[:2 * hidden], wb[2 * hidden:]], 0) if lbr else wb + rb
-        proj = tf.matmul(flat, tf.transpose(Wd)) + bias_x
-        new_shape = tf.concat([shape[:2], [ng * hidden]], 0)
-        proj = tf.reshape(proj, new_shape)
-        f = acts[d]
-        h = state(init_h, d)
-        c = state(init_c, d) if op == "LSTM" else None
-        if op == "LSTM" and h is not None and c is None:
-            c = None  # zero cell state
-        hs = [None] * T
-        order = range(T - 1, -1, -1) if backward else range(T)
-        Rt = tf.transpose(Rd)
-        for t in order:
-            xt = proj[:, t] if layout else proj[t]
-            if op == "LSTM":
-                a = xt if h is None else xt + tf.matmul(h, Rt)
-                ai, ao, af, ac = (a[:, k * hidden:(k + 1) * hidden] for k in range(4))
-                if P is not None and c is not None:
-                    ai = ai + P[d][:hidden] * c
-                    af = af + P[d][2 * hidden:] * c
-                it = f[0](pre(ai))
-                ft = 1.0 - it if input_forget else f[0](pre(af))
-                ct = f[1](pre(ac))
-                c = it * ct if c is None else ft * c + it * ct
-                if P is not None:
-                    ao = ao + P[d][hidden:2 * hidden] * c
-                ot = f[0](pre(ao))
-                h = ot * f[2](c)
-            elif op == "GRU":
-                az, ar, ah = (xt[:, k * hidden:(k + 1) * hidden] for k in range(3))
-                if h is not None:
-                    hr = tf.matmul(h, Rt[:, :2 * hidden])
-                    az, ar = az + hr[:, :hidden], ar + hr[:, hidden:]
-                zt = f[0](pre(az))
-                rt = f[0](pre(ar))
-                Rh = Rt[:, 2 * hidden:]
-                if lbr:
-                    rh = rb[2 * hidden:] if h is None else tf.matmul(h, Rh) + rb[2 * hidden:]
-                    ht = f[1](pre(ah + rt * rh))
-                else:
-                    ht = f[1](pre(ah if h is None else ah + tf.matmul(rt * h, Rh)))
-                h = (1.0 - zt) * ht if h is None else (1.0 - zt) * ht + zt * h
-            else:
-                a = xt if h is None else xt + tf.matmul(h, Rt)
-                h = f[0](pre(a))
+        bias_x = tf.concat([wb[:2 * hidden] + rb[:2 * hidden], wb[2 * hidden:]], 0) if cell.linear_before_reset else wb + rb
+        proj = tf.reshape(tf.matmul(flat, tf.transpose(W[d])) + bias_x, tf.concat([shape[:2], [ng * hidden]], 0))
+        h, c = state(init_h, d), (state(init_c, d) if op == "LSTM" else None)
+        hs, Rt = [None] * T, tf.transpose(R[d])
+        for t in (range(T - 1, -1, -1) if backward else range(T)):
+            h, c = cell.step(d, acts[d], proj[:, t] if layout else proj[t], h, c, Rt, rb)
             hs[t] = h
         hs_all.append(hs)
         last_h.append(h)
         last_c.append(c)
     if layout:
-        Y = tf.stack([tf.stack(hs, axis=1) for hs in hs_all], axis=2)  # [B, T, D, H]
-        Yh = tf.stack(last_h, axis=1)  # [B, D, H]
+        outs = [tf.stack([tf.stack(hs, axis=1) for hs in hs_all], axis=2), tf.stack(last_h, axis=1)]  # [B, T, D, H], [B, D, H]
     else:
-        Y = tf.stack([tf.stack(hs, axis=0) for hs in hs_all], axis=1)  # [T, D, B, H]
-        Yh = tf.stack(last_h, axis=0)  # [D, B, H]
-    outs = [Y, Yh]
+        outs = [tf.stack([tf.stack(hs, axis=0) for hs in hs_all], axis=1), tf.stack(last_h, axis=0)]  # [T, D, B, H], [D, B, H]
     if op == "LSTM":
         outs.append(tf.stack(last_c, axis=1 if layout else 0))
     return outs
