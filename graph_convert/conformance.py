@@ -298,35 +298,18 @@ class Runner:
         return concrete, module, {tf_name(k): np.asarray(v) for k, v in feeds.items()}, expected, tf_names, gaps
 
     def _tflite(self, concrete, module) -> bytes:
-        from graph_convert.tf.writer import quiet_fds
+        from graph_convert.tf.writer import tflite_flatbuffer
 
-        tf = self.tf
         try:
-            conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            with quiet_fds():
-                return conv.convert()
+            return tflite_flatbuffer(concrete, module)
         except Exception as e:
             raise _Fail("tflite", "TFLite conversion failed", _tflite_reason(e)) from None
 
     def _run_tflite(self, data: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ai_edge_litert.interpreter import Interpreter
+        from graph_convert.tf.runner import run_tflite
 
         try:
-            interp = Interpreter(model_content=data, num_threads=1)
-            runner = interp.get_signature_runner("serving_default")
-            try:
-                return {k: np.array(v) for k, v in runner(**feeds).items()}
-            except ValueError as e:
-                if "Invalid tensor size" not in str(e):
-                    raise
-            # the Python binding cannot hand out zero-element tensors: after the run, read such
-            # outputs' shapes and dtypes from the interpreter instead
-            out = {}
-            for k, d in runner.get_output_details().items():
-                shape = [int(v) for v in d["shape"]]
-                out[k] = np.zeros(shape, d["dtype"]) if 0 in shape else interp.get_tensor(d["index"])
-            return out
+            return run_tflite(data, feeds)
         except Exception as e:
             raise _Fail("tflite", "TFLite runtime error", _line(e)) from None
 
@@ -628,6 +611,36 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _grouped(pairs) -> list[str]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for why, name in pairs:
+        groups[why].append(name)
+    return [f"- {why} ({len(names)}): " + ", ".join(f"`{n}`" for n in names) for why, names in sorted(groups.items())] or ["None."]
+
+
+def _failure_sections(results: list[CaseResult]) -> list[str]:
+    """Failures, unsupported forms, exclusions and ops not claimed, as markdown lines."""
+    lines = ["", "## Failures", ""]
+    fails: dict[str, list[CaseResult]] = defaultdict(list)
+    for r in results:
+        if r.status == "fail":
+            fails[r.reason_class].append(r)
+    for cls, rs in sorted(fails.items()):
+        lines += [f"### {cls} ({len(rs)})", ""] + [f"- `{r.name}`: {r.reason}" for r in rs] + [""]
+    if not fails:
+        lines.append("None.")
+    lines += ["", "## Unsupported forms (declined by the emitter)", ""]
+    lines += [f"- `{r.name}`: {r.reason}" for r in results if r.status == "unsupported"] or ["None."]
+    lines += ["", "## Exclusions", "", "Cases of claimed ops that TF cannot express, with the reason.", ""]
+    lines += _grouped((r.reason, r.name) for r in results if r.status == "excluded")
+    lines += ["", "## TFLite-only exclusions", "", "Checked in TF; not converted to TFLite, for the reason given.", ""]
+    lines += _grouped((r.tflite_excluded, r.name) for r in results if r.tflite == "excluded")
+    nc = Counter(op for r in results if r.status == "not_claimed" for op in r.reason.split(", "))
+    lines += ["", "## Not claimed", "", "Ops without an emitter, with the number of cases that need them:", "",
+              ", ".join(f"{op} ({n})" for op, n in sorted(nc.items())) or "None.", ""]
+    return lines
+
+
 def render_markdown(results: list[CaseResult], emitter_ops: Iterable[str], seconds: float, jobs: int) -> str:
     emitter_ops = sorted(emitter_ops)
     table = summarize(results, emitter_ops)
@@ -678,50 +691,7 @@ def render_markdown(results: list[CaseResult], emitter_ops: Iterable[str], secon
         mark = "" if s.clean else " **!**"
         lines.append(f"| {op}{mark} | {s.tf_pass}/{s.tf_cases} | {s.tflite_pass}/{s.tflite_cases} | {s.tflite_excluded} | {s.unsupported} | {s.excluded} |")
 
-    fails = [r for r in results if r.status == "fail"]
-    lines += ["", "## Failures", ""]
-    if not fails:
-        lines.append("None.")
-    else:
-        groups: dict[str, list[CaseResult]] = defaultdict(list)
-        for r in fails:
-            groups[r.reason_class].append(r)
-        for cls, rs in sorted(groups.items()):
-            lines += [f"### {cls} ({len(rs)})", ""]
-            lines += [f"- `{r.name}`: {r.reason}" for r in rs]
-            lines.append("")
-
-    lines += ["", "## Unsupported forms (declined by the emitter)", ""]
-    uns = [r for r in results if r.status == "unsupported"]
-    lines += [f"- `{r.name}`: {r.reason}" for r in uns] or ["None."]
-
-    lines += ["", "## Exclusions", "", "Cases of claimed ops that TF cannot express, with the reason.", ""]
-    ex = [r for r in results if r.status == "excluded"]
-    groups = defaultdict(list)
-    for r in ex:
-        groups[r.reason].append(r.name)
-    for why, names in sorted(groups.items()):
-        lines += [f"- {why} ({len(names)}): " + ", ".join(f"`{n}`" for n in names)]
-    if not ex:
-        lines.append("None.")
-
-    lines += ["", "## TFLite-only exclusions", "", "Checked in TF; not converted to TFLite, for the reason given.", ""]
-    groups = defaultdict(list)
-    for r in results:
-        if r.tflite == "excluded":
-            groups[r.tflite_excluded].append(r.name)
-    for why, names in sorted(groups.items()):
-        lines += [f"- {why} ({len(names)}): " + ", ".join(f"`{n}`" for n in names)]
-    if not groups:
-        lines.append("None.")
-
-    nc = Counter()
-    for r in results:
-        if r.status == "not_claimed":
-            for op in r.reason.split(", "):
-                nc[op] += 1
-    lines += ["", "## Not claimed", "", "Ops without an emitter, with the number of cases that need them:", "",
-              ", ".join(f"{op} ({n})" for op, n in sorted(nc.items())) or "None.", ""]
+    lines += _failure_sections(results)
     return "\n".join(lines)
 
 

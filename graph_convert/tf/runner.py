@@ -36,10 +36,22 @@ def interpreter(model: bytes | str, allocate: bool = True):
 _interpreter = interpreter
 
 
-def run_tflite(path: str, feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    interp = _interpreter(path)
+def run_tflite(model: str | bytes, feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the ``serving_default`` signature of a .tflite (path or bytes) once."""
+    interp = _interpreter(model)
     runner = interp.get_signature_runner("serving_default")
-    return {k: np.array(v) for k, v in runner(**feeds_by_tf_name).items()}
+    try:
+        return {k: np.array(v) for k, v in runner(**feeds_by_tf_name).items()}
+    except ValueError as e:
+        if "Invalid tensor size" not in str(e):
+            raise
+    # the Python binding cannot hand out zero-element tensors: after the run, read such outputs'
+    # shapes and dtypes from the interpreter instead
+    out = {}
+    for k, d in runner.get_output_details().items():
+        shape = [int(v) for v in d["shape"]]
+        out[k] = np.zeros(shape, d["dtype"]) if 0 in shape else interp.get_tensor(d["index"])
+    return out
 
 
 def tflite_op_counts(path: str) -> Counter:

@@ -40,17 +40,22 @@ def _weights_only(module):
     return root
 
 
-def convert_tflite(concrete, module, path: str) -> None:
-    """The float32 .tflite of the SavedModel's ``serving_default`` function. Converted from the
-    concrete function itself (the same graph the SavedModel holds, with the same signature name
-    and I/O names): reading the SavedModel back would load it twice more."""
+def tflite_flatbuffer(concrete, module) -> bytes:
+    """The float32 .tflite (builtin ops only) of a traced function. Converted from the concrete
+    function itself (the same graph the SavedModel holds, with the same signature name and I/O
+    names): reading the SavedModel back would load it twice more. Raises TensorFlow's error."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], _weights_only(module))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with quiet_fds():
+        return converter.convert()
+
+
+def convert_tflite(concrete, module, path: str) -> None:
+    """Write the float32 .tflite of the SavedModel's ``serving_default`` function to ``path``."""
     try:
-        with quiet_fds():
-            data = converter.convert()
+        data = tflite_flatbuffer(concrete, module)
     except Exception as e:
         msg = " ".join(str(e).split())
         raise ConvertError(f"TFLite conversion failed: {msg[:600]}") from None
