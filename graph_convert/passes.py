@@ -156,26 +156,35 @@ def _load_entry_point(ep) -> Callable[[Registry], None]:
 
 
 def _source_tree_passes():
-    """The built-in passes: the installed ``graph_convert_passes``, or in an uninstalled checkout
-    ``passes/`` beside ``graph_convert/`` imported under that name (never a ``passes`` module from
-    the user's path)."""
+    """The built-in passes: in a source checkout ``passes/`` beside ``graph_convert/`` (imported
+    under its installed name, so a worktree uses its own), else the installed
+    ``graph_convert_passes``; never a ``passes`` module from the user's path."""
+    import sys
+
+    if "graph_convert_passes" not in sys.modules:
+        load_checkout_package("graph_convert_passes", "passes")
+    return importlib.import_module("graph_convert_passes")
+
+
+def load_checkout_package(name: str, folder_name: str) -> None:
+    """Import ``folder_name/`` of the checkout holding this ``graph_convert`` as package ``name``
+    (nothing when this is an installed copy without that folder)."""
     import importlib.util
     import os
     import sys
 
-    if "graph_convert_passes" in sys.modules:
-        return sys.modules["graph_convert_passes"]
-    try:
-        return importlib.import_module("graph_convert_passes")
-    except ImportError:
-        pass
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "passes")
-    spec = importlib.util.spec_from_file_location("graph_convert_passes", os.path.join(folder, "__init__.py"),
-                                                  submodule_search_locations=[folder])
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), folder_name)
+    init = os.path.join(folder, "__init__.py")
+    if name in sys.modules or not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
     module = importlib.util.module_from_spec(spec)
-    sys.modules["graph_convert_passes"] = module
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points: bool = True) -> Registry:
