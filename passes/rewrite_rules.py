@@ -66,7 +66,8 @@ class RulePass(Pass):
 
     phase = "canonicalize"
     after = ("constants_to_initializers", "fold_constants")
-    before = ("to_channels_last", "fold_channel_permutation")
+    # split_group_norm writes a normalization out on purpose (to keep channels whole): not ours to fuse
+    before = ("to_channels_last", "fold_channel_permutation", "split_group_norm")
     rules: ClassVar[dict[str, Rule]] = {}
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
