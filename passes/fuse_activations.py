@@ -24,18 +24,25 @@ SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
 
-def _x_times(graph: Graph, poly: Poly, *op_types: str) -> tuple[str, Node, float] | None:
-    """``c * x * F`` with F the output of one of ``op_types``: (x, F's node, c)."""
+def _x_times(graph: Graph, poly: Poly, op_types: tuple[str, ...], check) -> Match | Fail | None:
+    """``c * x * F`` with F the output of one of ``op_types``: ``check(x, F's node, c)`` for each way
+    of reading it so (x may itself come from such an op); the first Match, else the deepest Fail."""
     if len(poly.terms) != 1:
         return None
     ((mono, c),) = poly.terms.items()
     if len(mono) != 2 or any(e != 1 for _, e in mono):
         return None
+    best = None
     for (a, _), (b, _) in (mono, mono[::-1]):
         node = producer(graph, b, *op_types)
-        if node is not None:
-            return a, node, c
-    return None
+        if node is None:
+            continue
+        res = check(a, node, c)
+        if isinstance(res, Match):
+            return res
+        if res is not None and (best is None or res.depth > best.depth):
+            best = res
+    return best
 
 
 def _half_x_plus_half_x_times(graph: Graph, poly: Poly, op_type: str) -> tuple[str, Node, float, float] | Fail | None:
@@ -87,17 +94,16 @@ def gelu_tanh(graph: Graph, root: Node, poly: Poly) -> Match | Fail | None:
 
 def swish(graph: Graph, root: Node, poly: Poly) -> Match | Fail | None:
     """x * sigmoid(a * x) -> Swish(alpha=a); SiLU is a = 1, QuickGELU a = 1.702."""
-    got = _x_times(graph, poly, "Sigmoid")
-    if got is None:
-        return None
-    x, sig, c = got
-    arg = operand(graph, sig.inputs[0])
-    lin = arg.is_linear_in(x)
-    if lin is None or lin[1] != 0 or not lin[0] > 0:
-        return Fail(sig.name, f"Sigmoid argument is {arg!r}, expected a*x with a > 0", 1)
-    if not close(c, 1.0):
-        return Fail(sig.name, f"{c:.8g}*x*sigmoid(..) is not x*sigmoid(..)", 2)
-    return Match("Swish", [x], poly.nodes | arg.nodes | {sig.name}, {"alpha": float(lin[0])}, anchor=sig.name)
+    def check(x: str, sig: Node, c: float) -> Match | Fail:
+        arg = operand(graph, sig.inputs[0])
+        lin = arg.is_linear_in(x)
+        if lin is None or lin[1] != 0 or not lin[0] > 0:
+            return Fail(sig.name, f"Sigmoid argument is {arg!r}, expected a*x with a > 0", 1)
+        if not close(c, 1.0):
+            return Fail(sig.name, f"{c:.8g}*x*sigmoid(..) is not x*sigmoid(..)", 2)
+        return Match("Swish", [x], poly.nodes | arg.nodes | {sig.name}, {"alpha": float(lin[0])}, anchor=sig.name)
+
+    return _x_times(graph, poly, ("Sigmoid",), check)
 
 
 def _clip_bounds(graph: Graph, node: Node) -> tuple[float | None, float | None] | None:
@@ -116,52 +122,50 @@ def _clip_bounds(graph: Graph, node: Node) -> tuple[float | None, float | None] 
 def hard_swish(graph: Graph, root: Node, poly: Poly) -> Match | Fail | None:
     """x * hardsigmoid(x) and c * x * clip(s*x + b, 0, hi) with s/hi = 1/6, b/hi = 1/2, c*hi = 1
     (``x * relu6(x + 3) / 6``) -> HardSwish = x * clip(x/6 + 1/2, 0, 1)."""
-    got = _x_times(graph, poly, "HardSigmoid", "Clip")
-    if got is None:
-        return None
-    x, gate, c = got
-    arg = operand(graph, gate.inputs[0])
-    lin = arg.is_linear_in(x)
-    if lin is None:
-        return Fail(gate.name, f"{gate.op_type} argument is {arg!r}, not linear in x", 1)
-    s, b = lin
-    if gate.op_type == "HardSigmoid":  # clip(alpha*(s*x + b) + beta, 0, 1)
-        alpha, beta = gate.attr("alpha", 0.2), gate.attr("beta", 0.5)
-        slope, offset, scale = alpha * s, alpha * b + beta, c
-    else:
-        bounds = _clip_bounds(graph, gate)
-        if bounds is None or bounds[0] != 0.0 or bounds[1] is None or not bounds[1] > 0:
-            return Fail(gate.name, f"Clip bounds {bounds} are not (0, hi)", 1)
-        hi = bounds[1]
-        slope, offset, scale = s / hi, b / hi, c * hi
-    if not (close(slope, 1.0 / 6.0) and close(offset, 0.5) and close(scale, 1.0)):
-        return Fail(gate.name, f"{scale:.8g}*x*clip({slope:.8g}*x + {offset:.8g}, 0, 1) is not x*clip(x/6 + 1/2, 0, 1)", 2)
-    return Match("HardSwish", [x], poly.nodes | arg.nodes | {gate.name}, anchor=gate.name)
+    def check(x: str, gate: Node, c: float) -> Match | Fail:
+        arg = operand(graph, gate.inputs[0])
+        lin = arg.is_linear_in(x)
+        if lin is None:
+            return Fail(gate.name, f"{gate.op_type} argument is {arg!r}, not linear in x", 1)
+        s, b = lin
+        if gate.op_type == "HardSigmoid":  # clip(alpha*(s*x + b) + beta, 0, 1)
+            alpha, beta = gate.attr("alpha", 0.2), gate.attr("beta", 0.5)
+            slope, offset, scale = alpha * s, alpha * b + beta, c
+        else:
+            bounds = _clip_bounds(graph, gate)
+            if bounds is None or bounds[0] != 0.0 or bounds[1] is None or not bounds[1] > 0:
+                return Fail(gate.name, f"Clip bounds {bounds} are not (0, hi)", 1)
+            hi = bounds[1]
+            slope, offset, scale = s / hi, b / hi, c * hi
+        if not (close(slope, 1.0 / 6.0) and close(offset, 0.5) and close(scale, 1.0)):
+            return Fail(gate.name, f"{scale:.8g}*x*clip({slope:.8g}*x + {offset:.8g}, 0, 1) is not x*clip(x/6 + 1/2, 0, 1)", 2)
+        return Match("HardSwish", [x], poly.nodes | arg.nodes | {gate.name}, anchor=gate.name)
+
+    return _x_times(graph, poly, ("HardSigmoid", "Clip"), check)
 
 
 def mish(graph: Graph, root: Node, poly: Poly) -> Match | Fail | None:
     """x * tanh(softplus(x)) -> Mish; softplus as Softplus or as Log(Exp(x) + 1)."""
-    got = _x_times(graph, poly, "Tanh")
-    if got is None:
-        return None
-    x, tanh, c = got
-    sp = producer(graph, tanh.inputs[0], "Softplus", "Log")
-    if sp is None:
-        return None
-    nodes = poly.nodes | {tanh.name, sp.name}
-    inner = operand(graph, sp.inputs[0])
-    if sp.op_type == "Log":  # log(exp(x) + 1)
-        exps = [producer(graph, leaf, "Exp") for leaf in inner.leaves]
-        if len(inner.terms) != 2 or len(exps) != 1 or exps[0] is None or inner.terms.get(()) != 1.0 \
-                or inner.coeff(exps[0].outputs[0]) != 1.0:
-            return Fail(tanh.name, f"Log argument is {inner!r}, not exp(x) + 1", 1)
-        nodes |= inner.nodes | {exps[0].name}
-        inner = operand(graph, exps[0].inputs[0])
-    if inner.is_linear_in(x) != (1.0, 0.0):
-        return Fail(tanh.name, f"softplus argument is {inner!r}, not x", 2)
-    if not close(c, 1.0):
-        return Fail(tanh.name, f"{c:.8g}*x*tanh(softplus(x)) is not Mish", 3)
-    return Match("Mish", [x], nodes | inner.nodes, anchor=tanh.name)
+    def check(x: str, tanh: Node, c: float) -> Match | Fail | None:
+        sp = producer(graph, tanh.inputs[0], "Softplus", "Log")
+        if sp is None:
+            return None
+        nodes = poly.nodes | {tanh.name, sp.name}
+        inner = operand(graph, sp.inputs[0])
+        if sp.op_type == "Log":  # log(exp(x) + 1)
+            exps = [producer(graph, leaf, "Exp") for leaf in inner.leaves]
+            if (len(inner.terms) != 2 or len(exps) != 1 or exps[0] is None or inner.terms.get(()) != 1.0
+                    or inner.coeff(exps[0].outputs[0]) != 1.0):
+                return Fail(tanh.name, f"Log argument is {inner!r}, not exp(x) + 1", 1)
+            nodes |= inner.nodes | {exps[0].name}
+            inner = operand(graph, exps[0].inputs[0])
+        if inner.is_linear_in(x) != (1.0, 0.0):
+            return Fail(tanh.name, f"softplus argument is {inner!r}, not x", 2)
+        if not close(c, 1.0):
+            return Fail(tanh.name, f"{c:.8g}*x*tanh(softplus(x)) is not Mish", 3)
+        return Match("Mish", [x], nodes | inner.nodes, anchor=tanh.name)
+
+    return _x_times(graph, poly, ("Tanh",), check)
 
 
 class FuseActivations(RulePass):

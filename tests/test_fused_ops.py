@@ -303,6 +303,22 @@ def test_local_functions_through_the_pipeline(tmp_path):
     _tflite_vs_ort(result, model)
 
 
+@pytest.mark.parametrize("kind", ["Swish", "HardSwish"])
+def test_x_made_by_the_gate_op_itself(kind):
+    """x = sigmoid(..) then x * sigmoid(x); x = relu6(..) then hardswish(x): either leaf could be the gate."""
+    def body(b, y):
+        if kind == "Swish":
+            x = b.op("Sigmoid", [y])
+            return b.op("Mul", [b.op("Sigmoid", [x]), x])
+        x = b.op("Clip", [y, b.const(0.0), b.const(6.0)])
+        return _hard_swish(b, x)
+
+    model = _model(17, body)
+    g, _ = run_pipeline(model)
+    assert g.count(kind) == 1
+    assert_equivalent(model, g)
+
+
 # --- near misses: left alone, with the reason ---------------------------------------------------------
 NEAR_MISSES = {
     "gelu_tanh_0.05": (lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.05 * torch.pow(x, 3.0)))),
