@@ -21,8 +21,8 @@ import numpy as np
 
 from graph_convert.ir import Graph, Node
 from graph_convert.passes import Pass, PassContext, PassResult
-from passes import fused_ops
-from passes.expr import Poly, TooComplex, expand
+from . import fused_ops
+from .expr import Poly, TooComplex, expand
 
 ROOT_OPS = {"Mul", "Div", "Add", "Sub", "Neg", "Reciprocal"}
 FLOAT32 = 1
