@@ -25,7 +25,7 @@ from graph_convert.errors import ConvertError, GraphConvertError, PassError, Sta
 from graph_convert.ir import Graph, from_onnx, to_onnx
 from graph_convert.options import ConvertOptions
 from graph_convert.output import OutputDir, protected_paths
-from graph_convert.passes import Registry, builtin_registry
+from graph_convert.pass_manager import Registry, builtin_registry
 from graph_convert.rewrite import Rewritten, rewrite
 from graph_convert.source import check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.report import build_report, figures_dict, json_safe

@@ -12,7 +12,7 @@ import onnx
 
 from graph_convert.errors import PassError, VerificationError
 from graph_convert.ir import Graph, from_onnx
-from graph_convert.passes import PassManager, PassRecord, Registry
+from graph_convert.pass_manager import PassManager, PassRecord, Registry
 from graph_convert.verify import Figures, Verifier, first_diverging_tensor, make_draws
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from graph_convert.ir import Graph, Node
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 from . import fused_ops
 from .expr import Poly, TooComplex, expand
 

@@ -190,7 +190,7 @@ def test_dynamo_at_opset_18(case, tmp_path):
 
 def test_pass_reports_and_is_idempotent(tmp_path):
     """The pass reports what it fused; a second run changes nothing."""
-    from graph_convert.passes import PassContext
+    from graph_convert.pass_manager import PassContext
     from graph_convert_passes.fuse_activations import FuseActivations
     from tests.helpers import registry
 

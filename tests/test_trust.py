@@ -36,7 +36,7 @@ def make():
 PLUGIN_PY = '''
 import os, time
 import numpy as np
-from graph_convert.passes import Pass, PassResult
+from graph_convert.pass_manager import Pass, PassResult
 
 
 class Hold(Pass):
