@@ -180,9 +180,8 @@ def check_source(c: Conversion) -> None:
 
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
-    o = c.options
-    return rewrite(model, c.registry, disable_passes=o.disable_passes, pass_options=o.pass_options, verify=o.verify, atol=o.atol,
-                   seed=o.seed, shape_overrides=c.shape_overrides, user_feeds=user_feeds, timings=c.timings, graph=graph)
+    return rewrite(model, c.registry, c.options, shape_overrides=c.shape_overrides, user_feeds=user_feeds, timings=c.timings,
+                   graph=graph)
 
 
 def rewrite_graph(c: Conversion) -> None:
