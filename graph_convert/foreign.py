@@ -122,6 +122,7 @@ def run_tflite_keeping_tensors(c: Candidate, feeds: Mapping[str, np.ndarray]):
 
 
 def load_saved_model(path: str, signature: str | None = None) -> Candidate:
+    import graph_convert.tf  # noqa: F401  (imports TensorFlow with its start-up log lines kept off the terminal)
     import tensorflow as tf
 
     try:
@@ -229,7 +230,8 @@ def parse_map(text: str) -> tuple[str, str, tuple[int, ...] | None]:
     if not eq or not cand or not rest:
         raise ConvertError(f"--map {text!r}: expected CANDIDATE_NAME=SOURCE_NAME[:perm], e.g. out_0=logits or x=input:0,2,3,1")
     src, colon, tail = rest.rpartition(":")
-    if colon and re.fullmatch(r"\d+(,\d+)*", tail):
+    # a single number is a TF tensor-name suffix (``x:0``); a rank-1 layout needs no mapping
+    if colon and re.fullmatch(r"\d+(,\d+)+", tail):
         p = tuple(int(v) for v in tail.split(","))
         if sorted(p) != list(range(len(p))):
             raise ConvertError(f"--map {text!r}: {tail} is not a permutation of 0..{len(p) - 1}")
