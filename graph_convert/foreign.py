@@ -83,7 +83,12 @@ def load_tflite(path: str, signature: str | None = None) -> Candidate:
     try:
         it = _tflite_interpreter(path)
     except Exception as e:
-        raise ConvertError(f"{path}: not a TFLite flatbuffer LiteRT can load ({_line(e)[:300]})") from None
+        flex = sorted(set(re.findall(r"\((Flex\w+)\)", str(e))))
+        if "Select TensorFlow op" in str(e):
+            raise ConvertError(f"candidate {path}: uses select TensorFlow ops ({', '.join(flex) or 'Flex'}), which need the Flex "
+                               f"delegate: the LiteRT interpreter (and a plain TFLite runtime) cannot run it, so it cannot be "
+                               f"checked; check the converter's SavedModel instead") from None
+        raise ConvertError(f"candidate {path}: not a TFLite flatbuffer LiteRT can load ({_line(e)[:300]})") from None
     sig = pick_signature(list(it.get_signature_list()), signature, path)
     if sig is None:  # a file without signatures: tensors by name, in the order the file lists them
         ins = [_tflite_spec(d["name"], d) for d in it.get_input_details()]
