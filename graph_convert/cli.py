@@ -134,8 +134,6 @@ def _verify(args) -> int:
             print(f"note: {n}")
         for w in r["verification"]["warnings"]:
             print(f"warning: output {w['output']!r}: {w['warning']}")
-        if "divergence_search" in r and not res.equivalent:
-            print(r["divergence_search"])
         if res.divergence is not None:
             print(f"where: {res.divergence['summary']}")
         if res.equivalent:
