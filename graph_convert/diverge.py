@@ -3,7 +3,9 @@ ONNX model's (ORT, all exposed) by name or by value up to a layout permutation; 
 and the first disagreeing pair, with their ops."""
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -170,7 +172,8 @@ def locate_in(src: list[Tensor], tfl: list[Tensor], parents: dict[str, list[str]
         good = {"onnx_tensor": last, "onnx_op": next(t.op for t in src if t.name == last), "tflite_tensor": b.name,
                 "tflite_op": b.op, "layout_perm": list(p), "paired_by": how}
     text = (f"last agreeing: {good['onnx_op']} -> {good['tflite_op']}; " if good else "nothing agrees before it; ") + \
-           f"first disagreeing: {first.op}" + (f" (closest in the .tflite: {bad['tflite_op']}, {bad['reason']})" if near else "")
+           f"first disagreeing: {first.op}, tensor {first.name!r}" + \
+           (f" (closest in the .tflite: {bad['tflite_op']}, {bad['reason']})" if near else "")
     return {**summary, "found": True, "last_agreeing": good, "first_disagreeing": bad, "summary": text}
 
 
@@ -190,15 +193,50 @@ def _last_agreeing_ancestor(name: str, parents: dict[str, list[str]], agree: Map
 
 def locate(model: onnx.ModelProto, cand, ins, feeds: Mapping[str, np.ndarray], atol: float) -> dict[str, Any]:
     """The divergence report for ``cand`` (a :class:`graph_convert.foreign.Candidate`) on ``feeds``."""
-    from graph_convert.foreign import feed_candidate, run_tflite_keeping_tensors
-
-    if cand.kind != "tflite":
-        return {"found": False, "summary": "only the outputs were compared (a SavedModel's intermediate tensors are not searched)"}
     tol = max(10 * atol, 1e-3)  # intermediate values drift more than outputs' figures allow; a wrong op is far off
     try:
-        src, parents, children = onnx_tensors(model, feeds)
-        _, it = run_tflite_keeping_tensors(cand, feed_candidate(cand, ins, feeds))
-        tfl = tflite_tensors(it)
+        if cand.kind == "tflite":
+            return _search(model, cand, ins, feeds, tol)
+        return _search_saved_model(model, cand, ins, feeds, tol)
     except Exception as e:  # the search is a diagnosis: its failure must not hide the verdict
         return {"found": False, "summary": f"the intermediate tensors could not be compared ({type(e).__name__}: {str(e)[:200]})"}
-    return locate_in(src, tfl, parents, children, tol)
+
+
+def _search(model: onnx.ModelProto, cand, ins, feeds: Mapping[str, np.ndarray], tol: float) -> dict[str, Any]:
+    from graph_convert.foreign import feed_candidate, run_tflite_keeping_tensors
+
+    src, parents, children = onnx_tensors(model, feeds)
+    _, it = run_tflite_keeping_tensors(cand, feed_candidate(cand, ins, feeds))
+    return locate_in(src, tflite_tensors(it), parents, children, tol)
+
+
+SAVED_MODEL_ONLY = "only the outputs were compared (a SavedModel's intermediate tensors are not searched)"
+
+
+def _search_saved_model(model: onnx.ModelProto, cand, ins, feeds: Mapping[str, np.ndarray], tol: float) -> dict[str, Any]:
+    """A SavedModel has no kept intermediate tensors, but TensorFlow's own TFLite converter turns
+    it into a .tflite that does: searched when that file gives the SavedModel's outputs."""
+    import tensorflow as tf
+
+    from graph_convert.foreign import _quiet, feed_candidate, load_tflite
+
+    with tempfile.TemporaryDirectory(prefix="graph-convert-verify-") as d:
+        path = os.path.join(d, "from_saved_model.tflite")
+        try:
+            with _quiet():
+                data = tf.lite.TFLiteConverter.from_saved_model(cand.path, signature_keys=[cand.signature]).convert()
+            with open(path, "wb") as f:
+                f.write(data)
+            derived = load_tflite(path, cand.signature)
+            fed = feed_candidate(cand, ins, feeds)
+            a, b = cand.run(fed), derived.run(fed)
+        except Exception as e:
+            return {"found": False, "summary": f"{SAVED_MODEL_ONLY}: TF's TFLite converter could not make a searchable copy "
+                                               f"({type(e).__name__}: {' '.join(str(e).split())[:160]})"}
+        if set(a) != set(b) or any(not compare(a[k], b[k], tol).ok for k in a):
+            return {"found": False, "summary": f"{SAVED_MODEL_ONLY}: the .tflite TF's converter made from it computes "
+                                               f"something else, so its tensors say nothing about the SavedModel"}
+        out = _search(model, derived, ins, feeds, tol)
+    out["searched_in"] = "a .tflite made from the SavedModel by TensorFlow's TFLiteConverter (its outputs equal the SavedModel's)"
+    out["summary"] = f"{out['summary']} [in the SavedModel's TFLite conversion]"
+    return out

@@ -237,26 +237,25 @@ def test_a_pytorch_source_leaves_nothing_behind(ours, tmp_path):
     assert r.returncode == 2, "a model with another output shape must not verify"
 
 
-def test_a_saved_model_mismatch_says_only_the_outputs_were_compared(ours, tmp_path):
-    import tensorflow as tf
-
+def test_a_saved_model_with_a_flipped_weight_is_searched_through_tfs_own_tflite_conversion(ours, tmp_path):
     d, src, res = ours
-    loaded = tf.saved_model.load(res.saved_model)
-    fn = loaded.signatures["serving_default"]
-    (iname, ispec), = fn.structured_input_signature[1].items()
-    (oname, _), = fn.structured_outputs.items()
-
-    class Off(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec(ispec.shape, ispec.dtype, name=iname)])
-        def serve(self, x):
-            return {oname: fn(**{iname: x})[oname] * 1.01}
-
-    m = Off()
-    m.inner = loaded
-    tf.saved_model.save(m, str(tmp_path / "off"), signatures={"serving_default": m.serve})
-    out = graph_convert.verify_file(str(src), str(tmp_path / "off"))
-    assert not out.equivalent and out.divergence["found"] is False
-    assert "only the outputs were compared" in out.divergence["summary"]
+    sm = tmp_path / "sm"
+    shutil.copytree(res.saved_model, sm)
+    model = onnx.load(src)
+    w = numpy_helper.to_array({i.name: i for i in model.graph.initializer}[[n for n in model.graph.node if n.op_type == "Conv"][1].input[1]])
+    blob = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))).astype("<f4").tobytes()  # TF's HWIO
+    # our SavedModel keeps the weights as constants in saved_model.pb (a converter may use variables/)
+    found = [(p, bytes(p.read_bytes()).find(blob)) for p in sorted(sm.rglob("*")) if p.is_file()]
+    (data_file, at), = [(p, at) for p, at in found if at >= 0]
+    data = bytearray(data_file.read_bytes())
+    for i in range(at + 3, at + len(blob), 4 * 5):  # every 5th float of the second conv's kernel changes sign
+        data[i] ^= 0x80
+    data_file.write_bytes(bytes(data))
+    out = graph_convert.verify_file(str(src), str(sm))
+    assert not out.equivalent
+    div = out.divergence
+    assert div["found"] and "TFLiteConverter" in div["searched_in"], div
+    assert div["last_agreeing"]["onnx_op"].startswith("Relu") and div["first_disagreeing"]["onnx_op"].startswith("Conv")
 
 
 def test_name_sanitising_and_layout_perms():
