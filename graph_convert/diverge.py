@@ -164,13 +164,13 @@ def locate_in(src: list[Tensor], tfl: list[Tensor], parents: dict[str, list[str]
     bad = {"onnx_tensor": first.name, "onnx_op": first.op}
     if near is not None:
         b, p, f = near
-        bad.update(tflite_tensor=b.name, tflite_op=b.op, layout_perm=list(p), max_abs=f.max_abs, max_rel=f.max_rel, cosine=f.cosine,
+        bad.update(tflite_tensor=b.name, tflite_op=b.op, layout_perm_non_unit_axes=list(p), max_abs=f.max_abs, max_rel=f.max_rel, cosine=f.cosine,
                    reason=f.reason)
     good = None
     if last is not None:
         b, p, how = agree[last]
         good = {"onnx_tensor": last, "onnx_op": next(t.op for t in src if t.name == last), "tflite_tensor": b.name,
-                "tflite_op": b.op, "layout_perm": list(p), "paired_by": how}
+                "tflite_op": b.op, "layout_perm_non_unit_axes": list(p), "paired_by": how}
     text = (f"last agreeing: {good['onnx_op']} -> {good['tflite_op']}; " if good else "nothing agrees before it; ") + \
            f"first disagreeing: {first.op}, tensor {first.name!r}" + \
            (f" (closest in the .tflite: {bad['tflite_op']}, {bad['reason']})" if near else "")
