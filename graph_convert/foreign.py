@@ -413,7 +413,10 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
     with ``input_shapes``) on the draws ``convert`` uses, by its rule. Raises ConvertError on
     bad input (exit 2); a mismatch is a result with ``equivalent=False`` (exit 3)."""
     say = log or (lambda m: None)
-    shapes = [s if isinstance(s, tuple) and len(s) == 2 and not isinstance(s[0], int) else (None, tuple(s)) for s in input_shapes]
+    # (name or None, dims) as parse_shape gives them, or bare dims
+    shapes = [(s[0], tuple(s[1])) if len(s) == 2 and isinstance(s[1], (tuple, list)) else (None, tuple(s)) for s in input_shapes]
+    if report_path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(os.fspath(report_path)))):
+        raise ConvertError(f"--report {os.fspath(report_path)}: folder {os.path.dirname(os.path.abspath(os.fspath(report_path)))} does not exist")
     with tempfile.TemporaryDirectory(prefix="graph-convert-verify-") as work:
         model, info, overrides = _load_source(source, shapes, work)
     graph = from_onnx(model)

@@ -17,7 +17,7 @@ from onnx import TensorProto, numpy_helper
 
 import graph_convert
 from graph_convert import ConvertError
-from graph_convert.foreign import layout_perms, parse_map, sanitise
+from graph_convert.foreign import Spec, layout_perms, match, parse_map, sanitise
 from tests.helpers import Builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,6 +256,17 @@ def test_a_saved_model_with_a_flipped_weight_is_searched_through_tfs_own_tflite_
     div = out.divergence
     assert div["found"] and "TFLiteConverter" in div["searched_in"], div
     assert div["last_agreeing"]["onnx_op"].startswith("Relu") and div["first_disagreeing"]["onnx_op"].startswith("Conv")
+
+
+def test_a_dtype_or_count_mismatch_names_the_tensors():
+    f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
+    src = [Spec("ids", (1, 4), i64), Spec("x", (1, 3, 8, 8), f32)]
+    with pytest.raises(ConvertError, match=r"input 'ids' of the candidate and 'ids' of the source: dtype float32 vs int64"):
+        match("input", src, [Spec("ids", (1, 4), f32), Spec("x", (1, 8, 8, 3), f32)], {})
+    with pytest.raises(ConvertError, match=r"the candidate has 1 inputs \(x\), the source 2 \(ids, x\)"):
+        match("input", src, [Spec("x", (1, 8, 8, 3), f32)], {})
+    pairs = match("input", src, [Spec("serving_default_x:0", (1, 8, 8, 3), f32), Spec("b", (1, 4), np.dtype(np.int32))], {})
+    assert [(p.cand.name, p.how, p.perm) for p in pairs] == [("b", "order and shape", (0, 1)), ("serving_default_x:0", "name", (0, 2, 3, 1))]
 
 
 def test_name_sanitising_and_layout_perms():
