@@ -420,16 +420,9 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
     with tempfile.TemporaryDirectory(prefix="graph-convert-verify-") as work:
         model, info, overrides = _load_source(source, shapes, work)
     graph = from_onnx(model)
-    user = check_user_inputs(graph, read_npz(os.fspath(inputs), "--inputs"), f"--inputs {inputs}") if isinstance(
-        inputs, (str, os.PathLike)) else (check_user_inputs(graph, inputs, "inputs") if inputs is not None else None)
+    user = _user_feeds(graph, inputs)
     cand = load_candidate(os.fspath(candidate), signature)
-    parsed = [parse_map(m) for m in maps]
-    in_map = {c: (s, p) for c, s, p in parsed if c in {x.name for x in cand.inputs}}
-    out_map = {c: (s, p) for c, s, p in parsed if c in {x.name for x in cand.outputs}}
-    unknown = [c for c, _, _ in parsed if c not in in_map and c not in out_map]
-    if unknown:
-        raise ConvertError(f"--map: the candidate has no input or output {unknown[0]!r} "
-                           f"(inputs: {', '.join(x.name for x in cand.inputs)}; outputs: {', '.join(x.name for x in cand.outputs)})")
+    in_map, out_map = _maps(maps, cand)
     shapes_of = {n: (user[n].shape if user is not None else None) or overrides.get(n) for n in graph.inputs}
     ins = match("input", source_specs(graph, graph.inputs, {k: v for k, v in shapes_of.items() if v}), cand.inputs, in_map)
     draws = make_draws(graph, seed, overrides, user)
@@ -451,6 +444,25 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
     if report_path is not None:
         write_report(result.report, os.fspath(report_path))
     return result
+
+
+def _user_feeds(graph: Graph, inputs) -> dict[str, np.ndarray] | None:
+    if inputs is None:
+        return None
+    if isinstance(inputs, (str, os.PathLike)):
+        return check_user_inputs(graph, read_npz(os.fspath(inputs), "--inputs"), f"--inputs {os.fspath(inputs)}")
+    return check_user_inputs(graph, inputs, "inputs")
+
+
+def _maps(maps: Sequence[str], cand: Candidate) -> tuple[dict, dict]:
+    """``--map`` entries split into the candidate's inputs and outputs; an unknown name is refused."""
+    parsed = [parse_map(m) for m in maps]
+    ins, outs = {x.name for x in cand.inputs}, {x.name for x in cand.outputs}
+    unknown = [c for c, _, _ in parsed if c not in ins | outs]
+    if unknown:
+        raise ConvertError(f"--map: the candidate has no input or output {unknown[0]!r} "
+                           f"(inputs: {', '.join(x.name for x in cand.inputs)}; outputs: {', '.join(x.name for x in cand.outputs)})")
+    return {c: (s, p) for c, s, p in parsed if c in ins}, {c: (s, p) for c, s, p in parsed if c in outs}
 
 
 def _result(cand: Candidate, info: dict, ins: list[Pair], outs: list[Pair], verifier: Verifier,

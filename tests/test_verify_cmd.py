@@ -195,7 +195,7 @@ def test_map_pairs_tensors_whose_names_and_order_say_nothing(ours):
     d, src, res = ours
     out_name = res.report["io"]["outputs"][0]["tf_name"]
     src_out = res.report["io"]["outputs"][0]["name"]
-    ok = graph_convert.verify_file(str(src), res.tflite, maps=[f"input_1=input.1:0,2,3,1", f"{out_name}={src_out}:0,2,3,1"])
+    ok = graph_convert.verify_file(str(src), res.tflite, maps=["input_1=input.1:0,2,3,1", f"{out_name}={src_out}:0,2,3,1"])
     assert ok.equivalent and [p["matched_by"] for p in ok.report["io"]["inputs"]] == ["--map"]
     with pytest.raises(ConvertError, match="does not give the candidate"):
         graph_convert.verify_file(str(src), res.tflite, maps=["input_1=input.1:0,1,2,3"])
