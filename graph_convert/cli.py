@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(plus a float32 floor), and cosine >= 1 - atol")
     c.add_argument("--seed", default="0", help="seed of the random verification inputs (a non-negative integer)")
     c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
+    c.add_argument("--backend", choices=["graph-convert", "onnx2tf", "auto"], default="graph-convert",
+                   help="who writes the SavedModel/.tflite: our emitter (default), onnx2tf (verified by us exactly as ours; "
+                        "pip install 'graph-convert[onnx2tf]'), or ours with onnx2tf only for models with ops we cannot emit")
+    c.add_argument("--onnx2tf-python", metavar="PATH", help="the interpreter that runs onnx2tf (its pins may clash with ours; default: this one)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace an output folder that graph-convert wrote earlier (never one holding anything else)")
     c.add_argument("-q", "--quiet", action="store_true")
@@ -161,6 +165,10 @@ def _table(report: dict) -> str:
 
 def _summary(result) -> str:
     r = result.report
+    if r.get("backend", {}).get("used") == "onnx2tf":
+        return "\n".join([f"backend: onnx2tf ({r['backend']['why']})", _table(r),
+                          f"checked on {len(r['verification']['draws'])} input draws: {'; '.join(r['verification']['draws'])}",
+                          f"wrote {result.output_dir}/ (saved_model/, model_float32.tflite, report.json)"])
     passes = [p for p in r["passes"] if p["changed"]]
     lines = [f"passes changed the graph: {', '.join(dict.fromkeys(p['name'] for p in passes)) or 'none'}",
              f"rewritten graph: {r['rewritten_graph']['nodes']} nodes, {r['rewritten_graph']['transposes']} Transpose"]
@@ -260,7 +268,8 @@ def options_from_args(args) -> ConvertOptions:
         overwrite=args.overwrite, quantize=args.quantize, calibration=args.calibration, eval_data=args.eval_data,
         int8_io=args.int8_io, quant_debug=args.quant_debug,
         float_ops=args.float_ops.split(",") if args.float_ops is not None else (), min_sqnr=args.min_sqnr,
-        min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size)
+        min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size, backend=args.backend,
+        onnx2tf_python=args.onnx2tf_python)
 
 
 def _one_line(e: BaseException) -> str:
