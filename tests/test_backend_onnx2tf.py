@@ -74,3 +74,18 @@ def test_without_onnx2tf_exit_2_names_the_pip_command(tmp_path):
     assert r.returncode == 2 and "cannot be combined with --quantize" in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
 
+
+
+@needs_onnx2tf
+def test_auto_falls_back_to_onnx2tf_for_an_op_we_cannot_emit(tmp_path):
+    b = Builder()
+    x = b.input("x", [1, 3, 8, 8])
+    y = b.op("Conv", [x, b.weight([4, 3, 3, 3]), b.weight([4])], pads=[1, 1, 1, 1])
+    b.output(b.op("GlobalLpPool", [y], p=2))  # no emitter of ours
+    onnx.save(b.model(), tmp_path / "m.onnx")
+    r = cli(["convert", "m.onnx", "-o", "ours", "-q"], tmp_path)
+    assert r.returncode == 2 and "GlobalLpPool" in r.stderr
+    r = cli(["convert", "m.onnx", "-o", "out", "--backend", "auto", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["backend"]["used"] == "onnx2tf" and "GlobalLpPool" in rep["backend"]["why"]
