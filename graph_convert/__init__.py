@@ -19,7 +19,7 @@ from graph_convert.errors import (  # noqa: E402
     VerificationError,
 )
 from graph_convert.options import ConvertOptions  # noqa: E402
-from graph_convert.passes import Pass, PassContext, PassResult, Registry  # noqa: E402
+from graph_convert.pass_manager import Pass, PassContext, PassResult, Registry  # noqa: E402
 
 
 def convert(source, example_inputs=None, output_dir="converted", options=None, **kwargs):
@@ -41,7 +41,7 @@ def verify_file(source, candidate, **kwargs):
 def pass_pipeline(plugins=()) -> list[dict]:
     """The pass pipeline with ``plugins`` loaded, in run order: one dict per pass with its
     ``phase``, ``name``, fixed-point ``group`` (or None) and ``source`` (the plugin it came from)."""
-    from graph_convert.passes import PassManager, builtin_registry
+    from graph_convert.pass_manager import PassManager, builtin_registry
 
     reg = builtin_registry(list(plugins))
     out = []

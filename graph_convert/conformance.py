@@ -211,7 +211,7 @@ class Runner:
     tests that look at them."""
 
     def __init__(self, registry=None, options: dict | None = None, freeze: bool = True, disable: Sequence[str] = ()):
-        from graph_convert.passes import builtin_registry
+        from graph_convert.pass_manager import builtin_registry
 
         self.registry = registry if registry is not None else builtin_registry()
         self.options = {**(options or {}), "keep_io_layout": True}
@@ -280,7 +280,7 @@ class Runner:
 
     def _build(self, case):
         from graph_convert.ir import from_onnx
-        from graph_convert.passes import PassManager
+        from graph_convert.pass_manager import PassManager
         from graph_convert.tf.emitter import build_function, tf_name
 
         m = case.model
@@ -716,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = run_cases(cases, jobs=args.jobs, isolate=True, progress=progress)
     seconds = time.perf_counter() - t0
-    from graph_convert.passes import builtin_registry
+    from graph_convert.pass_manager import builtin_registry
 
     emitter_ops = builtin_registry().emitters
     show = set(STATUSES) if args.show == "all" else set(args.show.split(","))

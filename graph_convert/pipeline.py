@@ -25,7 +25,7 @@ from graph_convert.errors import ConvertError, GraphConvertError, PassError, Sta
 from graph_convert.ir import Graph, from_onnx, to_onnx
 from graph_convert.options import ConvertOptions
 from graph_convert.output import OutputDir, protected_paths
-from graph_convert.passes import Registry, builtin_registry
+from graph_convert.pass_manager import Registry, builtin_registry
 from graph_convert.rewrite import Rewritten, rewrite
 from graph_convert.source import check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.report import build_report, figures_dict, json_safe
@@ -224,9 +224,8 @@ def convert_onnx2tf(c: Conversion) -> None:
 
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
-    o = c.options
-    return rewrite(model, c.registry, disable_passes=o.disable_passes, pass_options=o.pass_options, verify=o.verify, atol=o.atol,
-                   seed=o.seed, shape_overrides=c.shape_overrides, user_feeds=user_feeds, timings=c.timings, graph=graph)
+    return rewrite(model, c.registry, c.options, shape_overrides=c.shape_overrides, user_feeds=user_feeds, timings=c.timings,
+                   graph=graph)
 
 
 def rewrite_graph(c: Conversion) -> None:

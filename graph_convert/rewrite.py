@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
 
 from graph_convert.errors import PassError, VerificationError
 from graph_convert.ir import Graph, from_onnx
-from graph_convert.passes import PassManager, PassRecord, Registry
+from graph_convert.options import ConvertOptions
+from graph_convert.pass_manager import PassManager, PassRecord, Registry
 from graph_convert.verify import Figures, Verifier, first_diverging_tensor, make_draws
 
 
@@ -54,13 +55,14 @@ class _Check:
             raise
 
 
-def rewrite(model: onnx.ModelProto, registry: Registry, *, disable_passes: tuple[str, ...], pass_options: dict[str, Any],
-            verify: str, atol: float, seed: int, shape_overrides: Mapping[str, tuple], user_feeds: Mapping[str, np.ndarray] | None,
-            timings: dict[str, float], graph: Graph | None = None) -> Rewritten:
+def rewrite(model: onnx.ModelProto, registry: Registry, options: ConvertOptions, *, shape_overrides: Mapping[str, tuple],
+            user_feeds: Mapping[str, np.ndarray] | None, timings: dict[str, float], graph: Graph | None = None) -> Rewritten:
     """Run the passes on ``model`` (or its already loaded ``graph``), proven against ``model`` in
-    ONNX Runtime as ``verify`` says: at the end (default), after every phase, after every pass, or not."""
+    ONNX Runtime as ``options.verify`` says: at the end (default), after every phase, after every
+    pass, or not."""
+    verify, atol = options.verify, options.atol
     graph = from_onnx(model) if graph is None else graph
-    draws = make_draws(graph, seed, shape_overrides, user_feeds)
+    draws = make_draws(graph, options.seed, shape_overrides, user_feeds)
     t = time.perf_counter()
     # with the user's arrays, a random draw the source itself cannot run on (indices out of
     # range, say) is dropped with a note; without them every draw must run
@@ -68,7 +70,7 @@ def rewrite(model: onnx.ModelProto, registry: Registry, *, disable_passes: tuple
     timings["reference_ort"] = timings.get("reference_ort", 0.0) + time.perf_counter() - t
 
     def manager() -> PassManager:
-        return PassManager(registry, disabled=disable_passes, options=pass_options)
+        return PassManager(registry, disabled=options.disable_passes, options=options.pass_options)
 
     pristine = graph.copy()
     t = time.perf_counter()

@@ -11,6 +11,8 @@ def register(registry) -> None:
         fold_batchnorm,
         fold_channel_permutation,
         fold_constants,
+        fuse_activations,
+        fuse_normalizations,
         heads_first,
         io_channels_last,
         merge_slices,
@@ -22,7 +24,7 @@ def register(registry) -> None:
         transpose_handlers,
     )
     for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
-                recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
+                fuse_activations, fuse_normalizations, recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
                 push_transposes, heads_first, merge_slices, prune):
         registry.add_pass(mod.PASS)
     for op_type, handler in transpose_handlers.HANDLERS.items():

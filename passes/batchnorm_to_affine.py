@@ -3,7 +3,7 @@ which the transpose pusher moves through like any broadcast elementwise op."""
 from __future__ import annotations
 
 from graph_convert.ir import Graph
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 from graph_convert_passes.fold_batchnorm import bn_scale_shift
 
 

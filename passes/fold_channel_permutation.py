@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from graph_convert.ir import Graph, Node
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 
 def _perm_of(graph: Graph, node: Node) -> np.ndarray | None:
@@ -47,12 +47,17 @@ def input_foldable(graph: Graph, consumer: Node, tensor: str) -> bool:
 _CHANNEL_FREE = {
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
-    "Round", "Sign", "Sin", "Cos", "Identity", "ThresholdedRelu", "Shrink", "Clip",
+    "Round", "Sign", "Sin", "Cos", "Identity", "ThresholdedRelu", "Shrink", "Clip", "Swish",
+    # the local-function forms of fused activations (passes/fused_ops.py), keyed "domain::op"
+    "graph_convert::Gelu", "graph_convert::GeluTanh", "graph_convert::Swish", "graph_convert::HardSwish",
+    "graph_convert::Mish",
 }
 
 
 def _channel_free(graph: Graph, node: Node | None) -> bool:
-    if node is None or node.op_type not in _CHANNEL_FREE or node.domain not in ("", "ai.onnx") or node.is_layout_marked:
+    if node is None or node.is_layout_marked:
+        return False
+    if (node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}") not in _CHANNEL_FREE:
         return False
     for t in node.inputs[1:]:
         if t:

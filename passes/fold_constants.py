@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from graph_convert.ir import Graph, Node
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 MAX_ELEMENTS = 1 << 20
 # random, stateful or control-flow ops are never folded

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from graph_convert.ir import Graph, Node
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 
 def _plain(node: Node | None, op: str) -> bool:

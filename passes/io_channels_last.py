@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from graph_convert import perm as P
 from graph_convert.ir import Graph
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 from graph_convert_passes.transpose_handlers import HANDLERS
 
 # layout-agnostic ops the transpose pusher moves through without reshaping

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from graph_convert.ir import Graph, Node
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 
 def _slice_spec(graph: Graph, node: Node) -> dict[int, tuple[int, int, int]] | None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from graph_convert.ir import Graph
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 
 class Prune(Pass):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from graph_convert.ir import Graph
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 from graph_convert import perm as P
 from graph_convert_passes.transpose_handlers import pull_through_reshape, transpose_perm
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from graph_convert.ir import Graph, Node
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 
 def depth_to_space(x: np.ndarray, r: int, mode: str) -> np.ndarray:

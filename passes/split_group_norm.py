@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from graph_convert.ir import Graph
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 
 def _static(shape) -> bool:

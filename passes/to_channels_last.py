@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from graph_convert import perm as P
 from graph_convert.ir import Graph, Node
-from graph_convert.passes import Pass, PassContext, PassResult
+from graph_convert.pass_manager import Pass, PassContext, PassResult
 
 
 def kernel_to_tf(rank: int) -> tuple[int, ...]:

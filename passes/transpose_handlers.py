@@ -654,7 +654,10 @@ UNARY = [
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
     "Round", "Sign", "Sin", "Cos", "Not", "Cast", "Clip", "Identity", "ThresholdedRelu", "IsNaN", "IsInf",
-    "Shrink", "Dropout", "CastLike",
+    "Shrink", "Dropout", "CastLike", "Swish",
+    # the local-function forms of fused activations (passes/fused_ops.py)
+    "graph_convert::Gelu", "graph_convert::GeluTanh", "graph_convert::Swish", "graph_convert::HardSwish",
+    "graph_convert::Mish",
 ]
 BROADCAST = ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Equal",
              "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift"]

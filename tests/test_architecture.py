@@ -122,7 +122,7 @@ def conv_model() -> onnx.ModelProto:
 def test_a_plugin_emitter_that_replaces_a_layout_aware_one_sees_the_source_layout(tmp_path):
     """A plugin's Conv emitter does not inherit the built-in's layout-awareness: it is handed NCHW
     data and an OIHW weight, as the ONNX op defines them, and the conversion verifies."""
-    from graph_convert.passes import builtin_registry
+    from graph_convert.pass_manager import builtin_registry
 
     seen = {}
 

@@ -7,7 +7,7 @@ import onnx
 from onnx import helper
 
 from graph_convert.ir import from_onnx
-from graph_convert.passes import PassManager
+from graph_convert.pass_manager import PassManager
 from graph_convert_passes.fold_constants import FoldConstants
 from tests.helpers import Builder, assert_equivalent, registry, run_pipeline
 

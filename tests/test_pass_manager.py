@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper
 
 import graph_convert_models as models
-from graph_convert import passes as passes_mod
+from graph_convert import pass_manager as passes_mod
 from graph_convert.errors import ConvertError, PassError
 from graph_convert.ir import Graph, from_onnx
-from graph_convert.passes import PHASES, Pass, PassContext, PassManager, PassRecord, PassResult, Registry
+from graph_convert.pass_manager import PHASES, Pass, PassContext, PassManager, PassRecord, PassResult, Registry
 from tests.helpers import Builder, assert_equivalent, registry
 
 Run = Callable[[Graph, PassContext], PassResult]

@@ -36,7 +36,7 @@ def make():
 PLUGIN_PY = '''
 import os, time
 import numpy as np
-from graph_convert.passes import Pass, PassResult
+from graph_convert.pass_manager import Pass, PassResult
 
 
 class Hold(Pass):
@@ -67,6 +67,18 @@ class FlipLastWeight(Pass):
         return PassResult(True)
 
 
+class LiesAboutChanged(Pass):
+    """Edits the graph (a Relu becomes a LeakyRelu) and says it did not (when GC_LIE=1)."""
+    name, phase = "test_lies_about_changed", "canonicalize"
+
+    def run(self, graph, ctx):
+        if os.environ.get("GC_LIE") == "1":
+            for n in graph.nodes:
+                if n.op_type == "Relu":
+                    n.op_type = "LeakyRelu"
+        return PassResult(False)
+
+
 def emit_failing_relu(node, inputs, ctx):
     import tensorflow as tf
     x = inputs[0]
@@ -77,6 +89,7 @@ def emit_failing_relu(node, inputs, ctx):
 def register(registry):
     registry.add_pass(Hold)
     registry.add_pass(FlipLastWeight)
+    registry.add_pass(LiesAboutChanged)
     if os.environ.get("GC_BAD_EMITTER") == "1":
         registry.add_emitter("Relu", emit_failing_relu)
 '''
@@ -391,6 +404,26 @@ def test_tensorflow_runtime_error_is_one_line_exit_6(work):
     debug = cli(["convert", "m.onnx", "-o", work / "out", "--plugin", "gc_test_plugin", "--debug"], work, GC_BAD_EMITTER=1)
     assert debug.returncode == 6 and "Traceback" in debug.stderr
     assert not (work / "out").exists() and leftovers(work) == []
+
+
+def test_a_pass_that_lies_about_changed_is_named(work):
+    proc = cli(["convert", "m.onnx", "-o", work / "out", "--plugin", "gc_test_plugin"], work, GC_LIE=1)
+    assert proc.returncode == 4
+    line = one_line_error(proc)
+    assert "test_lies_about_changed" in line and "changed=False" in line
+    assert not (work / "out").exists() and leftovers(work) == []
+
+
+def test_gemm_transa_with_a_row_bias_converts(work):
+    """The conformance case that regressed unseen (TF's fused MatMul+bias refused a (1, N) bias)."""
+    from graph_convert import conformance as C
+
+    case = C.load_cases("^test_gemm_transposeA$")[0]
+    onnx.save(case.model, work / "gemm.onnx")
+    a, b, c = (np.asarray(v) for v in case.data_sets[0][0])
+    np.savez(work / "gemm.npz", **{vi.name: v for vi, v in zip(case.model.graph.input, (a, b, c))})
+    proc = cli(["convert", "gemm.onnx", "-o", work / "out", "--inputs", "gemm.npz", "-q"], work)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("args,expect", [

@@ -2,7 +2,7 @@
 and name this pass."""
 from __future__ import annotations
 
-from graph_convert.passes import Pass, PassResult
+from graph_convert.pass_manager import Pass, PassResult
 
 
 class BreakRelu(Pass):

@@ -374,6 +374,11 @@ def _mish(node, t):
     return tf.where(t > 20.0, t, t * n / (n + 2.0))
 
 
+def _swish(t, alpha: float):
+    # TFLite has no SWISH kernel: LOGISTIC and MUL (and no MUL by an alpha of 1)
+    return t * tf.math.sigmoid(t if alpha == 1.0 else alpha * t)
+
+
 _ACTIVATIONS: dict[str, Callable] = {
     "LeakyRelu": lambda node, t: tf.nn.leaky_relu(t, alpha=node.attr("alpha", 0.01)),
     "Elu": _elu, "Selu": _selu, "Celu": _celu, "Mish": _mish,
@@ -381,8 +386,16 @@ _ACTIVATIONS: dict[str, Callable] = {
     "HardSwish": lambda node, t: t * tf.nn.relu6(t + 3.0) / 6.0,
     "Gelu": lambda node, t: tf.nn.gelu(t, approximate=node.attr("approximate", "none") == "tanh"),
     "ThresholdedRelu": lambda node, t: tf.where(t > node.attr("alpha", 1.0), t, tf.zeros_like(t)),
-    "Swish": lambda node, t: t * tf.math.sigmoid(node.attr("alpha", 1.0) * t),
+    "Swish": lambda node, t: _swish(t, node.attr("alpha", 1.0)),
 }
+# the model-local functions that passes/fused_ops.py writes below the opset that has the ONNX op:
+# same attributes as the ONNX op, except that tanh-GELU is an op of its own
+_ACTIVATIONS.update({
+    "graph_convert::Gelu": lambda node, t: tf.nn.gelu(t, approximate=False),
+    "graph_convert::GeluTanh": lambda node, t: tf.nn.gelu(t, approximate=True),
+    "graph_convert::Swish": _ACTIVATIONS["Swish"], "graph_convert::HardSwish": _ACTIVATIONS["HardSwish"],
+    "graph_convert::Mish": _mish,
+})
 for _op, _fn in _ACTIVATIONS.items():
     emitter(_op)(_activation(_fn))
 

@@ -49,7 +49,7 @@ def emit_instance_norm(node, x, ctx):
     return _back(d * tf.math.rsqrt(var + node.attr("epsilon", 1e-5)) * scale + bias, dt)
 
 
-@emitter("LayerNormalization")
+@emitter("LayerNormalization", "graph_convert::LayerNormalization")  # and its local function
 def emit_layer_norm(node, x, ctx):
     t, dt = _float(node, x[0])
     rank = len(t.shape)
@@ -89,7 +89,7 @@ def emit_group_norm(node, x, ctx):
     return _back(y * tf.reshape(scale, shape) + tf.reshape(bias, shape), dt)
 
 
-@emitter("RMSNormalization")
+@emitter("RMSNormalization", "graph_convert::RMSNormalization")
 def emit_rms_norm(node, x, ctx):
     t, dt = _float(node, x[0])
     rank = len(t.shape)
