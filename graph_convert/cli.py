@@ -251,6 +251,8 @@ def _run(args) -> int:
     except ConvertError as e:
         return _fail(args, EXIT_USAGE, f"error: {_one_line(e)}", e)
     except StageError as e:
+        if e.stage == "convert with onnx2tf":  # onnx2tf's own failure, not ours: its last lines are in the message
+            return _fail(args, EXIT_INTERNAL, f"onnx2tf could not convert the model: {_one_line(e)}", e)
         return _fail(args, EXIT_INTERNAL, f"internal error: {_one_line(e)} (a bug in graph-convert or TensorFlow: "
                                           f"--debug shows the traceback)", e)
     except Exception as e:  # whatever no stage caught: still one line, never a raw traceback

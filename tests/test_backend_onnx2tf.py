@@ -7,6 +7,7 @@ import json
 import os
 
 import onnx
+import numpy as np
 import pytest
 
 from tests.helpers import Builder
@@ -89,3 +90,15 @@ def test_auto_falls_back_to_onnx2tf_for_an_op_we_cannot_emit(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["backend"]["used"] == "onnx2tf" and "GlobalLpPool" in rep["backend"]["why"]
+
+
+@needs_onnx2tf
+def test_an_onnx2tf_failure_is_named_as_onnx2tfs_and_leaves_nothing(tmp_path):
+    b = Builder()
+    x = b.input("x", [4, 2, 3])
+    y = b.op("ReverseSequence", [x, b.const(np.array([4, 2], np.int64), dtype=np.int64)], time_axis=0, batch_axis=1)
+    b.output(b.op("Relu", [y]))  # onnx2tf 1.28.8 fails on this ReverseSequence; we have no emitter for it
+    onnx.save(b.model(), tmp_path / "m.onnx")
+    r = cli(["convert", "m.onnx", "-o", "out", "--backend", "auto", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
+    assert r.returncode == 6 and "onnx2tf could not convert the model" in r.stderr, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["m.onnx"]
