@@ -53,11 +53,14 @@ def _quiet():
 
 
 def _tflite_interpreter(path: str, keep_all: bool = False):
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    # keep_all: no XNNPACK delegate, whose fused partitions hide the tensors inside them
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if keep_all else OpResolverType.AUTO
     with _quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # keeping every tensor "is intended for debugging": that is what it is for here
-        it = Interpreter(model_path=path, num_threads=1, experimental_preserve_all_tensors=keep_all)
+        it = Interpreter(model_path=path, num_threads=1, experimental_preserve_all_tensors=keep_all,
+                         experimental_op_resolver_type=resolver)
         it.allocate_tensors()
     return it
 
