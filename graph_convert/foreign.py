@@ -426,6 +426,7 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
     user = _user_feeds(graph, inputs)
     cand = load_candidate(os.fspath(candidate), signature)
     in_map, out_map = _maps(maps, cand)
+    overrides = batch_from_candidate(graph, cand, overrides) if user is None else overrides
     shapes_of = {n: (user[n].shape if user is not None else None) or overrides.get(n) for n in graph.inputs}
     ins = match("input", source_specs(graph, graph.inputs, {k: v for k, v in shapes_of.items() if v}), cand.inputs, in_map)
     draws = make_draws(graph, seed, overrides, user)
@@ -447,6 +448,21 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
     if report_path is not None:
         write_report(result.report, os.fspath(report_path))
     return result
+
+
+def batch_from_candidate(graph: Graph, cand: Candidate, overrides: Mapping[str, tuple]) -> dict[str, tuple]:
+    """A source input whose dim 0 is symbolic (and not set by --input-shape) takes the batch of
+    the candidate's input of that name (or of its only input) when that one is fixed; the other
+    symbolic dims stay 1 (--input-shape sets them)."""
+    out = dict(overrides)
+    for n in graph.inputs:
+        shape = graph.shape(n)
+        if n in out or not shape or (isinstance(shape[0], int) and shape[0] > 0):
+            continue
+        same = [c for c in cand.inputs if sanitise(c.name) == sanitise(n)] or (cand.inputs if len(cand.inputs) == 1 else [])
+        if same and same[0].shape and len(same[0].shape) == len(shape) and same[0].shape[0]:
+            out[n] = (same[0].shape[0], *(d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]))
+    return out
 
 
 def _user_feeds(graph: Graph, inputs) -> dict[str, np.ndarray] | None:

@@ -36,10 +36,10 @@ def verify_cli(*args, work, timeout=600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def two_convs(c: int = 3, h: int = 8, w: int = 6) -> onnx.ModelProto:
-    """x (1, c, h, w) -> Conv 4 -> Relu -> Conv 5 -> y (1, 5, h, w)."""
+def two_convs(c: int = 3, h: int = 8, w: int = 6, batch: int = 1) -> onnx.ModelProto:
+    """x (batch, c, h, w) -> Conv 4 -> Relu -> Conv 5 -> y (batch, 5, h, w); seeded weights."""
     b = Builder()
-    x = b.input("input.1", [1, c, h, w])
+    x = b.input("input.1", [batch, c, h, w])
     y = b.op("Relu", [b.op("Conv", [x, b.weight([4, c, 3, 3]), b.weight([4])], pads=[1, 1, 1, 1])])
     b.output(b.op("Conv", [y, b.weight([5, 4, 3, 3]), b.weight([5])], pads=[1, 1, 1, 1]))
     return b.model()
@@ -305,3 +305,18 @@ def test_onnx2tf_output_is_checked(tmp_path):
     (tmp_path / "bad.tflite").write_bytes(bytes(data))
     v = verify_cli(tmp_path / "m.onnx", tmp_path / "bad.tflite", work=tmp_path)
     assert v.returncode == 3 and "first disagreeing: Conv" in v.stdout, v.stdout + v.stderr
+
+
+def test_a_symbolic_batch_takes_the_candidates_fixed_batch(tmp_path):
+    """A source with a symbolic batch against a file converted at batch 2: checked at batch 2."""
+    res = graph_convert.convert(two_convs(batch=2), None, str(tmp_path / "out"))  # the same seeded weights
+    assert res.report["io"]["inputs"][0]["shape"][0] == 2
+    model = two_convs()
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    del model.graph.value_info[:]
+    onnx.save(model, tmp_path / "dyn.onnx")
+    out = graph_convert.verify_file(str(tmp_path / "dyn.onnx"), res.tflite)
+    assert out.equivalent and out.report["io"]["inputs"][0]["source_shape"] == [2, 3, 8, 6]
+    with pytest.raises(ConvertError, match="element counts differ"):  # an explicit shape still wins
+        graph_convert.verify_file(str(tmp_path / "dyn.onnx"), res.tflite, input_shapes=[("input.1", (1, 3, 8, 6))])
