@@ -1,7 +1,8 @@
 """graph_convert: PyTorch/ONNX -> verified rewrite -> TensorFlow SavedModel + TFLite.
 
 The public API (the command line uses nothing else): :func:`convert` with
-:class:`ConvertOptions`, :func:`pass_pipeline`, :func:`parse_shape`, :func:`quantization_tables`,
+:class:`ConvertOptions`, :func:`verify_file` (check another converter's file), :func:`pass_pipeline`,
+:func:`parse_shape`, :func:`quantization_tables`,
 the plugin classes (:class:`Pass`, :class:`PassResult`, :class:`PassContext`, :class:`Registry`)
 and the error types, each of which the CLI maps to one exit code.
 """
@@ -26,6 +27,15 @@ def convert(source, example_inputs=None, output_dir="converted", options=None, *
     from graph_convert.pipeline import convert as _convert
 
     return _convert(source, example_inputs, output_dir, options, **kwargs)
+
+
+def verify_file(source, candidate, **kwargs):
+    """Check a .tflite or SavedModel made by any converter against its ONNX/PyTorch source; see
+    :func:`graph_convert.foreign.verify_file`. Returns a result with ``equivalent``, ``figures``,
+    ``report`` and (on a mismatch with a .tflite) ``divergence``."""
+    from graph_convert.foreign import verify_file as _verify_file
+
+    return _verify_file(source, candidate, **kwargs)
 
 
 def pass_pipeline(plugins=()) -> list[dict]:
@@ -64,6 +74,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'graph_convert' has no attribute {name!r}")
 
 
-__all__ = ["convert", "ConvertOptions", "pass_pipeline", "parse_shape", "quantization_tables", "ConvertError",
+__all__ = ["convert", "verify_file", "ConvertOptions", "pass_pipeline", "parse_shape", "quantization_tables", "ConvertError",
            "GraphConvertError", "PassError", "StageError", "UnsupportedOpsError", "VerificationError",
            "QuantizationThresholdError", "Pass", "PassContext", "PassResult", "Registry", "__version__"]

@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(plus a float32 floor), and cosine >= 1 - atol")
     c.add_argument("--seed", default="0", help="seed of the random verification inputs (a non-negative integer)")
     c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
+    c.add_argument("--backend", choices=["graph-convert", "onnx2tf", "auto"], default="graph-convert",
+                   help="who writes the SavedModel/.tflite: our emitter (default), onnx2tf (verified by us exactly as ours; "
+                        "pip install 'graph-convert[onnx2tf]'), or ours with onnx2tf only for models with ops we cannot emit")
+    c.add_argument("--onnx2tf-python", metavar="PATH", help="the interpreter that runs onnx2tf (its pins may clash with ours; default: this one)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace an output folder that graph-convert wrote earlier (never one holding anything else)")
     c.add_argument("-q", "--quiet", action="store_true")
@@ -92,15 +96,64 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--float-ops", metavar="NODE,...", help="int8-full: keep these nodes' layers float; the report shows what it bought")
     q.add_argument("--min-sqnr", type=float, metavar="DB", help=f"fail (exit {EXIT_QUANT_THRESHOLD}, nothing written) if any quantized output's SQNR is lower")
     q.add_argument("--min-top1", type=float, metavar="PCT", help=f"fail (exit {EXIT_QUANT_THRESHOLD}, nothing written) if any classifier output's top-1 agreement is lower")
+    _verify_parser(sub)
     ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
     ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     ls.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     return p
 
 
+def _verify_parser(sub) -> None:
+    v = sub.add_parser("verify", help="check a .tflite or SavedModel made by any converter against its ONNX/PyTorch source")
+    v.add_argument("source", help="model.onnx, path/to/file.py:factory or package.module:attr (with --input-shape)")
+    v.add_argument("candidate", help="a .tflite file or a SavedModel folder")
+    v.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D0,D1,...",
+                   help="input shape (required for PyTorch sources; for ONNX, the symbolic dims)")
+    v.add_argument("--inputs", metavar="DATA.npz", help="also verify on these arrays (keyed by source input name, source layout)")
+    v.add_argument("--atol", default="1e-4", help="tolerance relative to each output's own scale (as for convert)")
+    v.add_argument("--seed", default="0", help="seed of the random verification inputs")
+    v.add_argument("--signature", metavar="NAME", help="the signature to check (default: serving_default, or the only one)")
+    v.add_argument("--map", action="append", default=[], metavar="CAND=SRC[:PERM]",
+                   help="pair a candidate input/output with a source one, optionally with its layout "
+                        "(candidate = transpose(source, PERM), e.g. x=input:0,2,3,1); repeat per tensor")
+    v.add_argument("--report", metavar="OUT.json", help="write the figures, the matching and the divergence as JSON")
+    v.add_argument("--no-locate", action="store_true", help="on a mismatch, do not search the intermediate tensors")
+    v.add_argument("-q", "--quiet", action="store_true")
+    v.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
+
+
+def _verify(args) -> int:
+    log = None if args.quiet else (lambda m: print(m, flush=True))
+    res = gc.verify_file(args.source, args.candidate, input_shapes=[gc.parse_shape(s) for s in args.input_shape],
+                         inputs=args.inputs, atol=_positive_finite(args.atol), seed=_non_negative_int(args.seed),
+                         signature=args.signature, maps=args.map, report_path=args.report, locate=not args.no_locate, log=log)
+    r = res.report
+    if not args.quiet:
+        for p in r["io"]["inputs"] + r["io"]["outputs"]:
+            side = "input " if p in r["io"]["inputs"] else "output"
+            print(f"{side} {p['source']!r} <-> {p['candidate']!r} (by {p['matched_by']}; layout {tuple(p['layout_perm'])})")
+        print(_table(r))
+        print(f"checked on {len(r['verification']['draws'])} input draws: {'; '.join(r['verification']['draws'])}")
+        for n in r["verification"]["notes"]:
+            print(f"note: {n}")
+        for w in r["verification"]["warnings"]:
+            print(f"warning: output {w['output']!r}: {w['warning']}")
+        if res.divergence is not None:
+            print(f"where: {res.divergence['summary']}")
+        if res.equivalent:
+            print(f"equivalent: {args.candidate} computes what {args.source} computes")
+    if res.equivalent:
+        return 0
+    bad = next((n, f) for n, f in res.figures.items() if not f.ok)
+    where = f"; {res.divergence['summary']}" if res.divergence and res.divergence.get("found") else ""
+    print(f"graph-convert: verification failed: {args.candidate}: output {bad[0]!r} differs from the source: "
+          f"{bad[1].reason}{where}", file=sys.stderr)
+    return EXIT_VERIFY
+
+
 def _table(report: dict) -> str:
     rows = [("stage", "output", "max abs", "/ scale", "cosine", "SQNR dB", "ok")]
-    for stage in ("rewritten_onnx", "tensorflow", "tflite_float32"):
+    for stage in ("rewritten_onnx", "tensorflow", "tflite_float32", "tflite", "saved_model"):
         for name, f in report["verification"].get(stage, {}).items():
             rows.append((stage, name, f"{f['max_abs']:.2e}", f"{f['max_rel']:.2e}", f"{f['cosine']:.6f}", f"{f['sqnr_db']:.1f}",
                          "yes" if f["ok"] else "NO"))
@@ -112,6 +165,10 @@ def _table(report: dict) -> str:
 
 def _summary(result) -> str:
     r = result.report
+    if r.get("backend", {}).get("used") == "onnx2tf":
+        return "\n".join([f"backend: onnx2tf ({r['backend']['why']})", _table(r),
+                          f"checked on {len(r['verification']['draws'])} input draws: {'; '.join(r['verification']['draws'])}",
+                          f"wrote {result.output_dir}/ (saved_model/, model_float32.tflite, report.json)"])
     passes = [p for p in r["passes"] if p["changed"]]
     lines = [f"passes changed the graph: {', '.join(dict.fromkeys(p['name'] for p in passes)) or 'none'}",
              f"rewritten graph: {r['rewritten_graph']['nodes']} nodes, {r['rewritten_graph']['transposes']} Transpose"]
@@ -178,6 +235,8 @@ def _run(args) -> int:
                 grp = f" [fixed-point group {p['group']}]" if p["group"] else ""
                 print(f"{p['phase']:13s} {p['name']}{grp}  (from {p['source']})")
             return 0
+        if args.command == "verify":
+            return _verify(args)
         log = None if args.quiet else (lambda m: print(m, flush=True))
         result = gc.convert(args.source, None, args.output, options_from_args(args), log=log)
         if not args.quiet:
@@ -192,6 +251,8 @@ def _run(args) -> int:
     except ConvertError as e:
         return _fail(args, EXIT_USAGE, f"error: {_one_line(e)}", e)
     except StageError as e:
+        if e.stage == "convert with onnx2tf":  # onnx2tf's own failure, not ours: its last lines are in the message
+            return _fail(args, EXIT_INTERNAL, f"onnx2tf could not convert the model: {_one_line(e)}", e)
         return _fail(args, EXIT_INTERNAL, f"internal error: {_one_line(e)} (a bug in graph-convert or TensorFlow: "
                                           f"--debug shows the traceback)", e)
     except Exception as e:  # whatever no stage caught: still one line, never a raw traceback
@@ -209,7 +270,8 @@ def options_from_args(args) -> ConvertOptions:
         overwrite=args.overwrite, quantize=args.quantize, calibration=args.calibration, eval_data=args.eval_data,
         int8_io=args.int8_io, quant_debug=args.quant_debug,
         float_ops=args.float_ops.split(",") if args.float_ops is not None else (), min_sqnr=args.min_sqnr,
-        min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size)
+        min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size, backend=args.backend,
+        onnx2tf_python=args.onnx2tf_python)
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from graph_convert.errors import ConvertError
 
 VERIFY_MODES = ("end", "phase", "each", "none")
+BACKENDS = ("graph-convert", "onnx2tf", "auto")
 
 
 def check_tolerance(atol: Any) -> float:
@@ -66,11 +67,20 @@ class ConvertOptions:
     mean: Any = None
     std: Any = None
     size: Any = None
+    backend: str = "graph-convert"  # "onnx2tf": onnx2tf converts, we verify; "auto": ours, onnx2tf for what we cannot emit
+    onnx2tf_python: str | None = None  # the interpreter that runs onnx2tf (default: this one)
     quant: Any = field(init=False, default=None, compare=False, repr=False)  # QuantOptions | None
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
             raise ConvertError(f"--verify {self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
+        if self.backend not in BACKENDS:
+            raise ConvertError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.backend != "graph-convert":
+            for clash, what in ((self.quantize, "--quantize"), (self.dynamic_batch, "--dynamic-batch"),
+                                (not self.tflite, "--no-tflite"), (self.keep_io_layout, "--keep-io-layout")):
+                if clash:
+                    raise ConvertError(f"--backend {self.backend} cannot be combined with {what} yet")
         set_ = object.__setattr__.__get__(self)
         set_("atol", check_tolerance(self.atol))
         set_("seed", check_seed(self.seed))

@@ -100,6 +100,12 @@ class Conversion:
     figures: dict[str, dict[str, Figures]] = field(default_factory=dict)  # stage -> output -> figures
     paths: dict[str, str] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    backend: str = "graph-convert"  # the back end that makes the files (``auto`` resolves to one)
+    backend_why: str = ""
+
+    @property
+    def ours(self) -> bool:
+        return self.backend == "graph-convert"
 
     @property
     def graph(self) -> Graph:
@@ -154,9 +160,7 @@ def check_source(c: Conversion) -> None:
 
     graph, opts = c.source_graph, c.options
     check_input_types(graph)
-    missing = missing_emitters(graph, c.registry.emitters)
-    if missing:
-        raise UnsupportedOpsError(missing)
+    _choose_backend(c, missing_emitters(graph, c.registry.emitters))
     if c.source_info["kind"] != "pytorch":
         c.shape_overrides = input_shape_overrides(graph, opts.input_shapes)
     if isinstance(opts.inputs, (str, os.PathLike)):
@@ -177,6 +181,46 @@ def check_source(c: Conversion) -> None:
                                    f"of {D.B1} and {D.B2}; quantized models are written with a static batch)")
     c.dynamic = bool(opts.dynamic_batch or (c.batch_names and c.user_feeds is None and opts.quant is None
                                             and not any(n in c.shape_overrides for n in c.batch_names)))
+
+
+def _choose_backend(c: Conversion, missing) -> None:
+    """``--backend``: ours refuses unsupported ops up front; ``auto`` hands them to onnx2tf."""
+    from graph_convert import onnx2tf_backend as O
+
+    wanted = c.options.backend
+    c.backend = "onnx2tf" if wanted == "onnx2tf" else "graph-convert"
+    if wanted == "onnx2tf":
+        c.backend_why = "--backend onnx2tf"
+    elif missing and wanted == "auto":
+        c.backend = "onnx2tf"
+        c.backend_why = f"our emitter has no translation for {UnsupportedOpsError(missing)}".replace("unsupported ops for the TF emitter: ", "")
+        c.say(f"backend: onnx2tf ({c.backend_why})")
+    elif missing:
+        raise UnsupportedOpsError(missing)
+    else:
+        c.backend_why = "default" if wanted == "graph-convert" else "--backend auto: our emitter handles every op"
+    if c.backend == "onnx2tf":
+        c.source_info["onnx2tf_python"] = O.find_interpreter(c.options.onnx2tf_python)
+
+
+def convert_onnx2tf(c: Conversion) -> None:
+    """onnx2tf makes the SavedModel and the .tflite from the source ONNX; both are verified
+    against ONNX Runtime on the same draws as our emitter's files, or nothing is written."""
+    from graph_convert import __version__
+    from graph_convert import onnx2tf_backend as O
+    from graph_convert.verify import make_draws
+
+    draws = make_draws(c.source_graph, c.options.seed, c.shape_overrides, c.user_feeds)
+    verifier = Verifier(c.model, draws, c.options.atol, optional=tuple(range(1, len(draws))) if c.user_feeds is not None else ())
+    shapes = {n: v.shape for n, v in verifier.draws[0].feeds.items()}
+    paths, figures, io = O.convert_and_gate(c.source_info["onnx2tf_python"], c.model, c.source_graph, verifier, shapes, c.work,
+                                            c.options.seed, c.say)
+    c.paths.update(paths)
+    c.figures.update(figures)
+    c.report = {"graph_convert_version": __version__, "source": c.source_info,
+                "backend": {"used": "onnx2tf", "why": c.backend_why}, "io": io,
+                "verification": {"atol": c.options.atol, "draws": verifier.draw_labels, "notes": verifier.notes,
+                                 **{k: figures_dict(f) for k, f in figures.items()}}}
 
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
@@ -328,15 +372,16 @@ STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion
     ("load plugins", "load_plugins", load_plugins, lambda c: True),
     ("load source", "load", load_source, lambda c: True),
     ("check source", "check", check_source, lambda c: True),
-    ("rewrite", "rewrite", rewrite_graph, lambda c: True),
-    ("write model.rewritten.onnx", "verify_rewritten", write_rewritten, lambda c: True),
-    ("emit TensorFlow", "tf_trace", emit, lambda c: True),
-    ("verify TensorFlow", "verify_tf", verify_tf, lambda c: True),
-    ("write SavedModel", "saved_model", write_saved_model, lambda c: True),
-    ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.options.tflite),
-    ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.options.tflite),
-    ("quantize", "quantize", quantize, lambda c: c.options.tflite and c.quant_plan is not None),
-    ("report", "report", build_report, lambda c: True),
+    ("rewrite", "rewrite", rewrite_graph, lambda c: c.ours),
+    ("write model.rewritten.onnx", "verify_rewritten", write_rewritten, lambda c: c.ours),
+    ("emit TensorFlow", "tf_trace", emit, lambda c: c.ours),
+    ("verify TensorFlow", "verify_tf", verify_tf, lambda c: c.ours),
+    ("write SavedModel", "saved_model", write_saved_model, lambda c: c.ours),
+    ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.ours and c.options.tflite),
+    ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.ours and c.options.tflite),
+    ("quantize", "quantize", quantize, lambda c: c.ours and c.options.tflite and c.quant_plan is not None),
+    ("convert with onnx2tf", "onnx2tf", convert_onnx2tf, lambda c: not c.ours),
+    ("report", "report", build_report, lambda c: c.ours),
 )
 
 
@@ -367,6 +412,8 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
     try:
         c = Conversion(source, example_inputs, options, work, log or (lambda msg: None))
         run_stages(c)
+        if c.ours:
+            c.report["backend"] = {"used": "graph-convert", "why": c.backend_why}
         c.timings["total"] = time.perf_counter() - t_start
         c.report["timings_seconds"] = {k: round(v, 4) for k, v in c.timings.items()}
         with open(os.path.join(work, "report.json"), "w") as f:

@@ -217,12 +217,16 @@ def compare_all(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], at
     return {name: compare(ref[name], got[name], atol) for name in ref}
 
 
-def _worst(a: Figures | None, b: Figures) -> Figures:
+def worst(a: Figures | None, b: Figures) -> Figures:
+    """The worse of two figures of one output (a failure first, then the larger max_rel)."""
     if a is None:
         return b
     if a.ok != b.ok:
         return a if not a.ok else b
     return a if a.max_rel >= b.max_rel else b
+
+
+_worst = worst
 
 
 Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
