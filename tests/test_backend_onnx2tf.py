@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from tests.helpers import Builder
-from tests.test_verify_cmd import ONNX2TF_PYTHON, two_convs
+from tests.test_verify_cmd import HAVE_ONNX2TF, ONNX2TF_PYTHON, two_convs
 from tests.test_trust import cli
 
-needs_onnx2tf = pytest.mark.skipif(not os.path.exists(ONNX2TF_PYTHON),
-                                   reason=f"onnx2tf is not installed at {ONNX2TF_PYTHON} (CI installs it in one job)")
+needs_onnx2tf = pytest.mark.skipif(not HAVE_ONNX2TF,
+                                   reason=f"onnx2tf is not installed at {ONNX2TF_PYTHON} (CI installs it and requires it)")
 
 
 def softmax_over_chw() -> onnx.ModelProto:
