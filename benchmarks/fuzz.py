@@ -817,17 +817,7 @@ def run_job(cli, src: str, out: str, check_seed: int, check_savedmodel: bool, pr
     os.chdir(cwd)
     if rc == 0:
         proto.write(json.dumps({"phase": "check"}) + "\n")
-        saved2 = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)  # the interpreter's INFO line
-        try:
-            res["check"] = check_outputs(src, out, check_seed, check_savedmodel)
-        except Exception as e:  # noqa: BLE001
-            res["check"] = {"ok": False, "reason": f"checker itself failed: {type(e).__name__}: {_one_line(str(e))}"}
-        finally:
-            os.dup2(saved2, 2)
-            os.close(saved2)
-            os.close(devnull)
+        res["check"] = quiet_check(src, out, check_seed, check_savedmodel)
     return res
 
 
@@ -897,6 +887,20 @@ def _draws(onnx_inputs, report_inputs, seed: int):
             feeds[vi.name] = np.asarray(a).astype(dt)
         draws.append(feeds)
     return draws
+
+
+def quiet_check(src, out, seed, savedmodel) -> dict:
+    """check_outputs with fd 2 silenced (the interpreter's INFO line); a crash of the check is a result."""
+    saved2, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        return check_outputs(src, out, seed, savedmodel)
+    except Exception as e:  # noqa: BLE001
+        return {"ok": False, "reason": f"checker itself failed: {type(e).__name__}: {_one_line(str(e))}"}
+    finally:
+        os.dup2(saved2, 2)
+        os.close(saved2)
+        os.close(devnull)
 
 
 def check_outputs(src: str, out: str, seed: int, check_savedmodel: bool) -> dict[str, Any]:
@@ -1315,16 +1319,7 @@ def fresh_process_run(data: bytes, timeout: float):
         rc = proc.returncode if proc.returncode >= 0 else f"signal {-proc.returncode}"
         res = {"rc": rc, "exc": None, "stderr": proc.stderr, "native_stderr": "", "cwd_changed": False}
         if rc == 0:
-            saved2, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)  # the interpreter's INFO line
-            try:
-                res["check"] = check_outputs(src, out, 12345, False)
-            except Exception as e:  # noqa: BLE001
-                res["check"] = {"ok": False, "reason": f"checker itself failed: {type(e).__name__}: {_one_line(str(e))}"}
-            finally:
-                os.dup2(saved2, 2)
-                os.close(saved2)
-                os.close(devnull)
+            res["check"] = quiet_check(src, out, 12345, False)
         if isinstance(rc, str):
             return "crash", [f"fresh process died: {rc}"], res
         outcome, reasons = judge(job, res, None)
