@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,13 +24,14 @@ import onnx
 from graph_convert import dynamic as D
 from graph_convert.errors import ConvertError, GraphConvertError, PassError, StageError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, to_onnx
+from graph_convert.ir.onnx_io import save_with_external_data
 from graph_convert.options import ConvertOptions
 from graph_convert.output import OutputDir, protected_paths
 from graph_convert.passes import Registry, builtin_registry
 from graph_convert.rewrite import Rewritten, rewrite
-from graph_convert.source import check_input_types, check_weights, input_shape_overrides, resolve_source
+from graph_convert.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.report import build_report, figures_dict, json_safe
-from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, read_npz, to_rewritten_layout, to_source_layout
+from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz, to_rewritten_layout, to_source_layout
 
 @dataclass
 class ConvertResult:
@@ -82,6 +84,8 @@ class Conversion:
     work: str  # the temporary output folder
     say: Callable[[str], None]
     timings: dict[str, float] = field(default_factory=dict)
+    peak_rss: dict[str, float] = field(default_factory=dict)  # stage key -> peak RSS (GB) when it ended
+    tflite_note: str | None = None  # why the .tflite was not written (a model past the flatbuffer limit)
     registry: Registry | None = None
     model: onnx.ModelProto | None = None  # the source model (static shapes unless the batch is dynamic)
     source_graph: Graph | None = None
@@ -231,9 +235,12 @@ def _rewrite_dynamic(c: Conversion) -> None:
 
 
 def write_rewritten(c: Conversion) -> None:
-    rewritten = to_onnx(c.graph)
     path = os.path.join(c.work, "model.rewritten.onnx")
-    onnx.save(rewritten, path)
+    if c.graph.weight_bytes >= external_data_threshold():  # the weights beside it, written one at a time
+        data = save_with_external_data(c.graph, path)
+        c.paths["rewritten_onnx_data"] = os.path.join(c.work, data)
+    else:
+        onnx.save(to_onnx(c.graph), path)
     try:
         onnx.checker.check_model(path)
     except onnx.checker.ValidationError as e:
@@ -252,6 +259,7 @@ def emit(c: Conversion) -> None:
         emitters, scopes = Q.scoped_emitters(c.registry.emitters, c.graph)
     t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
     c.traced = Traced(t.module, t.concrete, t.in_names, t.out_names, scopes)
+    c.graph.drop_decoded()  # the TF variables hold the weights now
     # forms TF runs but TFLite has no builtin kernel for: named now, not as a converter crash later
     c.gaps = [{"node": n, "op_type": op, "reason": why} for n, op, why in t.gaps]
     if c.gaps and c.options.tflite:
@@ -349,6 +357,23 @@ def run_stages(c: Conversion) -> None:
         with stage(name):
             fn(c)
         c.timings[key] = c.timings.get(key, 0.0) + time.perf_counter() - t
+        c.peak_rss[key] = _peak_rss_gb()
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (ORT and TensorFlow run in-process)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+
+
+def _weights_report(c: Conversion) -> dict[str, Any]:
+    """How a large model's weights went through the conversion (report.json ``weights``)."""
+    return {"bytes": c.source_graph.weight_bytes if c.source_graph is not None else None,
+            "external_data_threshold_bytes": external_data_threshold(),
+            "onnx_runtime_sessions": list(c.verifier.sessions) if c.rewritten is not None else [],
+            "rewritten_onnx_data": os.path.basename(c.paths["rewritten_onnx_data"]) if "rewritten_onnx_data" in c.paths else None,
+            "tflite": c.tflite_note}
 
 
 def convert(source, example_inputs=None, output_dir: str | os.PathLike = "converted", options: ConvertOptions | None = None,
@@ -370,8 +395,11 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
         run_stages(c)
         c.timings["total"] = time.perf_counter() - t_start
         c.report["timings_seconds"] = {k: round(v, 4) for k, v in c.timings.items()}
+        c.report["peak_rss_gb_after_stage"] = dict(c.peak_rss)
+        c.report["weights"] = _weights_report(c)
         with open(os.path.join(work, "report.json"), "w") as f:
             json.dump(json_safe(c.report), f, indent=2, allow_nan=False)
+        shutil.rmtree(os.path.join(work, EXPORT_DIR), ignore_errors=True)  # a large export's weights, read until now
         out.commit(os.listdir(work))
         where = os.path.abspath(os.fspath(output_dir))
         paths = {k: os.path.join(where, os.path.basename(v)) for k, v in c.paths.items()}

@@ -15,6 +15,10 @@ from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph, load_model
 
 
+# the exporter's folder inside the temporary output folder (removed before the output is committed)
+EXPORT_DIR = ".export"
+
+
 def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Any accepted source -> (ONNX model, provenance facts for the report)."""
     from graph_convert import export as ex
@@ -44,23 +48,28 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         example_inputs = tuple(torch.randn(*s) for s in unnamed)
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    export_dir = os.path.join(work, ".export")  # the exporter may write external data next to the file
+    export_dir = os.path.join(work, EXPORT_DIR)  # the exporter may write external data next to the file
     os.makedirs(export_dir, exist_ok=True)
     path = os.path.join(export_dir, "source.onnx")
     t0 = time.perf_counter()
+    keep = False
     try:
         info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
         info["export_seconds"] = round(time.perf_counter() - t0, 3)
-        model = onnx.load(path)  # external data read in
+        # a large model's weights stay in the exporter's data file (read when needed, never the
+        # whole file at once); the folder then lives until the conversion ends (see EXPORT_DIR)
+        model = load_model(path)
+        keep = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     finally:
-        shutil.rmtree(export_dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(export_dir, ignore_errors=True)
     return model, info
 
 
 def check_weights(model: onnx.ModelProto) -> None:
     """A NaN in a weight or constant makes every check meaningless: refused up front, named.
     (+-inf stays legal: attention masks hold it.)"""
-    from onnx import numpy_helper
+    from graph_convert.ir.onnx_io import tensor_array
 
     def tensors(graph):
         for t in graph.initializer:
@@ -81,7 +90,7 @@ def check_weights(model: onnx.ModelProto) -> None:
         if t.data_type not in floats:
             continue
         try:
-            arr = np.asarray(numpy_helper.to_array(t))
+            arr = np.asarray(tensor_array(t))
         except Exception:
             continue  # unreadable data is reported by the loader / ORT with its own message
         bad = np.isnan(arr.astype(np.float64, copy=False))

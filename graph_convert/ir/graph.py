@@ -209,12 +209,51 @@ class Graph:
         if name not in self._init_array:
             if name not in self._init_proto:
                 raise GraphError(f"{name!r} is not an initializer")
-            arr = self._init_array[name] = numpy_helper.to_array(self._init_proto[name])
+            from graph_convert.ir.onnx_io import tensor_array
+
+            arr = self._init_array[name] = tensor_array(self._init_proto[name])
             frozen = self._frozen
             if frozen is not None and arr.flags.writeable:  # decoded while a pass runs: read-only too
                 arr.flags.writeable = False
                 frozen.append(arr)
         return self._init_array[name]
+
+    def initializer_uncached(self, name: str) -> np.ndarray:
+        """The value of an initializer, decoded for the caller only (not kept in the graph): a
+        reader that needs every weight once (a runtime session) does not double the graph's
+        memory."""
+        if name in self._init_array:
+            return self._init_array[name]
+        if name not in self._init_proto:
+            raise GraphError(f"{name!r} is not an initializer")
+        from graph_convert.ir.onnx_io import tensor_array
+
+        return tensor_array(self._init_proto[name])
+
+    def drop_decoded(self) -> int:
+        """Forget the arrays decoded from stored initializers (they are decoded again when asked
+        for): once the weights live elsewhere (TensorFlow variables) the graph need not hold a
+        second copy. Returns how many bytes were let go."""
+        cached = [n for n in self._init_array if n in self._init_proto]
+        freed = sum(int(self._init_array[n].nbytes) for n in cached)
+        for n in cached:
+            del self._init_array[n]
+        return freed
+
+    def initializer_nbytes(self, name: str) -> int:
+        """Size of an initializer's data from its type and dims (nothing decoded)."""
+        if name in self._init_array:
+            return int(self._init_array[name].nbytes)
+        t = self._init_proto[name]
+        n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+        try:
+            return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except Exception:
+            return 0
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.initializer_nbytes(n) for n in self.initializer_names)
 
     def initializer_proto(self, name: str) -> onnx.TensorProto:
         if name in self._init_proto:
@@ -574,8 +613,10 @@ def _perms_key(perms) -> tuple | None:
 
 def _same_tensor(x, y) -> bool:
     """Equal dtype, shape and bytes (NaN payloads included) for initializers stored as array or proto."""
-    a = numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
-    b = numpy_helper.to_array(y) if isinstance(y, onnx.TensorProto) else np.asarray(y)
+    from graph_convert.ir.onnx_io import tensor_array
+
+    a = tensor_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
+    b = tensor_array(y) if isinstance(y, onnx.TensorProto) else np.asarray(y)
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     if a.dtype == object:
