@@ -168,6 +168,7 @@ def check_source(c: Conversion) -> None:
         c.user_feeds = check_user_inputs(graph, read_npz(path, "--inputs"), f"--inputs {path}")
     elif opts.inputs is not None:
         c.user_feeds = check_user_inputs(graph, opts.inputs, "inputs")
+    _check_tflite_size(c)
     if opts.quant is not None:  # quantization data and names are checked before any conversion work
         c.quant_plan = Q.prepare(opts.quant, graph, c.shape_overrides, opts.seed)
     # dynamic batch: asked for, or the source's own symbolic batch dim (then kept when it can be)
@@ -181,6 +182,25 @@ def check_source(c: Conversion) -> None:
                                    f"of {D.B1} and {D.B2}; quantized models are written with a static batch)")
     c.dynamic = bool(opts.dynamic_batch or (c.batch_names and c.user_feeds is None and opts.quant is None
                                             and not any(n in c.shape_overrides for n in c.batch_names)))
+
+
+def _check_tflite_size(c: Conversion) -> None:
+    """A .tflite past the flatbuffer's 2 GiB needs the converter's buffer offsets: without them
+    the run says so now, in one line, and writes the SavedModel only (as with --no-tflite)."""
+    from graph_convert.tf.writer import FLATBUFFER_LIMIT, buffer_offsets_supported
+
+    size = c.source_graph.weight_bytes
+    if not c.options.tflite or size < FLATBUFFER_LIMIT or buffer_offsets_supported():
+        return
+    c.tflite_note = (f"no .tflite: the weights ({size / 1e9:.2f} GB) exceed the 2 GiB a flatbuffer can address and this "
+                     f"TensorFlow's converter cannot place them after it (buffer offsets); writing the SavedModel only")
+    if c.options.quant is not None:
+        raise ConvertError(f"--quantize needs a .tflite: {c.tflite_note.split(': ', 1)[1].split('; ')[0]}")
+    c.say(f"note: {c.tflite_note}")
+
+
+def _tflite_wanted(c: Conversion) -> bool:
+    return c.options.tflite and c.tflite_note is None
 
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
@@ -262,7 +282,7 @@ def emit(c: Conversion) -> None:
     c.graph.drop_decoded()  # the TF variables hold the weights now
     # forms TF runs but TFLite has no builtin kernel for: named now, not as a converter crash later
     c.gaps = [{"node": n, "op_type": op, "reason": why} for n, op, why in t.gaps]
-    if c.gaps and c.options.tflite:
+    if c.gaps and _tflite_wanted(c):
         shown = "; ".join(f"node {g['node']!r} ({g['op_type']}): {g['reason']}" for g in c.gaps[:10])
         more = f" and {len(c.gaps) - 10} more" if len(c.gaps) > 10 else ""
         raise ConvertError(f"TFLite has no builtin kernel for {len(c.gaps)} node(s): {shown}{more} "
@@ -308,7 +328,7 @@ def write_tflite(c: Conversion) -> None:
     from graph_convert.tf.writer import convert_tflite
 
     path = os.path.join(c.work, "model_float32.tflite")
-    convert_tflite(c.traced.concrete, c.traced.module, path)
+    convert_tflite(c.traced.concrete, c.traced.module, path, large=c.graph.weight_bytes >= external_data_threshold())
     c.paths["tflite_float32"] = path
 
 
@@ -342,9 +362,9 @@ STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion
     ("emit TensorFlow", "tf_trace", emit, lambda c: True),
     ("verify TensorFlow", "verify_tf", verify_tf, lambda c: True),
     ("write SavedModel", "saved_model", write_saved_model, lambda c: True),
-    ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.options.tflite),
-    ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.options.tflite),
-    ("quantize", "quantize", quantize, lambda c: c.options.tflite and c.quant_plan is not None),
+    ("convert to TFLite", "tflite_convert", write_tflite, _tflite_wanted),
+    ("verify TFLite", "verify_tflite", verify_tflite, _tflite_wanted),
+    ("quantize", "quantize", quantize, lambda c: _tflite_wanted(c) and c.quant_plan is not None),
     ("report", "report", build_report, lambda c: True),
 )
 
