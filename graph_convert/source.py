@@ -28,7 +28,8 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         return source, {"kind": "onnx-model"}
     if isinstance(source, (str, os.PathLike)) and not ex.is_torch_spec(os.fspath(source)):
         path = os.fspath(source)
-        return load_model(path), {"kind": "onnx-file", "path": os.path.abspath(path)}
+        model = load_model(path)
+        return model, {"kind": "onnx-file", "path": os.path.abspath(path), **_weights_kept(model)}
     import torch
 
     if isinstance(source, str):
@@ -59,11 +60,18 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         # a large model's weights stay in the exporter's data file (read when needed, never the
         # whole file at once); the folder then lives until the conversion ends (see EXPORT_DIR)
         model = load_model(path)
-        keep = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        info.update(_weights_kept(model))
+        keep = bool(info.get("weights_memory_mapped"))
     finally:
         if not keep:
             shutil.rmtree(export_dir, ignore_errors=True)
     return model, info
+
+
+def _weights_kept(model: onnx.ModelProto) -> dict[str, Any]:
+    """For the report: how many weights stay in their external data file (a large model's)."""
+    kept = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    return {"weights_memory_mapped": len(kept)} if kept else {}
 
 
 def check_weights(model: onnx.ModelProto) -> None:

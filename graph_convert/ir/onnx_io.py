@@ -62,20 +62,21 @@ _PACKED_TYPES = {getattr(onnx.TensorProto, n) for n in ("BFLOAT16", "FLOAT8E4M3F
 def _keep_external(model: onnx.ModelProto, base: str) -> None:
     """A large model: its top-level initializers of PLACEHOLDER_BYTES and more stay in their
     file (location made absolute, read by :func:`tensor_array`); everything else is read in."""
-    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, load_external_data_for_tensor, uses_external_data
 
-    top = {id(t) for t in model.graph.initializer}
-    for t in _get_all_tensors(model):
-        if not uses_external_data(t):
-            continue
-        if id(t) in top and _proto_nbytes(t) >= PLACEHOLDER_BYTES:
+    def read_in(t: onnx.TensorProto) -> None:
+        load_external_data_for_tensor(t, base)
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+
+    for t in model.graph.initializer:
+        if uses_external_data(t) and _proto_nbytes(t) >= PLACEHOLDER_BYTES:
             for e in t.external_data:
                 if e.key == "location":
                     e.value = os.path.normpath(os.path.join(base, e.value))
-        else:
-            load_external_data_for_tensor(t, base)
-            t.data_location = onnx.TensorProto.DEFAULT
-            del t.external_data[:]
+    for t in _get_all_tensors(model):  # the small ones, subgraphs' and Constant nodes' tensors: read in
+        if uses_external_data(t) and not os.path.isabs(ExternalDataInfo(t).location):
+            read_in(t)
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
