@@ -101,6 +101,7 @@ def main() -> int:
             row = {"tool": "graph-convert", "gb": gb, "layers": layers, "weights_gb": nbytes / 1e9, "ok": run.ok,
                    "exit": run.rc, "wall_s": run.wall, "peak_rss_gb": run.peak_rss_mb * 2**20 / 1e9,
                    "stages_s": report.get("timings_seconds", {}), "stage_peak_rss_gb": report.get("peak_rss_gb_after_stage", {}),
+                   "slowest_passes": sorted(((p["seconds"], p["name"]) for p in report.get("passes", [])), reverse=True)[:3],
                    "note": run.note or ("" if run.ok else open(out + ".log", errors="replace").read()[-400:].strip())}
             rows.append(row)
             shutil.rmtree(out, ignore_errors=True)
@@ -124,6 +125,9 @@ def main() -> int:
                            for k, v in r["stages_s"].items() if k != "total")
         print(f"| {r['tool']} | {r['weights_gb']:.2f} | {'yes' if r['ok'] else 'NO'} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | "
               f"{r['peak_rss_gb'] / r['weights_gb']:.1f}x | {stages} |" + (f" {r['note'][:200]}" if r["note"] else ""))
+    for r in rows:
+        if r.get("slowest_passes"):
+            print(f"{r['tool']} {r['weights_gb']:.2f} GB: slowest passes " + ", ".join(f"{n} {t:.2f}s" for t, n in r["slowest_passes"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -46,7 +46,10 @@ def ort_session(model: onnx.ModelProto, arrays: Callable[[str], np.ndarray | Non
     opts.log_severity_level = 4  # errors reach the user through our own message, once
     # reference numbers must come from the graph as written, not from ORT's own rewrites
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if not is_large(model):
+    large = is_large(model)
+    if large:  # pre-packing would keep a second, re-laid-out copy of every MatMul/Conv weight
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    if not large:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         sess.graph_convert_weights = "in the serialized model"
         return sess

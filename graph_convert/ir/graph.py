@@ -490,12 +490,13 @@ class Graph:
         them, e.g. :meth:`refresh_shapes`, without changing what is computed), ``created_by``,
         doc strings and the node order among independent nodes. Initializer *contents* edited in
         place are not compared: :meth:`freeze_initializers` makes them read-only while a pass runs.
-        Costs one walk over the nodes (attributes serialized), nothing per weight byte."""
+        Costs one walk over the nodes (attributes serialized, except a large tensor attribute, e.g.
+        a Constant holding a weight, which is keyed by its object and size), nothing per weight byte."""
         nodes = {}
         for name, d in self._g.nodes(data=True):
             n = d["node"]
             nodes[name] = (n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs), tuple(n.implicit_inputs),
-                           tuple(sorted((k, a.SerializeToString()) for k, a in n.attrs.items())),
+                           tuple(sorted((k, _attr_key(a)) for k, a in n.attrs.items())),
                            _perms_key(n.in_perms), _perms_key(n.out_perms))
         inits = {k: self._init_proto.get(k, self._init_array.get(k)) for k in self.initializer_names}
         return GraphSnapshot(nodes, tuple(self.inputs), tuple(self.outputs),
@@ -605,6 +606,30 @@ class Graph:
 
 
 _NODE_FIELDS = ("op_type", "domain", "inputs", "outputs", "implicit inputs", "attributes", "in_perms", "out_perms")
+
+
+# an attribute larger than this (a Constant node's weight) is not serialized after every pass:
+# the snapshot keeps the object and its size; the same object at the same size is taken as
+# unchanged, another object is compared by content (only then is the weight read)
+_ATTR_SERIALIZE_LIMIT = 1 << 16
+
+
+class _LargeAttr:
+    __slots__ = ("a", "size")
+
+    def __init__(self, a: onnx.AttributeProto, size: int):
+        self.a, self.size = a, size
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _LargeAttr) and self.size == other.size and (self.a is other.a or self.a == other.a)
+
+    def __hash__(self) -> int:
+        return hash(self.size)
+
+
+def _attr_key(a: onnx.AttributeProto) -> Any:
+    size = a.ByteSize()
+    return a.SerializeToString() if size <= _ATTR_SERIALIZE_LIMIT else _LargeAttr(a, size)
 
 
 def _perms_key(perms) -> tuple | None:
