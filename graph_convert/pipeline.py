@@ -184,19 +184,45 @@ def check_source(c: Conversion) -> None:
                                             and not any(n in c.shape_overrides for n in c.batch_names)))
 
 
+# TensorFlow's converter holds about this many copies of the weights at its peak (frozen GraphDef,
+# its serialized form, MLIR constants, the flatbuffer; measured 4-5x on 0.5-1.6 GB MLPs), on top
+# of the TF variables this process holds
+TFLITE_CONVERTER_COPIES = 5
+
+
 def _check_tflite_size(c: Conversion) -> None:
-    """A .tflite past the flatbuffer's 2 GiB needs the converter's buffer offsets: without them
-    the run says so now, in one line, and writes the SavedModel only (as with --no-tflite)."""
+    """A .tflite past the flatbuffer's 2 GiB: written with buffer offsets when this TensorFlow's
+    converter has them and the machine has the memory the converter needs; otherwise the run
+    says why now, in one line, and writes the SavedModel only (as with --no-tflite) rather than
+    failing (or being killed) after minutes of work."""
     from graph_convert.tf.writer import FLATBUFFER_LIMIT, buffer_offsets_supported
 
     size = c.source_graph.weight_bytes
-    if not c.options.tflite or size < FLATBUFFER_LIMIT or buffer_offsets_supported():
+    if not c.options.tflite or size < FLATBUFFER_LIMIT:
         return
-    c.tflite_note = (f"no .tflite: the weights ({size / 1e9:.2f} GB) exceed the 2 GiB a flatbuffer can address and this "
-                     f"TensorFlow's converter cannot place them after it (buffer offsets); writing the SavedModel only")
+    need, avail = (TFLITE_CONVERTER_COPIES + 1) * size, _available_memory()
+    if not buffer_offsets_supported():
+        why = "this TensorFlow's converter cannot place weights after the flatbuffer (buffer offsets)"
+    elif avail is not None and need > avail:
+        why = f"TensorFlow's converter needs about {need / 1e9:.0f} GB for them and {avail / 1e9:.0f} GB is available"
+    else:
+        return
+    c.tflite_note = f"no .tflite: the weights ({size / 1e9:.2f} GB) exceed the 2 GiB of one flatbuffer and {why}"
     if c.options.quant is not None:
-        raise ConvertError(f"--quantize needs a .tflite: {c.tflite_note.split(': ', 1)[1].split('; ')[0]}")
-    c.say(f"note: {c.tflite_note}")
+        raise ConvertError(f"--quantize needs a .tflite; {c.tflite_note}")
+    c.say(f"note: {c.tflite_note}; writing the SavedModel only")
+
+
+def _available_memory() -> int | None:
+    """MemAvailable in bytes (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _tflite_wanted(c: Conversion) -> bool:
