@@ -13,7 +13,7 @@ from onnx import helper
 from graph_convert import perm as P
 from graph_convert.errors import ConvertError, VerificationError
 from graph_convert.ir import Graph, to_onnx
-from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES, external_data_threshold, model_shell, placeholder_tensor, tensor_array
+from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES, external_data_threshold, file_location, model_shell, placeholder_tensor, tensor_array
 
 
 def tensor_bytes(t: onnx.TensorProto) -> int:
@@ -36,26 +36,32 @@ def is_large(model: onnx.ModelProto) -> bool:
 
 
 def ort_session(model: onnx.ModelProto, arrays: Callable[[str], np.ndarray | None] | None = None):
-    """An ONNX Runtime session of ``model``. A large model (:func:`is_large`) goes over as a
-    proto without its weights plus one OrtValue per weight (sharing memory with the array;
-    ``arrays(name)`` may supply arrays already decoded, else each is decoded for the session's
-    lifetime only). ``session.graph_convert_weights`` says which way it went."""
+    """An ONNX Runtime session of ``model``. A large model (:func:`is_large`) never goes over as
+    one serialized proto with its weights: a weight still in the source's external data file is
+    read by ORT from that file (memory-mapped: no copy of ours, none of ORT's), any other weight is
+    handed over as an OrtValue (``arrays(name)`` may supply arrays already decoded, else each is
+    decoded for the session's lifetime only; ORT copies it). ``session.graph_convert_weights``
+    says which way it went."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors reach the user through our own message, once
     # reference numbers must come from the graph as written, not from ORT's own rewrites
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    large = is_large(model)
-    if large:  # pre-packing would keep a second, re-laid-out copy of every MatMul/Conv weight
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-    if not large:
+    if not is_large(model):
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         sess.graph_convert_weights = "in the serialized model"
         return sess
-    names, values = [], []
+    # pre-packing would keep a second, re-laid-out copy of every MatMul/Conv weight
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    folder, mapped, names, values = None, {}, [], []
     for t in model.graph.initializer:
-        if tensor_bytes(t) < PLACEHOLDER_BYTES:
+        loc = file_location(t)
+        if loc is not None and (folder is None or os.path.dirname(loc) == folder):
+            folder = os.path.dirname(loc)
+            mapped[t.name] = os.path.basename(loc)
+            continue
+        if tensor_bytes(t) < PLACEHOLDER_BYTES and loc is None:
             continue
         arr = arrays(t.name) if arrays is not None else None
         if arr is None:
@@ -64,11 +70,23 @@ def ort_session(model: onnx.ModelProto, arrays: Callable[[str], np.ndarray | Non
         values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
         del arr
     handed = set(names)
-    shell = model_shell(model, lambda t: t.name not in handed)
-    opts.add_external_initializers(names, values)
+    shell = model_shell(model, lambda t: t.name not in handed)  # its own copies of the (data-less) protos
+    for t in shell.graph.initializer:
+        if t.name in handed and file_location(t) is not None:  # from another folder: an OrtValue
+            t.CopyFrom(placeholder_tensor(t.name, t.data_type, t.dims, tensor_bytes(t)))
+        elif t.name in mapped:  # relative to the folder ORT is told about
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = mapped[t.name]
+    if folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    if names:
+        opts.add_external_initializers(names, values)
     sess = ort.InferenceSession(shell.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    sess.graph_convert_ortvalues = values  # ORT reads them in place: they live as long as the session
-    sess.graph_convert_weights = f"{len(names)} initializers as OrtValues (model of {weight_bytes(model)} bytes)"
+    sess.graph_convert_ortvalues = values  # they must outlive the session
+    how = [f"{len(mapped)} initializers read by ONNX Runtime from the external data file"] if mapped else []
+    how += [f"{len(names)} initializers as OrtValues"] if names else []
+    sess.graph_convert_weights = f"{' and '.join(how) or 'no large initializer'} (model of {weight_bytes(model)} bytes)"
     return sess
 
 

@@ -24,20 +24,23 @@ FORCED = "1000"  # bytes: every test model here is "large"
 
 
 def conv_mlp() -> onnx.ModelProto:
-    """Conv (its weight rewritten to channels-last by the layout passes) -> Flatten -> MatMul + Add
-    (weights above PLACEHOLDER_BYTES, so they stay external) and a small bias that does not."""
+    """Conv (its weight rewritten to channels-last by the layout passes) -> Flatten -> MatMul (its
+    rows permuted to match) + Add -> MatMul (untouched); the weights are above PLACEHOLDER_BYTES,
+    so they stay external, the small bias is not."""
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)  # 4.6 KB
     fc = (rng.standard_normal((16 * 4 * 4, 32)) * 0.05).astype(np.float32)  # 32 KB
     bias = rng.standard_normal(32).astype(np.float32)  # 128 B: stays in the proto
+    head = (rng.standard_normal((32, 40)) * 0.2).astype(np.float32)  # 5 KB, untouched by the passes
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
              helper.make_node("MatMul", ["f", "fc"], ["m"], name="fc"),
-             helper.make_node("Add", ["m", "bias"], ["y"], name="bias_add")]
+             helper.make_node("Add", ["m", "bias"], ["a"], name="bias_add"),
+             helper.make_node("MatMul", ["a", "head"], ["y"], name="head")]
     graph = helper.make_graph(nodes, "conv_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
-                              [numpy_helper.from_array(a, n) for n, a in (("w", w), ("fc", fc), ("bias", bias))])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
+                              [numpy_helper.from_array(a, n) for n, a in (("w", w), ("fc", fc), ("bias", bias), ("head", head))])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -76,10 +79,13 @@ def test_ort_session_of_a_large_model_gets_ortvalues(external_file, monkeypatch)
     assert small.graph_convert_weights == "in the serialized model"
     ref = small.run(None, {"x": x})[0]
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
-    for model in (conv_mlp(), load_model(external_file)):  # weights in memory, and left in their file
-        sess = ort_session(model)
-        assert sess.graph_convert_weights.startswith("2 initializers as OrtValues")
-        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref)  # the same graph, the same numbers
+    in_memory = ort_session(conv_mlp())
+    assert in_memory.graph_convert_weights.startswith("3 initializers as OrtValues")
+    from_file = ort_session(load_model(external_file))  # weights left in their file: ORT maps them from it
+    assert from_file.graph_convert_weights.startswith("3 initializers read by ONNX Runtime from the external data file")
+    got = [sess.run(None, {"x": x})[0] for sess in (in_memory, from_file)]
+    np.testing.assert_array_equal(got[0], got[1])  # the same graph and kernels, the same numbers
+    np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-6)  # (without weight pre-packing: float rounding)
 
 
 def test_protobuf_limit_is_not_called_a_broken_model():
@@ -99,8 +105,13 @@ def test_convert_through_the_external_data_path(external_file, tmp_path):
     assert weights["external_data_threshold_bytes"] == int(FORCED)
     # the reference and every check of the rewritten graph: a proto without weights plus OrtValues
     assert len(weights["onnx_runtime_sessions"]) >= 2
-    assert all("as OrtValues" in s for s in weights["onnx_runtime_sessions"]), weights
-    assert report["source"]["weights_memory_mapped"] == 2
+    sessions = weights["onnx_runtime_sessions"]
+    assert sessions[0].startswith("source: 3 initializers read by ONNX Runtime from the external data file"), sessions
+    # the rewritten graph: the untouched weight still from the file, the two the layout passes
+    # rewrote (new arrays) as OrtValues
+    assert all("1 initializers read by ONNX Runtime from the external data file and 2 initializers as OrtValues" in s
+               for s in sessions[1:]), sessions
+    assert report["source"]["weights_memory_mapped"] == 3
     assert set(report["verification"]) >= {"rewritten_onnx", "tensorflow", "tflite_float32"}
     # the rewritten ONNX: its big weights in the data file beside it, and it means the same
     assert weights["rewritten_onnx_data"] == "model.rewritten.onnx.data"
@@ -141,7 +152,7 @@ def test_pytorch_source_keeps_its_exported_weights_in_their_file(tmp_path, monke
     r = result.report
     assert r["source"]["kind"] == "pytorch"
     assert r["source"].get("weights_memory_mapped", 0) >= 1, r["source"]  # the exporter's data file, not read in whole
-    assert all("as OrtValues" in s for s in r["weights"]["onnx_runtime_sessions"])
+    assert all("from the external data file" in s for s in r["weights"]["onnx_runtime_sessions"]), r["weights"]
     assert r["verification"]["tensorflow"][next(iter(r["verification"]["tensorflow"]))]["ok"]
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the export folder went with the temporary folder
     assert ".export" not in os.listdir(tmp_path / "out")

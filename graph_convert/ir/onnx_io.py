@@ -427,10 +427,12 @@ def _initializer_out(g: Graph, name: str, weights: bool) -> onnx.TensorProto:
         t = g.initializer_proto(name)
         # a weight left in its file is written with its data (the file is the source's, not this model's)
         return numpy_helper.from_array(tensor_array(t), name) if t.data_location == onnx.TensorProto.EXTERNAL else t
+    t = g._init_proto.get(name)
+    if t is not None and file_location(t) is not None:
+        return t  # still in the source's file: a reader maps it from there
     if name in g._init_array:
         a = g._init_array[name]
         return placeholder_tensor(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape, nbytes)
-    t = g._init_proto[name]
     return placeholder_tensor(name, t.data_type, t.dims, nbytes)
 
 
@@ -444,9 +446,19 @@ def model_shell(model: onnx.ModelProto, keep_data: Callable[[onnx.TensorProto], 
     for fd, value in model.graph.ListFields():
         if fd.name != "initializer":
             _copy_field(shell.graph, fd, value)
-    for t in model.graph.initializer:
-        shell.graph.initializer.append(t if keep_data(t) else placeholder_tensor(t.name, t.data_type, t.dims, _proto_nbytes(t)))
+    for t in model.graph.initializer:  # a weight left in its file has no data here: kept as it is
+        keep = keep_data(t) or file_location(t) is not None
+        shell.graph.initializer.append(t if keep else placeholder_tensor(t.name, t.data_type, t.dims, _proto_nbytes(t)))
     return shell
+
+
+def file_location(t: onnx.TensorProto) -> str | None:
+    """The absolute path of the file holding a weight left in its external data file by
+    :func:`load_model` (a large model's), else None."""
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    loc = next((e.value for e in t.external_data if e.key == "location"), "")
+    return loc if os.path.isabs(loc) else None
 
 
 def _copy_field(dst, fd, value) -> None:
@@ -505,7 +517,8 @@ def save_with_external_data(g: Graph, path: str, location: str | None = None) ->
 def to_onnx(g: Graph, *, with_value_info: bool = True, weights: bool = True) -> onnx.ModelProto:
     """Lower the IR to a standard ONNX ModelProto (lossless for an untouched graph).
     ``weights=False``: initializers of PLACEHOLDER_BYTES and more are left as data-less
-    placeholders (:func:`placeholder_tensor`), so a big model lowers without copying a weight."""
+    placeholders (:func:`placeholder_tensor`), or as references to the source's external data file
+    when they are still there (:func:`file_location`), so a big model lowers without copying a weight."""
     meta = g.model_meta
     nodes: list[onnx.NodeProto] = []
     for node in g.nodes:
