@@ -584,12 +584,12 @@ class Graph:
                 raise GraphError(f"graph output {t!r} has no producer")
 
     def copy(self) -> "Graph":
-        import copy as _copy
-
+        """An independent graph sharing the (never edited in place) weights and attribute protos:
+        a copy costs the nodes, not the weights (a Constant node's tensor is not duplicated)."""
         g = Graph.__new__(Graph)
         g._g = self._g.copy()
         for n in g._g.nodes:
-            g._g.nodes[n]["node"] = _copy.deepcopy(self._g.nodes[n]["node"])
+            g._g.nodes[n]["node"] = _copy_node(self._g.nodes[n]["node"])
         g._producer = dict(self._producer)
         g._readers = {k: dict(v) for k, v in self._readers.items()}
         g.inputs = list(self.inputs)
@@ -603,6 +603,22 @@ class Graph:
         g._reserved = set(self._reserved)
         g._frozen = None
         return g
+
+
+def _copy_node(node: Node) -> Node:
+    """A copy of ``node`` whose lists and dicts are its own; attribute protos are shared (an edit
+    replaces an attribute, :meth:`Node.set_attr`; subgraph renames copy on write)."""
+    import copy as _copy
+
+    n = _copy.copy(node)
+    n.inputs, n.outputs, n.attrs = list(node.inputs), list(node.outputs), dict(node.attrs)
+    n.implicit_inputs = list(node.implicit_inputs)
+    n.in_perms = None if node.in_perms is None else list(node.in_perms)
+    n.out_perms = None if node.out_perms is None else list(node.out_perms)
+    for extra in ("onnx_present", "onnx_extra", "onnx_metadata"):  # set by the loader
+        if extra in vars(node):
+            setattr(n, extra, _copy.copy(getattr(node, extra)))
+    return n
 
 
 _NODE_FIELDS = ("op_type", "domain", "inputs", "outputs", "implicit inputs", "attributes", "in_perms", "out_perms")
