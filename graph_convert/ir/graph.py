@@ -206,12 +206,18 @@ class Graph:
         return names
 
     def initializer(self, name: str) -> np.ndarray:
+        """The value of an initializer (read-only while a pass runs). A weight left in its external
+        data file (a large model's) comes memory-mapped, read-only, and is not kept: the mapping
+        (and the memory its pages hold) goes when the caller drops the array."""
         if name not in self._init_array:
             if name not in self._init_proto:
                 raise GraphError(f"{name!r} is not an initializer")
-            from graph_convert.ir.onnx_io import tensor_array
+            from graph_convert.ir.onnx_io import file_location, tensor_array
 
-            arr = self._init_array[name] = tensor_array(self._init_proto[name])
+            proto = self._init_proto[name]
+            if file_location(proto) is not None:
+                return tensor_array(proto)
+            arr = self._init_array[name] = tensor_array(proto)
             frozen = self._frozen
             if frozen is not None and arr.flags.writeable:  # decoded while a pass runs: read-only too
                 arr.flags.writeable = False
