@@ -185,9 +185,10 @@ def check_source(c: Conversion) -> None:
 
 
 # TensorFlow's converter holds about this many copies of the weights at its peak (frozen GraphDef,
-# its serialized form, MLIR constants, the flatbuffer; measured 4-5x on 0.5-1.6 GB MLPs), on top
-# of the TF variables this process holds
-TFLITE_CONVERTER_COPIES = 5
+# its serialized form, MLIR constants, the flatbuffer; measured 4-5x on 0.5-1.6 GB MLPs, the
+# whole run 6.6x), on top of the TF variables this process holds: erring high, since running
+# out of memory there loses minutes of work
+TFLITE_CONVERTER_COPIES = 6
 
 
 def _check_tflite_size(c: Conversion) -> None:

@@ -168,3 +168,23 @@ def test_small_models_take_the_usual_path(tmp_path):
     assert r["weights"]["rewritten_onnx_data"] is None
     assert not (out / "model.rewritten.onnx.data").exists()
     assert PLACEHOLDER_BYTES <= 4096
+
+
+def test_tflite_past_the_flatbuffer_limit_without_the_memory_is_skipped_up_front(tmp_path, monkeypatch):
+    """The model stands in for one past 2 GiB (the limit lowered to its size) on a machine without
+    the memory TensorFlow's converter needs (MemAvailable read as 1 KB): the run says so before
+    any conversion work, writes and verifies the SavedModel, and no .tflite."""
+    import graph_convert as gc
+    from graph_convert import pipeline
+    from graph_convert.tf import writer
+
+    monkeypatch.setattr(writer, "FLATBUFFER_LIMIT", 1000)
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 1024)
+    said = []
+    r = gc.convert(conv_mlp(), None, tmp_path / "out", log=said.append).report
+    # right after the source is read, before any conversion work
+    assert said[0].startswith("source:") and said[1].startswith("note: no .tflite: the weights"), said
+    assert "writing the SavedModel only" in said[1]
+    assert r["weights"]["tflite"].startswith("no .tflite")
+    assert "tflite_float32" not in r["verification"] and r["verification"]["tensorflow"]["y"]["ok"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".graph-convert.json", "model.rewritten.onnx", "report.json", "saved_model"]
