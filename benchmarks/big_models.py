@@ -102,7 +102,8 @@ def main() -> int:
                    "exit": run.rc, "wall_s": run.wall, "peak_rss_gb": run.peak_rss_mb * 2**20 / 1e9,
                    "stages_s": report.get("timings_seconds", {}), "stage_peak_rss_gb": report.get("peak_rss_gb_after_stage", {}),
                    "slowest_passes": sorted(((p["seconds"], p["name"]) for p in report.get("passes", [])), reverse=True)[:3],
-                   "note": run.note or ("" if run.ok else open(out + ".log", errors="replace").read()[-400:].strip())}
+                   "note": run.note or ((report.get("weights") or {}).get("tflite") or "" if run.ok
+                                        else open(out + ".log", errors="replace").read()[-400:].strip())}
             rows.append(row)
             shutil.rmtree(out, ignore_errors=True)
             if a.onnx2tf:
