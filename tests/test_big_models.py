@@ -188,3 +188,32 @@ def test_tflite_past_the_flatbuffer_limit_without_the_memory_is_skipped_up_front
     assert r["weights"]["tflite"].startswith("no .tflite")
     assert "tflite_float32" not in r["verification"] and r["verification"]["tensorflow"]["y"]["ok"]
     assert sorted(os.listdir(tmp_path / "out")) == [".graph-convert.json", "model.rewritten.onnx", "report.json", "saved_model"]
+
+
+def test_pass_checks_hold_for_weights_left_in_their_file(external_file, monkeypatch):
+    """A weight read from its file is a new (read-only) mapping on every read: reading is not a
+    change, an in-place edit fails where it happens, a replaced weight is still caught."""
+    from graph_convert.errors import PassError
+    from graph_convert.passes import PassManager, PassResult
+    from tests.test_pass_manager import make_pass, registry_of
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+
+    def reader(graph, ctx):
+        assert all(graph.initializer(n) is not None for n in graph.initializer_names)
+        return PassResult(False)
+
+    def in_place(graph, ctx):
+        graph.initializer("fc")[0, 0] = 1.0
+        return PassResult(False)
+
+    def liar(graph, ctx):
+        graph.set_initializer("fc", np.array(graph.initializer("fc")) + 1.0)
+        return PassResult(False)
+
+    graph = from_onnx(load_model(external_file))
+    assert PassManager(registry_of(make_pass("reader", run=reader))).run(graph)[0].changed is False
+    for run, fragment in ((in_place, "edited an initializer in place"), (liar, "initializer 'fc' replaced by a different value")):
+        with pytest.raises(PassError) as e:
+            PassManager(registry_of(make_pass("culprit", run=run))).run(from_onnx(load_model(external_file)))
+        assert e.value.pass_name == "culprit" and fragment in str(e.value), str(e.value)
