@@ -10,6 +10,7 @@ artifact was written and verified (:mod:`graph_convert.output`), so a failed run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -352,10 +353,19 @@ def write_saved_model(c: Conversion) -> None:
 
 
 def write_tflite(c: Conversion) -> None:
+    import gc
+
     from graph_convert.tf.writer import convert_tflite
 
     path = os.path.join(c.work, "model_float32.tflite")
-    convert_tflite(c.traced.concrete, c.traced.module, path, large=c.graph.weight_bytes >= external_data_threshold())
+    if c.graph.weight_bytes < external_data_threshold():
+        convert_tflite(c.traced.concrete, c.traced.module, path)
+    else:
+        # a large model: converted from the SavedModel just written, after letting go of the TF
+        # variables (nothing after this stage runs the traced function; quantization reads the SavedModel)
+        c.traced = dataclasses.replace(c.traced, module=None, concrete=None)
+        gc.collect()
+        convert_tflite(None, None, path, large=True, saved_model=c.paths["saved_model"])
     c.paths["tflite_float32"] = path
 
 
