@@ -185,10 +185,9 @@ def check_source(c: Conversion) -> None:
                                             and not any(n in c.shape_overrides for n in c.batch_names)))
 
 
-# TensorFlow's converter holds about this many copies of the weights at its peak (frozen GraphDef,
-# its serialized form, MLIR constants, the flatbuffer; measured 4-5x on 0.5-1.6 GB MLPs, the
-# whole run 6.6x), on top of the TF variables this process holds: erring high, since running
-# out of memory there loses minutes of work
+# TensorFlow's converter holds about this many copies of the weights at its peak (frozen
+# constants, MLIR constants, the flatbuffer; the whole run peaked at 5.4-5.5x the weights on
+# 1.6 and 2.4 GB MLPs): erring high, since running out of memory there loses minutes of work
 TFLITE_CONVERTER_COPIES = 6
 
 
