@@ -189,7 +189,9 @@ def _summary(result) -> str:
     if "quantization" in r:
         lines.append(gc.quantization_tables(r["quantization"]))
         quant = "".join(f"{e['path']}, " for e in r["quantization"]["variants"].values())
-    lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}{quant}model.rewritten.onnx, report.json) in {r['timings_seconds']['total']:.1f}s")
+    data = r.get("weights", {}).get("rewritten_onnx_data")
+    onnx_files = f"model.rewritten.onnx (+ {data})" if data else "model.rewritten.onnx"
+    lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}{quant}{onnx_files}, report.json) in {r['timings_seconds']['total']:.1f}s")
     return "\n".join(lines)
 
 

@@ -10,9 +10,11 @@ artifact was written and verified (:mod:`graph_convert.output`), so a failed run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,13 +25,14 @@ import onnx
 from graph_convert import dynamic as D
 from graph_convert.errors import ConvertError, GraphConvertError, PassError, StageError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, to_onnx
+from graph_convert.ir.onnx_io import save_with_external_data
 from graph_convert.options import ConvertOptions
 from graph_convert.output import OutputDir, protected_paths
 from graph_convert.pass_manager import Registry, builtin_registry
 from graph_convert.rewrite import Rewritten, rewrite
-from graph_convert.source import check_input_types, check_weights, input_shape_overrides, resolve_source
+from graph_convert.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.report import build_report, figures_dict, json_safe
-from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, read_npz, to_rewritten_layout, to_source_layout
+from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz, to_rewritten_layout, to_source_layout
 
 @dataclass
 class ConvertResult:
@@ -82,6 +85,8 @@ class Conversion:
     work: str  # the temporary output folder
     say: Callable[[str], None]
     timings: dict[str, float] = field(default_factory=dict)
+    peak_rss: dict[str, float] = field(default_factory=dict)  # stage key -> peak RSS (GB) when it ended
+    tflite_note: str | None = None  # why the .tflite was not written (a model past the flatbuffer limit)
     registry: Registry | None = None
     model: onnx.ModelProto | None = None  # the source model (static shapes unless the batch is dynamic)
     source_graph: Graph | None = None
@@ -168,6 +173,7 @@ def check_source(c: Conversion) -> None:
         c.user_feeds = check_user_inputs(graph, read_npz(path, "--inputs"), f"--inputs {path}")
     elif opts.inputs is not None:
         c.user_feeds = check_user_inputs(graph, opts.inputs, "inputs")
+    _check_tflite_size(c)
     if opts.quant is not None:  # quantization data and names are checked before any conversion work
         c.quant_plan = Q.prepare(opts.quant, graph, c.shape_overrides, opts.seed)
     # dynamic batch: asked for, or the source's own symbolic batch dim (then kept when it can be)
@@ -222,6 +228,49 @@ def convert_onnx2tf(c: Conversion) -> None:
                 "verification": {"atol": c.options.atol, "draws": verifier.draw_labels, "notes": verifier.notes,
                                  **{k: figures_dict(f) for k, f in figures.items()}}}
 
+# TensorFlow's converter holds about this many copies of the weights at its peak (frozen
+# constants, MLIR constants, the flatbuffer; the whole run peaked at 5.4-5.5x the weights on
+# 1.6 and 2.4 GB MLPs): erring high, since running out of memory there loses minutes of work
+TFLITE_CONVERTER_COPIES = 6
+
+
+def _check_tflite_size(c: Conversion) -> None:
+    """A .tflite past the flatbuffer's 2 GiB: written with buffer offsets when this TensorFlow's
+    converter has them and the machine has the memory the converter needs; otherwise the run
+    stops now with one line saying why (exit 2; --no-tflite writes the SavedModel only) rather
+    than failing (or being killed) after minutes of work."""
+    from graph_convert.tf.writer import FLATBUFFER_LIMIT, buffer_offsets_supported
+
+    size = c.source_graph.weight_bytes
+    if not c.options.tflite or size < FLATBUFFER_LIMIT:
+        return
+    need, avail = (TFLITE_CONVERTER_COPIES + 1) * size, _available_memory()
+    if not buffer_offsets_supported():
+        why = "this TensorFlow's converter cannot place weights after the flatbuffer (buffer offsets)"
+    elif avail is not None and need > avail:
+        why = f"TensorFlow's converter needs about {need / 1e9:.0f} GB for them and {avail / 1e9:.0f} GB is available"
+    else:
+        return
+    # refused up front like a TFLite gap: exit 0 means every requested artifact was written
+    raise ConvertError(f"no .tflite can be written here: the weights ({size / 1e9:.2f} GB) exceed the 2 GiB of one "
+                       f"flatbuffer and {why} (--no-tflite writes the SavedModel only)")
+
+
+def _available_memory() -> int | None:
+    """MemAvailable in bytes (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _tflite_wanted(c: Conversion) -> bool:
+    return c.options.tflite and c.tflite_note is None
+
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
     return rewrite(model, c.registry, c.options, shape_overrides=c.shape_overrides, user_feeds=user_feeds, timings=c.timings,
@@ -274,9 +323,12 @@ def _rewrite_dynamic(c: Conversion) -> None:
 
 
 def write_rewritten(c: Conversion) -> None:
-    rewritten = to_onnx(c.graph)
     path = os.path.join(c.work, "model.rewritten.onnx")
-    onnx.save(rewritten, path)
+    if c.graph.weight_bytes >= external_data_threshold():  # the weights beside it, written one at a time
+        data = save_with_external_data(c.graph, path)
+        c.paths["rewritten_onnx_data"] = os.path.join(c.work, data)
+    else:
+        onnx.save(to_onnx(c.graph), path)
     try:
         onnx.checker.check_model(path)
     except onnx.checker.ValidationError as e:
@@ -295,9 +347,10 @@ def emit(c: Conversion) -> None:
         emitters, scopes = Q.scoped_emitters(c.registry.emitters, c.graph)
     t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
     c.traced = Traced(t.module, t.concrete, t.in_names, t.out_names, scopes)
+    c.graph.drop_decoded()  # the TF variables hold the weights now
     # forms TF runs but TFLite has no builtin kernel for: named now, not as a converter crash later
     c.gaps = [{"node": n, "op_type": op, "reason": why} for n, op, why in t.gaps]
-    if c.gaps and c.options.tflite:
+    if c.gaps and _tflite_wanted(c):
         shown = "; ".join(f"node {g['node']!r} ({g['op_type']}): {g['reason']}" for g in c.gaps[:10])
         more = f" and {len(c.gaps) - 10} more" if len(c.gaps) > 10 else ""
         raise ConvertError(f"TFLite has no builtin kernel for {len(c.gaps)} node(s): {shown}{more} "
@@ -340,10 +393,19 @@ def write_saved_model(c: Conversion) -> None:
 
 
 def write_tflite(c: Conversion) -> None:
+    import gc
+
     from graph_convert.tf.writer import convert_tflite
 
     path = os.path.join(c.work, "model_float32.tflite")
-    convert_tflite(c.traced.concrete, c.traced.module, path)
+    if c.graph.weight_bytes < external_data_threshold():
+        convert_tflite(c.traced.concrete, c.traced.module, path)
+    else:
+        # a large model: converted from the SavedModel just written, after letting go of the TF
+        # variables (nothing after this stage runs the traced function; quantization reads the SavedModel)
+        c.traced = dataclasses.replace(c.traced, module=None, concrete=None)
+        gc.collect()
+        convert_tflite(None, None, path, large=True, saved_model=c.paths["saved_model"])
     c.paths["tflite_float32"] = path
 
 
@@ -377,9 +439,9 @@ STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion
     ("emit TensorFlow", "tf_trace", emit, lambda c: c.ours),
     ("verify TensorFlow", "verify_tf", verify_tf, lambda c: c.ours),
     ("write SavedModel", "saved_model", write_saved_model, lambda c: c.ours),
-    ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.ours and c.options.tflite),
-    ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.ours and c.options.tflite),
-    ("quantize", "quantize", quantize, lambda c: c.ours and c.options.tflite and c.quant_plan is not None),
+    ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.ours and _tflite_wanted(c)),
+    ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.ours and _tflite_wanted(c)),
+    ("quantize", "quantize", quantize, lambda c: c.ours and _tflite_wanted(c) and c.quant_plan is not None),
     ("convert with onnx2tf", "onnx2tf", convert_onnx2tf, lambda c: not c.ours),
     ("report", "report", build_report, lambda c: c.ours),
 )
@@ -393,6 +455,23 @@ def run_stages(c: Conversion) -> None:
         with stage(name):
             fn(c)
         c.timings[key] = c.timings.get(key, 0.0) + time.perf_counter() - t
+        c.peak_rss[key] = _peak_rss_gb()
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (ORT and TensorFlow run in-process)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+
+
+def _weights_report(c: Conversion) -> dict[str, Any]:
+    """How a large model's weights went through the conversion (report.json ``weights``)."""
+    return {"bytes": c.source_graph.weight_bytes if c.source_graph is not None else None,
+            "external_data_threshold_bytes": external_data_threshold(),
+            "onnx_runtime_sessions": list(c.verifier.sessions) if c.rewritten is not None else [],
+            "rewritten_onnx_data": os.path.basename(c.paths["rewritten_onnx_data"]) if "rewritten_onnx_data" in c.paths else None,
+            "tflite": c.tflite_note}
 
 
 def convert(source, example_inputs=None, output_dir: str | os.PathLike = "converted", options: ConvertOptions | None = None,
@@ -416,8 +495,11 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
             c.report["backend"] = {"used": "graph-convert", "why": c.backend_why}
         c.timings["total"] = time.perf_counter() - t_start
         c.report["timings_seconds"] = {k: round(v, 4) for k, v in c.timings.items()}
+        c.report["peak_rss_gb_after_stage"] = dict(c.peak_rss)
+        c.report["weights"] = _weights_report(c)
         with open(os.path.join(work, "report.json"), "w") as f:
             json.dump(json_safe(c.report), f, indent=2, allow_nan=False)
+        shutil.rmtree(os.path.join(work, EXPORT_DIR), ignore_errors=True)  # a large export's weights, read until now
         out.commit(os.listdir(work))
         where = os.path.abspath(os.fspath(output_dir))
         paths = {k: os.path.join(where, os.path.basename(v)) for k, v in c.paths.items()}

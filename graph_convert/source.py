@@ -15,6 +15,10 @@ from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph, load_model
 
 
+# the exporter's folder inside the temporary output folder (removed before the output is committed)
+EXPORT_DIR = ".export"
+
+
 def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Any accepted source -> (ONNX model, provenance facts for the report)."""
     from graph_convert import export as ex
@@ -24,7 +28,8 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         return source, {"kind": "onnx-model"}
     if isinstance(source, (str, os.PathLike)) and not ex.is_torch_spec(os.fspath(source)):
         path = os.fspath(source)
-        return load_model(path), {"kind": "onnx-file", "path": os.path.abspath(path)}
+        model = load_model(path)
+        return model, {"kind": "onnx-file", "path": os.path.abspath(path), **_weights_kept(model)}
     import torch
 
     if isinstance(source, str):
@@ -44,23 +49,35 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         example_inputs = tuple(torch.randn(*s) for s in unnamed)
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    export_dir = os.path.join(work, ".export")  # the exporter may write external data next to the file
+    export_dir = os.path.join(work, EXPORT_DIR)  # the exporter may write external data next to the file
     os.makedirs(export_dir, exist_ok=True)
     path = os.path.join(export_dir, "source.onnx")
     t0 = time.perf_counter()
+    keep = False
     try:
         info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
         info["export_seconds"] = round(time.perf_counter() - t0, 3)
-        model = onnx.load(path)  # external data read in
+        # a large model's weights stay in the exporter's data file (read when needed, never the
+        # whole file at once); the folder then lives until the conversion ends (see EXPORT_DIR)
+        model = load_model(path)
+        info.update(_weights_kept(model))
+        keep = bool(info.get("weights_memory_mapped"))
     finally:
-        shutil.rmtree(export_dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(export_dir, ignore_errors=True)
     return model, info
+
+
+def _weights_kept(model: onnx.ModelProto) -> dict[str, Any]:
+    """For the report: how many weights stay in their external data file (a large model's)."""
+    kept = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    return {"weights_memory_mapped": len(kept)} if kept else {}
 
 
 def check_weights(model: onnx.ModelProto) -> None:
     """A NaN in a weight or constant makes every check meaningless: refused up front, named.
     (+-inf stays legal: attention masks hold it.)"""
-    from onnx import numpy_helper
+    from graph_convert.ir.onnx_io import tensor_array
 
     def tensors(graph):
         for t in graph.initializer:
@@ -81,14 +98,24 @@ def check_weights(model: onnx.ModelProto) -> None:
         if t.data_type not in floats:
             continue
         try:
-            arr = np.asarray(numpy_helper.to_array(t))
+            arr = np.asarray(tensor_array(t))
         except Exception:
             continue  # unreadable data is reported by the loader / ORT with its own message
+        if not _has_nan(arr):
+            continue
         bad = np.isnan(arr.astype(np.float64, copy=False))
         if bad.any():
             at = tuple(int(i) for i in np.argwhere(bad)[0]) if arr.ndim else ()
             raise ConvertError(f"{kind} {name!r} holds NaN ({int(bad.sum())} of {arr.size} values, first at index {at}): "
                                f"nothing computed from it can be checked; fix the weights")
+
+
+def _has_nan(arr: np.ndarray, block: int = 1 << 22) -> bool:
+    """Whether ``arr`` holds a NaN, read block by block (a large weight is never copied whole)."""
+    flat = arr.reshape(-1)
+    if flat.dtype.kind != "f":  # bfloat16 and other ml_dtypes: widened, one block at a time
+        return any(np.isnan(flat[i:i + block].astype(np.float32)).any() for i in range(0, flat.size, block))
+    return any(np.isnan(flat[i:i + block]).any() for i in range(0, flat.size, block))
 
 
 class _Floats(list):

@@ -13,16 +13,101 @@ from onnx import helper
 from graph_convert import perm as P
 from graph_convert.errors import ConvertError, VerificationError
 from graph_convert.ir import Graph, to_onnx
+from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES, external_data_threshold, file_location, model_shell, placeholder_tensor, tensor_array
 
 
-def ort_session(model: onnx.ModelProto):
+def tensor_bytes(t: onnx.TensorProto) -> int:
+    """Size of a tensor's data from its dims and type (no data read)."""
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    try:
+        return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        return 0
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(tensor_bytes(t) for t in model.graph.initializer)
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    return weight_bytes(model) >= external_data_threshold()
+
+
+def ort_session(model: onnx.ModelProto, arrays: Callable[[str], np.ndarray | None] | None = None):
+    """An ONNX Runtime session of ``model``. A large model (:func:`is_large`) never goes over as
+    one serialized proto with its weights: a weight still in the source's external data file is
+    read by ORT from that file (memory-mapped: no copy of ours, none of ORT's), any other weight is
+    handed over as an OrtValue (``arrays(name)`` may supply arrays already decoded, else each is
+    decoded for the session's lifetime only; ORT copies it). ``session.graph_convert_weights``
+    says which way it went."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors reach the user through our own message, once
     # reference numbers must come from the graph as written, not from ORT's own rewrites
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if not is_large(model):
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess.graph_convert_weights = "in the serialized model"
+        return sess
+    # pre-packing would keep a second, re-laid-out copy of every MatMul/Conv weight
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    folder, mapped, names, values = None, {}, [], []
+    for t in model.graph.initializer:
+        loc = file_location(t)
+        if loc is not None and (folder is None or os.path.dirname(loc) == folder):
+            folder = os.path.dirname(loc)
+            mapped[t.name] = os.path.basename(loc)
+            continue
+        if tensor_bytes(t) < PLACEHOLDER_BYTES and loc is None:
+            continue
+        arr = arrays(t.name) if arrays is not None else None
+        if arr is None:
+            arr = tensor_array(t)
+        names.append(t.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
+        del arr
+    handed = set(names)
+    shell = model_shell(model, lambda t: t.name not in handed)  # its own copies of the (data-less) protos
+    for t in shell.graph.initializer:
+        if t.name in handed and file_location(t) is not None:  # from another folder: an OrtValue
+            t.CopyFrom(placeholder_tensor(t.name, t.data_type, t.dims, tensor_bytes(t)))
+        elif t.name in mapped:  # relative to the folder ORT is told about
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = mapped[t.name]
+    if folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    if names:
+        opts.add_external_initializers(names, values)
+    sess = ort.InferenceSession(shell.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess.graph_convert_ortvalues = values  # they must outlive the session
+    how = [f"{len(mapped)} initializers read by ONNX Runtime from the external data file"] if mapped else []
+    how += [f"{len(names)} initializers as OrtValues"] if names else []
+    sess.graph_convert_weights = f"{' and '.join(how) or 'no large initializer'} (model of {weight_bytes(model)} bytes)"
+    return sess
+
+
+def source_session(model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None):
+    """An ORT session of a model held with its weights, optionally edited first (``edit`` sees a
+    weightless shell when the model is large, so no weight is copied for the edit)."""
+    if not is_large(model) or edit is None:
+        return ort_session(model if edit is None else edit(model))
+    protos = {t.name: t for t in model.graph.initializer}
+    shell = model_shell(model, lambda t: tensor_bytes(t) < PLACEHOLDER_BYTES)
+    return ort_session(edit(shell), lambda name: tensor_array(protos[name]))
+
+
+def graph_session(graph: Graph, *, with_value_info: bool = True, edit: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None):
+    """An ORT session of the lowered ``graph``; a large graph is lowered without its weights and
+    they go over as OrtValues (decoded for this session only when the graph has not decoded them)."""
+    large = graph.weight_bytes >= external_data_threshold()
+    model = to_onnx(graph, with_value_info=with_value_info, weights=not large)
+    if edit is not None:
+        model = edit(model)
+    return ort_session(model, graph.initializer_uncached if large else None)
 
 
 def _concrete_shape(name: str, shape: tuple | None, overrides: Mapping[str, tuple]) -> tuple[int, ...]:
@@ -248,6 +333,8 @@ class Verifier:
             sess = ort_session(source)
         except Exception as e:  # the source itself is the reference: without it nothing can be proven
             raise ConvertError(f"source model does not load in ONNX Runtime, so it cannot serve as the reference: {_line(e)}") from None
+        # how every ORT session of this verifier got its weights (report.json "big_model")
+        self.sessions: list[str] = [f"source: {sess.graph_convert_weights}"]
         names = [o.name for o in sess.get_outputs()]
         self.draws: list[Draw] = []
         self.references: list[dict[str, np.ndarray]] = []
@@ -261,6 +348,7 @@ class Verifier:
                     continue
                 raise ConvertError(f"source model does not run in ONNX Runtime on the {d.label} inputs, so it cannot serve "
                                    f"as the reference: {_line(e)[:400]}") from None
+        del sess  # its copy of the weights (decoded for it alone when the model is large) goes now
         self.failed_draw: Draw | None = None
 
     @property
@@ -304,8 +392,9 @@ class Verifier:
     def check_graph(self, graph: Graph, stage: str) -> dict[str, Figures]:
         """Lower ``graph``, run it in ORT on every draw, compare; raises VerificationError on mismatch."""
         try:
-            sess = ort_session(to_onnx(graph))
+            sess = graph_session(graph)
             names = [o.name for o in sess.get_outputs()]
+            self.sessions.append(f"{stage}: {sess.graph_convert_weights}")
         except Exception as e:
             raise VerificationError(f"{stage}: rewritten graph does not load in ONNX Runtime: {_line(e)}", stage) from None
 
@@ -320,7 +409,11 @@ class Verifier:
 
 
 def _line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(str(e).split()) or type(e).__name__
+    if any(k in text for k in ("Failed to serialize proto", "exceeds maximum protobuf size", "2GB", "2 GB")):
+        # protobuf's own limit, not a fault of the model
+        return f"the model is too large for one protobuf message (2 GB limit), not broken: {text[:200]}"
+    return text
 
 
 def first_diverging_tensor(source: onnx.ModelProto, graph: Graph, feeds: Mapping[str, np.ndarray], atol: float) -> str | None:
@@ -341,8 +434,8 @@ def first_diverging_tensor(source: onnx.ModelProto, graph: Graph, feeds: Mapping
         return m
 
     try:
-        a = ort_session(expose(source, common))
-        b = ort_session(expose(to_onnx(graph, with_value_info=False), common))
+        a = source_session(source, edit=lambda m: expose(m, common))
+        b = graph_session(graph, with_value_info=False, edit=lambda m: expose(m, common))
         ra = dict(zip([o.name for o in a.get_outputs()], a.run(None, dict(feeds))))
         rb = dict(zip([o.name for o in b.get_outputs()], b.run(None, to_rewritten_layout(feeds, graph.io_perms))))
     except Exception:

@@ -7,7 +7,8 @@ Compared byte by byte: ``model.rewritten.onnx``, every ``.tflite`` file and ever
 SavedModel, with two exclusions, both of values that are *meant* to differ per run:
 
 - ``report.json`` is compared as JSON without its timings (every key ``seconds`` or ``*_seconds``:
-  ``timings_seconds``, the per-pass ``seconds``, ``source.export_seconds``);
+  ``timings_seconds``, the per-pass ``seconds``, ``source.export_seconds``) and its memory
+  measurements (``peak_rss_gb_after_stage``);
 - ``saved_model/fingerprint.pb`` is compared without its ``uuid`` field: TensorFlow writes a fresh
   random UUID into every SavedModel it saves, to tell saves apart; its content hashes
   (``saved_model_checksum``, ``graph_def_program_hash``, ``signature_def_hash``,
@@ -83,7 +84,8 @@ def _files(root) -> dict[str, str]:
 
 def _without_timings(obj):
     if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items() if not (k == "seconds" or k.endswith("_seconds"))}
+        return {k: _without_timings(v) for k, v in obj.items()
+                if not (k == "seconds" or k.endswith("_seconds") or k == "peak_rss_gb_after_stage")}
     if isinstance(obj, list):
         return [_without_timings(v) for v in obj]
     return obj

@@ -206,15 +206,60 @@ class Graph:
         return names
 
     def initializer(self, name: str) -> np.ndarray:
+        """The value of an initializer (read-only while a pass runs). A weight left in its external
+        data file (a large model's) comes memory-mapped, read-only, and is not kept: the mapping
+        (and the memory its pages hold) goes when the caller drops the array."""
         if name not in self._init_array:
             if name not in self._init_proto:
                 raise GraphError(f"{name!r} is not an initializer")
-            arr = self._init_array[name] = numpy_helper.to_array(self._init_proto[name])
+            from graph_convert.ir.onnx_io import file_location, tensor_array
+
+            proto = self._init_proto[name]
+            if file_location(proto) is not None:
+                return tensor_array(proto)
+            arr = self._init_array[name] = tensor_array(proto)
             frozen = self._frozen
             if frozen is not None and arr.flags.writeable:  # decoded while a pass runs: read-only too
                 arr.flags.writeable = False
                 frozen.append(arr)
         return self._init_array[name]
+
+    def initializer_uncached(self, name: str) -> np.ndarray:
+        """The value of an initializer, decoded for the caller only (not kept in the graph): a
+        reader that needs every weight once (a runtime session) does not double the graph's
+        memory."""
+        if name in self._init_array:
+            return self._init_array[name]
+        if name not in self._init_proto:
+            raise GraphError(f"{name!r} is not an initializer")
+        from graph_convert.ir.onnx_io import tensor_array
+
+        return tensor_array(self._init_proto[name])
+
+    def drop_decoded(self) -> int:
+        """Forget the arrays decoded from stored initializers (they are decoded again when asked
+        for): once the weights live elsewhere (TensorFlow variables) the graph need not hold a
+        second copy. Returns how many bytes were let go."""
+        cached = [n for n in self._init_array if n in self._init_proto]
+        freed = sum(int(self._init_array[n].nbytes) for n in cached)
+        for n in cached:
+            del self._init_array[n]
+        return freed
+
+    def initializer_nbytes(self, name: str) -> int:
+        """Size of an initializer's data from its type and dims (nothing decoded)."""
+        if name in self._init_array:
+            return int(self._init_array[name].nbytes)
+        t = self._init_proto[name]
+        n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+        try:
+            return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except Exception:
+            return 0
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.initializer_nbytes(n) for n in self.initializer_names)
 
     def initializer_proto(self, name: str) -> onnx.TensorProto:
         if name in self._init_proto:
@@ -451,12 +496,13 @@ class Graph:
         them, e.g. :meth:`refresh_shapes`, without changing what is computed), ``created_by``,
         doc strings and the node order among independent nodes. Initializer *contents* edited in
         place are not compared: :meth:`freeze_initializers` makes them read-only while a pass runs.
-        Costs one walk over the nodes (attributes serialized), nothing per weight byte."""
+        Costs one walk over the nodes (attributes serialized, except a large tensor attribute, e.g.
+        a Constant holding a weight, which is keyed by its object and size), nothing per weight byte."""
         nodes = {}
         for name, d in self._g.nodes(data=True):
             n = d["node"]
             nodes[name] = (n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs), tuple(n.implicit_inputs),
-                           tuple(sorted((k, a.SerializeToString()) for k, a in n.attrs.items())),
+                           tuple(sorted((k, _attr_key(a)) for k, a in n.attrs.items())),
                            _perms_key(n.in_perms), _perms_key(n.out_perms))
         inits = {k: self._init_proto.get(k, self._init_array.get(k)) for k in self.initializer_names}
         return GraphSnapshot(nodes, tuple(self.inputs), tuple(self.outputs),
@@ -544,12 +590,12 @@ class Graph:
                 raise GraphError(f"graph output {t!r} has no producer")
 
     def copy(self) -> "Graph":
-        import copy as _copy
-
+        """An independent graph sharing the (never edited in place) weights and attribute protos:
+        a copy costs the nodes, not the weights (a Constant node's tensor is not duplicated)."""
         g = Graph.__new__(Graph)
         g._g = self._g.copy()
         for n in g._g.nodes:
-            g._g.nodes[n]["node"] = _copy.deepcopy(self._g.nodes[n]["node"])
+            g._g.nodes[n]["node"] = _copy_node(self._g.nodes[n]["node"])
         g._producer = dict(self._producer)
         g._readers = {k: dict(v) for k, v in self._readers.items()}
         g.inputs = list(self.inputs)
@@ -565,7 +611,47 @@ class Graph:
         return g
 
 
+def _copy_node(node: Node) -> Node:
+    """A copy of ``node`` whose lists and dicts are its own; attribute protos are shared (an edit
+    replaces an attribute, :meth:`Node.set_attr`; subgraph renames copy on write)."""
+    import copy as _copy
+
+    n = _copy.copy(node)
+    n.inputs, n.outputs, n.attrs = list(node.inputs), list(node.outputs), dict(node.attrs)
+    n.implicit_inputs = list(node.implicit_inputs)
+    n.in_perms = None if node.in_perms is None else list(node.in_perms)
+    n.out_perms = None if node.out_perms is None else list(node.out_perms)
+    for extra in ("onnx_present", "onnx_extra", "onnx_metadata"):  # set by the loader
+        if extra in vars(node):
+            setattr(n, extra, _copy.copy(getattr(node, extra)))
+    return n
+
+
 _NODE_FIELDS = ("op_type", "domain", "inputs", "outputs", "implicit inputs", "attributes", "in_perms", "out_perms")
+
+
+# an attribute larger than this (a Constant node's weight) is not serialized after every pass:
+# the snapshot keeps the object and its size; the same object at the same size is taken as
+# unchanged, another object is compared by content (only then is the weight read)
+_ATTR_SERIALIZE_LIMIT = 1 << 16
+
+
+class _LargeAttr:
+    __slots__ = ("a", "size")
+
+    def __init__(self, a: onnx.AttributeProto, size: int):
+        self.a, self.size = a, size
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _LargeAttr) and self.size == other.size and (self.a is other.a or self.a == other.a)
+
+    def __hash__(self) -> int:
+        return hash(self.size)
+
+
+def _attr_key(a: onnx.AttributeProto) -> Any:
+    size = a.ByteSize()
+    return a.SerializeToString() if size <= _ATTR_SERIALIZE_LIMIT else _LargeAttr(a, size)
 
 
 def _perms_key(perms) -> tuple | None:
@@ -574,8 +660,10 @@ def _perms_key(perms) -> tuple | None:
 
 def _same_tensor(x, y) -> bool:
     """Equal dtype, shape and bytes (NaN payloads included) for initializers stored as array or proto."""
-    a = numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
-    b = numpy_helper.to_array(y) if isinstance(y, onnx.TensorProto) else np.asarray(y)
+    from graph_convert.ir.onnx_io import tensor_array
+
+    a = tensor_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
+    b = tensor_array(y) if isinstance(y, onnx.TensorProto) else np.asarray(y)
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     if a.dtype == object:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -18,8 +18,70 @@ LOWERED_SUFFIX = "__onnx_layout"
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
+# From this many bytes of initializers a model is "large": its weights stay in their external
+# data file (memory-mapped when read), ONNX Runtime gets them as OrtValues rather than inside a
+# serialized proto (protobuf stops at 2 GB, and serializing copies every weight), and the
+# rewritten ONNX is written with external data. The environment variable lowers it (the tests
+# force a small model through the same path).
+EXTERNAL_DATA_ENV = "GRAPH_CONVERT_EXTERNAL_DATA_BYTES"
+EXTERNAL_DATA_BYTES = 256 << 20
+# initializers at least this large become placeholders in ``to_onnx(g, weights=False)`` and stay
+# in their file when a large model is loaded; smaller ones (shape constants) are always in memory
+PLACEHOLDER_BYTES = 4096
+
+
+def external_data_threshold() -> int:
+    """Bytes of initializers from which a model is large (``$GRAPH_CONVERT_EXTERNAL_DATA_BYTES``)."""
+    text = os.environ.get(EXTERNAL_DATA_ENV, "").strip()
+    try:
+        return int(text) if text else EXTERNAL_DATA_BYTES
+    except ValueError:
+        raise ConvertError(f"${EXTERNAL_DATA_ENV}={text!r}: expected a number of bytes") from None
+
+
+def tensor_array(t: onnx.TensorProto) -> np.ndarray:
+    """The value of a tensor; one whose data stays in its external file (a large model's weight,
+    its location made absolute by :func:`load_model`) is memory-mapped read-only, not copied."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    if not uses_external_data(t):
+        return numpy_helper.to_array(t)
+    info = ExternalDataInfo(t)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    shape = tuple(int(d) for d in t.dims)
+    if dtype.kind in "biuf" and t.data_type not in _PACKED_TYPES and int(np.prod(shape, dtype=np.int64)) > 0:
+        return np.memmap(info.location, dtype=dtype.newbyteorder("<"), mode="r", offset=info.offset or 0, shape=shape)
+    return numpy_helper.to_array(t, os.path.dirname(info.location))
+
+
+# element types numpy_helper decodes from a storage type (not a plain little-endian array)
+_PACKED_TYPES = {getattr(onnx.TensorProto, n) for n in ("BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+                                                          "UINT4", "INT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
+def _keep_external(model: onnx.ModelProto, base: str) -> None:
+    """A large model: its top-level initializers of PLACEHOLDER_BYTES and more stay in their
+    file (location made absolute, read by :func:`tensor_array`); everything else is read in."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, load_external_data_for_tensor, uses_external_data
+
+    def read_in(t: onnx.TensorProto) -> None:
+        load_external_data_for_tensor(t, base)
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+
+    for t in model.graph.initializer:
+        if uses_external_data(t) and _proto_nbytes(t) >= PLACEHOLDER_BYTES:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = os.path.normpath(os.path.join(base, e.value))
+    for t in _get_all_tensors(model):  # the small ones, subgraphs' and Constant nodes' tensors: read in
+        if uses_external_data(t) and not os.path.isabs(ExternalDataInfo(t).location):
+            read_in(t)
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an .onnx file with a clear error for a missing, empty, truncated or corrupt file."""
+    """Read an .onnx file with a clear error for a missing, empty, truncated or corrupt file. A
+    large model's weights (``external_data_threshold()``) stay in its external data file."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ConvertError(f"{path}: no such file")
@@ -31,17 +93,23 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {type(e).__name__}: {e})") from None
-    _check_external_data(model, path)
+    external = _check_external_data(model, path)
     try:
         from onnx.external_data_helper import load_external_data_for_model
 
-        load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        base = os.path.dirname(os.path.abspath(path))
+        if external and sum(_proto_nbytes(t) for t in model.graph.initializer) >= external_data_threshold():
+            _keep_external(model, base)
+        else:
+            load_external_data_for_model(model, base)
     except Exception as e:
         raise ConvertError(f"{path}: cannot read its external data ({type(e).__name__}: {' '.join(str(e).split())})") from None
     if not model.graph.node and not model.graph.output:
         raise ConvertError(f"{path}: not a valid ONNX model (no graph found)")
     try:
-        onnx.checker.check_model(model)
+        # the checker serializes a model given in memory: one with external data is checked from
+        # its file (the proto without the weights), never copied whole nor past protobuf's 2 GB
+        onnx.checker.check_model(path if external else model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ConvertError(f"{path}: ONNX checker rejected the model: {first}") from None
@@ -50,14 +118,17 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def _check_external_data(model: onnx.ModelProto, path: str) -> None:
-    """Every external-data file the model names must be there: named as missing, not as corrupt."""
+def _check_external_data(model: onnx.ModelProto, path: str) -> bool:
+    """Every external-data file the model names must be there: named as missing, not as corrupt.
+    Returns whether the model has external data."""
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     base = os.path.dirname(os.path.abspath(path))
+    external = False
     for t in _get_all_tensors(model):
         if not uses_external_data(t):
             continue
+        external = True
         info = ExternalDataInfo(t)
         where = os.path.normpath(os.path.join(base, info.location))
         if not os.path.isfile(where):
@@ -67,6 +138,7 @@ def _check_external_data(model: onnx.ModelProto, path: str) -> None:
         if info.length and os.path.getsize(where) < need:
             raise ConvertError(f"{path}: the external data file {info.location!r} is shorter than tensor {t.name!r} needs "
                                f"({os.path.getsize(where)} bytes, needs {need}): truncated")
+    return external
 
 
 def info_from_value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
@@ -209,7 +281,7 @@ def from_onnx(model: onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:
             g.info[vi.name] = TensorInfo(ti.dtype, ti.shape)
 
     if infer_shapes:
-        _add_inferred_info(g, model)
+        _add_inferred_info(g, shape_model(model))  # no weight is copied into the C++ shape inference
 
     defined = set(init_names) | {vi.name for vi in gp.input}
     for i, n in enumerate(gp.node):
@@ -241,7 +313,7 @@ def from_onnx(model: onnx.ModelProto, *, infer_shapes: bool = True) -> Graph:
 def refresh_shapes(g: Graph) -> None:
     """Fill in shapes that became inferable (e.g. after constant folding) with ONNX shape
     inference on the lowered graph; known facts are kept, only unknown dims get filled."""
-    _add_inferred_info(g, to_onnx(g, with_value_info=False))
+    _add_inferred_info(g, to_onnx(g, with_value_info=False, weights=False))
 
 
 def _add_inferred_info(g: Graph, model: onnx.ModelProto) -> None:
@@ -338,13 +410,120 @@ def lower_node(node: Node) -> list[onnx.NodeProto]:
     return out + post
 
 
-def to_onnx(g: Graph, *, with_value_info: bool = True) -> onnx.ModelProto:
-    """Lower the IR to a standard ONNX ModelProto (lossless for an untouched graph)."""
+def placeholder_tensor(name: str, data_type: int, dims, nbytes: int, location: str = "graph-convert-ortvalue") -> onnx.TensorProto:
+    """An initializer with type and dims but no data: marked external, to be supplied by the reader
+    (an OrtValue for ONNX Runtime, or the bytes at ``location`` when written beside a file)."""
+    t = onnx.TensorProto(name=name, data_type=data_type, dims=list(dims))
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(nbytes))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    return t
+
+
+def _initializer_out(g: Graph, name: str, weights: bool) -> onnx.TensorProto:
+    nbytes = g.initializer_nbytes(name)
+    if weights or nbytes < PLACEHOLDER_BYTES:
+        t = g.initializer_proto(name)
+        # a weight left in its file is written with its data (the file is the source's, not this model's)
+        return numpy_helper.from_array(tensor_array(t), name) if t.data_location == onnx.TensorProto.EXTERNAL else t
+    t = g._init_proto.get(name)
+    if t is not None and file_location(t) is not None:
+        return t  # still in the source's file: a reader maps it from there
+    if name in g._init_array:
+        a = g._init_array[name]
+        return placeholder_tensor(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape, nbytes)
+    return placeholder_tensor(name, t.data_type, t.dims, nbytes)
+
+
+def model_shell(model: onnx.ModelProto, keep_data: Callable[[onnx.TensorProto], bool]) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers are placeholders unless ``keep_data(t)``; no weight
+    is copied (the fields are copied one by one, the initializers' data left out)."""
+    shell = onnx.ModelProto()
+    for fd, value in model.ListFields():
+        if fd.name != "graph":
+            _copy_field(shell, fd, value)
+    for fd, value in model.graph.ListFields():
+        if fd.name != "initializer":
+            _copy_field(shell.graph, fd, value)
+    for t in model.graph.initializer:  # a weight left in its file has no data here: kept as it is
+        keep = keep_data(t) or file_location(t) is not None
+        shell.graph.initializer.append(t if keep else placeholder_tensor(t.name, t.data_type, t.dims, _proto_nbytes(t)))
+    return shell
+
+
+def file_location(t: onnx.TensorProto) -> str | None:
+    """The absolute path of the file holding a weight left in its external data file by
+    :func:`load_model` (a large model's), else None."""
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    loc = next((e.value for e in t.external_data if e.key == "location"), "")
+    return loc if os.path.isabs(loc) else None
+
+
+def _copy_field(dst, fd, value) -> None:
+    repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+    if repeated:
+        getattr(dst, fd.name).extend(value)
+    elif fd.type == fd.TYPE_MESSAGE:
+        getattr(dst, fd.name).CopyFrom(value)
+    else:
+        setattr(dst, fd.name, value)
+
+
+def _proto_nbytes(t: onnx.TensorProto) -> int:
+    n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+    try:
+        return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        return 0
+
+
+def shape_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the data of its larger initializers (what shape inference needs: the
+    types and dims, and the values of the small constants that shapes are computed from)."""
+    return model_shell(model, lambda t: _proto_nbytes(t) < PLACEHOLDER_BYTES)
+
+
+def save_with_external_data(g: Graph, path: str, location: str | None = None) -> str:
+    """Write the lowered graph to ``path`` with every initializer of PLACEHOLDER_BYTES or more in
+    one external data file beside it (``location``, default ``<file name>.data``), one weight at a
+    time: no serialized copy of the weights, no protobuf 2 GB limit. Returns the data file's name."""
+    location = location or os.path.basename(path) + ".data"
+    model = to_onnx(g, weights=False)
+    offset = 0
+    with open(os.path.join(os.path.dirname(path), location), "wb") as f:
+        for t in model.graph.initializer:
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            arr = np.ascontiguousarray(g.initializer_uncached(t.name))
+            if arr.dtype.byteorder == ">":
+                arr = arr.astype(arr.dtype.newbyteorder("<"))
+            pad = -offset % 64  # aligned, so a reader may map each weight in place
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(memoryview(arr).cast("B"))
+            del t.external_data[:]
+            for k, v in (("location", location), ("offset", str(offset)), ("length", str(arr.nbytes))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            offset += arr.nbytes
+            del arr
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+    return location
+
+
+def to_onnx(g: Graph, *, with_value_info: bool = True, weights: bool = True) -> onnx.ModelProto:
+    """Lower the IR to a standard ONNX ModelProto (lossless for an untouched graph).
+    ``weights=False``: initializers of PLACEHOLDER_BYTES and more are left as data-less
+    placeholders (:func:`placeholder_tensor`), or as references to the source's external data file
+    when they are still there (:func:`file_location`), so a big model lowers without copying a weight."""
     meta = g.model_meta
     nodes: list[onnx.NodeProto] = []
     for node in g.nodes:
         nodes.extend(lower_node(node))
-    inits = [g.initializer_proto(n) for n in g.initializer_names]
+    inits = [_initializer_out(g, n, weights) for n in g.initializer_names]
     init_names = set(g.initializer_names)
     input_order = list(meta.get("input_order", []))
     inputs = []

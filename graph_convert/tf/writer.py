@@ -40,22 +40,48 @@ def _weights_only(module):
     return root
 
 
-def tflite_flatbuffer(concrete, module) -> bytes:
+# a flatbuffer cannot address more than 2 GiB: past it the weights must sit after the flatbuffer,
+# found by the buffers' offsets (TensorFlow's converter option, read by LiteRT)
+FLATBUFFER_LIMIT = 2**31
+
+
+def buffer_offsets_supported() -> bool:
+    """Whether this TensorFlow's converter can write a .tflite whose weights follow the flatbuffer."""
+    from tensorflow.lite.python import lite
+
+    return hasattr(lite, "_check_model_use_buffer_offset")
+
+
+def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str | None = None) -> bytes:
     """The float32 .tflite (builtin ops only) of a traced function. Converted from the concrete
     function itself (the same graph the SavedModel holds, with the same signature name and I/O
-    names): reading the SavedModel back would load it twice more. Raises TensorFlow's error."""
+    names): reading the SavedModel back would load it twice more. Raises TensorFlow's error.
+
+    ``large``: the weights go after the flatbuffer, addressed by offsets (needed past 2 GiB), and
+    the converter's Python post-processing is skipped (buffer de-duplication and the conversion
+    metadata, each of which unpacks the whole model into Python objects: on a 0.5 GB model they
+    cost more time and memory than the conversion itself). ``saved_model``: convert that folder
+    (``concrete``/``module`` unused): TensorFlow converts a concrete function by first saving it
+    as a SavedModel to a temporary folder, a second copy of every weight when one is written
+    already."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], _weights_only(module))
+    if saved_model is not None:
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serving_default"])
+    else:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], _weights_only(module))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if large:
+        converter._experimental_use_buffer_offset = True
+        converter.exclude_conversion_metadata = True
     with quiet_fds():
         return converter.convert()
 
 
-def convert_tflite(concrete, module, path: str) -> None:
+def convert_tflite(concrete, module, path: str, *, large: bool = False, saved_model: str | None = None) -> None:
     """Write the float32 .tflite of the SavedModel's ``serving_default`` function to ``path``."""
     try:
-        data = tflite_flatbuffer(concrete, module)
+        data = tflite_flatbuffer(concrete, module, large=large, saved_model=saved_model)
     except Exception as e:
         msg = " ".join(str(e).split())
         raise ConvertError(f"TFLite conversion failed: {msg[:600]}") from None

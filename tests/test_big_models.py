@@ -1,0 +1,220 @@
+"""Big models (issue 16): the paths a model of gigabytes takes — weights kept in their external
+data file, ONNX Runtime sessions fed OrtValues instead of a serialized proto, the rewritten ONNX
+written with external data, a .tflite with buffer offsets — forced on small models by lowering
+GRAPH_CONVERT_EXTERNAL_DATA_BYTES, so CI runs them in seconds."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graph_convert.ir import from_onnx
+from graph_convert.ir.onnx_io import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES, load_model
+from graph_convert.verify import _line, ort_session
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FORCED = "1000"  # bytes: every test model here is "large"
+
+
+def conv_mlp() -> onnx.ModelProto:
+    """Conv (its weight rewritten to channels-last by the layout passes) -> Flatten -> MatMul (its
+    rows permuted to match) + Add -> MatMul (untouched); the weights are above PLACEHOLDER_BYTES,
+    so they stay external, the small bias is not."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)  # 4.6 KB
+    fc = (rng.standard_normal((16 * 4 * 4, 32)) * 0.05).astype(np.float32)  # 32 KB
+    bias = rng.standard_normal(32).astype(np.float32)  # 128 B: stays in the proto
+    head = (rng.standard_normal((32, 40)) * 0.2).astype(np.float32)  # 5 KB, untouched by the passes
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "fc"], ["m"], name="fc"),
+             helper.make_node("Add", ["m", "bias"], ["a"], name="bias_add"),
+             helper.make_node("MatMul", ["a", "head"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "conv_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
+                              [numpy_helper.from_array(a, n) for n, a in (("w", w), ("fc", fc), ("bias", bias), ("head", head))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def external_file(tmp_path):
+    """The model written with its weights in ``m.onnx.data`` (as exporters write big models)."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    path = folder / "m.onnx"
+    onnx.save(conv_mlp(), path, save_as_external_data=True, location="m.onnx.data", size_threshold=1024)
+    return path
+
+
+def _source_outputs(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def test_large_model_keeps_its_weights_in_the_file(external_file, monkeypatch):
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    model = load_model(external_file)
+    by_name = {t.name: t for t in model.graph.initializer}
+    assert by_name["fc"].data_location == TensorProto.EXTERNAL and by_name["w"].data_location == TensorProto.EXTERNAL
+    assert not by_name["fc"].HasField("raw_data")
+    assert by_name["bias"].data_location == TensorProto.DEFAULT  # small: read in
+    fc = from_onnx(model).initializer("fc")
+    assert isinstance(fc, np.memmap) and not fc.flags.writeable  # mapped read-only, not copied
+    np.testing.assert_array_equal(fc, numpy_helper.to_array(conv_mlp().graph.initializer[1]))
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, str(10**12))  # the same file below the threshold: read in whole
+    assert all(t.data_location == TensorProto.DEFAULT for t in load_model(external_file).graph.initializer)
+
+
+def test_ort_session_of_a_large_model_gets_ortvalues(external_file, monkeypatch):
+    x = np.random.default_rng(1).standard_normal((1, 8, 8, 8)).astype(np.float32)
+    small = ort_session(conv_mlp())
+    assert small.graph_convert_weights == "in the serialized model"
+    ref = small.run(None, {"x": x})[0]
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    in_memory = ort_session(conv_mlp())
+    assert in_memory.graph_convert_weights.startswith("3 initializers as OrtValues")
+    from_file = ort_session(load_model(external_file))  # weights left in their file: ORT maps them from it
+    assert from_file.graph_convert_weights.startswith("3 initializers read by ONNX Runtime from the external data file")
+    got = [sess.run(None, {"x": x})[0] for sess in (in_memory, from_file)]
+    np.testing.assert_array_equal(got[0], got[1])  # the same graph and kernels, the same numbers
+    np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-6)  # (without weight pre-packing: float rounding)
+
+
+def test_protobuf_limit_is_not_called_a_broken_model():
+    msg = _line(ValueError("Failed to serialize proto"))
+    assert "too large for one protobuf message" in msg and "not broken" in msg
+
+
+def test_convert_through_the_external_data_path(external_file, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=ROOT, **{EXTERNAL_DATA_ENV: FORCED})
+    proc = subprocess.run([sys.executable, "-m", "graph_convert.cli", "convert", str(external_file), "-o", str(out)],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "model.rewritten.onnx (+ model.rewritten.onnx.data)" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    weights = report["weights"]
+    assert weights["external_data_threshold_bytes"] == int(FORCED)
+    # the reference and every check of the rewritten graph: a proto without weights plus OrtValues
+    assert len(weights["onnx_runtime_sessions"]) >= 2
+    sessions = weights["onnx_runtime_sessions"]
+    assert sessions[0].startswith("source: 3 initializers read by ONNX Runtime from the external data file"), sessions
+    # the rewritten graph: the untouched weight still from the file, the two the layout passes
+    # rewrote (new arrays) as OrtValues
+    assert all("1 initializers read by ONNX Runtime from the external data file and 2 initializers as OrtValues" in s
+               for s in sessions[1:]), sessions
+    assert report["source"]["weights_memory_mapped"] == 3
+    assert set(report["verification"]) >= {"rewritten_onnx", "tensorflow", "tflite_float32"}
+    # the rewritten ONNX: its big weights in the data file beside it, and it means the same
+    assert weights["rewritten_onnx_data"] == "model.rewritten.onnx.data"
+    shell = onnx.load(out / "model.rewritten.onnx", load_external_data=False)
+    external = [t.name for t in shell.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert external and all(t.data_location == TensorProto.DEFAULT for t in shell.graph.initializer
+                            if len(t.raw_data) or t.float_data)
+    assert os.path.getsize(out / "model.rewritten.onnx") < 4096 < os.path.getsize(out / "model.rewritten.onnx.data")
+    x = np.random.default_rng(2).standard_normal((1, 8, 8, 8)).astype(np.float32)
+    perm = report["io"]["inputs"][0]["layout_perm"]
+    got = ort.InferenceSession(str(out / "model.rewritten.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ascontiguousarray(x.transpose(perm)) if perm else x})[0]
+    np.testing.assert_allclose(got, _source_outputs(external_file, x), rtol=1e-4, atol=1e-5)
+    # the .tflite keeps its weights after the flatbuffer (buffer offsets) and was verified
+    assert report["verification"]["tflite_float32"]["y"]["ok"]
+    from tensorflow.lite.python.lite import _check_model_use_buffer_offset
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    assert _check_model_use_buffer_offset(flatbuffer_utils.read_model(str(out / "model_float32.tflite")))
+    # the marker lists the data file; nothing else is left beside the output or in it
+    marker = json.loads((out / ".graph-convert.json").read_text())
+    assert "model.rewritten.onnx.data" in marker["entries"]
+    assert sorted(os.listdir(tmp_path)) == ["out", "src"]
+    assert sorted(os.listdir(tmp_path / "src")) == ["m.onnx", "m.onnx.data"]
+    assert sorted(os.listdir(out)) == sorted(marker["entries"])
+
+
+def test_pytorch_source_keeps_its_exported_weights_in_their_file(tmp_path, monkeypatch):
+    import torch
+
+    import graph_convert as gc
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 16)).eval()
+    x = torch.randn(1, 64)
+    result = gc.convert(net, x, tmp_path / "out", tflite=False)
+    r = result.report
+    assert r["source"]["kind"] == "pytorch"
+    assert r["source"].get("weights_memory_mapped", 0) >= 1, r["source"]  # the exporter's data file, not read in whole
+    assert all("from the external data file" in s for s in r["weights"]["onnx_runtime_sessions"]), r["weights"]
+    assert r["verification"]["tensorflow"][next(iter(r["verification"]["tensorflow"]))]["ok"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # the export folder went with the temporary folder
+    assert ".export" not in os.listdir(tmp_path / "out")
+    assert (tmp_path / "out" / "model.rewritten.onnx.data").exists()
+
+
+def test_small_models_take_the_usual_path(tmp_path):
+    out = tmp_path / "out"
+    import graph_convert as gc
+
+    r = gc.convert(conv_mlp(), None, out, tflite=False).report
+    assert r["weights"]["onnx_runtime_sessions"] and all("in the serialized model" in s for s in r["weights"]["onnx_runtime_sessions"])
+    assert r["weights"]["rewritten_onnx_data"] is None
+    assert not (out / "model.rewritten.onnx.data").exists()
+    assert PLACEHOLDER_BYTES <= 4096
+
+
+def test_tflite_past_the_flatbuffer_limit_without_the_memory_is_refused_up_front(tmp_path, monkeypatch):
+    """The model stands in for one past 2 GiB (the limit lowered to its size) on a machine without
+    the memory TensorFlow's converter needs (MemAvailable read as 1 KB): the run stops before any
+    conversion work with one line naming --no-tflite (exit 0 means every requested artifact was
+    written), and --no-tflite writes and verifies the SavedModel."""
+    import graph_convert as gc
+    from graph_convert import pipeline
+    from graph_convert.tf import writer
+
+    monkeypatch.setattr(writer, "FLATBUFFER_LIMIT", 1000)
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 1024)
+    said = []
+    with pytest.raises(gc.ConvertError, match=r"no \.tflite can be written here: the weights .* \(--no-tflite writes the SavedModel only\)"):
+        gc.convert(conv_mlp(), None, tmp_path / "out", log=said.append)
+    assert len(said) == 1 and said[0].startswith("source:"), said  # right after the source is read: no work done
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == []
+    r = gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False).report
+    assert "tflite_float32" not in r["verification"] and r["verification"]["tensorflow"]["y"]["ok"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".graph-convert.json", "model.rewritten.onnx", "report.json", "saved_model"]
+
+
+def test_pass_checks_hold_for_weights_left_in_their_file(external_file, monkeypatch):
+    """A weight read from its file is a new (read-only) mapping on every read: reading is not a
+    change, an in-place edit fails where it happens, a replaced weight is still caught."""
+    from graph_convert.errors import PassError
+    from graph_convert.passes import PassManager, PassResult
+    from tests.test_pass_manager import make_pass, registry_of
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+
+    def reader(graph, ctx):
+        assert all(graph.initializer(n) is not None for n in graph.initializer_names)
+        return PassResult(False)
+
+    def in_place(graph, ctx):
+        graph.initializer("fc")[0, 0] = 1.0
+        return PassResult(False)
+
+    def liar(graph, ctx):
+        graph.set_initializer("fc", np.array(graph.initializer("fc")) + 1.0)
+        return PassResult(False)
+
+    graph = from_onnx(load_model(external_file))
+    assert PassManager(registry_of(make_pass("reader", run=reader))).run(graph)[0].changed is False
+    for run, fragment in ((in_place, "edited an initializer in place"), (liar, "initializer 'fc' replaced by a different value")):
+        with pytest.raises(PassError) as e:
+            PassManager(registry_of(make_pass("culprit", run=run))).run(from_onnx(load_model(external_file)))
+        assert e.value.pass_name == "culprit" and fragment in str(e.value), str(e.value)
