@@ -88,6 +88,14 @@ def gate(cand: Candidate, verifier: Verifier, graph, shapes: dict, model: onnx.M
     return figures, ins + outs
 
 
+def _load(path: str) -> Candidate:
+    """onnx2tf's file, refused in terms the user knows (not our temporary folder's path)."""
+    try:
+        return load_candidate(path)
+    except ConvertError as e:
+        raise ConvertError(str(e).replace(f"candidate {path}", f"onnx2tf's {os.path.basename(path)}")) from None
+
+
 def convert_and_gate(python: str, model: onnx.ModelProto, graph, verifier: Verifier, shapes: dict, work: str, seed: int,
                      say: Callable[[str], None]) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
     """(paths, figures per stage, the I/O pairing of each file)."""
@@ -96,6 +104,6 @@ def convert_and_gate(python: str, model: onnx.ModelProto, graph, verifier: Verif
     figures, io = {}, {}
     for key, label in (("tensorflow", "SavedModel"), ("tflite_float32", "TFLite float32")):
         path = paths["saved_model" if key == "tensorflow" else "tflite_float32"]
-        figures[key], pairs = gate(load_candidate(path), verifier, graph, shapes, model, label)
+        figures[key], pairs = gate(_load(path), verifier, graph, shapes, model, label)
         io[key] = [p.as_dict() for p in pairs]
     return paths, figures, io
