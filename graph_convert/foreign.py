@@ -18,6 +18,7 @@ from onnx import helper
 from graph_convert import perm as P
 from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph, from_onnx
+from graph_convert.output import current_umask, rename_noreplace
 from graph_convert.report import VERIFY_RULE, json_safe
 from graph_convert.source import check_input_types, input_shape_overrides, resolve_source
 from graph_convert.verify import Draw, Figures, Verifier, check_user_inputs, compare, make_draws, read_npz, worst
@@ -418,8 +419,8 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
     say = log or (lambda m: None)
     # (name or None, dims) as parse_shape gives them, or bare dims
     shapes = [(s[0], tuple(s[1])) if len(s) == 2 and isinstance(s[1], (tuple, list)) else (None, tuple(s)) for s in input_shapes]
-    if report_path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(os.fspath(report_path)))):
-        raise ConvertError(f"--report {os.fspath(report_path)}: folder {os.path.dirname(os.path.abspath(os.fspath(report_path)))} does not exist")
+    if report_path is not None:
+        check_report_path(os.fspath(report_path))
     with tempfile.TemporaryDirectory(prefix="graph-convert-verify-") as work:
         model, info, overrides = _load_source(source, shapes, work)
     graph = from_onnx(model)
@@ -491,7 +492,7 @@ def _result(cand: Candidate, info: dict, ins: list[Pair], outs: list[Pair], veri
     warnings = [{"output": n, "warning": f"{why}: the check on it proves little"} for n, why in verifier.input_independent_outputs().items()]
     stage = f"{cand.kind}" if cand.kind == "saved_model" else "tflite"
     report = {
-        "source": info, "candidate": {"path": os.path.abspath(cand.path), "kind": cand.kind, "signature": cand.signature},
+        "tool": REPORT_TOOL, "source": info, "candidate": {"path": os.path.abspath(cand.path), "kind": cand.kind, "signature": cand.signature},
         "io": {"inputs": [p.as_dict() for p in ins], "outputs": [p.as_dict() for p in outs]},
         "verdict": "equivalent" if ok else "differs",
         "verification": {"rule": VERIFY_RULE, "atol": atol, "draws": verifier.draw_labels, "notes": notes,
@@ -500,15 +501,48 @@ def _result(cand: Candidate, info: dict, ins: list[Pair], outs: list[Pair], veri
     return VerifyResult(ok, figures, report, None, notes)
 
 
-def write_report(report: Mapping[str, Any], path: str) -> None:
-    """Strict JSON, written beside the target and renamed into place."""
+REPORT_TOOL = "graph-convert verify"
+
+
+def check_report_path(path: str) -> bool:
+    """Before any work: the report's folder exists, and a file already at ``path`` is a report
+    this command wrote earlier (it is replaced); anything else is the user's and is refused.
+    Returns whether a file is there to replace."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConvertError(f"--report {path}: folder {folder} does not exist")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(json_safe(dict(report)), f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    if not os.path.lexists(path):
+        return False
+    try:
+        with open(path) as f:
+            ours = json.load(f).get("tool") == REPORT_TOOL
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours or os.path.islink(path) or not os.path.isfile(path):
+        raise ConvertError(f"--report {path}: exists and is not a report graph-convert verify wrote; nothing was touched")
+    return True
+
+
+def write_report(report: Mapping[str, Any], path: str) -> None:
+    """Strict JSON, written to a private temporary file beside the target and renamed into place:
+    it replaces only an earlier report of ours, never a file created meanwhile by someone else."""
+    replace = check_report_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(json_safe(dict(report)), f, indent=2, allow_nan=False)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                rename_noreplace(tmp, path)
+            except FileExistsError:
+                raise ConvertError(f"--report {path}: was created by someone else during the run; it was left as it is") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
 
 
 def _line(e: BaseException) -> str:

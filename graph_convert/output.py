@@ -44,7 +44,7 @@ class OutputError(ConvertError):
     """The output folder cannot be written without touching something that is not ours."""
 
 
-def _umask() -> int:
+def current_umask() -> int:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -234,7 +234,7 @@ class OutputDir:
         """Write the marker, give the folder the user's umask and move it into place."""
         with open(os.path.join(self.tmp, MARKER), "w") as f:
             json.dump({"tool": "graph-convert", "entries": sorted(set(entries) | {MARKER})}, f, indent=1)
-        os.chmod(self.tmp, 0o777 & ~_umask())
+        os.chmod(self.tmp, 0o777 & ~current_umask())
         with _blocked_signals():  # a signal must not split the swap in two
             self._move_into_place()
         self.tmp = None

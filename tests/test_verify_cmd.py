@@ -323,3 +323,20 @@ def test_a_symbolic_batch_takes_the_candidates_fixed_batch(tmp_path):
     assert out.equivalent and out.report["io"]["inputs"][0]["source_shape"] == [2, 3, 8, 6]
     with pytest.raises(ConvertError, match="element counts differ"):  # an explicit shape still wins
         graph_convert.verify_file(str(tmp_path / "dyn.onnx"), res.tflite, input_shapes=[("input.1", (1, 3, 8, 6))])
+
+
+def test_report_never_replaces_a_users_file(ours, tmp_path):
+    """--report writes a new file or replaces an earlier report of ours; a user's file at that
+    path is refused before any work (exit 2, untouched), and nothing temporary is left."""
+    _, src, res = ours
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    r = verify_cli(src, res.tflite, "--report", tmp_path / "notes.json", work=tmp_path)
+    assert r.returncode == 2 and "is not a report graph-convert verify wrote" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "notes.json").read_text() == '{"mine": true}'
+    r = verify_cli(src, res.tflite, "--report", tmp_path / "r.json", work=tmp_path)
+    assert r.returncode == 0, r.stderr
+    first = (tmp_path / "r.json").stat().st_ino
+    r = verify_cli(src, res.tflite, "--report", tmp_path / "r.json", work=tmp_path)  # our own earlier report
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r.json").stat().st_ino != first and json.loads((tmp_path / "r.json").read_text())["tool"]
+    assert sorted(os.listdir(tmp_path)) == ["notes.json", "r.json"]
