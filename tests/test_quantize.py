@@ -19,7 +19,7 @@ from graph_convert import quantize as Q
 from graph_convert.cli import EXIT_QUANT_THRESHOLD, EXIT_USAGE
 from graph_convert.ir import from_onnx
 from graph_convert.pipeline import convert
-from graph_convert.verify import to_rewritten_layout
+from graph_convert.verify import to_rewritten_layout, to_source_layout
 from graph_convert_models import digits_cnn
 from tests.helpers import Builder
 from tests.test_cli import assert_clean_failure, run, small_model
@@ -44,7 +44,7 @@ def lite_accuracy(out_dir, report, variant: str, x: np.ndarray, y: np.ndarray) -
     inp = report["io"]["inputs"][0]
     runs = {inp["name"]: x[:, None]}  # one image per run
     perm = inp["layout_perm"]
-    rw = Q._to_rewritten(runs, {inp["name"]: tuple(perm)} if perm else {})
+    rw = to_rewritten_layout(runs, {inp["name"]: tuple(perm)} if perm else {}, batched=True)
     got = Q.run_tflite_many(os.path.join(out_dir, VARIANT_FILES[variant]), {inp["tf_name"]: rw[inp["name"]]})
     logits = next(iter(got.values()))
     return digits_cnn.accuracy(logits.reshape(len(y), -1), y)
@@ -232,10 +232,10 @@ def test_stacked_samples_and_layout_mapping_agree_with_verify():
     b = Q.stack_samples({"img": x[:, None]}, specs, "t")["img"]  # whole inputs stacked on a new axis
     assert a.shape == (6, 1, 3, 4, 5) and np.array_equal(a, b)
     perm = {"img": (0, 2, 3, 1)}
-    rw = Q._to_rewritten({"img": a}, perm)["img"]
+    rw = to_rewritten_layout({"img": a}, perm, batched=True)["img"]
     for i in range(6):
         assert np.array_equal(rw[i], to_rewritten_layout({"img": a[i]}, perm)["img"])
-    assert np.array_equal(Q._to_source({"img": rw}, perm)["img"], a)
+    assert np.array_equal(to_source_layout({"img": rw}, perm, batched=True)["img"], a)
 
 
 def test_node_names_from_tflite_tensor_names():

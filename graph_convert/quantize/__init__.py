@@ -20,10 +20,6 @@ quantizer), ``runners``, ``tflite_info`` and ``metrics`` (measuring the result),
 """
 from __future__ import annotations
 
-from typing import Mapping
-
-import numpy as np
-
 from graph_convert.quantize.data import InputSpec, load_npz, stack_samples
 from graph_convert.quantize.full_integer import WORST_LAYERS
 from graph_convert.quantize.metrics import SQNR_CAP_DB, output_figures, sqnr_db
@@ -34,17 +30,7 @@ from graph_convert.quantize.runners import run_ort_many, run_tflite_many
 from graph_convert.quantize.scopes import NodeNames, scoped_emitters
 from graph_convert.quantize.thresholds import QuantizationThresholdError
 from graph_convert.quantize.variants import run
-from graph_convert.verify import to_rewritten_layout, to_source_layout
 
 __all__ = ["VARIANTS", "QuantOptions", "make_options", "QuantPlan", "prepare", "InputSpec", "load_npz", "stack_samples",
            "scoped_emitters", "NodeNames", "run", "run_tflite_many", "run_ort_many", "SQNR_CAP_DB", "sqnr_db",
            "output_figures", "WORST_LAYERS", "QuantizationThresholdError", "tables"]
-
-
-# The names the single-module quantize.py had for verify's batched layout mapping (tests use them).
-def _to_rewritten(runs: Mapping[str, np.ndarray], io_perms: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-    return to_rewritten_layout(runs, io_perms, batched=True)
-
-
-def _to_source(runs: Mapping[str, np.ndarray], io_perms: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-    return to_source_layout(runs, io_perms, batched=True)
