@@ -311,9 +311,6 @@ def worst(a: Figures | None, b: Figures) -> Figures:
     return a if a.max_rel >= b.max_rel else b
 
 
-_worst = worst
-
-
 Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
@@ -374,7 +371,7 @@ class Verifier:
     def check(self, run: Run, stage: str) -> dict[str, Figures]:
         """Run ``run`` (source-layout feeds -> source-layout outputs) on every draw and compare;
         raises VerificationError naming the output, the draw and what differs."""
-        worst: dict[str, Figures] = {}
+        figures: dict[str, Figures] = {}
         for d, ref in zip(self.draws, self.references):
             got = run(d.feeds)
             missing = [n for n in ref if n not in got]
@@ -386,8 +383,8 @@ class Verifier:
                     self.failed_draw = d
                     raise VerificationError(f"{stage}: output {name!r} differs from the source model in ONNX Runtime "
                                             f"on the {d.label} inputs: {f.reason}", stage)
-                worst[name] = _worst(worst.get(name), f)
-        return worst
+                figures[name] = worst(figures.get(name), f)
+        return figures
 
     def check_graph(self, graph: Graph, stage: str) -> dict[str, Figures]:
         """Lower ``graph``, run it in ORT on every draw, compare; raises VerificationError on mismatch."""
