@@ -218,3 +218,12 @@ def test_pass_checks_hold_for_weights_left_in_their_file(external_file, monkeypa
         with pytest.raises(PassError) as e:
             PassManager(registry_of(make_pass("culprit", run=run))).run(from_onnx(load_model(external_file)))
         assert e.value.pass_name == "culprit" and fragment in str(e.value), str(e.value)
+
+
+def test_a_bad_threshold_setting_is_one_line(external_file, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, **{EXTERNAL_DATA_ENV: "lots"})
+    r = subprocess.run([sys.executable, "-m", "graph_convert.cli", "convert", str(external_file), "-o", str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"graph-convert: error: ${EXTERNAL_DATA_ENV}='lots': expected a number of bytes"]
+    assert not (tmp_path / "out").exists()

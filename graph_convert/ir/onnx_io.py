@@ -102,6 +102,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             _keep_external(model, base)
         else:
             load_external_data_for_model(model, base)
+    except ConvertError:
+        raise
     except Exception as e:
         raise ConvertError(f"{path}: cannot read its external data ({type(e).__name__}: {' '.join(str(e).split())})") from None
     if not model.graph.node and not model.graph.output:
