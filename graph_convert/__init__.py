@@ -38,6 +38,37 @@ def verify_file(source, candidate, **kwargs):
     return _verify_file(source, candidate, **kwargs)
 
 
+def convert_batch(inputs, output, **kwargs):
+    """Convert many models, each in a process of its own, into ``output/<name>/`` with
+    ``output/summary.json`` and ``summary.md``; see :func:`graph_convert.batch.convert_batch`.
+    Returns a result with ``ok``, ``rows``, ``totals`` and ``table()``."""
+    from graph_convert.batch import convert_batch as _batch
+
+    return _batch(inputs, output, **kwargs)
+
+
+def parse_size(text: str, option: str = "--memory-limit") -> int:
+    """``"8G"``, ``"512M"`` or a number of bytes -> bytes."""
+    from graph_convert.batch.jobs import parse_size as _parse
+
+    return _parse(text, option)
+
+
+def parse_timeout(text: str, option: str = "--timeout") -> float:
+    """A positive number of seconds."""
+    from graph_convert.batch.jobs import parse_timeout as _parse
+
+    return _parse(text, option)
+
+
+def stage_progress(quiet: bool = False, stream=None):
+    """A ``progress`` callback for :func:`convert`: the stage running and its elapsed time, live
+    on a terminal, plain lines otherwise, nothing when ``quiet``. Call its ``close()`` at the end."""
+    from graph_convert.progress import StageProgress, mode_for
+
+    return StageProgress(mode_for(quiet, stream), stream)
+
+
 def pass_pipeline(plugins=()) -> list[dict]:
     """The pass pipeline with ``plugins`` loaded, in run order: one dict per pass with its
     ``phase``, ``name``, fixed-point ``group`` (or None) and ``source`` (the plugin it came from)."""
@@ -74,6 +105,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'graph_convert' has no attribute {name!r}")
 
 
-__all__ = ["convert", "verify_file", "ConvertOptions", "pass_pipeline", "parse_shape", "quantization_tables", "ConvertError",
+__all__ = ["convert", "convert_batch", "verify_file", "ConvertOptions", "parse_size", "parse_timeout", "stage_progress",
+           "pass_pipeline", "parse_shape", "quantization_tables", "ConvertError",
            "GraphConvertError", "PassError", "StageError", "UnsupportedOpsError", "VerificationError",
            "QuantizationThresholdError", "Pass", "PassContext", "PassResult", "Registry", "__version__"]

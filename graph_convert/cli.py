@@ -12,6 +12,7 @@ import warnings
 import graph_convert as gc
 from graph_convert import ConvertError, ConvertOptions, PassError, QuantizationThresholdError, StageError, VerificationError
 
+EXIT_BATCH_FAILED = 1  # batch: at least one model did not convert (summary.json says which and why)
 EXIT_USAGE, EXIT_VERIFY, EXIT_PASS = 2, 3, 4
 EXIT_QUANT_THRESHOLD = 5  # a quantized variant fell below --min-sqnr / --min-top1
 EXIT_INTERNAL = 6  # a stage broke where it should not (TensorFlow runtime error, emitter bug, converter crash)
@@ -56,6 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a model")
     c.add_argument("source", help="model.onnx, path/to/file.py:factory or package.module:attr")
     c.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder that graph-convert wrote earlier (never one holding anything else)")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
+    _convert_options(c)
+    _batch_parser(sub)
+    _verify_parser(sub)
+    ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
+    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    ls.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
+    return p
+
+
+def _convert_options(c) -> None:
+    """The options of one conversion (``convert``, and ``batch`` for each of its models)."""
     c.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]D0,D1,...",
                    help="input shape; repeat for several inputs (required for PyTorch sources)")
     c.add_argument("--inputs", metavar="DATA.npz", help="verify on these arrays (keyed by input name, source layout)")
@@ -78,10 +94,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="who writes the SavedModel/.tflite: our emitter (default), onnx2tf (verified by us exactly as ours; "
                         "pip install 'graph-convert[onnx2tf]'), or ours with onnx2tf only for models with ops we cannot emit")
     c.add_argument("--onnx2tf-python", metavar="PATH", help="the interpreter that runs onnx2tf (its pins may clash with ours; default: this one)")
-    c.add_argument("--overwrite", action="store_true",
-                   help="replace an output folder that graph-convert wrote earlier (never one holding anything else)")
-    c.add_argument("-q", "--quiet", action="store_true")
-    c.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     q = c.add_argument_group("quantization (TFLite post-training quantization, checked against ONNX Runtime float32)")
     q.add_argument("--quantize", metavar="LIST", help="any of fp16,int8,int8-full (comma-separated)")
     q.add_argument("--calibration", metavar="DATA.npz|DIR|random",
@@ -96,11 +108,102 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--float-ops", metavar="NODE,...", help="int8-full: keep these nodes' layers float; the report shows what it bought")
     q.add_argument("--min-sqnr", type=float, metavar="DB", help=f"fail (exit {EXIT_QUANT_THRESHOLD}, nothing written) if any quantized output's SQNR is lower")
     q.add_argument("--min-top1", type=float, metavar="PCT", help=f"fail (exit {EXIT_QUANT_THRESHOLD}, nothing written) if any classifier output's top-1 agreement is lower")
-    _verify_parser(sub)
-    ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
-    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
-    ls.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
-    return p
+
+
+class _StrictParser(argparse.ArgumentParser):
+    """A parser whose errors are a ConvertError (one line naming where the options came from),
+    not a usage message and sys.exit: for a batch's per-model options."""
+
+    def error(self, message):
+        raise ConvertError(message)
+
+
+def _batch_parser(sub) -> None:
+    b = sub.add_parser("batch", help="convert many models, each in a process of its own, with a summary")
+    b.add_argument("batch_inputs", nargs="+", metavar="INPUT",
+                   help=".onnx files, folders of them, file.py:factory / module:attr specs, or manifests (.txt, .json)")
+    b.add_argument("-o", "--output", required=True, metavar="OUTROOT", help="each model goes to OUTROOT/<name>/")
+    b.add_argument("-j", "--jobs", default="1", metavar="N", help="models converted at once (local engine; default 1)")
+    b.add_argument("--timeout", metavar="SECONDS", help="stop a model's conversion after this long (status timeout)")
+    b.add_argument("--memory-limit", metavar="SIZE",
+                   help="stop a model whose processes together hold more resident memory (e.g. 8G; status out of memory)")
+    b.add_argument("--engine", choices=["local", "ray"], default="local", help="local processes (default) or Ray tasks")
+    b.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to use (default: RAY_ADDRESS, else a local "
+                                                         "instance started for this run)")
+    b.add_argument("--ray-transfer", choices=["bytes", "shared"], default="bytes",
+                   help="how sources and outputs travel: through Ray's object store (default) or a shared filesystem")
+    b.add_argument("--retries", default="2", metavar="N", help="Ray: times a task is retried when its worker dies")
+    b.add_argument("--cpus-per-model", default="1", metavar="N", help="Ray: the CPU request of each task")
+    b.add_argument("--overwrite", action="store_true", help="redo models an earlier batch into OUTROOT converted already")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress, no table (the summary files are still written)")
+    b.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
+    _convert_options(b)
+
+
+def _child_args(args) -> list[str]:
+    """The convert options given to ``batch``, as a model's ``convert`` command line takes them."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _convert_options(probe)
+    out: list[str] = []
+    for action in probe._actions:
+        value = getattr(args, action.dest, action.default)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            out.append(flag)
+        elif isinstance(value, list):
+            for v in value:
+                out += [flag, str(v)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def _check_convert_args(argv: list[str], where: str) -> None:
+    """Validate one model's convert command line (a manifest line, or the batch's own options)."""
+    p = _StrictParser(prog="graph-convert convert", add_help=False)
+    p.add_argument("source")
+    p.add_argument("-o", "--output", required=True)
+    _convert_options(p)
+    try:
+        ns = p.parse_args(argv + ["-o", "-"])
+        ns.overwrite = False
+        options_from_args(ns)
+    except ConvertError as e:
+        raise ConvertError(f"{where}: {_one_line(e)}") from None
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise ConvertError(f"{option} {text!r}: must be a positive integer")
+    return v
+
+
+def _batch(args) -> int:
+    timeout = gc.parse_timeout(args.timeout) if args.timeout is not None else None
+    memory = gc.parse_size(args.memory_limit) if args.memory_limit is not None else None
+    try:
+        cpus = float(args.cpus_per_model)
+    except ValueError:
+        cpus = 0.0
+    if not 0 < cpus < 1e6:
+        raise ConvertError(f"--cpus-per-model {args.cpus_per_model!r}: must be a positive number")
+    retries = int(args.retries) if args.retries.isdigit() else _positive_int(args.retries, "--retries")
+    display = "silent" if args.quiet else ("live" if sys.stdout.isatty() else "plain")
+    result = gc.convert_batch(args.batch_inputs, args.output, args=_child_args(args), jobs=_positive_int(args.jobs, "--jobs"),
+                              timeout=timeout, memory_limit=memory, engine=args.engine, overwrite=args.overwrite,
+                              display=display, check_args=_check_convert_args,
+                              ray_options={"address": args.ray_address, "transfer": args.ray_transfer, "retries": retries,
+                                           "cpus": cpus} if args.engine == "ray" else None)
+    if not args.quiet:
+        print(result.table())
+        print(f"wrote {os.path.join(args.output, 'summary.json')} and summary.md")
+    return 0 if result.ok else EXIT_BATCH_FAILED
 
 
 def _verify_parser(sub) -> None:
@@ -203,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             handlers[sig] = signal.signal(sig, _raise_interrupted)
     try:
+        _die_with_parent()
         return _run(args)
     except Interrupted as e:
         print(f"graph-convert: stopped by {signal.Signals(e.signum).name}; nothing was written", file=sys.stderr)
@@ -213,6 +317,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, old in handlers.items():
             signal.signal(sig, old)
+
+
+def _die_with_parent() -> None:
+    """A batch's model (GRAPH_CONVERT_PARENT_PID set): SIGTERM when the batch process dies, so a
+    killed batch or Ray worker leaves no conversion running (and no temporary folder: SIGTERM
+    removes it)."""
+    parent = os.environ.pop("GRAPH_CONVERT_PARENT_PID", None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError, ValueError):
+        return
+    if str(os.getppid()) != parent:  # it died before the line above
+        raise Interrupted(signal.SIGTERM)
 
 
 def _in_main_thread() -> bool:
@@ -239,8 +361,14 @@ def _run(args) -> int:
             return 0
         if args.command == "verify":
             return _verify(args)
+        if args.command == "batch":
+            return _batch(args)
         log = None if args.quiet else (lambda m: print(m, flush=True))
-        result = gc.convert(args.source, None, args.output, options_from_args(args), log=log)
+        progress = gc.stage_progress(args.quiet)
+        try:
+            result = gc.convert(args.source, None, args.output, options_from_args(args), log=log, progress=progress)
+        finally:
+            progress.close()
         if not args.quiet:
             print(_summary(result))
         return 0

@@ -107,6 +107,7 @@ class Conversion:
     report: dict[str, Any] = field(default_factory=dict)
     backend: str = "graph-convert"  # the back end that makes the files (``auto`` resolves to one)
     backend_why: str = ""
+    progress: Callable[[str, str], None] | None = None  # told ("start" | "end", stage name) around each stage
 
     @property
     def ours(self) -> bool:
@@ -452,8 +453,12 @@ def run_stages(c: Conversion) -> None:
         if not wanted(c):
             continue
         t = time.perf_counter()
+        if c.progress is not None:
+            c.progress("start", name)
         with stage(name):
             fn(c)
+        if c.progress is not None:
+            c.progress("end", name)
         c.timings[key] = c.timings.get(key, 0.0) + time.perf_counter() - t
         c.peak_rss[key] = _peak_rss_gb()
 
@@ -475,12 +480,15 @@ def _weights_report(c: Conversion) -> dict[str, Any]:
 
 
 def convert(source, example_inputs=None, output_dir: str | os.PathLike = "converted", options: ConvertOptions | None = None,
-            *, log: Callable[[str], None] | None = None, **kwargs) -> ConvertResult:
+            *, log: Callable[[str], None] | None = None, progress: Callable[[str, str], None] | None = None,
+            **kwargs) -> ConvertResult:
     """Convert ``source`` (an ``nn.Module``, ``file.py:factory``, ``module:attr``, an .onnx path or
     ModelProto) and write the verified artifacts to ``output_dir``. Options: a
     :class:`~graph_convert.options.ConvertOptions`, or its fields as keyword arguments. Raises
     ConvertError (bad input), UnsupportedOpsError, PassError, VerificationError, StageError or
-    :class:`graph_convert.quantize.QuantizationThresholdError`; nothing is written on failure."""
+    :class:`graph_convert.quantize.QuantizationThresholdError`; nothing is written on failure.
+    ``log`` gets the run's messages, ``progress`` ("start" | "end", stage name) around each stage
+    (:func:`graph_convert.stage_progress` makes one that shows them)."""
     if options is None:
         options = ConvertOptions.from_kwargs(**kwargs)
     elif kwargs:
@@ -489,7 +497,7 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
     out = OutputDir(output_dir, overwrite=options.overwrite, protected=protected_paths(source, options.plugins))
     work = out.prepare()
     try:
-        c = Conversion(source, example_inputs, options, work, log or (lambda msg: None))
+        c = Conversion(source, example_inputs, options, work, log or (lambda msg: None), progress=progress)
         run_stages(c)
         if c.ours:
             c.report["backend"] = {"used": "graph-convert", "why": c.backend_why}
