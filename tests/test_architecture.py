@@ -75,6 +75,14 @@ def test_quantizer_never_imports_the_stages():
     assert hits("graph_convert/quantize", stages) == []
 
 
+def test_batch_never_converts_in_its_own_process():
+    """A batch runs each model's convert in a process of its own (a crash or a hang costs that
+    model only): it never imports the stages, TensorFlow, torch or ONNX Runtime."""
+    banned = ("graph_convert.pipeline", "graph_convert.source", "graph_convert.rewrite", "graph_convert.tf", "tensorflow",
+              "torch", "onnxruntime", "graph_convert.cli")
+    assert hits("graph_convert/batch", banned) == []
+
+
 def test_cli_uses_only_the_public_api():
     bad = []
     for line, mod in imports_of(os.path.join(ROOT, "graph_convert", "cli.py")):

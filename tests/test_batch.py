@@ -308,3 +308,54 @@ def test_ray_task_is_retried_when_its_worker_dies(tmp_path, ray_cluster):
     assert proc.returncode == 0, stdout + stderr
     assert rows(out)[name]["status"] == "ok"
     assert not set(first) & set(_converts_under(name))  # the first attempt's convert died with its worker
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+def _run_on_terminal(args, work) -> tuple[int, str]:
+    """The command with its stdout on a pseudo-terminal (what a user at a shell sees)."""
+    import pty
+    import re
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "graph_convert.cli", *map(str, args)], cwd=work, env=env_for(work),
+                            stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=600)
+    os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_convert_shows_each_stage(tmp_path):
+    onnx.save(conv_net(8, 3, 8), tmp_path / "m.onnx")
+    plain = cli(["convert", "m.onnx", "-o", "plain"], tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    stages = [ln for ln in plain.stdout.splitlines() if ln.startswith("[0:")]
+    assert [s.split("] ")[1].rsplit(":", 1)[0] for s in stages[:3]] == ["load plugins", "load source", "check source"]
+    assert any("] convert to TFLite: " in s for s in stages)
+    quiet = cli(["convert", "m.onnx", "-o", "quiet", "-q"], tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    rc, screen = _run_on_terminal(["convert", "m.onnx", "-o", "live"], tmp_path)
+    assert rc == 0
+    assert "convert: emit TensorFlow" in screen and "convert: verify TFLite" in screen  # the live line, stage by stage
+    assert "wrote live/" in screen and "[0:" not in screen  # no plain lines on a terminal
+
+
+def test_batch_live_display_on_a_terminal(tmp_path):
+    onnx.save(conv_net(9, 3, 8), tmp_path / "a.onnx")
+    (tmp_path / "b.onnx").write_bytes(b"junk")
+    rc, screen = _run_on_terminal(["batch", "a.onnx", "b.onnx", "-o", "out"], tmp_path)
+    assert rc == 1
+    assert "running 1, failed 0" in screen and "1/2" in screen and "2/2" in screen  # the live bar
+    assert "[1/2] " in screen and "[2/2] " in screen  # each finished model printed above it
+    assert "1/2 ok (1 converted now, 0 already done); 1 bad input" in screen

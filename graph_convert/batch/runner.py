@@ -20,7 +20,8 @@ from graph_convert.batch.jobs import Job
 from graph_convert.output import is_ours, remove_dead_temps
 
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL
-POLL = 0.2
+POLL = 0.05  # how often the child is reaped (its exit noticed within this)
+SAMPLE = 0.2  # how often the memory of a model with --memory-limit is sampled
 # a model's status from its convert's exit code (README "Batch"); 2 splits by its message
 STATUS = {0: "ok", 2: "bad input", 3: "verification failed", 4: "crashed", 5: "quality threshold", 6: "crashed"}
 FAILED = ("bad input", "unsupported ops", "verification failed", "quality threshold", "timeout", "out of memory", "crashed")
@@ -82,9 +83,10 @@ class _Watch:
         return True
 
     def wait(self) -> int:
-        start = time.monotonic()
+        start = sampled = time.monotonic()
         while not self._reap():
-            if self.job.memory_limit is not None:
+            if self.job.memory_limit is not None and time.monotonic() - sampled >= SAMPLE:
+                sampled = time.monotonic()
                 rss = _session_rss(self.proc.pid)
                 self.peak = max(self.peak, rss)
                 if rss > self.job.memory_limit:
