@@ -67,9 +67,10 @@ def plan(jobs: list[Job], out_root: str, overwrite: bool) -> Plan:
     return Plan(skipped, todo)
 
 
-def run_local(todo: list[tuple[Job, str]], out_root: str, parallel: int, progress, stop: threading.Event) -> dict[str, dict]:
-    """Each job's convert in its own process, ``parallel`` at a time."""
-    rows: dict[str, dict] = {}
+def run_local(todo: list[tuple[Job, str]], out_root: str, parallel: int, progress, stop: threading.Event,
+              rows: dict[str, dict]) -> None:
+    """Each job's convert in its own process, ``parallel`` at a time; ``rows`` filled as they end
+    (also when a signal stops the batch)."""
 
     def one(job: Job, run: str) -> dict:
         if stop.is_set():
@@ -101,7 +102,6 @@ def run_local(todo: list[tuple[Job, str]], out_root: str, parallel: int, progres
             raise
         finally:
             _fill_not_run(todo, rows)
-    return rows
 
 
 def _not_run(job: Job) -> dict:
@@ -136,9 +136,9 @@ def run_batch(jobs: list[Job], out_root: str, *, engine: str = "local", parallel
         if engine == "ray":
             from graph_convert.batch.ray_engine import run_ray
 
-            rows = run_ray(the_plan.todo, out_root, progress=progress, stop=stop, **(ray_options or {}))
+            run_ray(the_plan.todo, out_root, rows, progress=progress, stop=stop, **(ray_options or {}))
         elif engine == "local":
-            rows = run_local(the_plan.todo, out_root, parallel, progress, stop)
+            run_local(the_plan.todo, out_root, parallel, progress, stop, rows)
         else:
             raise ConvertError(f"--engine {engine!r}: choose local or ray")
     finally:

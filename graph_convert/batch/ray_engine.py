@@ -201,9 +201,9 @@ def _failed_row(job: Job, error: BaseException, retries: int) -> dict[str, Any]:
             "reason": f"{why} ({type(error).__name__}: {first})", "seconds": None}
 
 
-def run_ray(todo: list[tuple[Job, str]], out_root: str, *, progress, stop: threading.Event, address: str | None = None,
+def run_ray(todo: list[tuple[Job, str]], out_root: str, rows: dict[str, dict], *, progress, stop: threading.Event, address: str | None = None,
             transfer: str = "bytes", retries: int = 2, cpus: float = 1.0) -> dict[str, dict]:
-    """Submit every job as a Ray task and gather the rows as they finish."""
+    """Submit every job as a Ray task and gather the rows into ``rows`` as they finish."""
     import ray
 
     connect(address)
@@ -220,7 +220,6 @@ def run_ray(todo: list[tuple[Job, str]], out_root: str, *, progress, stop: threa
         refs[ref] = (job, run)
         if len(refs) <= slots:
             progress.started(job.name)
-    rows: dict[str, dict] = {}
     pending = list(refs)
     try:
         while pending:
@@ -234,8 +233,10 @@ def run_ray(todo: list[tuple[Job, str]], out_root: str, *, progress, stop: threa
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
+            job, run = refs[ref]
+            rows[job.name] = {"name": job.name, "source": job.source, "status": "interrupted", "exit_code": None,
+                              "reason": "the batch was stopped", "seconds": None, "run": run}
         raise
-    return rows
 
 
 def _gather(ray, ref, job: Job, run: str, out_root: str, transfer: str, retries: int) -> dict[str, Any]:
