@@ -359,3 +359,17 @@ def test_batch_live_display_on_a_terminal(tmp_path):
     assert "running 1, failed 0" in screen and "1/2" in screen and "2/2" in screen  # the live bar
     assert "[1/2] " in screen and "[2/2] " in screen  # each finished model printed above it
     assert "1/2 ok (1 converted now, 0 already done); 1 bad input" in screen
+
+
+def test_outroot_inside_the_input_folder_is_not_read_as_models(tmp_path):
+    """``batch zoo -o zoo/converted``: the second run must not take the first run's
+    model.rewritten.onnx files for models."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    onnx.save(conv_net(10, 3, 8), zoo / "a.onnx")
+    assert cli(["batch", "zoo", "-o", "zoo/converted", "-q"], tmp_path).returncode == 0
+    assert cli(["convert", "zoo/a.onnx", "-o", "zoo/elsewhere", "-q"], tmp_path).returncode == 0  # another output in it
+    again = cli(["batch", "zoo", "-o", "zoo/converted"], tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("batch: 1 model: 1 already done, 0 to convert")
+    assert list(rows(zoo / "converted")) == ["a"]

@@ -176,7 +176,7 @@ def convert_batch(inputs: list[str], output: str, *, args: list[str] | tuple = (
 
     if jobs < 1:
         raise ConvertError(f"--jobs {jobs}: must be at least 1")
-    coll = Collector(list(args), check_args or (lambda argv, where: None), timeout, memory_limit)
+    coll = Collector(list(args), check_args or (lambda argv, where: None), timeout, memory_limit, exclude=output)
     for item in inputs:
         coll.add(item)
     job_list = coll.finish()
@@ -189,7 +189,7 @@ def convert_batch(inputs: list[str], output: str, *, args: list[str] | tuple = (
     def begin(p: Plan) -> None:
         progress.total = len(p.todo)
         at_once = f"{jobs} at a time" if engine == "local" else "as Ray tasks"
-        progress.begin(f"batch: {len(job_list)} models: {len(p.skipped)} already done, {len(p.todo)} to convert, "
+        progress.begin(f"batch: {len(job_list)} model{'s' if len(job_list) != 1 else ''}: {len(p.skipped)} already done, {len(p.todo)} to convert, "
                        f"{at_once} (engine {engine}) -> {os.path.abspath(output)}")
 
     return run_batch(job_list, output, engine=engine, parallel=jobs, overwrite=overwrite, progress=progress,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from graph_convert.errors import ConvertError
+from graph_convert.output import MARKER
 
 MANIFEST_SUFFIXES = (".txt", ".json")
 # names a model's output folder may not take: the batch's own files
@@ -94,15 +95,17 @@ class Collector:
     """Turns the command line's INPUTS into jobs. ``check_args(args, where)`` validates a model's
     convert options (it raises ConvertError naming ``where``)."""
 
-    def __init__(self, base_args: list[str], check_args: Callable[[list[str], str], None], timeout=None, memory_limit=None):
+    def __init__(self, base_args: list[str], check_args: Callable[[list[str], str], None], timeout=None, memory_limit=None,
+                 exclude: str | None = None):
         self.base_args = list(base_args)
+        self.exclude = os.path.realpath(exclude) if exclude else None  # OUTROOT: never a source of models
         self.check_args = check_args
         self.timeout, self.memory_limit = timeout, memory_limit
         self.jobs: list[Job] = []
 
     def add(self, item: str) -> None:
         if os.path.isdir(item):
-            found = sorted(os.path.join(dp, f) for dp, dirs, files in os.walk(item) for f in files if f.endswith(".onnx"))
+            found = self._scan(item)
             if not found:
                 raise ConvertError(f"batch input {item}: a folder with no .onnx file in it")
             for path in found:
@@ -122,6 +125,19 @@ class Collector:
         else:
             raise ConvertError(f"batch input {item}: not an .onnx file, a folder, a file.py:factory / module:attr spec "
                                f"or a manifest (.txt, .json)")
+
+    def _scan(self, folder: str) -> list[str]:
+        """Every .onnx under ``folder``, sorted; graph-convert's own outputs (and OUTROOT) are not
+        models to convert (a batch writing into the folder it reads must not find them next time)."""
+        found = []
+        for dp, dirs, files in os.walk(folder):
+            real = os.path.realpath(dp)
+            if MARKER in files or (self.exclude and (real == self.exclude or real.startswith(self.exclude + os.sep))):
+                dirs[:] = []
+                continue
+            dirs.sort()
+            found += [os.path.join(dp, f) for f in sorted(files) if f.endswith(".onnx")]
+        return found
 
     def _job(self, source: str, args: list[str], *, origin: str, name: str | None = None, cwd: str = ".",
              timeout=None, memory_limit=None) -> None:
