@@ -81,6 +81,9 @@ def start_ray() -> tuple[str, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    # a token of its own for the instance and the batch commands (which inherit it): a token left in
+    # ~/.ray by another Ray cluster on this machine cannot lock them out
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     subprocess.run([ray, "start", "--head", f"--port={port}", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
                     "--disable-usage-stats", "--object-store-memory=500000000"], env=_env(), check=True, capture_output=True)
     return ray, f"127.0.0.1:{port}"

@@ -134,7 +134,8 @@ class BatchProgress:
         left = self.left()
         eta = f"  ({_clock(left)} left)" if left is not None and self.done < self.total else ""
         width = len(str(self.total))
-        return f"[{self.done:>{width}}/{self.total}] {row['status']:<19} {row['name']}  {row.get('seconds', 0):.1f} s{figs}{eta}"
+        took = f"{row['seconds']:.1f} s" if isinstance(row.get("seconds"), (int, float)) else "-"
+        return f"[{self.done:>{width}}/{self.total}] {row['status']:<19} {row['name']}  {took}{figs}{eta}"
 
     def _refresh(self) -> None:
         if self._live is not None:

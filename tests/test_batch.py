@@ -246,11 +246,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A real local Ray instance (``ray start --head``), stopped at the end."""
+    """A real local Ray instance (``ray start --head``), stopped at the end. It and its clients
+    (the batch commands, which inherit this environment) share a token of their own, so a token
+    left in ~/.ray by another Ray cluster on this machine cannot lock them out."""
     pytest.importorskip("ray", reason="ray is in the test extra: pip install -e '.[test]'")
     port = _free_port()
     work = tmp_path_factory.mktemp("ray")
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     env = env_for(work)
     up = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                          "--disable-usage-stats", "--object-store-memory=300000000"], env=env, capture_output=True,
@@ -258,6 +262,11 @@ def ray_cluster(tmp_path_factory):
     assert up.returncode == 0, up.stdout + up.stderr
     yield f"127.0.0.1:{port}"
     subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=300)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def test_ray_engine_same_rows_and_rerun(zoo, ray_cluster):
@@ -373,3 +382,15 @@ def test_outroot_inside_the_input_folder_is_not_read_as_models(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith("batch: 1 model: 1 already done, 0 to convert")
     assert list(rows(zoo / "converted")) == ["a"]
+
+
+def test_ray_requests_no_node_can_meet_are_said_at_once(tmp_path, ray_cluster):
+    onnx.save(conv_net(11, 3, 8), tmp_path / "a.onnx")
+    big = cli(["batch", "a.onnx", "-o", "out", "--engine", "ray", "--ray-address", ray_cluster, "--memory-limit", "4000G"],
+              tmp_path, timeout=300)
+    assert big.returncode == 1, big.stdout + big.stderr
+    row = rows(tmp_path / "out")["a"]
+    assert row["status"] == "out of memory" and "request 4000.0 GiB of memory and the largest node offers" in row["reason"]
+    cpus = cli(["batch", "a.onnx", "-o", "out2", "--engine", "ray", "--ray-address", ray_cluster, "--cpus-per-model", "64"],
+               tmp_path, timeout=300)
+    assert cpus.returncode == 2 and "--cpus-per-model 64: the largest Ray node has 2 CPUs" in cpus.stderr, cpus.stderr

@@ -193,6 +193,20 @@ def connect(address: str | None) -> None:
         raise ConvertError(f"--ray-address {address}: cannot connect to a Ray cluster there ({' '.join(str(e).split())[:200]})") from None
 
 
+def _largest_node() -> tuple[float, float]:
+    """(CPUs, memory bytes) of the largest live node: a request above them would wait forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return (max((n.get("CPU", 0.0) for n in nodes), default=0.0), max((n.get("memory", 0.0) for n in nodes), default=0.0))
+
+
+def _unschedulable(job: Job, run: str, need: int, have: float) -> dict[str, Any]:
+    return {"name": job.name, "source": job.source, "status": "out of memory", "exit_code": None, "run": run, "seconds": None,
+            "reason": f"its Ray task would request {need / 2**30:.1f} GiB of memory and the largest node offers "
+                      f"{have / 2**30:.1f} GiB (--memory-limit sets the request)"}
+
+
 def _failed_row(job: Job, error: BaseException, retries: int) -> dict[str, Any]:
     first = " ".join(str(error).split())[:300]
     died = type(error).__name__ in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ActorDiedError")
@@ -210,8 +224,16 @@ def run_ray(todo: list[tuple[Job, str]], out_root: str, rows: dict[str, dict], *
     remote = ray.remote(task)
     refs: dict[Any, tuple[Job, str]] = {}
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))  # what can run at once: the rest waits
+    node_cpus, node_memory = _largest_node()
+    if cpus > node_cpus:
+        raise ConvertError(f"--cpus-per-model {cpus:g}: the largest Ray node has {node_cpus:g} CPUs")
     for job, run in todo:
-        opts = {"num_cpus": cpus, "memory": memory_request(job), "max_retries": retries, "retry_exceptions": False}
+        need = memory_request(job)
+        if need > node_memory:
+            rows[job.name] = row = _unschedulable(job, run, need, node_memory)
+            progress.finished(row)
+            continue
+        opts = {"num_cpus": cpus, "memory": need, "max_retries": retries, "retry_exceptions": False}
         if transfer == "shared":
             ref = remote.options(**opts).remote(job, out_root, run == "redone", None, job.source)
         else:
