@@ -394,3 +394,27 @@ def test_ray_requests_no_node_can_meet_are_said_at_once(tmp_path, ray_cluster):
     cpus = cli(["batch", "a.onnx", "-o", "out2", "--engine", "ray", "--ray-address", ray_cluster, "--cpus-per-model", "64"],
                tmp_path, timeout=300)
     assert cpus.returncode == 2 and "--cpus-per-model 64: the largest Ray node has 2 CPUs" in cpus.stderr, cpus.stderr
+
+
+def test_a_batch_killed_outright_leaves_a_summary_and_no_conversion_running(tmp_path):
+    onnx.save(conv_net(12, 3, 8), tmp_path / "a.onnx")
+    (tmp_path / "hang.py").write_text(HANG_PY)
+    out = tmp_path / "out"
+    proc = start(["batch", "a.onnx", "hang.py:make", "--input-shape", "1,3,8,8", "-o", out, "--jobs", "2"], tmp_path)
+    t0 = time.time()
+    while time.time() - t0 < 240 and not (os.path.exists(out / "summary.json") and rows(out).get("a", {}).get("status") == "ok"):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    assert rows(out)["a"]["status"] == "ok", "the first model never finished"
+    hang = _converts_under(out)
+    assert hang, "the hanging model is not running"
+    proc.kill()  # SIGKILL: no handler runs in the batch
+    proc.wait()
+    t0 = time.time()
+    while _converts_under(out) and time.time() - t0 < 60:
+        time.sleep(0.2)
+    assert not _converts_under(out)  # its conversion got SIGTERM when the batch died ...
+    assert not leftovers(out)  # ... and removed its temporary folder
+    r = rows(out)
+    assert r["a"]["status"] == "ok" and r["hang"]["status"] == "not run"
+    assert r["hang"]["reason"] == "not finished when this summary was written"

@@ -47,13 +47,14 @@ class Plan:
 
     skipped: dict[str, dict[str, Any]]
     todo: list[tuple[Job, str]]  # (job, "ran" | "redone")
+    fingerprints: dict[str, str]  # of the sources as they were when the batch started
 
 
 def plan(jobs: list[Job], out_root: str, overwrite: bool) -> Plan:
     prev = summ.previous(out_root)
-    skipped, todo = {}, []
+    skipped, todo, fps = {}, [], {}
     for job in jobs:
-        fp = job.fingerprint()
+        fp = fps[job.name] = job.fingerprint()
         if not finished(out_root, job.name):
             todo.append((job, "ran"))
         elif overwrite or (job.name in prev and prev[job.name].get("fingerprint") != fp):
@@ -64,7 +65,7 @@ def plan(jobs: list[Job], out_root: str, overwrite: bool) -> Plan:
             row.update({"run": "skipped", "fingerprint": fp, "reason": "converted and verified by an earlier run"})
             row.update(figures(os.path.join(out_root, job.name)))
             skipped[job.name] = row
-    return Plan(skipped, todo)
+    return Plan(skipped, todo, fps)
 
 
 def run_local(todo: list[tuple[Job, str]], out_root: str, parallel: int, progress, stop: threading.Event,
@@ -114,6 +115,24 @@ def _fill_not_run(todo, rows: dict) -> None:
         rows.setdefault(job.name, dict(_not_run(job), run="not run"))
 
 
+class _Rows(dict):
+    """The rows of the models that ended, by name; each new one may rewrite the summary (at most
+    every ``CHECKPOINT`` seconds), so a batch killed outright still leaves one."""
+
+    def __init__(self, write: Callable[[], None]):
+        super().__init__()
+        self._write, self._last = write, -CHECKPOINT  # the first row is written at once
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        if time.monotonic() - self._last >= CHECKPOINT:
+            self._last = time.monotonic()
+            self._write()
+
+
+CHECKPOINT = 5.0
+
+
 def run_batch(jobs: list[Job], out_root: str, *, engine: str = "local", parallel: int = 1, overwrite: bool = False,
               progress=None, ray_options: dict[str, Any] | None = None, on_plan: Callable[[Plan], None] | None = None) -> BatchResult:
     """Convert ``jobs`` into ``out_root`` and write its summary (also when stopped by a signal,
@@ -131,7 +150,7 @@ def run_batch(jobs: list[Job], out_root: str, *, engine: str = "local", parallel
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     stop = threading.Event()
-    rows: dict[str, dict] = {}
+    rows = _Rows(lambda: _finish(jobs, the_plan, rows, out_root, engine, parallel, started, time.perf_counter() - t0))
     try:
         if engine == "ray":
             from graph_convert.batch.ray_engine import run_ray
@@ -149,11 +168,12 @@ def run_batch(jobs: list[Job], out_root: str, *, engine: str = "local", parallel
 
 
 def _finish(jobs, the_plan: Plan, rows: dict, out_root: str, engine: str, parallel: int, started: str, wall: float) -> BatchResult:
-    fps = {job.name: job.fingerprint() for job, _ in the_plan.todo}
+    """Write the summary: every model's row (one still running or waiting is ``not run``)."""
     ordered = []
     for job in jobs:
-        row = the_plan.skipped.get(job.name) or rows[job.name]
-        row.setdefault("fingerprint", fps.get(job.name))
+        row = the_plan.skipped.get(job.name) or rows.get(job.name) or \
+            dict(_not_run(job), run="not run", reason="not finished when this summary was written")
+        row.setdefault("fingerprint", the_plan.fingerprints.get(job.name))
         row["output"] = job.name if finished(out_root, job.name) and row["status"] == "ok" else None
         row["origin"] = job.origin
         ordered.append(row)
