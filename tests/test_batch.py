@@ -418,3 +418,17 @@ def test_a_batch_killed_outright_leaves_a_summary_and_no_conversion_running(tmp_
     r = rows(out)
     assert r["a"]["status"] == "ok" and r["hang"]["status"] == "not run"
     assert r["hang"]["reason"] == "not finished when this summary was written"
+
+
+def test_engine_ray_without_ray_installed_is_one_line(tmp_path):
+    onnx.save(conv_net(13, 3, 8), tmp_path / "a.onnx")
+    shadow = tmp_path / "no_ray"
+    shadow.mkdir()
+    (shadow / "ray.py").write_text("raise ImportError('No module named ray')\n")  # as if it were not installed
+    env = env_for(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env["PYTHONPATH"]])
+    proc = subprocess.run([sys.executable, "-m", "graph_convert.cli", "batch", "a.onnx", "-o", "out", "--engine", "ray"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "graph-convert: error: --engine ray: Ray is not installed (pip install 'graph-convert[ray]')"
+    assert not (tmp_path / "out").exists()
