@@ -124,9 +124,16 @@ def cli(args, work, *, cwd=None, timeout=600, **extra) -> subprocess.CompletedPr
                           env=env_for(work, **extra), capture_output=True, text=True, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    # a command started in the background by a non-interactive shell inherits SIGINT ignored (and
+    # then rightly ignores it): the tests send it SIGINT as a terminal's Ctrl-C would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, work, **extra) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "graph_convert.cli", *map(str, args)], cwd=work,
-                            env=env_for(work, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env_for(work, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def wait_for(path, proc, seconds=240.0):
