@@ -260,6 +260,8 @@ def _out_plan(os_: tuple, zidx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, 
     if r < 2 or any(a and b for a, b in zip(fv, tv)) or not fv[-1] or fv[-2]:
         return None
     heads = [j for j in range(r - 2) if fv[j]]
+    if not heads:
+        return None  # no heads to sum: a plain transpose in front of a projection is push_transposes' job
     c0 = [c[(0,) * (zr - 1)] for c in coords]  # the feature coordinates of token 0, per input channel
     wshape = [os_[j] if fv[j] else 1 for j in range(r - 2)] + [os_[-1], w.shape[1]]
     if int(np.prod(wshape[:-1])) != w.shape[0]:
@@ -301,8 +303,7 @@ def _out_of_heads(graph: Graph, node: Node, by: str) -> bool:
     dtype, cout = graph.dtype(node.outputs[0]), w.shape[1]
     y = graph.add_node("MatMul", [o, _const(graph, f"{node.name}_w_heads", wo)], created_by=by).outputs[0]
     graph.set_info(y, dtype, tuple(os_[:-1]) + (cout,))
-    if heads:
-        y = _sum(graph, y, heads, tuple(os_[j] for j in kept) + (cout,), by)
+    y = _sum(graph, y, heads, tuple(os_[j] for j in kept) + (cout,), by)
     if perm != sorted(perm):
         g = [os_[j] for j in kept if os_[j] > 1]
         y = graph.add_transpose(_reshape(graph, y, g + [cout], by), perm + [len(g)], created_by=by)
