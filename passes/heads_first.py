@@ -34,6 +34,10 @@ from graph_convert_passes.movement import MAX_ELEMENTS, follow, grid_perm, plain
 
 # pure rearrangements that keep every element once (the out-of-heads chain)
 _BIJECTIVE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Transpose")
+_UNARY = ("Gelu", "Relu", "Erf", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Softplus",
+          "Mish", "Abs", "Neg", "Exp", "Mul", "Div", "Add", "Sub", "Clip")
+# the activations fuse_activations writes as local functions below their ONNX opset (fused_ops.py)
+_LOCAL_UNARY = ("Gelu", "GeluTanh", "Swish", "HardSwish", "Mish")
 
 
 class _Projection:
@@ -43,7 +47,29 @@ class _Projection:
         self.x, self.w, self.b, self.y, self.nodes = x, w, b, y, nodes
 
 
+def _conv_1x1(graph: Graph, node: Node) -> _Projection | None:
+    """A channels-last 1x1 Conv (stride 1, no padding, one group): a projection over the NHWC rows."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        return None
+    cl = (0, 2, 3, 1)
+    if node.in_perm(0) != cl or node.in_perm(1) != (2, 3, 1, 0) or (node.out_perms or [None])[0] != cl:
+        return None
+    w = graph.constant_value(node.inputs[1])
+    if w is None or w.shape[:2] != (1, 1) or w.dtype.kind != "f" or node.attr("group", 1) != 1:
+        return None
+    if any(v != 1 for v in [*node.attr("strides", []), *node.attr("dilations", [])]) or any(node.attr("pads", [])):
+        return None
+    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    b = graph.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if len(node.inputs) > 2 and node.inputs[2] and b is None:
+        return None
+    return _Projection(node.inputs[0], w[0, 0], None if b is None else b.reshape(-1), node.outputs[0], [node])
+
+
 def _projection(graph: Graph, node: Node) -> _Projection | None:
+    if node.op_type == "Conv":
+        return _conv_1x1(graph, node)
     w = graph.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or w.ndim != 2 or w.dtype.kind != "f" or graph.constant_value(node.inputs[0]) is not None:
         return None
@@ -121,7 +147,8 @@ def _varies(a: np.ndarray) -> list[bool]:
 
 
 class _LeafPlan:
-    """How one leaf is computed: ``Reshape(Transpose(Reshape(x, grid), perm), xa_shape) @ wa + ba``."""
+    """How one leaf is computed: ``Reshape(Transpose(Reshape(x, grid), perm), xa_shape) @ wa + ba``
+    (``perm`` is ``(grid, perm)`` of :func:`movement.grid_perm`)."""
 
     def __init__(self, swapped, perm, xa_shape, wa, ba, shape):
         self.swapped, self.perm, self.xa_shape, self.wa, self.ba, self.shape = swapped, perm, xa_shape, wa, ba, shape
@@ -144,8 +171,8 @@ def _plan_leaf(proj: _Projection, idx: np.ndarray, scale: float, grid: tuple) ->
         idx, swapped = np.swapaxes(idx, -1, -2), True
     r = idx.ndim
     tok_sl = tuple(slice(0, 1) if fv[a] else slice(None) for a in range(r))
-    perm = grid_perm(tok[tok_sl], grid)
-    if perm is None:
+    gp = grid_perm(tok[tok_sl])
+    if gp is None or tok[tok_sl].size != int(np.prod(grid)):
         return None
     f = feat[tuple(slice(0, 1) if tv[a] or a == r - 2 else slice(None) for a in range(r))]
     wa = np.moveaxis(proj.w[:, f[..., 0, :]], 0, -2) * np.asarray(scale, proj.w.dtype)
@@ -153,7 +180,7 @@ def _plan_leaf(proj: _Projection, idx: np.ndarray, scale: float, grid: tuple) ->
         wa = wa.reshape(wa.shape[-2:])
     ba = None if proj.b is None else proj.b[f] * np.asarray(scale, proj.b.dtype)
     xa_shape = [idx.shape[a] if tv[a] else 1 for a in range(r - 2)] + [idx.shape[-2], proj.w.shape[0]]
-    return _LeafPlan(swapped, perm, xa_shape, np.ascontiguousarray(wa), ba, idx.shape)
+    return _LeafPlan(swapped, gp, xa_shape, np.ascontiguousarray(wa), ba, idx.shape)
 
 
 def _const(graph: Graph, base: str, value: np.ndarray) -> str:
@@ -168,16 +195,19 @@ def _reshape(graph: Graph, t: str, shape, by: str) -> str:
     return y
 
 
-def _rows(graph: Graph, x: str, grid: tuple, perm: list[int], shape: list[int], by: str, cache: dict) -> str:
-    """``x``'s rows rearranged: its token grid transposed by ``perm`` and reshaped to ``shape``."""
-    key = (tuple(perm), tuple(shape))
+def _regrid(graph: Graph, x: str, gp: tuple[list[int], list[int]], shape: list[int], by: str) -> str:
+    """``x``'s rows (all axes but the last) as grid ``g`` moved by ``p``, reshaped to ``shape``."""
+    g, p = gp
+    if p != sorted(p):
+        x = _reshape(graph, x, g + [static(graph, x)[-1]], by)
+        x = graph.add_transpose(x, p + [len(g)], created_by=by)
+    return _reshape(graph, x, shape, by)
+
+
+def _rows(graph: Graph, x: str, gp: tuple, shape: list[int], by: str, cache: dict) -> str:
+    key = (tuple(gp[0]), tuple(gp[1]), tuple(shape))
     if key not in cache:
-        t = x
-        if perm != sorted(perm):
-            g = [d for d in grid if d > 1]
-            t = _reshape(graph, t, g + [static(graph, x)[-1]], by)
-            t = graph.add_transpose(t, perm + [len(g)], created_by=by)
-        cache[key] = _reshape(graph, t, shape, by)
+        cache[key] = _regrid(graph, x, gp, shape, by)
     return cache[key]
 
 
@@ -216,7 +246,7 @@ def _into_heads(graph: Graph, node: Node, by: str) -> int:
         return 0  # nothing would be gained
     cache: dict = {}
     for (t, _, _), plan in zip(tree.leaves, plans):
-        y = _emit_leaf(graph, proj, plan, _rows(graph, proj.x, ys[:-1], plan.perm, plan.xa_shape, by, cache), by)
+        y = _emit_leaf(graph, proj, plan, _rows(graph, proj.x, plan.perm, plan.xa_shape, by, cache), by)
         for c in graph.consumers(t):
             if c.name not in inside:
                 for j, u in enumerate(c.inputs):
@@ -234,20 +264,38 @@ def _consumer(graph: Graph, node: Node) -> tuple[str, np.ndarray, np.ndarray | N
         return None
     if node.op_type == "MatMul":  # a following bias Add stays where it is
         return node.inputs[0], proj.w, None
+    if node.op_type == "Conv":
+        return node.inputs[0], proj.w, proj.b
     return node.inputs[0], proj.w, proj.b
 
 
-def _chain_up(graph: Graph, z: str) -> tuple[str, list[Node]] | None:
-    chain, t = [], z
+def _elementwise(graph: Graph, node: Node | None) -> bool:
+    """An elementwise op on its first input alone (other inputs one-element constants): it
+    commutes with any rearrangement, so it can be applied before one instead of after."""
+    local = node is not None and node.domain == "graph_convert" and node.op_type in _LOCAL_UNARY and not node.is_layout_marked
+    if not (plain(node, *_UNARY) or local) or len(node.outputs) != 1 \
+            or static(graph, node.inputs[0]) != static(graph, node.outputs[0]):
+        return False
+    return all(not t or ((v := graph.constant_value(t)) is not None and v.size == 1) for t in node.inputs[1:])
+
+
+def _chain_up(graph: Graph, z: str) -> tuple[str, list[Node], list[Node]] | None:
+    """(O, the rearrangements from O to ``z``, the elementwise ops among them, in order)."""
+    chain, ew, t = [], [], z
     while True:
         p = graph.producer(t)
-        if not plain(p, *_BIJECTIVE) or graph.num_uses(t) != 1 or static(graph, p.inputs[0]) is None:
+        if p is None or graph.num_uses(t) != 1 or static(graph, p.inputs[0]) is None:
             break
-        chain.append(p)
+        if plain(p, *_BIJECTIVE):
+            chain.append(p)
+        elif _elementwise(graph, p):
+            ew.append(p)
+        else:
+            break
         t = p.inputs[0]
     if not any(n.op_type == "Transpose" for n in chain):
         return None
-    return t, chain[::-1]
+    return t, chain[::-1], ew[::-1]
 
 
 def _out_plan(os_: tuple, zidx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, list[int], list[int], list[int]] | None:
@@ -273,8 +321,26 @@ def _out_plan(os_: tuple, zidx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, 
     wo[where] = w
     kept = [j for j in range(r - 1) if j not in heads]
     tok = np.ravel_multi_index(tuple(coords[j][..., 0] for j in kept), [os_[j] for j in kept])
-    perm = grid_perm(tok, tuple(os_[j] for j in kept))
-    return None if perm is None else (wo, heads, kept, perm)
+    gp = grid_perm(tok)
+    return None if gp is None else (wo, heads, kept, gp)
+
+
+def _index_map(graph: Graph, os_: tuple, chain: list[Node]) -> np.ndarray | None:
+    idx = np.arange(int(np.prod(os_)), dtype=np.int64).reshape(os_)
+    for n in chain:
+        outs = follow(graph, n, idx)
+        if outs is None:
+            return None
+        idx = outs[0]
+    return idx
+
+
+def _swap_last(os_: tuple, idx: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """The same map over O with its last two axes swapped."""
+    coords = list(np.unravel_index(idx, os_))
+    coords[-1], coords[-2] = coords[-2], coords[-1]
+    sw = os_[:-2] + (os_[-1], os_[-2])
+    return sw, np.ravel_multi_index(tuple(coords), sw)
 
 
 def _out_of_heads(graph: Graph, node: Node, by: str) -> bool:
@@ -286,40 +352,52 @@ def _out_of_heads(graph: Graph, node: Node, by: str) -> bool:
     zs = static(graph, z)
     if up is None or zs is None or static(graph, node.outputs[0]) is None:
         return False
-    o, chain = up
+    o, chain, ew = up
     os_ = static(graph, o)
-    if int(np.prod(os_)) > MAX_ELEMENTS:
+    idx = _index_map(graph, os_, chain) if int(np.prod(os_)) <= MAX_ELEMENTS and len(os_) >= 2 else None
+    if idx is None:
         return False
-    idx = np.arange(int(np.prod(os_)), dtype=np.int64).reshape(os_)
-    for n in chain:
-        outs = follow(graph, n, idx)
-        if outs is None:
-            return False
-        idx = outs[0]
-    plan = _out_plan(os_, idx, w)
+    plan, swapped = _out_plan(os_, idx, w), False
+    if plan is None:  # O as (.., D, T), e.g. v @ attnᵀ: swapped, which BATCH_MATMUL folds (adj_x)
+        os_, idx = _swap_last(os_, idx)
+        plan, swapped = _out_plan(os_, idx, w), True
     if plan is None:
         return False
-    wo, heads, kept, perm = plan
-    dtype, cout = graph.dtype(node.outputs[0]), w.shape[1]
-    y = graph.add_node("MatMul", [o, _const(graph, f"{node.name}_w_heads", wo)], created_by=by).outputs[0]
-    graph.set_info(y, dtype, tuple(os_[:-1]) + (cout,))
-    y = _sum(graph, y, heads, tuple(os_[j] for j in kept) + (cout,), by)
-    if perm != sorted(perm):
-        g = [os_[j] for j in kept if os_[j] > 1]
-        y = graph.add_transpose(_reshape(graph, y, g + [cout], by), perm + [len(g)], created_by=by)
-    y = _reshape(graph, y, list(zs[:-1]) + [cout], by)
-    if b is not None:
-        y = graph.add_node("Add", [y, _const(graph, f"{node.name}_bias", b)], created_by=by).outputs[0]
-        graph.set_info(y, dtype, tuple(zs[:-1]) + (cout,))
+    for e in ew:  # the elementwise ops move in front of the rearrangement
+        o = _clone(graph, e, o, by)
+    if swapped:
+        r = len(os_)
+        o = graph.add_transpose(o, list(range(r - 2)) + [r - 1, r - 2], created_by=by)
+    y = _emit_out(graph, node, o, os_, zs, plan, b, by)
     out = node.outputs[0]
     if not graph.is_graph_output(out):
         graph.replace_all_uses(out, y)
-    for n in [node, *reversed(chain)]:
+    for n in [node, *reversed(chain), *reversed(ew)]:
         graph.remove_node(n, force=True)
     if graph.is_graph_output(out):  # the graph output keeps its name
         prod = graph.producer(y)
         graph.set_output(prod, prod.outputs.index(y), out)
     return True
+
+
+def _clone(graph: Graph, e: Node, x: str, by: str) -> str:
+    attrs = {k: v for k, v in e.attrs.items()}
+    y = graph.add_node(e.op_type, [x, *e.inputs[1:]], attrs=attrs, domain=e.domain, created_by=by).outputs[0]
+    graph.set_info(y, graph.dtype(e.outputs[0]), static(graph, x))
+    return y
+
+
+def _emit_out(graph: Graph, node: Node, o: str, os_: tuple, zs: tuple, plan, b, by: str) -> str:
+    wo, heads, kept, gp = plan
+    dtype, cout = graph.dtype(node.outputs[0]), wo.shape[-1]
+    y = graph.add_node("MatMul", [o, _const(graph, f"{node.name}_w_heads", wo)], created_by=by).outputs[0]
+    graph.set_info(y, dtype, tuple(os_[:-1]) + (cout,))
+    y = _sum(graph, y, heads, tuple(os_[j] for j in kept) + (cout,), by)
+    y = _regrid(graph, y, gp, list(zs[:-1]) + [cout], by)
+    if b is not None:
+        y = graph.add_node("Add", [y, _const(graph, f"{node.name}_bias", b)], created_by=by).outputs[0]
+        graph.set_info(y, dtype, tuple(zs[:-1]) + (cout,))
+    return y
 
 
 def _sum(graph: Graph, y: str, axes: list[int], shape: tuple, by: str) -> str:
@@ -342,7 +420,7 @@ class HeadsFirst(Pass):
             return PassResult(False, {})  # opt-in: see the module docstring
         into = out_of = 0
         for node in graph.nodes:
-            if not graph.has_node(node.name) or not plain(node, "MatMul", "Gemm"):
+            if not graph.has_node(node.name) or not (plain(node, "MatMul", "Gemm") or node.op_type == "Conv"):
                 continue
             if _out_of_heads(graph, node, self.name):
                 out_of += 1

@@ -86,28 +86,32 @@ def _slice(graph: Graph, node: Node, idx: np.ndarray) -> list[np.ndarray] | None
     return [idx[tuple(sl)]]
 
 
-def grid_perm(tok: np.ndarray, grid: tuple[int, ...]) -> list[int] | None:
-    """``p`` with ``tok == arange(n).reshape(g).transpose(p).reshape(tok.shape)`` where ``g``
-    is ``grid`` without its 1s; None when ``tok`` (flat indices into ``grid``) is no such
-    rearrangement of the whole grid.
+def grid_perm(tok: np.ndarray) -> tuple[list[int], list[int]] | None:
+    """``(g, p)`` with ``tok == arange(tok.size).reshape(g).transpose(p).reshape(tok.shape)``:
+    ``tok`` (a permutation of ``range(tok.size)``) as a reshape of a row-major grid ``g`` moved by
+    ``p`` — None when it is no such thing. Axes that stay adjacent are merged, so ``g`` is the
+    coarsest such grid (no 1s); an identity ``p`` means a Reshape alone does it.
 
-        >>> grid_perm(np.arange(6).reshape(2, 3).T.reshape(3, 1, 2), (2, 1, 3))
-        [1, 0]
+        >>> grid_perm(np.arange(6).reshape(2, 3).T.reshape(3, 1, 2))
+        ([2, 3], [1, 0])
+        >>> grid_perm(np.arange(64).reshape(8, 8))
+        ([64], [0])
     """
-    g = [d for d in grid if d > 1]
-    n = int(np.prod(g)) if g else 1
-    if tok.size != n:
-        return None
-    strides = [int(np.prod(g[j + 1:])) for j in range(len(g))]
-    perm = []
+    axes = []  # (size, step) per axis of tok, adjacent contiguous ones merged
     for a, size in enumerate(tok.shape):
         if size == 1:
             continue
         step = int(tok[tuple(1 if b == a else 0 for b in range(tok.ndim))] - tok[(0,) * tok.ndim])
-        js = [j for j in range(len(g)) if strides[j] == step and g[j] == size and j not in perm]
-        if not js:
-            return None
-        perm.append(js[0])
-    if len(perm) != len(g) or not np.array_equal(tok, np.arange(n).reshape(g).transpose(perm).reshape(tok.shape)):
+        if axes and axes[-1][1] == step * size:
+            axes[-1] = (axes[-1][0] * size, step)
+        else:
+            axes.append((size, step))
+    order = sorted(range(len(axes)), key=lambda i: -axes[i][1])
+    g = [axes[i][0] for i in order]
+    if any(axes[i][1] != int(np.prod(g[j + 1:])) for j, i in enumerate(order)):
         return None
-    return perm
+    perm = [order.index(i) for i in range(len(axes))]
+    n = tok.size
+    if not np.array_equal(tok, np.arange(n).reshape(g).transpose(perm).reshape(tok.shape)):
+        return None
+    return g, perm
