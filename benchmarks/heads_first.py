@@ -4,8 +4,9 @@ Builds Hugging Face ViT and BERT from their configs with random weights (every c
 parameter made random), exports each with BOTH exporters (dynamo at its default opset and
 TorchScript at opset 17), converts each file twice (default, ``heads_first=True``) and prints
 one table: TRANSPOSE, BATCH_MATMUL, FULLY_CONNECTED, RESHAPE, SUM and total TFLite ops, and the
-median ms per invoke (LiteRT interpreter, XNNPACK, ``num_threads`` 1 and 4, the two variants
-interleaved round by round in one process).
+median ms per invoke (LiteRT interpreter, XNNPACK, ``num_threads`` 1 and 4, the variants
+interleaved round by round in one process). A third variant, for dynamo files, keeps the NaN
+guard after each softmax (``disable_passes=["drop_nan_guard"]``) to show what dropping it buys.
 
     PYTHONPATH=. python benchmarks/heads_first.py                       # vit,bert at base size
     PYTHONPATH=. python benchmarks/heads_first.py --models vit --size small --threads 1
@@ -31,7 +32,9 @@ load_checkout_package("graph_convert_passes", "passes")  # this checkout's passe
 
 import transformers_ops as T  # noqa: E402
 
-SHOWN = ["TRANSPOSE", "BATCH_MATMUL", "FULLY_CONNECTED", "RESHAPE", "SUM"]
+SHOWN = ["TRANSPOSE", "BATCH_MATMUL", "FULLY_CONNECTED", "RESHAPE", "SUM", "SELECT_V2"]
+# the conversions compared; "guard_kept" keeps the dynamo exporter's NaN guard after the softmax
+VARIANTS = {"default": {}, "heads_first": {"heads_first": True}, "guard_kept": {"disable_passes": ["drop_nan_guard"]}}
 
 
 def latency_ms(paths: dict[str, str], iters: int, rounds: int, threads: int) -> dict[str, float]:
@@ -77,13 +80,15 @@ def run(names, exporters, size, iters, rounds, threads, workdir) -> list[dict]:
             src = os.path.join(d, "model.onnx")
             T.export(module, inputs, src, exporter)
             got = {}
-            for variant, hf in (("default", False), ("heads_first", True)):
-                r = convert(src, None, os.path.join(d, variant), heads_first=hf, overwrite=True)
+            for variant, kw in VARIANTS.items():
+                if variant == "guard_kept" and exporter != "dynamo":
+                    continue  # only the dynamo exporter writes the NaN guard
+                r = convert(src, None, os.path.join(d, variant), overwrite=True, **kw)
                 got[variant] = {"ops": r.report["tflite"]["ops"], "tflite": r.tflite, "err": r.max_abs_error("tflite_float32")}
             lat = {t: latency_ms({k: v["tflite"] for k, v in got.items()}, iters, rounds, t) for t in threads}
             for variant, v in got.items():
                 rows.append({"model": name, "exporter": exporter, "variant": variant, "ms": {t: lat[t][variant] for t in threads}, **v})
-            print(format_rows(rows[-2:], threads, header=len(rows) == 2), flush=True)
+            print(format_rows(rows[-len(got):], threads, header=len(rows) == len(got)), flush=True)
             for variant in got:
                 shutil.rmtree(os.path.join(d, variant), ignore_errors=True)
     return rows
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=["base", "small"], default="base", help="small: a quarter of the blocks")
     ap.add_argument("--threads", default="1,4")
     ap.add_argument("--iters", type=int, default=5, help="invokes per round")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default, heads_first, default, ...)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default, heads_first, guard_kept, default, ...)")
     ap.add_argument("--workdir", default="/tmp/graph_convert_heads_first_bench")
     a = ap.parse_args(argv)
     threads = [int(t) for t in a.threads.split(",")]

@@ -127,7 +127,8 @@ def _tree(graph: Graph, y: str, shape: tuple) -> _Tree | None:
         leaf = False
         for c in graph.consumers(t):
             f = _scale(graph, c, t)
-            outs = None if f is not None else follow(graph, c, idx) if c.inputs[0] == t and t not in c.inputs[1:] else None
+            data_only = c.inputs[0] == t and t not in c.inputs[1:]  # t is what c moves, not its indices or shape
+            outs = follow(graph, c, idx) if f is None and data_only else None
             if f is not None:
                 stack.append((c.outputs[0], idx, s * f))
             elif outs is not None:
