@@ -21,8 +21,10 @@ to ``Z``'s token order.
 Exact in real arithmetic (the same products, summed in another order); ONNX Runtime checks it.
 Nothing is matched by name, only by structure and the index maps.
 
-Opt-in (``heads_first`` option, ``--heads-first``): see benchmarks/heads_first.py and the
-README for when it is faster.
+Opt-in (``heads_first`` option, ``--heads-first``): ViT-B/16 and BERT-base lose all 48
+TRANSPOSE, but on XNNPACK (1 thread) the broadcast BATCH_MATMULs and the SUM over heads ran
+within ±3% of FULLY_CONNECTED + TRANSPOSE (benchmarks/heads_first.py, benchmarks/README.md);
+GPU/NPU delegates, where a TRANSPOSE is a real copy, are where it pays.
 """
 from __future__ import annotations
 
@@ -148,11 +150,11 @@ def _varies(a: np.ndarray) -> list[bool]:
 
 
 class _LeafPlan:
-    """How one leaf is computed: ``Reshape(Transpose(Reshape(x, grid), perm), xa_shape) @ wa + ba``
-    (``perm`` is ``(grid, perm)`` of :func:`movement.grid_perm`)."""
+    """How one leaf is computed: ``Reshape(Transpose(Reshape(x, g), p), xa_shape) @ wa + ba`` with
+    ``grid = (g, p)`` from :func:`movement.grid_perm`, then the last two axes swapped if ``swapped``."""
 
-    def __init__(self, swapped, perm, xa_shape, wa, ba, shape):
-        self.swapped, self.perm, self.xa_shape, self.wa, self.ba, self.shape = swapped, perm, xa_shape, wa, ba, shape
+    def __init__(self, swapped, grid, xa_shape, wa, ba, shape):
+        self.swapped, self.grid, self.xa_shape, self.wa, self.ba, self.shape = swapped, grid, xa_shape, wa, ba, shape
 
 
 def _plan_leaf(proj: _Projection, idx: np.ndarray, scale: float, grid: tuple) -> _LeafPlan | None:
@@ -247,7 +249,7 @@ def _into_heads(graph: Graph, node: Node, by: str) -> int:
         return 0  # nothing would be gained
     cache: dict = {}
     for (t, _, _), plan in zip(tree.leaves, plans):
-        y = _emit_leaf(graph, proj, plan, _rows(graph, proj.x, plan.perm, plan.xa_shape, by, cache), by)
+        y = _emit_leaf(graph, proj, plan, _rows(graph, proj.x, plan.grid, plan.xa_shape, by, cache), by)
         for c in graph.consumers(t):
             if c.name not in inside:
                 for j, u in enumerate(c.inputs):
