@@ -69,10 +69,18 @@ def _conv_1x1(graph: Graph, node: Node) -> _Projection | None:
     return _Projection(node.inputs[0], w[0, 0], None if b is None else b.reshape(-1), node.outputs[0], [node])
 
 
+def _weight(graph: Graph, t: str) -> np.ndarray | None:
+    """A constant, also behind Identity (exporters share one weight between layers that way)."""
+    p = graph.producer(t)
+    while plain(p, "Identity"):
+        t, p = p.inputs[0], graph.producer(p.inputs[0])
+    return graph.constant_value(t)
+
+
 def _projection(graph: Graph, node: Node) -> _Projection | None:
     if node.op_type == "Conv":
         return _conv_1x1(graph, node)
-    w = graph.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    w = _weight(graph, node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or w.ndim != 2 or w.dtype.kind != "f" or graph.constant_value(node.inputs[0]) is not None:
         return None
     b = None
