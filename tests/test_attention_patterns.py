@@ -176,3 +176,22 @@ def test_declines_when_tokens_and_features_mix():
     g, records = run_pipeline(model, keep_io_layout=True, heads_first=True)
     assert not [r for r in records if r.name == "heads_first"][0].changed
     assert_equivalent(model, g, atol=1e-5)
+
+
+def test_weight_behind_identity_is_a_projection():
+    """The TorchScript exporter shares an equal weight between layers through Identity; a weight
+    that large (over fold_constants' limit) stays behind it and is still read as a constant."""
+    from graph_convert_passes.fold_constants import MAX_ELEMENTS
+
+    b = Builder()
+    t, c, h = 4, 1024, 2
+    n = MAX_ELEMENTS // c + 64  # the Identity's output is too big to fold
+    x = b.input("x", [1, t, c])
+    w = b.op("Identity", [b.weight([c, n], scale=0.03)])
+    y = b.op("Reshape", [b.op("MatMul", [x, w]), b.const(np.array([1, t, h, n // h], np.int64), dtype=np.int64)])
+    b.output(b.op("Relu", [b.op("Transpose", [y], perm=[0, 2, 1, 3])]))
+    model = b.model()
+    g, records = run_pipeline(model, keep_io_layout=True, heads_first=True)
+    assert [r for r in records if r.name == "heads_first"][0].details == {"into_heads": 1}
+    assert g.count("Transpose") == 0
+    assert_equivalent(model, g, atol=1e-5)
