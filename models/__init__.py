@@ -12,6 +12,8 @@ FAMILIES = ["se_block", "channel_shuffle", "dense_block", "inception", "convnext
             "flatten_head", "pixel_shuffle", "unet", "conv1d_audio", "conv3d_net"]
 # transformers (issue 4): modules may define example_inputs() when the input is not one float tensor
 TRANSFORMERS = ["vit_tiny", "swin_block", "bert_tiny"]
+# attention as real code writes it (issue 12): timm-style, Hugging Face-style, conv-attention hybrid
+ATTENTION = ["timm_attention", "hf_attention", "conv_attention"]
 # real-size nets for the conversion speed/memory benchmark (benchmarks/compare.py); too slow for tests
 BIG = ["resnet50_style", "vit_small"]
 

@@ -7,6 +7,7 @@ def register(registry) -> None:
     from graph_convert_passes import (
         batchnorm_to_affine,
         constants_to_initializers,
+        drop_nan_guard,
         eliminate_identity,
         fold_batchnorm,
         fold_channel_permutation,
@@ -23,7 +24,7 @@ def register(registry) -> None:
         to_channels_last,
         transpose_handlers,
     )
-    for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine,
+    for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine, drop_nan_guard,
                 fuse_activations, fuse_normalizations, recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
                 push_transposes, heads_first, merge_slices, prune):
         registry.add_pass(mod.PASS)

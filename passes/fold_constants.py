@@ -61,6 +61,9 @@ def _evaluate(graph: Graph, node: Node, values: list[np.ndarray | None], opset: 
 class FoldConstants(Pass):
     name = "fold_constants"
     phase = "canonicalize"
+    # to a fixed point: a Shape whose input's static shape is known only once an upstream Reshape
+    # target has been folded (and shapes refreshed) folds in the next round
+    group = "fold_constants"
     after = ("constants_to_initializers",)
     before = ("fold_batchnorm", "to_channels_last")
 

@@ -63,3 +63,23 @@ def test_random_ops_are_never_folded():
     b.output(b.op("Add", [x, b.op("Mul", [r, b.const(np.zeros((2, 3)), dtype=np.float32)])]))
     g, _ = run_pipeline(b.model(), keep_io_layout=True)
     assert g.count("RandomNormal") == 1
+
+
+def test_shape_known_only_after_an_upstream_fold_is_folded_too():
+    """A Reshape whose target is computed (Add, which ONNX shape inference does not evaluate) has
+    an unknown output shape until that target folds; the Shape of that output folds in the next
+    round (the pass runs to a fixed point), and the second Reshape's target with it."""
+    b = Builder(opset=13)
+    x = b.input("x", [2, 12])
+    target = b.op("Add", [b.const(np.array([1, 2, 3]), dtype=np.int64), b.const(np.array([1, 1, 1]), dtype=np.int64)])
+    y = b.op("Relu", [b.op("Reshape", [x, target])])
+    n = b.op("Gather", [b.op("Shape", [y]), b.const(np.array([0]), dtype=np.int64)], axis=0)
+    z = b.op("Reshape", [y, b.op("Concat", [n, b.const(np.array([-1]), dtype=np.int64)], axis=0)])
+    b.outputs.append(helper.make_tensor_value_info(z, onnx.TensorProto.FLOAT, [2, 12]))
+    model = b.model()
+    assert not any(vi.name == y and vi.type.tensor_type.shape.dim for vi in model.graph.value_info)  # unknown at load
+    g, records = run_pipeline(model, keep_io_layout=True)
+    rounds = [r for r in records if r.name == "fold_constants"]
+    assert len(rounds) == 3 and rounds[0].changed and rounds[1].changed and not rounds[2].changed
+    assert g.count("Shape") == 0 and g.count("Concat") == 0 and g.count("Add") == 0
+    assert_equivalent(model, g)
