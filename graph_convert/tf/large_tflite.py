@@ -1,0 +1,206 @@
+"""A large model's .tflite without TensorFlow's converter ever holding its weights.
+
+TensorFlow's converter holds several copies of every weight at its peak (the SavedModel's
+variables, the frozen constants, the flatbuffer's buffers, the bytes handed back to Python): 5.5x
+the weights for a whole run. So a large model is traced a second time with every large float32
+weight replaced by a *splat* constant of the same shape and dtype (one value, distinct per weight:
+TensorFlow's GraphDef and MLIR keep a splat as that one value), converted with the buffers placed
+after the flatbuffer (buffer offsets), and then every buffer that holds a stand-in is overwritten
+in the written file with the real weight, read from the SavedModel's variables one at a time.
+
+The converter may store a weight in another layout than TensorFlow's (a MatMul's ``[in, out]``
+becomes FULLY_CONNECTED's ``[out, in]``, a Conv2D's HWIO becomes CONV_2D's OHWI). A splat does
+not show such a permutation, so each buffer's layout follows from the TensorFlow op that read
+the weight and the TFLite op that reads the buffer (``_layout``), and anything else — an op pair
+not listed, a stand-in folded into another constant, a buffer of another size — raises
+:class:`NotPlaceable` and the caller converts the real weights instead. The written file is then
+verified in LiteRT against ONNX Runtime like any other.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES
+
+_SPLAT_BASE, _SPLAT_STEP = 3141.5927, 0.0625  # stand-in i holds float32(base + i * step)
+
+
+class NotPlaceable(Exception):
+    """The stand-ins cannot be matched to the converter's buffers with certainty (the message says why)."""
+
+
+@dataclass
+class _Weight:
+    index: int  # the variable's index (module.weights[index], the SavedModel's weights/<index>)
+    value: float
+    shape: tuple[int, ...]
+    tensor: Any  # the splat constant in the traced graph
+
+
+@dataclass
+class Placeholders:
+    """The stand-ins made while tracing (``EmitContext.weight`` calls :meth:`make`)."""
+
+    min_bytes: int = PLACEHOLDER_BYTES  # smaller weights are converted as they are
+    weights: dict[float, _Weight] = field(default_factory=dict)  # splat value -> weight
+
+    def make(self, index: int, arr: np.ndarray):
+        import tensorflow as tf
+
+        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes:
+            return tf.constant(arr)
+        value = float(np.float32(_SPLAT_BASE + _SPLAT_STEP * index))
+        t = tf.constant(value, shape=arr.shape, dtype=tf.float32)  # one float in the GraphDef
+        self.weights[value] = _Weight(index, value, tuple(arr.shape), t)
+        return t
+
+
+# TensorFlow op reading the weight (and which input) -> the TFLite ops that keep its data order
+_SAME_ORDER_TF = {"AddV2", "Add", "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "SquaredDifference", "Pow",
+                  "SelectV2", "Select", "GatherV2", "MatMul", "BatchMatMulV2", "BatchMatMulV3",
+                  "DepthwiseConv2dNative"}
+
+
+def _tf_reader(w: _Weight) -> tuple[str, int, dict[str, Any]]:
+    """(op type, input index, attributes) of the one TensorFlow op reading the stand-in."""
+    readers = [(op, i) for op in w.tensor.consumers() for i, x in enumerate(op.inputs) if x is w.tensor]
+    if len(readers) != 1:
+        raise NotPlaceable(f"weight {w.index} is read by {len(readers)} TensorFlow ops")
+    op, i = readers[0]
+    attrs = {k: op.get_attr(k) for k in ("transpose_b", "adj_y") if k in op.node_def.attr}
+    return op.type, i, attrs
+
+
+def _layout(tf_reader: tuple[str, int, dict[str, Any]], tfl_readers: set[tuple[str, int]], rank: int) -> tuple[int, ...]:
+    """The permutation from the TensorFlow weight to the converter's buffer (then reshaped)."""
+    op, i, attrs = tf_reader
+    same = tuple(range(rank))
+    if tfl_readers == {("FULLY_CONNECTED", 1)} and op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3") and i == 1 and rank == 2:
+        return same if attrs.get("transpose_b") or attrs.get("adj_y") else (1, 0)
+    if tfl_readers == {("CONV_2D", 1)} and op == "Conv2D" and i == 1:
+        return (3, 0, 1, 2)  # HWIO -> OHWI
+    if tfl_readers == {("TRANSPOSE_CONV", 1)} and op == "Conv2DBackpropInput" and i == 1:
+        return (2, 0, 1, 3)  # [h, w, out, in] -> OHWI
+    if op in _SAME_ORDER_TF and not any(name in ("FULLY_CONNECTED", "CONV_2D", "TRANSPOSE_CONV") and j == 1
+                                        for name, j in tfl_readers):
+        return same
+    raise NotPlaceable(f"no known layout for a weight read by TensorFlow's {op} (input {i}) and TFLite's "
+                       f"{sorted(tfl_readers)}")
+
+
+def _tflite_readers(model) -> dict[int, set[tuple[str, int]]]:
+    """buffer index -> {(builtin op name, input index)} over every subgraph."""
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for k in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(k)
+        codes.append(names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "CUSTOM"))
+    out: dict[int, set[tuple[str, int]]] = {}
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for o in range(sg.OperatorsLength()):
+            op = sg.Operators(o)
+            for j, t in enumerate(op.InputsAsNumpy() if op.InputsLength() else []):
+                if t >= 0:
+                    out.setdefault(sg.Tensors(int(t)).Buffer(), set()).add((codes[op.OpcodeIndex()], j))
+    return out
+
+
+def _buffer_shapes(model) -> dict[int, list[tuple[tuple[int, ...], int]]]:
+    """buffer index -> [(shape, TFLite type)] of the tensors using it."""
+    out: dict[int, list] = {}
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for k in range(sg.TensorsLength()):
+            t = sg.Tensors(k)
+            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+            out.setdefault(t.Buffer(), []).append((shape, t.Type()))
+    return out
+
+
+def _is_splat(view: np.ndarray, value: float, block: int = 1 << 22) -> bool:
+    v = np.float32(value)
+    return all(bool((view[i:i + block] == v).all()) for i in range(0, view.size, block))
+
+
+def plan(data: bytes, ph: Placeholders) -> list[tuple[int, _Weight, tuple[int, ...]]]:
+    """(file offset, weight, permutation) of every buffer holding a stand-in; raises NotPlaceable."""
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    model = fb.Model.GetRootAs(data, 0)
+    readers, shapes = _tflite_readers(model), _buffer_shapes(model)
+    out, found = [], set()
+    for b in range(model.BuffersLength()):
+        buf = model.Buffers(b)
+        off, size = buf.Offset(), buf.Size()
+        if off <= 1 or size < ph.min_bytes or size % 4:
+            continue
+        view = np.frombuffer(data, np.float32, count=size // 4, offset=off)
+        w = ph.weights.get(float(view[0]))
+        if w is None or not _is_splat(view, w.value):
+            continue
+        users = shapes.get(b, [])
+        perm = _layout(_tf_reader(w), readers.get(b, set()), len(w.shape))
+        moved = [w.shape[p] for p in perm]
+        if size != 4 * int(np.prod(w.shape)) or any([d for d in s if d != 1] != [d for d in moved if d != 1] or t != 0
+                                                    for s, t in users):
+            raise NotPlaceable(f"weight {w.index} {w.shape} became a buffer of {size} bytes used as {users}")
+        out.append((off, w, perm))
+        found.add(w.value)
+    lost = [w.index for v, w in ph.weights.items() if v not in found]
+    if lost:
+        raise NotPlaceable(f"{len(lost)} weight(s) have no buffer of their own in the converted model (folded into "
+                           f"another constant?), the first is weight {lost[0]}")
+    return out
+
+
+def write(data: bytes, ph: Placeholders, path: str, read_weight: Callable[[int], np.ndarray], todo=None) -> int:
+    """Write the converted ``data`` to ``path`` with every stand-in replaced by its weight (read
+    by ``read_weight(index)``, one at a time; ``todo``: :func:`plan`'s answer when known).
+    Returns how many buffers were filled."""
+    todo = plan(data, ph) if todo is None else todo
+    with open(path, "wb") as f:
+        f.write(data)
+    del data
+    with open(path, "r+b") as f:
+        for off, w, perm in sorted(todo, key=lambda x: x[0]):
+            arr = np.asarray(read_weight(w.index), dtype=np.float32)
+            if arr.shape != w.shape:
+                raise NotPlaceable(f"weight {w.index}: the SavedModel holds shape {arr.shape}, the trace {w.shape}")
+            f.seek(off)
+            f.write(memoryview(np.ascontiguousarray(arr.transpose(perm))).cast("B"))
+            del arr
+    return len(todo)
+
+
+def saved_model_weights(saved_model: str) -> Callable[[int], np.ndarray]:
+    """``index -> array`` of the variables the SavedModel writer stores (``root.weights``)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(saved_model, "variables", "variables"))
+    return lambda i: reader.get_tensor(f"weights/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def convert(graph, emitters: dict[str, Any], path: str, saved_model: str, *, batch=None, layout_aware=()) -> int:
+    """Trace ``graph`` with stand-ins, convert, and write ``path`` with the SavedModel's weights
+    in place of the stand-ins. Returns the number of buffers filled; raises NotPlaceable (nothing
+    written) when the stand-ins cannot be matched, ConvertError when TensorFlow's converter fails."""
+    from graph_convert.tf.emitter import build_function
+    from graph_convert.tf.writer import tflite_flatbuffer_checked
+
+    ph = Placeholders()
+    traced = build_function(graph, emitters, batch=batch, layout_aware=layout_aware, placeholders=ph)
+    data = tflite_flatbuffer_checked(traced.concrete, None, large=True)
+    try:
+        todo = plan(data, ph)
+    except NotPlaceable:
+        del data
+        raise
+    del traced
+    return write(data, ph, path, saved_model_weights(saved_model), todo)
