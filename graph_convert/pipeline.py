@@ -409,9 +409,19 @@ def write_saved_model(c: Conversion) -> None:
     c.paths["saved_model"] = path
 
 
-def write_tflite(c: Conversion) -> None:
+def _release_memory() -> None:
+    """Collect garbage and hand the C heap's free memory back to the system (glibc keeps it)."""
+    import ctypes
     import gc
 
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def write_tflite(c: Conversion) -> None:
     from graph_convert.tf.writer import convert_tflite
 
     path = os.path.join(c.work, "model_float32.tflite")
@@ -421,7 +431,7 @@ def write_tflite(c: Conversion) -> None:
         # a large model: nothing after this stage runs the traced function (quantization reads
         # the SavedModel), so its TF variables go before TensorFlow's converter starts
         c.traced = dataclasses.replace(c.traced, module=None, concrete=None)
-        gc.collect()
+        _release_memory()
         _write_large_tflite(c, path)
     c.paths["tflite_float32"] = path
 
@@ -430,8 +440,6 @@ def _write_large_tflite(c: Conversion, path: str) -> None:
     """Converted with splat stand-ins for the large weights, then filled from the SavedModel
     (:mod:`graph_convert.tf.large_tflite`); when the stand-ins cannot be matched with certainty,
     TensorFlow's converter converts the SavedModel itself (several copies of the weights)."""
-    import gc
-
     from graph_convert.tf import large_tflite as L
     from graph_convert.tf.writer import convert_tflite
 
@@ -442,7 +450,7 @@ def _write_large_tflite(c: Conversion, path: str) -> None:
         return
     except L.NotPlaceable as e:
         c.tflite_weights = f"converted from the SavedModel with its weights (stand-ins not usable: {e})"
-    gc.collect()
+    _release_memory()
     if not _converter_memory_ok(TFLITE_CONVERTER_COPIES, c.graph.weight_bytes):
         raise ConvertError(f"no .tflite can be written here: {c.tflite_weights}, and TensorFlow's converter needs about "
                            f"{(TFLITE_CONVERTER_COPIES + 1) * c.graph.weight_bytes / 1e9:.0f} GB for the weights "
