@@ -234,8 +234,8 @@ def convert_onnx2tf(c: Conversion) -> None:
 # 1.6 and 2.4 GB MLPs): erring high, since running out of memory there loses minutes of work
 TFLITE_CONVERTER_COPIES = 6
 # ... and this many when it converts splat stand-ins (tf/large_tflite.py): the stand-ins expanded
-# into its buffers and its result, and the bytes handed back to Python (measured: 2.25x)
-TFLITE_STANDIN_COPIES = 3
+# into its buffers and the bytes handed back to Python (measured: about 1.2x on top of the process)
+TFLITE_STANDIN_COPIES = 2
 
 
 def _check_tflite_size(c: Conversion) -> None:

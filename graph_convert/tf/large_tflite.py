@@ -62,34 +62,39 @@ class Placeholders:
 # TensorFlow op reading the weight (and which input) -> the TFLite ops that keep its data order
 _SAME_ORDER_TF = {"AddV2", "Add", "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "SquaredDifference", "Pow",
                   "SelectV2", "Select", "GatherV2", "MatMul", "BatchMatMulV2", "BatchMatMulV3",
-                  "DepthwiseConv2dNative"}
+                  "DepthwiseConv2dNative", "ConcatV2", "BiasAdd"}
 
 
-def _tf_reader(w: _Weight) -> tuple[str, int, dict[str, Any]]:
-    """(op type, input index, attributes) of the one TensorFlow op reading the stand-in."""
-    readers = [(op, i) for op in w.tensor.consumers() for i, x in enumerate(op.inputs) if x is w.tensor]
-    if len(readers) != 1:
-        raise NotPlaceable(f"weight {w.index} is read by {len(readers)} TensorFlow ops")
-    op, i = readers[0]
-    attrs = {k: op.get_attr(k) for k in ("transpose_b", "adj_y") if k in op.node_def.attr}
-    return op.type, i, attrs
+def _tf_readers(w: _Weight) -> list[tuple[str, int, bool]]:
+    """(op type, input index, transposed: ``transpose_b``/``adj_y``) of every TensorFlow op
+    reading the stand-in."""
+    out = []
+    for op in w.tensor.consumers():
+        flag = any(op.get_attr(k) for k in ("transpose_b", "adj_y") if k in op.node_def.attr)
+        out += [(op.type, i, flag) for i, x in enumerate(op.inputs) if x is w.tensor]
+    return out
 
 
-def _layout(tf_reader: tuple[str, int, dict[str, Any]], tfl_readers: set[tuple[str, int]], rank: int) -> tuple[int, ...]:
-    """The permutation from the TensorFlow weight to the converter's buffer (then reshaped)."""
-    op, i, attrs = tf_reader
+_MATMUL = ("MatMul", "BatchMatMulV2", "BatchMatMulV3")
+
+
+def _layout(tf_readers: list[tuple[str, int, bool]], tfl_readers: set[tuple[str, int]], rank: int) -> tuple[int, ...]:
+    """The permutation from the TensorFlow weight to one buffer of the converter's (then reshaped)."""
     same = tuple(range(rank))
-    if tfl_readers == {("FULLY_CONNECTED", 1)} and op in ("MatMul", "BatchMatMulV2", "BatchMatMulV3") and i == 1 and rank == 2:
-        return same if attrs.get("transpose_b") or attrs.get("adj_y") else (1, 0)
-    if tfl_readers == {("CONV_2D", 1)} and op == "Conv2D" and i == 1:
-        return (3, 0, 1, 2)  # HWIO -> OHWI
-    if tfl_readers == {("TRANSPOSE_CONV", 1)} and op == "Conv2DBackpropInput" and i == 1:
-        return (2, 0, 1, 3)  # [h, w, out, in] -> OHWI
-    if op in _SAME_ORDER_TF and not any(name in ("FULLY_CONNECTED", "CONV_2D", "TRANSPOSE_CONV") and j == 1
-                                        for name, j in tfl_readers):
-        return same
-    raise NotPlaceable(f"no known layout for a weight read by TensorFlow's {op} (input {i}) and TFLite's "
-                       f"{sorted(tfl_readers)}")
+    perms: set[tuple[int, ...]] = set()
+    if tfl_readers == {("FULLY_CONNECTED", 1)} and rank == 2:
+        perms = {same if flag else (1, 0) for op, i, flag in tf_readers if op in _MATMUL and i == 1}
+    elif tfl_readers == {("CONV_2D", 1)}:
+        perms = {(3, 0, 1, 2) for op, i, _ in tf_readers if op == "Conv2D" and i == 1}  # HWIO -> OHWI
+    elif tfl_readers == {("TRANSPOSE_CONV", 1)}:
+        perms = {(2, 0, 1, 3) for op, i, _ in tf_readers if op == "Conv2DBackpropInput" and i == 1}  # [h, w, out, in] -> OHWI
+    elif tf_readers and all(op in _SAME_ORDER_TF for op, _, _ in tf_readers) and not any(
+            name in ("FULLY_CONNECTED", "CONV_2D", "TRANSPOSE_CONV") and j == 1 for name, j in tfl_readers):
+        perms = {same}
+    if len(perms) != 1:
+        raise NotPlaceable(f"no known layout for a weight read by TensorFlow's {sorted(set(tf_readers))} and TFLite's "
+                           f"{sorted(tfl_readers)}")
+    return perms.pop()
 
 
 def _tflite_readers(model) -> dict[int, set[tuple[str, int]]]:
@@ -146,7 +151,7 @@ def plan(data: bytes, ph: Placeholders) -> list[tuple[int, _Weight, tuple[int, .
         if w is None or not _is_splat(view, w.value):
             continue
         users = shapes.get(b, [])
-        perm = _layout(_tf_reader(w), readers.get(b, set()), len(w.shape))
+        perm = _layout(_tf_readers(w), readers.get(b, set()), len(w.shape))
         moved = [w.shape[p] for p in perm]
         if size != 4 * int(np.prod(w.shape)) or any([d for d in s if d != 1] != [d for d in moved if d != 1] or t != 0
                                                     for s, t in users):
