@@ -439,9 +439,10 @@ def write_tflite(c: Conversion) -> None:
 def _write_large_tflite(c: Conversion, path: str) -> None:
     """Converted with splat stand-ins for the large weights, then filled from the SavedModel
     (:mod:`graph_convert.tf.large_tflite`); when the stand-ins cannot be matched with certainty,
-    TensorFlow's converter converts the SavedModel itself (several copies of the weights)."""
+    TensorFlow's converter converts the SavedModel itself (several copies of the weights). Either
+    way the buffers are written in buffer order (the converter's order changes from run to run)."""
     from graph_convert.tf import large_tflite as L
-    from graph_convert.tf.writer import convert_tflite
+    from graph_convert.tf.writer import tflite_flatbuffer_checked
 
     emitters = _emitters(c)[0]
     try:
@@ -455,7 +456,7 @@ def _write_large_tflite(c: Conversion, path: str) -> None:
         raise ConvertError(f"no .tflite can be written here: {c.tflite_weights}, and TensorFlow's converter needs about "
                            f"{(TFLITE_CONVERTER_COPIES + 1) * c.graph.weight_bytes / 1e9:.0f} GB for the weights "
                            f"(--no-tflite writes the SavedModel only)")
-    convert_tflite(None, None, path, large=True, saved_model=c.paths["saved_model"])
+    L.write(tflite_flatbuffer_checked(None, None, large=True, saved_model=c.paths["saved_model"]), path)
 
 
 def verify_tflite(c: Conversion) -> None:

@@ -227,3 +227,103 @@ def test_a_bad_threshold_setting_is_one_line(external_file, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"graph-convert: error: ${EXTERNAL_DATA_ENV}='lots': expected a number of bytes"]
     assert not (tmp_path / "out").exists()
+
+
+def square_net() -> onnx.ModelProto:
+    """Weights whose converted layout a splat cannot show: a square MatMul (FULLY_CONNECTED stores
+    it transposed), a Gemm with transB (stored as given), a 3x3 Conv with as many in as out
+    channels (HWIO -> OHWI; 64 x 3 x 3 x 64), a depthwise Conv."""
+    rng = np.random.default_rng(3)
+
+    def w(*shape, s=0.2):
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    inits = {"k": w(64, 64, 3, 3, s=0.05), "dw": w(64, 1, 5, 5), "sq": w(1024, 128, s=0.05), "gt": w(128, 128, s=0.1),
+             "c": w(1, 128), "gb": w(128)}
+    nodes = [helper.make_node("Conv", ["x", "k"], ["a"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "dw"], ["d"], name="depthwise", group=64, pads=[2, 2, 2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["d"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "sq"], ["m"], name="square"),
+             helper.make_node("Add", ["m", "c"], ["p"], name="plus_const"),
+             helper.make_node("Relu", ["p"], ["q"], name="relu2"),
+             helper.make_node("Gemm", ["q", "gt", "gb"], ["y"], name="gemm_transb", transB=1)]
+    graph = helper.make_graph(nodes, "square_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _tflite_contents(path):
+    """(op codes with their tensors' shapes and data, in order) of a .tflite: everything but names."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    raw = open(path, "rb").read()
+    data = [raw[b.offset:b.offset + b.size] if b.offset > 1 else (bytes(b.data) if b.data is not None else b"")
+            for b in model.buffers]
+    sg = model.subgraphs[0]
+    tensor = lambda i: None if i < 0 else (tuple(sg.tensors[i].shape), sg.tensors[i].type, data[sg.tensors[i].buffer])  # noqa: E731
+    return [(model.operatorCodes[o.opcodeIndex].builtinCode, [tensor(i) for i in o.inputs], [tensor(i) for i in o.outputs])
+            for o in sg.operators]
+
+
+def test_large_tflite_from_stand_ins_is_the_converters_file(tmp_path, monkeypatch):
+    """The large .tflite is converted with splat stand-ins and filled from the SavedModel: its ops
+    and every buffer are those TensorFlow's converter writes from the real weights (a wrong
+    permutation of a square weight would show here), it is verified, and it is reproducible."""
+    import graph_convert as gc
+    from graph_convert.tf.writer import convert_tflite
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(square_net(), None, tmp_path / "out").report
+    assert r["weights"]["tflite"].startswith("converted with stand-ins, 4 buffers filled from the SavedModel's variables"), r["weights"]
+    assert "verified on LiteRT's builtin kernels" in r["weights"]["tflite"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"]
+    assert r["tflite"]["ops"].get("FULLY_CONNECTED") == 2 and r["tflite"]["ops"].get("CONV_2D") == 1, r["tflite"]["ops"]
+    convert_tflite(None, None, str(tmp_path / "direct.tflite"), large=True, saved_model=str(tmp_path / "out" / "saved_model"))
+    ours, direct = _tflite_contents(tmp_path / "out" / "model_float32.tflite"), _tflite_contents(tmp_path / "direct.tflite")
+    assert len(ours) == len(direct) == sum(r["tflite"]["ops"].values())
+    for a, b in zip(ours, direct):
+        assert a == b
+    gc.convert(square_net(), None, tmp_path / "again")
+    assert (tmp_path / "again" / "model_float32.tflite").read_bytes() == (tmp_path / "out" / "model_float32.tflite").read_bytes()
+
+
+def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(tmp_path, monkeypatch):
+    """The check that guards the stand-ins: a square weight filled in the wrong layout (the shapes
+    agree, only the data order is wrong) fails verification against ONNX Runtime, and nothing is
+    written."""
+    import graph_convert as gc
+    from graph_convert.tf import large_tflite
+
+    right = large_tflite.plan
+
+    def transposed(data, ph):  # the square weight's permutation reversed: its shape still fits
+        return [(off, w, perm[::-1] if len(set(w.shape)) == 1 else perm) for off, w, perm in right(data, ph)]
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    monkeypatch.setattr(large_tflite, "plan", transposed)
+    with pytest.raises(gc.VerificationError, match="TFLite"):
+        gc.convert(square_net(), None, tmp_path / "out")
+    assert os.listdir(tmp_path) == []
+
+
+def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(tmp_path, monkeypatch):
+    """TensorFlow's converter folds a constant scale before a MatMul into the FULLY_CONNECTED weights
+    (as a LayerNorm's scale before a transformer's projections): a buffer computed from a stand-in
+    (NaN) is found, the SavedModel is converted with its weights instead, and the run says so and
+    verifies."""
+    import graph_convert as gc
+
+    rng = np.random.default_rng(4)
+    inits = {"g": rng.uniform(0.5, 1.5, 1024).astype(np.float32), "wm": (rng.standard_normal((1024, 64)) * 0.03).astype(np.float32)}
+    nodes = [helper.make_node("Mul", ["x", "g"], ["s"], name="scale"), helper.make_node("MatMul", ["s", "wm"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
+    assert r["weights"]["tflite"].startswith("converted from the SavedModel with its weights (stand-ins not usable: "), r["weights"]
+    assert "computed a constant of shape (64, 1024) from a stand-in" in r["weights"]["tflite"], r["weights"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"]

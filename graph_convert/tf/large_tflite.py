@@ -3,18 +3,23 @@
 TensorFlow's converter holds several copies of every weight at its peak (the SavedModel's
 variables, the frozen constants, the flatbuffer's buffers, the bytes handed back to Python): 5.5x
 the weights for a whole run. So a large model is traced a second time with every large float32
-weight replaced by a *splat* constant of the same shape and dtype (one value, distinct per weight:
-TensorFlow's GraphDef and MLIR keep a splat as that one value), converted with the buffers placed
-after the flatbuffer (buffer offsets), and then every buffer that holds a stand-in is overwritten
-in the written file with the real weight, read from the SavedModel's variables one at a time.
+weight replaced by a *splat* stand-in of the same shape (one value, which TensorFlow's GraphDef
+and MLIR keep as that one value): a quiet NaN whose payload numbers the weight. That trace is
+converted with the buffers placed after the flatbuffer (buffer offsets), and every buffer that
+holds a stand-in is overwritten in the written file with the real weight, read from the
+SavedModel's variables one at a time.
 
-The converter may store a weight in another layout than TensorFlow's (a MatMul's ``[in, out]``
-becomes FULLY_CONNECTED's ``[out, in]``, a Conv2D's HWIO becomes CONV_2D's OHWI). A splat does
-not show such a permutation, so each buffer's layout follows from the TensorFlow op that read
-the weight and the TFLite op that reads the buffer (``_layout``), and anything else — an op pair
-not listed, a stand-in folded into another constant, a buffer of another size — raises
-:class:`NotPlaceable` and the caller converts the real weights instead. The written file is then
-verified in LiteRT against ONNX Runtime like any other.
+Two things a splat cannot show are settled before anything is written:
+- the layout: the converter may store a weight permuted (a MatMul's ``[in, out]`` becomes
+  FULLY_CONNECTED's ``[out, in]``, a Conv2D's HWIO becomes CONV_2D's OHWI); each buffer's
+  permutation follows from the TensorFlow op that read the weight and the TFLite op that reads
+  the buffer (``_layout``), and any other pair is refused;
+- folding: the converter computes some constants from others (a scale before a MatMul goes into
+  the FULLY_CONNECTED weights, a constant added before it into the bias). A value computed from a
+  stand-in is NaN (real weights never are: a NaN weight is refused when the model is read), so a
+  buffer with a NaN that is not exactly one stand-in is refused.
+A refusal raises :class:`NotPlaceable` and the caller converts the real weights instead. The file
+written is then verified in LiteRT against ONNX Runtime like any other.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ import numpy as np
 
 from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES
 
-_SPLAT_BASE, _SPLAT_STEP = 3141.5927, 0.0625  # stand-in i holds float32(base + i * step)
+_QUIET_NAN = 0x7FC00000  # stand-in i holds the float32 whose bits are _QUIET_NAN | (i + 1)
+_MAX_PAYLOAD = (1 << 22) - 1
 
 
 class NotPlaceable(Exception):
@@ -36,7 +42,7 @@ class NotPlaceable(Exception):
 @dataclass
 class _Weight:
     index: int  # the variable's index (module.weights[index], the SavedModel's weights/<index>)
-    value: float
+    bits: int
     shape: tuple[int, ...]
     tensor: Any  # the splat constant in the traced graph
 
@@ -46,16 +52,17 @@ class Placeholders:
     """The stand-ins made while tracing (``EmitContext.weight`` calls :meth:`make`)."""
 
     min_bytes: int = PLACEHOLDER_BYTES  # smaller weights are converted as they are
-    weights: dict[float, _Weight] = field(default_factory=dict)  # splat value -> weight
+    weights: dict[int, _Weight] = field(default_factory=dict)  # the stand-in's bits -> weight
 
     def make(self, index: int, arr: np.ndarray):
         import tensorflow as tf
 
-        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes:
+        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_PAYLOAD:
             return tf.constant(arr)
-        value = float(np.float32(_SPLAT_BASE + _SPLAT_STEP * index))
+        bits = _QUIET_NAN | (index + 1)
+        value = np.array([bits], np.uint32).view(np.float32)[0]
         t = tf.constant(value, shape=arr.shape, dtype=tf.float32)  # one float in the GraphDef
-        self.weights[value] = _Weight(index, value, tuple(arr.shape), t)
+        self.weights[bits] = _Weight(index, bits, tuple(arr.shape), t)
         return t
 
 
@@ -129,9 +136,9 @@ def _buffer_shapes(model) -> dict[int, list[tuple[tuple[int, ...], int]]]:
     return out
 
 
-def _is_splat(view: np.ndarray, value: float, block: int = 1 << 22) -> bool:
-    v = np.float32(value)
-    return all(bool((view[i:i + block] == v).all()) for i in range(0, view.size, block))
+def _all(view: np.ndarray, test, block: int = 1 << 22) -> bool:
+    """``test(chunk).all()`` over ``view`` block by block (no temporary the size of a weight)."""
+    return all(bool(test(view[i:i + block]).all()) for i in range(0, view.size, block))
 
 
 def plan(data: bytes, ph: Placeholders) -> list[tuple[int, _Weight, tuple[int, ...]]]:
@@ -143,44 +150,71 @@ def plan(data: bytes, ph: Placeholders) -> list[tuple[int, _Weight, tuple[int, .
     out, found = [], set()
     for b in range(model.BuffersLength()):
         buf = model.Buffers(b)
-        off, size = buf.Offset(), buf.Size()
-        if off <= 1 or size < ph.min_bytes or size % 4:
+        off, size, users = buf.Offset(), buf.Size(), shapes.get(b, [])
+        if off <= 1 or size < 4 or size % 4 or not any(t == 0 for _, t in users):  # 0: FLOAT32
             continue
-        view = np.frombuffer(data, np.float32, count=size // 4, offset=off)
-        w = ph.weights.get(float(view[0]))
-        if w is None or not _is_splat(view, w.value):
+        bits = np.frombuffer(data, np.uint32, count=size // 4, offset=off)
+        w = ph.weights.get(int(bits[0]))
+        if w is None or not _all(bits, lambda x: x == w.bits):
+            if not _all(bits.view(np.float32), lambda x: ~np.isnan(x)):
+                raise NotPlaceable(f"the converter computed a constant of shape {users[0][0]} from a stand-in "
+                                   f"(folded a weight into {sorted(readers.get(b, set()))})")
             continue
-        users = shapes.get(b, [])
         perm = _layout(_tf_readers(w), readers.get(b, set()), len(w.shape))
         moved = [w.shape[p] for p in perm]
         if size != 4 * int(np.prod(w.shape)) or any([d for d in s if d != 1] != [d for d in moved if d != 1] or t != 0
                                                     for s, t in users):
             raise NotPlaceable(f"weight {w.index} {w.shape} became a buffer of {size} bytes used as {users}")
         out.append((off, w, perm))
-        found.add(w.value)
+        found.add(w.bits)
     lost = [w.index for v, w in ph.weights.items() if v not in found]
     if lost:
-        raise NotPlaceable(f"{len(lost)} weight(s) have no buffer of their own in the converted model (folded into "
-                           f"another constant?), the first is weight {lost[0]}")
+        raise NotPlaceable(f"{len(lost)} weight(s) have no buffer of their own in the converted model, the first is "
+                           f"weight {lost[0]}")
     return out
 
 
-def write(data: bytes, ph: Placeholders, path: str, read_weight: Callable[[int], np.ndarray], todo=None) -> int:
-    """Write the converted ``data`` to ``path`` with every stand-in replaced by its weight (read
-    by ``read_weight(index)``, one at a time; ``todo``: :func:`plan`'s answer when known).
-    Returns how many buffers were filled."""
-    todo = plan(data, ph) if todo is None else todo
+def _buffer_offset_fields(data: bytes) -> list[tuple[int, int, int]]:
+    """(offset, size, byte position of the offset field) of every buffer placed after the
+    flatbuffer, in buffer order."""
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    model = fb.Model.GetRootAs(data, 0)
+    out = []
+    for b in range(model.BuffersLength()):
+        buf = model.Buffers(b)
+        if buf.Offset() > 1:
+            out.append((buf.Offset(), buf.Size(), buf._tab.Pos + buf._tab.Offset(6)))
+    return out
+
+
+def write(data: bytes, path: str, todo: list[tuple[int, _Weight, tuple[int, ...]]] = (),
+          read_weight: Callable[[int], np.ndarray] | None = None) -> int:
+    """Write the converted ``data`` (buffers after the flatbuffer) to ``path``: the buffers in
+    buffer order (TensorFlow's converter appends them in an order that changes from run to run),
+    each stand-in in ``todo`` (:func:`plan`) replaced by its weight, read by ``read_weight(index)``
+    one at a time. Returns how many buffers were filled."""
+    fields = _buffer_offset_fields(data)
+    fill = {off: (w, perm) for off, w, perm in todo}
+    start = min((off for off, _, _ in fields), default=len(data))
+    end = max((off + size for off, size, _ in fields), default=len(data))
+    head, at = bytearray(data[:start]), start
+    for off, size, pos in fields:
+        head[pos:pos + 8] = at.to_bytes(8, "little")
+        at += size
     with open(path, "wb") as f:
-        f.write(data)
-    del data
-    with open(path, "r+b") as f:
-        for off, w, perm in sorted(todo, key=lambda x: x[0]):
+        f.write(head)
+        for off, size, _ in fields:
+            if off not in fill:
+                f.write(memoryview(data)[off:off + size])
+                continue
+            w, perm = fill[off]
             arr = np.asarray(read_weight(w.index), dtype=np.float32)
             if arr.shape != w.shape:
                 raise NotPlaceable(f"weight {w.index}: the SavedModel holds shape {arr.shape}, the trace {w.shape}")
-            f.seek(off)
             f.write(memoryview(np.ascontiguousarray(arr.transpose(perm))).cast("B"))
             del arr
+        f.write(memoryview(data)[end:])
     return len(todo)
 
 
@@ -208,4 +242,4 @@ def convert(graph, emitters: dict[str, Any], path: str, saved_model: str, *, bat
         del data
         raise
     del traced
-    return write(data, ph, path, saved_model_weights(saved_model), todo)
+    return write(data, path, todo, saved_model_weights(saved_model))
