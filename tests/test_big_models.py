@@ -300,7 +300,9 @@ def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(tmp_path, monkeypatc
     right = large_tflite.plan
 
     def transposed(data, ph):  # the square weight's permutation reversed: its shape still fits
-        return [(off, w, perm[::-1] if len(set(w.shape)) == 1 else perm) for off, w, perm in right(data, ph)]
+        p = right(data, ph)
+        p.fill = [(off, w, perm[::-1] if len(set(w.shape)) == 1 else perm) for off, w, perm in p.fill]
+        return p
 
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
     monkeypatch.setattr(large_tflite, "plan", transposed)
@@ -309,21 +311,30 @@ def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
 
 
-def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("op, why", [("Mul", "have no buffer of their own"),  # the scale goes into the weights
+                                     ("Add", "depend on a weight's value")])  # a constant goes into a bias
+def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(op, why, tmp_path, monkeypatch):
     """TensorFlow's converter folds a constant scale before a MatMul into the FULLY_CONNECTED weights
-    (as a LayerNorm's scale before a transformer's projections): a buffer computed from a stand-in
-    (NaN) is found, the SavedModel is converted with its weights instead, and the run says so and
-    verifies."""
+    (as a LayerNorm's scale before a transformer's projections) and a constant added before it into
+    the bias (computed from the weight): the stand-ins cannot be used (the weight's buffer holds
+    something else; the bias differs between the two stand-in conversions), the SavedModel is
+    converted with its weights instead, and the run says so and verifies."""
     import graph_convert as gc
 
     rng = np.random.default_rng(4)
-    inits = {"g": rng.uniform(0.5, 1.5, 1024).astype(np.float32), "wm": (rng.standard_normal((1024, 64)) * 0.03).astype(np.float32)}
-    nodes = [helper.make_node("Mul", ["x", "g"], ["s"], name="scale"), helper.make_node("MatMul", ["s", "wm"], ["y"], name="proj")]
-    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+    inits = {"g": rng.uniform(0.5, 1.5, 512).astype(np.float32), "wm": (rng.standard_normal((512, 64)) * 0.04).astype(np.float32)}
+    nodes = [helper.make_node(op, ["x", "g"], ["s"], name="scale"), helper.make_node("MatMul", ["s", "wm"], ["y"], name="proj")]
+    if op == "Add":  # MatMul -> Add -> Gemm: the converter folds the Add's constant through the Gemm's weight into its bias
+        inits = {"wm": inits["wm"], "c": rng.standard_normal((1, 64)).astype(np.float32),
+                 "gt": (rng.standard_normal((64, 64)) * 0.1).astype(np.float32), "gb": rng.standard_normal(64).astype(np.float32)}
+        nodes = [helper.make_node("MatMul", ["x", "wm"], ["m"], name="proj"), helper.make_node("Add", ["m", "c"], ["s"], name="plus"),
+                 helper.make_node("Gemm", ["s", "gt", "gb"], ["y"], name="gemm", transB=1)]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
                               [numpy_helper.from_array(a, n) for n, a in inits.items()])
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
     r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
     assert r["weights"]["tflite"].startswith("converted from the SavedModel with its weights (stand-ins not usable: "), r["weights"]
-    assert "computed a constant of shape (64, 1024) from a stand-in" in r["weights"]["tflite"], r["weights"]
+    assert why in r["weights"]["tflite"], r["weights"]
     assert r["verification"]["tflite_float32"]["y"]["ok"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]

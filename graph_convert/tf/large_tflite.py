@@ -2,27 +2,28 @@
 
 TensorFlow's converter holds several copies of every weight at its peak (the SavedModel's
 variables, the frozen constants, the flatbuffer's buffers, the bytes handed back to Python): 5.5x
-the weights for a whole run. So a large model is traced a second time with every large float32
-weight replaced by a *splat* stand-in of the same shape (one value, which TensorFlow's GraphDef
-and MLIR keep as that one value): a quiet NaN whose payload numbers the weight. That trace is
-converted with the buffers placed after the flatbuffer (buffer offsets), and every buffer that
-holds a stand-in is overwritten in the written file with the real weight, read from the
-SavedModel's variables one at a time.
+the weights for a whole run. So a large model is traced again with every large float32 weight
+replaced by a *splat* stand-in of the same shape (one value, distinct per weight, which
+TensorFlow's GraphDef and MLIR keep as that one value), converted with the buffers placed after
+the flatbuffer (buffer offsets), and written with every buffer that holds a stand-in filled with
+the real weight, read from the SavedModel's variables one at a time.
 
-Two things a splat cannot show are settled before anything is written:
+Two things a splat cannot show are settled before the file is kept:
 - the layout: the converter may store a weight permuted (a MatMul's ``[in, out]`` becomes
   FULLY_CONNECTED's ``[out, in]``, a Conv2D's HWIO becomes CONV_2D's OHWI); each buffer's
   permutation follows from the TensorFlow op that read the weight and the TFLite op that reads
   the buffer (``_layout``), and any other pair is refused;
 - folding: the converter computes some constants from others (a scale before a MatMul goes into
-  the FULLY_CONNECTED weights, a constant added before it into the bias). A value computed from a
-  stand-in is NaN (real weights never are: a NaN weight is refused when the model is read), so a
-  buffer with a NaN that is not exactly one stand-in is refused.
+  the FULLY_CONNECTED weights, a constant added before it into the bias). So the conversion is
+  done twice, with two sets of stand-in values: a buffer that is not a stand-in must come out
+  byte for byte the same both times (it does not depend on any weight's value), and a stand-in's
+  buffers must be the same buffers both times.
 A refusal raises :class:`NotPlaceable` and the caller converts the real weights instead. The file
 written is then verified in LiteRT against ONNX Runtime like any other.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -31,8 +32,9 @@ import numpy as np
 
 from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES
 
-_QUIET_NAN = 0x7FC00000  # stand-in i holds the float32 whose bits are _QUIET_NAN | (i + 1)
-_MAX_PAYLOAD = (1 << 22) - 1
+# stand-in i holds float32(base + (i + 1) * _STEP), base one of _BASES (neither 0 nor 1, which
+# the converter may treat as an identity)
+_STEP, _BASES, _MAX_WEIGHTS = 2.0 ** -20, (1.0, 1.5), 1 << 19
 
 
 class NotPlaceable(Exception):
@@ -42,7 +44,7 @@ class NotPlaceable(Exception):
 @dataclass
 class _Weight:
     index: int  # the variable's index (module.weights[index], the SavedModel's weights/<index>)
-    bits: int
+    value: float
     shape: tuple[int, ...]
     tensor: Any  # the splat constant in the traced graph
 
@@ -51,18 +53,18 @@ class _Weight:
 class Placeholders:
     """The stand-ins made while tracing (``EmitContext.weight`` calls :meth:`make`)."""
 
+    base: float = _BASES[0]
     min_bytes: int = PLACEHOLDER_BYTES  # smaller weights are converted as they are
-    weights: dict[int, _Weight] = field(default_factory=dict)  # the stand-in's bits -> weight
+    weights: dict[float, _Weight] = field(default_factory=dict)  # the stand-in's value -> weight
 
     def make(self, index: int, arr: np.ndarray):
         import tensorflow as tf
 
-        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_PAYLOAD:
+        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_WEIGHTS:
             return tf.constant(arr)
-        bits = _QUIET_NAN | (index + 1)
-        value = np.array([bits], np.uint32).view(np.float32)[0]
+        value = float(np.float32(self.base + (index + 1) * _STEP))
         t = tf.constant(value, shape=arr.shape, dtype=tf.float32)  # one float in the GraphDef
-        self.weights[bits] = _Weight(index, bits, tuple(arr.shape), t)
+        self.weights[value] = _Weight(index, value, tuple(arr.shape), t)
         return t
 
 
@@ -141,33 +143,49 @@ def _all(view: np.ndarray, test, block: int = 1 << 22) -> bool:
     return all(bool(test(view[i:i + block]).all()) for i in range(0, view.size, block))
 
 
-def plan(data: bytes, ph: Placeholders) -> list[tuple[int, _Weight, tuple[int, ...]]]:
-    """(file offset, weight, permutation) of every buffer holding a stand-in; raises NotPlaceable."""
+@dataclass
+class Plan:
+    """Where the stand-ins went in one conversion."""
+
+    fill: list[tuple[int, _Weight, tuple[int, ...]]]  # (file offset, weight, permutation) per stand-in buffer
+    where: dict[int, tuple[int, tuple[int, ...]]]  # buffer index -> (weight index, permutation)
+    others: dict[int, bytes]  # buffer index -> digest of every other buffer
+
+    def same_as(self, other: "Plan") -> None:
+        """The two conversions (two sets of stand-in values) agree: else NotPlaceable."""
+        if self.where != other.where:
+            raise NotPlaceable("the stand-ins went to other buffers with other values")
+        moved = [b for b in self.others if self.others[b] != other.others.get(b)]
+        if moved:
+            raise NotPlaceable(f"{len(moved)} constant(s) of the converted model depend on a weight's value (the converter "
+                               f"folded a weight into them), the first is buffer {moved[0]}")
+
+
+def plan(data: bytes, ph: Placeholders) -> Plan:
+    """Where every stand-in of ``ph`` is in the converted ``data``; raises NotPlaceable."""
     from tensorflow.lite.python import schema_py_generated as fb
 
     model = fb.Model.GetRootAs(data, 0)
     readers, shapes = _tflite_readers(model), _buffer_shapes(model)
-    out, found = [], set()
+    out = Plan([], {}, {})
     for b in range(model.BuffersLength()):
         buf = model.Buffers(b)
         off, size, users = buf.Offset(), buf.Size(), shapes.get(b, [])
-        if off <= 1 or size < 4 or size % 4 or not any(t == 0 for _, t in users):  # 0: FLOAT32
+        if off <= 1:
             continue
-        bits = np.frombuffer(data, np.uint32, count=size // 4, offset=off)
-        w = ph.weights.get(int(bits[0]))
-        if w is None or not _all(bits, lambda x: x == w.bits):
-            if not _all(bits.view(np.float32), lambda x: ~np.isnan(x)):
-                raise NotPlaceable(f"the converter computed a constant of shape {users[0][0]} from a stand-in "
-                                   f"(folded a weight into {sorted(readers.get(b, set()))})")
+        view = np.frombuffer(data, np.float32, count=size // 4, offset=off) if size >= 4 and not size % 4 else None
+        w = ph.weights.get(float(view[0])) if view is not None and any(t == 0 for _, t in users) else None  # 0: FLOAT32
+        if w is None or not _all(view, lambda x: x == np.float32(w.value)):
+            out.others[b] = hashlib.sha256(memoryview(data)[off:off + size]).digest()
             continue
         perm = _layout(_tf_readers(w), readers.get(b, set()), len(w.shape))
         moved = [w.shape[p] for p in perm]
         if size != 4 * int(np.prod(w.shape)) or any([d for d in s if d != 1] != [d for d in moved if d != 1] or t != 0
                                                     for s, t in users):
             raise NotPlaceable(f"weight {w.index} {w.shape} became a buffer of {size} bytes used as {users}")
-        out.append((off, w, perm))
-        found.add(w.bits)
-    lost = [w.index for v, w in ph.weights.items() if v not in found]
+        out.fill.append((off, w, perm))
+        out.where[b] = (w.index, perm)
+    lost = sorted({w.index for w in ph.weights.values()} - {i for i, _ in out.where.values()})
     if lost:
         raise NotPlaceable(f"{len(lost)} weight(s) have no buffer of their own in the converted model, the first is "
                            f"weight {lost[0]}")
@@ -226,20 +244,28 @@ def saved_model_weights(saved_model: str) -> Callable[[int], np.ndarray]:
     return lambda i: reader.get_tensor(f"weights/{i}/.ATTRIBUTES/VARIABLE_VALUE")
 
 
-def convert(graph, emitters: dict[str, Any], path: str, saved_model: str, *, batch=None, layout_aware=()) -> int:
-    """Trace ``graph`` with stand-ins, convert, and write ``path`` with the SavedModel's weights
-    in place of the stand-ins. Returns the number of buffers filled; raises NotPlaceable (nothing
-    written) when the stand-ins cannot be matched, ConvertError when TensorFlow's converter fails."""
+def _converted(graph, emitters: dict[str, Any], base: float, batch, layout_aware) -> tuple[bytes, Plan]:
     from graph_convert.tf.emitter import build_function
     from graph_convert.tf.writer import tflite_flatbuffer_checked
 
-    ph = Placeholders()
+    ph = Placeholders(base)
     traced = build_function(graph, emitters, batch=batch, layout_aware=layout_aware, placeholders=ph)
     data = tflite_flatbuffer_checked(traced.concrete, None, large=True)
+    return data, plan(data, ph)
+
+
+def convert(graph, emitters: dict[str, Any], path: str, saved_model: str, *, batch=None, layout_aware=()) -> int:
+    """Trace ``graph`` with stand-ins, convert, and write ``path`` with the SavedModel's weights
+    in place of the stand-ins; convert again with other stand-in values and check that nothing
+    else depends on them. Returns the number of buffers filled; raises NotPlaceable (``path``
+    removed) when the stand-ins cannot be matched, ConvertError when TensorFlow's converter fails."""
+    data, first = _converted(graph, emitters, _BASES[0], batch, layout_aware)
+    n = write(data, path, first.fill, saved_model_weights(saved_model))
+    del data
     try:
-        todo = plan(data, ph)
-    except NotPlaceable:
-        del data
+        second = _converted(graph, emitters, _BASES[1], batch, layout_aware)[1]
+        first.same_as(second)
+    except BaseException:
+        os.remove(path)  # ours, written just now
         raise
-    del traced
-    return write(data, path, todo, saved_model_weights(saved_model))
+    return n
