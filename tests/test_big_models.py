@@ -338,3 +338,21 @@ def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(op, why
     assert why in r["weights"]["tflite"], r["weights"]
     assert r["verification"]["tflite_float32"]["y"]["ok"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_large_model_in_one_file_is_not_held_in_memory(tmp_path, monkeypatch):
+    """A large .onnx without external data: its weights are moved to a data file in the temporary
+    folder while it is read and memory-mapped from there like any large model's; the run verifies,
+    and neither the user's folder nor the output keeps that file."""
+    import graph_convert as gc
+
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save(square_net(), src / "one.onnx")
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(str(src / "one.onnx"), None, tmp_path / "out").report
+    assert r["source"]["weights_memory_mapped"] == 4 and "weights_spilled" in r["source"], r["source"]
+    assert all("read by ONNX Runtime from the external data file" in s for s in r["weights"]["onnx_runtime_sessions"]), r["weights"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"] and r["weights"]["tflite"].startswith("converted with stand-ins")
+    assert os.listdir(src) == ["one.onnx"] and sorted(os.listdir(tmp_path)) == ["out", "src"]
+    assert ".export" not in os.listdir(tmp_path / "out")
