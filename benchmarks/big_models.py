@@ -9,6 +9,7 @@ same run.
     python benchmarks/big_models.py 2.4 4 vit-l      # sizes in GB of float32 weights, or vit-l
     python benchmarks/big_models.py 0.5 --onnx2tf    # also onnx2tf (/tmp/venv_onnx2tf), up to 1.6 GB
     python benchmarks/big_models.py 1.6 --no-tflite  # SavedModel only
+    python benchmarks/big_models.py 1.6 --one-file   # the MLP as one .onnx, no external data (< 2 GB)
 
 Run one size at a time on a shared machine: peak RSS is several times the weights' size.
 """
@@ -103,8 +104,9 @@ def write_vit(path: str, seed: int = 0) -> tuple[int, int]:
     return VIT_L16["num_hidden_layers"], nbytes
 
 
-def write_model(work: str, name: str) -> tuple[str, int, int]:
-    """(path, layers, bytes of weights) of the model ``name`` (GB of an MLP, or vit-l) in ``work``."""
+def write_model(work: str, name: str, one_file: bool = False) -> tuple[str, int, int]:
+    """(path, layers, bytes of weights) of the model ``name`` (GB of an MLP, or vit-l) in ``work``;
+    ``one_file``: the MLP without external data."""
     if name == "vit-l":
         path = os.path.join(work, "vit_l16.onnx")
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--write-vit", path], capture_output=True, text=True,
@@ -112,7 +114,14 @@ def write_model(work: str, name: str) -> tuple[str, int, int]:
         layers, nbytes = json.loads(out.stdout.strip().splitlines()[-1])
         return path, layers, nbytes
     path = os.path.join(work, f"mlp_{float(name):g}gb.onnx")
-    return (path, *write_mlp(path, float(name)))
+    layers, nbytes = write_mlp(path, float(name))
+    if one_file:
+        import onnx
+
+        model = onnx.load(path)
+        os.remove(path + ".data")
+        onnx.save(model, path)
+    return path, layers, nbytes
 
 
 def main() -> int:
@@ -122,6 +131,7 @@ def main() -> int:
     ap.add_argument("--onnx2tf", action="store_true", help="also convert with onnx2tf")
     ap.add_argument("--onnx2tf-python", default=DEFAULT_ONNX2TF_PYTHON)
     ap.add_argument("--no-tflite", action="store_true")
+    ap.add_argument("--one-file", action="store_true", help="write the MLPs as one .onnx each, without external data")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs graph-convert")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--work", default=None, help="folder for models and outputs (default: a temp folder, removed)")
@@ -137,7 +147,7 @@ def main() -> int:
     rows = []
     try:
         for gb in a.sizes:
-            path, layers, nbytes = write_model(work, gb)
+            path, layers, nbytes = write_model(work, gb, a.one_file)
             out = os.path.join(work, f"out_{gb}")
             shutil.rmtree(out, ignore_errors=True)
             cmd = [a.python, "-m", "graph_convert.cli", "convert", path, "-o", out, "-q"] + (["--no-tflite"] if a.no_tflite else [])
@@ -173,7 +183,7 @@ def main() -> int:
     for r in rows:
         stages = ", ".join(f"{k} {v:.1f}" + (f" ({r['stage_peak_rss_gb'][k]:.1f})" if k in r["stage_peak_rss_gb"] else "")
                            for k, v in r["stages_s"].items() if k != "total")
-        model = "ViT-L/16" if r["gb"] == "vit-l" else f"MLP {r['gb']} GB"
+        model = "ViT-L/16" if r["gb"] == "vit-l" else f"MLP {r['gb']} GB" + (", one file" if a.one_file else "")
         print(f"| {model} | {r['tool']} | {r['weights_gb']:.2f} | {'yes' if r['ok'] else 'NO'} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | "
               f"{r['peak_rss_gb'] / r['weights_gb']:.1f}x | {stages} |" + (f" {r['note'][:200]}" if r["note"] else ""))
     for r in rows:
