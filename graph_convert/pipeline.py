@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -131,6 +132,8 @@ def stage(name: str):
     except GraphConvertError:  # ours, already one clear line with its own exit code
         raise
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a large model's files filled a disk
+            raise ConvertError(f"{name}: no space left on the device ({e.strerror}) for the output folder's files") from None
         # TensorFlow's OpError wraps the reason in a Python call stack (indented lines) between a
         # "Graph execution error:" header and the "[[{{node ...}}]]" trailer: keep the reason
         text = str(getattr(e, "message", None) or e)

@@ -356,3 +356,19 @@ def test_a_large_model_in_one_file_is_not_held_in_memory(tmp_path, monkeypatch):
     assert r["verification"]["tflite_float32"]["y"]["ok"] and r["weights"]["tflite"].startswith("converted with stand-ins")
     assert os.listdir(src) == ["one.onnx"] and sorted(os.listdir(tmp_path)) == ["out", "src"]
     assert ".export" not in os.listdir(tmp_path / "out")
+
+
+def test_a_full_disk_is_said_as_such(tmp_path, monkeypatch):
+    """A large model's files can fill a disk: one line saying so (not an internal error), nothing left."""
+    import errno
+
+    import graph_convert as gc
+    from graph_convert import pipeline
+
+    def full(c):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple((n, k, full if k == "saved_model" else f, w) for n, k, f, w in pipeline.STAGES))
+    with pytest.raises(gc.ConvertError, match=r"^write SavedModel: no space left on the device \(No space left on device\)"):
+        gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False)
+    assert os.listdir(tmp_path) == []

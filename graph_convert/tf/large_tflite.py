@@ -32,9 +32,10 @@ import numpy as np
 
 from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES
 
-# stand-in i holds float32(base + (i + 1) * _STEP), base one of _BASES (neither 0 nor 1, which
-# the converter may treat as an identity)
-_STEP, _BASES, _MAX_WEIGHTS = 2.0 ** -20, (1.0, 1.5), 1 << 19
+# stand-in i holds float32(base + (i + 1) * step), (base, step) one of _BASES: the first set in
+# [1.5, 2), the second in [1.25, 1.5), so that neither holds 0 or 1 (which the converter may treat
+# as identities) nor the product or sum of two of its own values
+_BASES, _MAX_WEIGHTS = ((1.5, 2.0 ** -20), (1.25, 2.0 ** -21)), (1 << 19) - 1
 
 
 class NotPlaceable(Exception):
@@ -53,7 +54,7 @@ class _Weight:
 class Placeholders:
     """The stand-ins made while tracing (``EmitContext.weight`` calls :meth:`make`)."""
 
-    base: float = _BASES[0]
+    base: tuple[float, float] = _BASES[0]
     min_bytes: int = PLACEHOLDER_BYTES  # smaller weights are converted as they are
     weights: dict[float, _Weight] = field(default_factory=dict)  # the stand-in's value -> weight
 
@@ -62,7 +63,7 @@ class Placeholders:
 
         if arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_WEIGHTS:
             return tf.constant(arr)
-        value = float(np.float32(self.base + (index + 1) * _STEP))
+        value = float(np.float32(self.base[0] + (index + 1) * self.base[1]))
         t = tf.constant(value, shape=arr.shape, dtype=tf.float32)  # one float in the GraphDef
         self.weights[value] = _Weight(index, value, tuple(arr.shape), t)
         return t
@@ -244,7 +245,7 @@ def saved_model_weights(saved_model: str) -> Callable[[int], np.ndarray]:
     return lambda i: reader.get_tensor(f"weights/{i}/.ATTRIBUTES/VARIABLE_VALUE")
 
 
-def _converted(graph, emitters: dict[str, Any], base: float, batch, layout_aware) -> tuple[bytes, Plan]:
+def _converted(graph, emitters: dict[str, Any], base: tuple[float, float], batch, layout_aware) -> tuple[bytes, Plan]:
     from graph_convert.tf.emitter import build_function
     from graph_convert.tf.writer import tflite_flatbuffer_checked
 
