@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -87,6 +88,7 @@ class Conversion:
     timings: dict[str, float] = field(default_factory=dict)
     peak_rss: dict[str, float] = field(default_factory=dict)  # stage key -> peak RSS (GB) when it ended
     tflite_note: str | None = None  # why the .tflite was not written (a model past the flatbuffer limit)
+    tflite_weights: str | None = None  # how a large model's .tflite got its weights
     registry: Registry | None = None
     model: onnx.ModelProto | None = None  # the source model (static shapes unless the batch is dynamic)
     source_graph: Graph | None = None
@@ -131,6 +133,8 @@ def stage(name: str):
     except GraphConvertError:  # ours, already one clear line with its own exit code
         raise
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a large model's files filled a disk
+            raise ConvertError(f"{name}: no space left on the device ({e.strerror}) for the output folder's files") from None
         # TensorFlow's OpError wraps the reason in a Python call stack (indented lines) between a
         # "Graph execution error:" header and the "[[{{node ...}}]]" trailer: keep the reason
         text = str(getattr(e, "message", None) or e)
@@ -233,6 +237,9 @@ def convert_onnx2tf(c: Conversion) -> None:
 # constants, MLIR constants, the flatbuffer; the whole run peaked at 5.4-5.5x the weights on
 # 1.6 and 2.4 GB MLPs): erring high, since running out of memory there loses minutes of work
 TFLITE_CONVERTER_COPIES = 6
+# ... and this many when it converts splat stand-ins (tf/large_tflite.py): the stand-ins expanded
+# into its buffers and the bytes handed back to Python (measured: about 1.2x on top of the process)
+TFLITE_STANDIN_COPIES = 2
 
 
 def _check_tflite_size(c: Conversion) -> None:
@@ -245,16 +252,22 @@ def _check_tflite_size(c: Conversion) -> None:
     size = c.source_graph.weight_bytes
     if not c.options.tflite or size < FLATBUFFER_LIMIT:
         return
-    need, avail = (TFLITE_CONVERTER_COPIES + 1) * size, _available_memory()
     if not buffer_offsets_supported():
         why = "this TensorFlow's converter cannot place weights after the flatbuffer (buffer offsets)"
-    elif avail is not None and need > avail:
-        why = f"TensorFlow's converter needs about {need / 1e9:.0f} GB for them and {avail / 1e9:.0f} GB is available"
+    elif not _converter_memory_ok(TFLITE_STANDIN_COPIES, size):
+        why = (f"TensorFlow's converter needs about {(TFLITE_STANDIN_COPIES + 1) * size / 1e9:.0f} GB for them and "
+               f"{_available_memory() / 1e9:.0f} GB is available")
     else:
         return
     # refused up front like a TFLite gap: exit 0 means every requested artifact was written
     raise ConvertError(f"no .tflite can be written here: the weights ({size / 1e9:.2f} GB) exceed the 2 GiB of one "
                        f"flatbuffer and {why} (--no-tflite writes the SavedModel only)")
+
+
+def _converter_memory_ok(copies: int, size: int) -> bool:
+    """Whether the machine has memory for ``copies`` + 1 times ``size`` bytes (unknown: yes)."""
+    avail = _available_memory()
+    return avail is None or (copies + 1) * size <= avail
 
 
 def _available_memory() -> int | None:
@@ -339,13 +352,20 @@ def write_rewritten(c: Conversion) -> None:
     c.figures["rewritten_onnx"] = c.rewritten.figures or c.verifier.check_graph(c.graph, "rewritten ONNX")
 
 
-def emit(c: Conversion) -> None:
+def _emitters(c: Conversion) -> tuple[dict[str, Any], dict[str, str]]:
+    """The emitter table (and the TF scope of every node when quantizing: TF op names then carry
+    their node's name, so TFLite layers map back to nodes)."""
     from graph_convert import quantize as Q
+
+    if c.quant_plan is not None:
+        return Q.scoped_emitters(c.registry.emitters, c.graph)
+    return c.registry.emitters, {}
+
+
+def emit(c: Conversion) -> None:
     from graph_convert.tf.emitter import build_function
 
-    emitters, scopes = c.registry.emitters, {}
-    if c.quant_plan is not None:  # TF op names carry their node's name, so TFLite layers map back to nodes
-        emitters, scopes = Q.scoped_emitters(c.registry.emitters, c.graph)
+    emitters, scopes = _emitters(c)
     t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
     c.traced = Traced(t.module, t.concrete, t.in_names, t.out_names, scopes)
     c.graph.drop_decoded()  # the TF variables hold the weights now
@@ -393,28 +413,66 @@ def write_saved_model(c: Conversion) -> None:
     c.paths["saved_model"] = path
 
 
-def write_tflite(c: Conversion) -> None:
+def _release_memory() -> None:
+    """Collect garbage and hand the C heap's free memory back to the system (glibc keeps it)."""
+    import ctypes
     import gc
 
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def write_tflite(c: Conversion) -> None:
     from graph_convert.tf.writer import convert_tflite
 
     path = os.path.join(c.work, "model_float32.tflite")
     if c.graph.weight_bytes < external_data_threshold():
         convert_tflite(c.traced.concrete, c.traced.module, path)
     else:
-        # a large model: converted from the SavedModel just written, after letting go of the TF
-        # variables (nothing after this stage runs the traced function; quantization reads the SavedModel)
+        # a large model: nothing after this stage runs the traced function (quantization reads
+        # the SavedModel), so its TF variables go before TensorFlow's converter starts
         c.traced = dataclasses.replace(c.traced, module=None, concrete=None)
-        gc.collect()
-        convert_tflite(None, None, path, large=True, saved_model=c.paths["saved_model"])
+        _release_memory()
+        _write_large_tflite(c, path)
     c.paths["tflite_float32"] = path
+
+
+def _write_large_tflite(c: Conversion, path: str) -> None:
+    """Converted with splat stand-ins for the large weights, then filled from the SavedModel
+    (:mod:`graph_convert.tf.large_tflite`); when the stand-ins cannot be matched with certainty,
+    TensorFlow's converter converts the SavedModel itself (several copies of the weights). Either
+    way the buffers are written in buffer order (the converter's order changes from run to run)."""
+    from graph_convert.tf import large_tflite as L
+    from graph_convert.tf.writer import tflite_flatbuffer_checked
+
+    emitters = _emitters(c)[0]
+    try:
+        n = L.convert(c.graph, emitters, path, c.paths["saved_model"], batch=c.view, layout_aware=c.registry.layout_aware)
+        c.tflite_weights = f"converted with stand-ins, {n} buffers filled from the SavedModel's variables"
+        return
+    except L.NotPlaceable as e:
+        c.tflite_weights = f"converted from the SavedModel with its weights (stand-ins not usable: {e})"
+    _release_memory()
+    if not _converter_memory_ok(TFLITE_CONVERTER_COPIES, c.graph.weight_bytes):
+        raise ConvertError(f"no .tflite can be written here: {c.tflite_weights}, and TensorFlow's converter needs about "
+                           f"{(TFLITE_CONVERTER_COPIES + 1) * c.graph.weight_bytes / 1e9:.0f} GB for the weights "
+                           f"(--no-tflite writes the SavedModel only)")
+    L.write(tflite_flatbuffer_checked(None, None, large=True, saved_model=c.paths["saved_model"]), path)
 
 
 def verify_tflite(c: Conversion) -> None:
     from graph_convert.tf.runner import run_tflite, tflite_op_counts
 
     path = c.paths["tflite_float32"]
-    _verify(c, "tflite_float32", "TFLite float32", lambda feeds: run_tflite(path, feeds))
+    # a large model's file runs on LiteRT's builtin kernels: XNNPACK would pack a second copy of
+    # every weight (the stage's peak), and the builtin kernels read the same file
+    delegate = c.graph.weight_bytes < external_data_threshold()
+    if not delegate:
+        c.tflite_weights = f"{c.tflite_weights}; verified on LiteRT's builtin kernels (without XNNPACK)"
+    _verify(c, "tflite_float32", "TFLite float32", lambda feeds: run_tflite(path, feeds, delegate=delegate))
     ops = tflite_op_counts(path)
     c.report["tflite"] = {"path": "model_float32.tflite", "bytes": os.path.getsize(path), "transpose_ops": ops.get("TRANSPOSE", 0),
                           "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
@@ -476,7 +534,7 @@ def _weights_report(c: Conversion) -> dict[str, Any]:
             "external_data_threshold_bytes": external_data_threshold(),
             "onnx_runtime_sessions": list(c.verifier.sessions) if c.rewritten is not None else [],
             "rewritten_onnx_data": os.path.basename(c.paths["rewritten_onnx_data"]) if "rewritten_onnx_data" in c.paths else None,
-            "tflite": c.tflite_note}
+            "tflite": c.tflite_note or c.tflite_weights}
 
 
 def convert(source, example_inputs=None, output_dir: str | os.PathLike = "converted", options: ConvertOptions | None = None,

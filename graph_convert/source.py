@@ -28,8 +28,14 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         return source, {"kind": "onnx-model"}
     if isinstance(source, (str, os.PathLike)) and not ex.is_torch_spec(os.fspath(source)):
         path = os.fspath(source)
-        model = load_model(path)
-        return model, {"kind": "onnx-file", "path": os.path.abspath(path), **_weights_kept(model)}
+        # a large model given as one file: its weights are written to the export folder (removed
+        # with the temporary folder) and read from there as from an external data file
+        spill = os.path.join(work, EXPORT_DIR)
+        model = load_model(path, spill_to=spill)
+        info = {"kind": "onnx-file", "path": os.path.abspath(path), **_weights_kept(model)}
+        if os.path.exists(spill):
+            info["weights_spilled"] = "one file: its large weights were moved to a data file in the temporary folder"
+        return model, info
     import torch
 
     if isinstance(source, str):

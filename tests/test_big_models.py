@@ -227,3 +227,148 @@ def test_a_bad_threshold_setting_is_one_line(external_file, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"graph-convert: error: ${EXTERNAL_DATA_ENV}='lots': expected a number of bytes"]
     assert not (tmp_path / "out").exists()
+
+
+def square_net() -> onnx.ModelProto:
+    """Weights whose converted layout a splat cannot show: a square MatMul (FULLY_CONNECTED stores
+    it transposed), a Gemm with transB (stored as given), a 3x3 Conv with as many in as out
+    channels (HWIO -> OHWI; 64 x 3 x 3 x 64), a depthwise Conv."""
+    rng = np.random.default_rng(3)
+
+    def w(*shape, s=0.2):
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    inits = {"k": w(64, 64, 3, 3, s=0.05), "dw": w(64, 1, 5, 5), "sq": w(1024, 128, s=0.05), "gt": w(128, 128, s=0.1),
+             "c": w(1, 128), "gb": w(128)}
+    nodes = [helper.make_node("Conv", ["x", "k"], ["a"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "dw"], ["d"], name="depthwise", group=64, pads=[2, 2, 2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["d"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "sq"], ["m"], name="square"),
+             helper.make_node("Add", ["m", "c"], ["p"], name="plus_const"),
+             helper.make_node("Relu", ["p"], ["q"], name="relu2"),
+             helper.make_node("Gemm", ["q", "gt", "gb"], ["y"], name="gemm_transb", transB=1)]
+    graph = helper.make_graph(nodes, "square_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _tflite_contents(path):
+    """(op codes with their tensors' shapes and data, in order) of a .tflite: everything but names."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    raw = open(path, "rb").read()
+    data = [raw[b.offset:b.offset + b.size] if b.offset > 1 else (bytes(b.data) if b.data is not None else b"")
+            for b in model.buffers]
+    sg = model.subgraphs[0]
+    tensor = lambda i: None if i < 0 else (tuple(sg.tensors[i].shape), sg.tensors[i].type, data[sg.tensors[i].buffer])  # noqa: E731
+    return [(model.operatorCodes[o.opcodeIndex].builtinCode, [tensor(i) for i in o.inputs], [tensor(i) for i in o.outputs])
+            for o in sg.operators]
+
+
+def test_large_tflite_from_stand_ins_is_the_converters_file(tmp_path, monkeypatch):
+    """The large .tflite is converted with splat stand-ins and filled from the SavedModel: its ops
+    and every buffer are those TensorFlow's converter writes from the real weights (a wrong
+    permutation of a square weight would show here), it is verified, and it is reproducible."""
+    import graph_convert as gc
+    from graph_convert.tf.writer import convert_tflite
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(square_net(), None, tmp_path / "out").report
+    assert r["weights"]["tflite"].startswith("converted with stand-ins, 4 buffers filled from the SavedModel's variables"), r["weights"]
+    assert "verified on LiteRT's builtin kernels" in r["weights"]["tflite"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"]
+    assert r["tflite"]["ops"].get("FULLY_CONNECTED") == 2 and r["tflite"]["ops"].get("CONV_2D") == 1, r["tflite"]["ops"]
+    convert_tflite(None, None, str(tmp_path / "direct.tflite"), large=True, saved_model=str(tmp_path / "out" / "saved_model"))
+    ours, direct = _tflite_contents(tmp_path / "out" / "model_float32.tflite"), _tflite_contents(tmp_path / "direct.tflite")
+    assert len(ours) == len(direct) == sum(r["tflite"]["ops"].values())
+    for a, b in zip(ours, direct):
+        assert a == b
+    gc.convert(square_net(), None, tmp_path / "again")
+    assert (tmp_path / "again" / "model_float32.tflite").read_bytes() == (tmp_path / "out" / "model_float32.tflite").read_bytes()
+
+
+def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(tmp_path, monkeypatch):
+    """The check that guards the stand-ins: a square weight filled in the wrong layout (the shapes
+    agree, only the data order is wrong) fails verification against ONNX Runtime, and nothing is
+    written."""
+    import graph_convert as gc
+    from graph_convert.tf import large_tflite
+
+    right = large_tflite.plan
+
+    def transposed(data, ph):  # the square weight's permutation reversed: its shape still fits
+        p = right(data, ph)
+        p.fill = [(off, w, perm[::-1] if len(set(w.shape)) == 1 else perm) for off, w, perm in p.fill]
+        return p
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    monkeypatch.setattr(large_tflite, "plan", transposed)
+    with pytest.raises(gc.VerificationError, match="TFLite"):
+        gc.convert(square_net(), None, tmp_path / "out")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("op, why", [("Mul", "have no buffer of their own"),  # the scale goes into the weights
+                                     ("Add", "depend on a weight's value")])  # a constant goes into a bias
+def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(op, why, tmp_path, monkeypatch):
+    """TensorFlow's converter folds a constant scale before a MatMul into the FULLY_CONNECTED weights
+    (as a LayerNorm's scale before a transformer's projections) and a constant added before it into
+    the bias (computed from the weight): the stand-ins cannot be used (the weight's buffer holds
+    something else; the bias differs between the two stand-in conversions), the SavedModel is
+    converted with its weights instead, and the run says so and verifies."""
+    import graph_convert as gc
+
+    rng = np.random.default_rng(4)
+    inits = {"g": rng.uniform(0.5, 1.5, 512).astype(np.float32), "wm": (rng.standard_normal((512, 64)) * 0.04).astype(np.float32)}
+    nodes = [helper.make_node(op, ["x", "g"], ["s"], name="scale"), helper.make_node("MatMul", ["s", "wm"], ["y"], name="proj")]
+    if op == "Add":  # MatMul -> Add -> Gemm: the converter folds the Add's constant through the Gemm's weight into its bias
+        inits = {"wm": inits["wm"], "c": rng.standard_normal((1, 64)).astype(np.float32),
+                 "gt": (rng.standard_normal((64, 64)) * 0.1).astype(np.float32), "gb": rng.standard_normal(64).astype(np.float32)}
+        nodes = [helper.make_node("MatMul", ["x", "wm"], ["m"], name="proj"), helper.make_node("Add", ["m", "c"], ["s"], name="plus"),
+                 helper.make_node("Gemm", ["s", "gt", "gb"], ["y"], name="gemm", transB=1)]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
+    assert r["weights"]["tflite"].startswith("converted from the SavedModel with its weights (stand-ins not usable: "), r["weights"]
+    assert why in r["weights"]["tflite"], r["weights"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_large_model_in_one_file_is_not_held_in_memory(tmp_path, monkeypatch):
+    """A large .onnx without external data: its weights are moved to a data file in the temporary
+    folder while it is read and memory-mapped from there like any large model's; the run verifies,
+    and neither the user's folder nor the output keeps that file."""
+    import graph_convert as gc
+
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save(square_net(), src / "one.onnx")
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(str(src / "one.onnx"), None, tmp_path / "out").report
+    assert r["source"]["weights_memory_mapped"] == 4 and "weights_spilled" in r["source"], r["source"]
+    assert all("read by ONNX Runtime from the external data file" in s for s in r["weights"]["onnx_runtime_sessions"]), r["weights"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"] and r["weights"]["tflite"].startswith("converted with stand-ins")
+    assert os.listdir(src) == ["one.onnx"] and sorted(os.listdir(tmp_path)) == ["out", "src"]
+    assert ".export" not in os.listdir(tmp_path / "out")
+
+
+def test_a_full_disk_is_said_as_such(tmp_path, monkeypatch):
+    """A large model's files can fill a disk: one line saying so (not an internal error), nothing left."""
+    import errno
+
+    import graph_convert as gc
+    from graph_convert import pipeline
+
+    def full(c):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple((n, k, full if k == "saved_model" else f, w) for n, k, f, w in pipeline.STAGES))
+    with pytest.raises(gc.ConvertError, match=r"^write SavedModel: no space left on the device \(No space left on device\)"):
+        gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False)
+    assert os.listdir(tmp_path) == []

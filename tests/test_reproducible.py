@@ -152,3 +152,20 @@ def test_two_runs_in_two_processes_give_identical_files(kind, tmp_path):
     report["timings_seconds"]["total"] += 1.0
     (third / "report.json").write_text(json.dumps(report))
     assert differences(first, third) == ["model_float32.tflite", "report.json"]
+
+
+def test_a_large_model_in_two_processes_gives_identical_files(tmp_path, monkeypatch):
+    """The large-model path (threshold lowered): the .tflite made from stand-ins and filled from
+    the SavedModel, with its buffers after the flatbuffer, is byte for byte the same in two runs."""
+    from graph_convert.ir.onnx_io import EXTERNAL_DATA_ENV
+    from tests.test_big_models import square_net
+
+    onnx.save(square_net(), tmp_path / "big.onnx")
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, "1000")
+    convert(tmp_path, ["big.onnx", "-o", "first"], hash_seed=1)
+    convert(tmp_path, ["big.onnx", "-o", "second"], hash_seed=2)
+    files = set(_files(tmp_path / "first"))
+    assert EXPECTED | {"model.rewritten.onnx.data"} <= files, sorted(files)
+    report = json.loads((tmp_path / "first" / "report.json").read_text())
+    assert report["weights"]["tflite"].startswith("converted with stand-ins"), report["weights"]
+    assert differences(tmp_path / "first", tmp_path / "second") == []

@@ -79,9 +79,50 @@ def _keep_external(model: onnx.ModelProto, base: str) -> None:
             read_in(t)
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+def _parse(path: str) -> onnx.ModelProto:
+    """The model in ``path`` (its external data not read), parsed from a read-only mapping of the
+    file rather than from a copy of it in memory."""
+    import mmap
+
+    model = onnx.ModelProto()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            model.ParseFromString(view)
+        finally:
+            view.release()
+    return model
+
+
+def _spill(model: onnx.ModelProto, folder: str) -> onnx.ModelProto:
+    """A large model given as one file: its initializers of PLACEHOLDER_BYTES and more are written
+    to ``folder``/weights.data, one at a time, and the model returned refers to them there (as a
+    model with external data saved in ``folder``: each weight memory-mapped when read). The returned proto is a new,
+    small one: protobuf keeps a cleared field's memory until its message is dropped."""
+    os.makedirs(folder, exist_ok=True)
+    location = os.path.join(folder, "weights.data")
+    with open(location, "wb") as f:
+        for t in model.graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) < PLACEHOLDER_BYTES:
+                continue
+            offset = f.tell()
+            f.write(t.raw_data)
+            f.write(b"\0" * (-f.tell() % 64))  # every weight starts 64-byte aligned
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for k, v in (("location", "weights.data"), ("offset", str(offset)), ("length", str(_proto_nbytes(t)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+    shell = onnx.ModelProto()
+    shell.ParseFromString(model.SerializeToString())
+    return shell
+
+
+def load_model(path: str | os.PathLike, spill_to: str | None = None) -> onnx.ModelProto:
     """Read an .onnx file with a clear error for a missing, empty, truncated or corrupt file. A
-    large model's weights (``external_data_threshold()``) stay in its external data file."""
+    large model's weights (``external_data_threshold()``) stay in its external data file; a large
+    model given as one file has them written to ``spill_to`` (a folder of the caller's) when given,
+    and read from there the same way."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ConvertError(f"{path}: no such file")
@@ -90,14 +131,19 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if os.path.getsize(path) == 0:
         raise ConvertError(f"{path}: file is empty, not an ONNX model")
     try:
-        model = onnx.load(path, load_external_data=False)
+        model = _parse(path)
     except Exception as e:  # protobuf's DecodeError and friends
         raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {type(e).__name__}: {e})") from None
     external = _check_external_data(model, path)
+    checked = path
+    if not external and spill_to is not None and sum(_proto_nbytes(t) for t in model.graph.initializer) >= external_data_threshold():
+        model, external = _spill(model, spill_to), True
+        checked = os.path.join(spill_to, "model.onnx")  # the checker reads it (and not its weights) from there
+        onnx.save(model, checked)
     try:
         from onnx.external_data_helper import load_external_data_for_model
 
-        base = os.path.dirname(os.path.abspath(path))
+        base = os.path.dirname(os.path.abspath(checked))
         if external and sum(_proto_nbytes(t) for t in model.graph.initializer) >= external_data_threshold():
             _keep_external(model, base)
         else:
@@ -111,7 +157,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         # the checker serializes a model given in memory: one with external data is checked from
         # its file (the proto without the weights), never copied whole nor past protobuf's 2 GB
-        onnx.checker.check_model(path if external else model)
+        onnx.checker.check_model(checked if external else model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ConvertError(f"{path}: ONNX checker rejected the model: {first}") from None

@@ -61,6 +61,7 @@ class EmitContext:
     _true: Any = None
     const_reads: set = field(default_factory=set)  # tensors read through ``const`` by the node being emitted
     _exact: dict = field(default_factory=dict)  # id(tensor) -> (tensor, value) of run-time-built constants
+    placeholders: Any = None  # tf.large_tflite.Placeholders: large weights become splat stand-ins
 
     def exact_constant(self, value):
         """A constant holding +-inf that TFLite keeps exact, or ``None`` when the graph has no input
@@ -109,6 +110,9 @@ class EmitContext:
                 return exact
         if arr.size < WEIGHT_MIN_ELEMENTS or arr.dtype.kind != "f":
             return tf.constant(arr)
+        if self.placeholders is not None:  # the trace for a large .tflite: no variables at all
+            self._n_weights += 1
+            return self.placeholders.make(self._n_weights - 1, arr)
         # tf.function traces a function that creates variables twice; the second trace must get
         # the same variables back, in the same order
         i = self._n_weights
@@ -247,11 +251,14 @@ def _probe(args):
     return None
 
 
-def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aware: Collection[str] = ()) -> Traced:
+def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aware: Collection[str] = (),
+                   placeholders=None) -> Traced:
     """Trace the graph into a ``tf.function``. ``layout_aware``: op types whose emitters read the
     layout marks themselves (a registry's ``layout_aware``); every other layout-marked node gets
     its inputs transposed back to the source layout and its outputs forward. ``batch`` (a
-    :class:`graph_convert.dynamic.BatchView`) makes the batch dim dynamic."""
+    :class:`graph_convert.dynamic.BatchView`) makes the batch dim dynamic. ``placeholders`` (a
+    :class:`graph_convert.tf.large_tflite.Placeholders`): every weight that would be a variable
+    is a constant instead, the large ones splat stand-ins (see that module)."""
     import tensorflow as tf
 
     missing = missing_emitters(graph, emitters)
@@ -272,7 +279,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
     variables: list = []
 
     def fn(*args):
-        ctx = EmitContext(graph, opset, batch=batch, variables=variables)
+        ctx = EmitContext(graph, opset, batch=batch, variables=variables, placeholders=placeholders)
         env = ctx.env
         for x, a in zip(graph.inputs, args):
             env[x] = a

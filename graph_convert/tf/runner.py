@@ -17,17 +17,20 @@ def run_tf(concrete, in_names: list[str], feeds: Mapping[str, np.ndarray], graph
     return {k: v.numpy() for k, v in out.items()}
 
 
-def interpreter(model: bytes | str, allocate: bool = True):
+def interpreter(model: bytes | str, allocate: bool = True, delegate: bool = True):
     """A 1-thread LiteRT interpreter, tensors allocated unless ``allocate=False`` (then no
     delegate is applied either: the op list is the flatbuffer's); the delegate's INFO line to
-    fd 2 ("Created TensorFlow Lite XNNPACK delegate") is kept off the user's terminal."""
-    from ai_edge_litert.interpreter import Interpreter
+    fd 2 ("Created TensorFlow Lite XNNPACK delegate") is kept off the user's terminal.
+    ``delegate=False``: LiteRT's builtin kernels only, which read the weights where the file
+    maps them (XNNPACK packs a second copy of every weight it takes)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    kw = {} if delegate else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     with quiet_fds():
         if isinstance(model, (bytes, bytearray)):
-            it = Interpreter(model_content=bytes(model), num_threads=1)
+            it = Interpreter(model_content=bytes(model), num_threads=1, **kw)
         else:
-            it = Interpreter(model_path=model, num_threads=1)
+            it = Interpreter(model_path=model, num_threads=1, **kw)
         if allocate:
             it.allocate_tensors()
     return it
@@ -36,9 +39,10 @@ def interpreter(model: bytes | str, allocate: bool = True):
 _interpreter = interpreter
 
 
-def run_tflite(model: str | bytes, feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the ``serving_default`` signature of a .tflite (path or bytes) once."""
-    interp = _interpreter(model)
+def run_tflite(model: str | bytes, feeds_by_tf_name: Mapping[str, np.ndarray], delegate: bool = True) -> dict[str, np.ndarray]:
+    """Run the ``serving_default`` signature of a .tflite (path or bytes) once (``delegate``: see
+    :func:`interpreter`)."""
+    interp = _interpreter(model, delegate=delegate)
     runner = interp.get_signature_runner("serving_default")
     try:
         return {k: np.array(v) for k, v in runner(**feeds_by_tf_name).items()}

@@ -78,12 +78,17 @@ def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str
         return converter.convert()
 
 
-def convert_tflite(concrete, module, path: str, *, large: bool = False, saved_model: str | None = None) -> None:
-    """Write the float32 .tflite of the SavedModel's ``serving_default`` function to ``path``."""
+def tflite_flatbuffer_checked(concrete, module, *, large: bool = False, saved_model: str | None = None) -> bytes:
+    """:func:`tflite_flatbuffer`, TensorFlow's error as one ConvertError line."""
     try:
-        data = tflite_flatbuffer(concrete, module, large=large, saved_model=saved_model)
+        return tflite_flatbuffer(concrete, module, large=large, saved_model=saved_model)
     except Exception as e:
         msg = " ".join(str(e).split())
         raise ConvertError(f"TFLite conversion failed: {msg[:600]}") from None
+
+
+def convert_tflite(concrete, module, path: str, *, large: bool = False, saved_model: str | None = None) -> None:
+    """Write the float32 .tflite of the SavedModel's ``serving_default`` function to ``path``."""
+    data = tflite_flatbuffer_checked(concrete, module, large=large, saved_model=saved_model)
     with open(path, "wb") as f:
         f.write(data)
