@@ -311,33 +311,47 @@ def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("op, why", [("Mul", "have no buffer of their own"),  # the scale goes into the weights
-                                     ("Add", "depend on a weight's value")])  # a constant goes into a bias
-def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(op, why, tmp_path, monkeypatch):
-    """TensorFlow's converter folds a constant scale before a MatMul into the FULLY_CONNECTED weights
-    (as a LayerNorm's scale before a transformer's projections) and a constant added before it into
-    the bias (computed from the weight): the stand-ins cannot be used (the weight's buffer holds
-    something else; the bias differs between the two stand-in conversions), the SavedModel is
-    converted with its weights instead, and the run says so and verifies."""
+def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(tmp_path, monkeypatch):
+    """TensorFlow's converter folds a constant added before a FULLY_CONNECTED into its bias, computed
+    from the weight (here MatMul -> Add -> Gemm: the Add's constant goes through the Gemm's weight
+    into its bias): that bias differs between the two stand-in conversions, the stand-ins are not
+    used, the SavedModel is converted with its weights instead, and the run says so and verifies."""
     import graph_convert as gc
 
     rng = np.random.default_rng(4)
-    inits = {"g": rng.uniform(0.5, 1.5, 512).astype(np.float32), "wm": (rng.standard_normal((512, 64)) * 0.04).astype(np.float32)}
-    nodes = [helper.make_node(op, ["x", "g"], ["s"], name="scale"), helper.make_node("MatMul", ["s", "wm"], ["y"], name="proj")]
-    if op == "Add":  # MatMul -> Add -> Gemm: the converter folds the Add's constant through the Gemm's weight into its bias
-        inits = {"wm": inits["wm"], "c": rng.standard_normal((1, 64)).astype(np.float32),
-                 "gt": (rng.standard_normal((64, 64)) * 0.1).astype(np.float32), "gb": rng.standard_normal(64).astype(np.float32)}
-        nodes = [helper.make_node("MatMul", ["x", "wm"], ["m"], name="proj"), helper.make_node("Add", ["m", "c"], ["s"], name="plus"),
-                 helper.make_node("Gemm", ["s", "gt", "gb"], ["y"], name="gemm", transB=1)]
+    inits = {"wm": (rng.standard_normal((512, 64)) * 0.04).astype(np.float32), "c": rng.standard_normal((1, 64)).astype(np.float32),
+             "gt": (rng.standard_normal((64, 64)) * 0.1).astype(np.float32), "gb": rng.standard_normal(64).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "wm"], ["m"], name="proj"), helper.make_node("Add", ["m", "c"], ["s"], name="plus"),
+             helper.make_node("Gemm", ["s", "gt", "gb"], ["y"], name="gemm", transB=1)]
     graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
                               [numpy_helper.from_array(a, n) for n, a in inits.items()])
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
     r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
     assert r["weights"]["tflite"].startswith("converted from the SavedModel with its weights (stand-ins not usable: "), r["weights"]
-    assert why in r["weights"]["tflite"], r["weights"]
+    assert "depend on a weight's value" in r["weights"]["tflite"], r["weights"]
     assert r["verification"]["tflite_float32"]["y"]["ok"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_scale_before_a_projection_stays_a_mul_with_stand_ins(tmp_path, monkeypatch):
+    """A constant scale right before a MatMul (an RMSNorm's or a bias-free LayerNorm's weight):
+    TensorFlow's converter would fold it into the FULLY_CONNECTED weights (the stand-in's buffer
+    lost); the stand-in conversion tells it not to, so the scale stays a MUL and the stand-in is
+    used, and the file verifies."""
+    import graph_convert as gc
+
+    rng = np.random.default_rng(4)
+    inits = {"g": rng.uniform(0.5, 1.5, 512).astype(np.float32), "wm": (rng.standard_normal((512, 64)) * 0.04).astype(np.float32)}
+    nodes = [helper.make_node("Mul", ["x", "g"], ["s"], name="scale"), helper.make_node("MatMul", ["s", "wm"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
+    assert r["weights"]["tflite"].startswith("converted with stand-ins, 1 buffers filled"), r["weights"]
+    assert r["tflite"]["ops"] == {"MUL": 1, "FULLY_CONNECTED": 1}, r["tflite"]["ops"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"]
 
 
 def test_a_large_model_in_one_file_is_not_held_in_memory(tmp_path, monkeypatch):
@@ -372,3 +386,62 @@ def test_a_full_disk_is_said_as_such(tmp_path, monkeypatch):
     with pytest.raises(gc.ConvertError, match=r"^write SavedModel: no space left on the device \(No space left on device\)"):
         gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False)
     assert os.listdir(tmp_path) == []
+
+
+
+def layer_norm_projections(exporter: str, path) -> str:
+    """A transformer block's LayerNorm -> projections, 1024 wide (so that its scale, shift and
+    biases are as large as the weights that get stand-ins): LayerNorm -> two Linears (as Q and K)
+    -> Linear back to 1024 + residual -> LayerNorm without shift -> Linear; every scale, shift and
+    bias random."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    torch.manual_seed(5)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = torch.nn.LayerNorm(1024), torch.nn.LayerNorm(1024, bias=False)
+            self.q, self.k = torch.nn.Linear(1024, 64), torch.nn.Linear(1024, 64)
+            self.up, self.head = torch.nn.Linear(128, 1024), torch.nn.Linear(1024, 16)
+            for ln in (self.ln1, self.ln2):
+                torch.nn.init.uniform_(ln.weight, 0.5, 1.5)
+            torch.nn.init.normal_(self.ln1.bias)
+
+        def forward(self, x):
+            h = self.ln1(x)
+            x = x + self.up(torch.cat([self.q(h), self.k(h)], -1))
+            return self.head(self.ln2(x))
+
+    kw = {"dynamo": False, "opset_version": 17} if exporter == "legacy" else {"dynamo": True}
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Block().eval(), (torch.randn(1, 4, 1024),), str(path), **kw)
+    assert sum(n.op_type == "LayerNormalization" for n in onnx.load(str(path)).graph.node) == 2
+    return str(path)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_layer_norm_before_projections_converts_with_stand_ins(exporter, tmp_path, monkeypatch):
+    """ViT-L's pattern, LayerNorm -> projections: the four weight matrices get stand-ins and the
+    file verifies. What it takes: the scales, shifts and biases (vectors) stay real in the stand-in
+    trace (a splat there is a scalar to TensorFlow's converter, which folds it into the projections
+    after it); the shift is added at full rank (a 1-D one would be folded into the projections'
+    biases, computed from the stand-in weights); the converter is told not to fold a scale into the
+    FULLY_CONNECTED weights (the LayerNorm without shift)."""
+    import graph_convert as gc
+
+    src = tmp_path / "src"
+    src.mkdir()
+    path = layer_norm_projections(exporter, src / "m.onnx")
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(path, None, tmp_path / "out").report
+    assert r["weights"]["tflite"].startswith("converted with stand-ins, 4 buffers filled from the SavedModel's variables"), r["weights"]
+    assert "verified on LiteRT's builtin kernels" in r["weights"]["tflite"]
+    assert all(f["ok"] for f in r["verification"]["tflite_float32"].values()), r["verification"]["tflite_float32"]
+    assert r["tflite"]["ops"].get("FULLY_CONNECTED") == 4, r["tflite"]["ops"]

@@ -4,7 +4,8 @@ TensorFlow's converter holds several copies of every weight at its peak (the Sav
 variables, the frozen constants, the flatbuffer's buffers, the bytes handed back to Python): 5.5x
 the weights for a whole run. So a large model is traced again with every large float32 weight
 replaced by a *splat* stand-in of the same shape (one value, distinct per weight, which
-TensorFlow's GraphDef and MLIR keep as that one value), converted with the buffers placed after
+TensorFlow's GraphDef and MLIR keep as that one value; vectors, such as biases and norms' scales,
+stay as they are: see ``_vector``), converted with the buffers placed after
 the flatbuffer (buffer offsets), and written with every buffer that holds a stand-in filled with
 the real weight, read from the SavedModel's variables one at a time.
 
@@ -14,10 +15,13 @@ Two things a splat cannot show are settled before the file is kept:
   permutation follows from the TensorFlow op that read the weight and the TFLite op that reads
   the buffer (``_layout``), and any other pair is refused;
 - folding: the converter computes some constants from others (a scale before a MatMul goes into
-  the FULLY_CONNECTED weights, a constant added before it into the bias). So the conversion is
-  done twice, with two sets of stand-in values: a buffer that is not a stand-in must come out
-  byte for byte the same both times (it does not depend on any weight's value), and a stand-in's
-  buffers must be the same buffers both times.
+  the FULLY_CONNECTED weights, a 1-D constant added before it into the bias). The first is turned
+  off for the stand-in conversion (the scale stays a MUL), and a LayerNorm's shift is added at full
+  rank in the stand-in trace (tf/ops/norm.py), which the second does not fold: ViT's LayerNorm ->
+  Q/K/V and MLP projections. For the rest the conversion is done twice, with two sets of stand-in
+  values: a buffer that is not a stand-in must come out byte for byte the same both times (it
+  does not depend on any weight's value), and a stand-in's buffers must be the same buffers both
+  times.
 A refusal raises :class:`NotPlaceable` and the caller converts the real weights instead. The file
 written is then verified in LiteRT against ONNX Runtime like any other.
 """
@@ -50,6 +54,15 @@ class _Weight:
     tensor: Any  # the splat constant in the traced graph
 
 
+def _vector(shape: tuple[int, ...]) -> bool:
+    """At most one dimension past 1: a per-channel vector (a bias, a LayerNorm's scale or shift).
+    Such a weight is converted as it is: a splat in its place is a scalar to TensorFlow's
+    converter, which then folds it where it folds no vector (a LayerNorm's splat scale and shift go
+    into the projections after it, ViT's Q/K/V and MLP weights, whose stand-ins are then lost), and
+    vectors are a small part of any model's weights."""
+    return sum(d > 1 for d in shape) < 2
+
+
 @dataclass
 class Placeholders:
     """The stand-ins made while tracing (``EmitContext.weight`` calls :meth:`make`)."""
@@ -61,7 +74,7 @@ class Placeholders:
     def make(self, index: int, arr: np.ndarray):
         import tensorflow as tf
 
-        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_WEIGHTS:
+        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_WEIGHTS or _vector(arr.shape):
             return tf.constant(arr)
         value = float(np.float32(self.base[0] + (index + 1) * self.base[1]))
         t = tf.constant(value, shape=arr.shape, dtype=tf.float32)  # one float in the GraphDef
@@ -251,7 +264,7 @@ def _converted(graph, emitters: dict[str, Any], base: tuple[float, float], batch
 
     ph = Placeholders(base)
     traced = build_function(graph, emitters, batch=batch, layout_aware=layout_aware, placeholders=ph)
-    data = tflite_flatbuffer_checked(traced.concrete, None, large=True)
+    data = tflite_flatbuffer_checked(traced.concrete, None, large=True, fuse_mul_and_fc=False)
     return data, plan(data, ph)
 
 

@@ -52,7 +52,8 @@ def buffer_offsets_supported() -> bool:
     return hasattr(lite, "_check_model_use_buffer_offset")
 
 
-def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str | None = None) -> bytes:
+def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str | None = None,
+                     fuse_mul_and_fc: bool = True) -> bytes:
     """The float32 .tflite (builtin ops only) of a traced function. Converted from the concrete
     function itself (the same graph the SavedModel holds, with the same signature name and I/O
     names): reading the SavedModel back would load it twice more. Raises TensorFlow's error.
@@ -63,7 +64,8 @@ def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str
     cost more time and memory than the conversion itself). ``saved_model``: convert that folder
     (``concrete``/``module`` unused): TensorFlow converts a concrete function by first saving it
     as a SavedModel to a temporary folder, a second copy of every weight when one is written
-    already."""
+    already. ``fuse_mul_and_fc=False``: a multiplication by a constant before a FULLY_CONNECTED
+    stays a MUL (the converter would fold it into the weights)."""
     import tensorflow as tf
 
     if saved_model is not None:
@@ -74,14 +76,17 @@ def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str
     if large:
         converter._experimental_use_buffer_offset = True
         converter.exclude_conversion_metadata = True
+    if not fuse_mul_and_fc:
+        converter._experimental_disable_fuse_mul_and_fc = True
     with quiet_fds():
         return converter.convert()
 
 
-def tflite_flatbuffer_checked(concrete, module, *, large: bool = False, saved_model: str | None = None) -> bytes:
+def tflite_flatbuffer_checked(concrete, module, *, large: bool = False, saved_model: str | None = None,
+                             fuse_mul_and_fc: bool = True) -> bytes:
     """:func:`tflite_flatbuffer`, TensorFlow's error as one ConvertError line."""
     try:
-        return tflite_flatbuffer(concrete, module, large=large, saved_model=saved_model)
+        return tflite_flatbuffer(concrete, module, large=large, saved_model=saved_model, fuse_mul_and_fc=fuse_mul_and_fc)
     except Exception as e:
         msg = " ".join(str(e).split())
         raise ConvertError(f"TFLite conversion failed: {msg[:600]}") from None

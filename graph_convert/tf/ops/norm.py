@@ -49,6 +49,16 @@ def emit_instance_norm(node, x, ctx):
     return _back(d * tf.math.rsqrt(var + node.attr("epsilon", 1e-5)) * scale + bias, dt)
 
 
+def _shift(b, rank: int, ctx):
+    """A LayerNorm's shift: in the trace for a large .tflite (weights as stand-ins,
+    tf/large_tflite.py) added at the input's rank, ``[1, ..., 1, C]``: TensorFlow's converter folds
+    a 1-D constant added before a FULLY_CONNECTED into its bias (``b + shift @ W``, computed from
+    the stand-in W, so the stand-ins would be refused) and no constant of higher rank."""
+    if ctx.placeholders is None or len(b.shape) != 1 or rank < 2:
+        return b
+    return tf.reshape(b, [1] * (rank - 1) + [-1])
+
+
 @emitter("LayerNormalization", "graph_convert::LayerNormalization")  # and its local function
 def emit_layer_norm(node, x, ctx):
     t, dt = _float(node, x[0])
@@ -61,7 +71,7 @@ def emit_layer_norm(node, x, ctx):
     if len(x) > 1 and x[1] is not None:
         y = y * tf.cast(x[1], t.dtype)
     if len(x) > 2 and x[2] is not None:
-        y = y + tf.cast(x[2], t.dtype)
+        y = y + _shift(tf.cast(x[2], t.dtype), rank, ctx)
     outs = [_back(y, dt)]
     for k, v in ((1, mean), (2, inv)):
         if len(node.outputs) > k and node.outputs[k]:
