@@ -38,32 +38,7 @@ VARIANTS = {"default": {}, "heads_first": {"heads_first": True}, "guard_kept": {
 
 
 def latency_ms(paths: dict[str, str], iters: int, rounds: int, threads: int) -> dict[str, float]:
-    import statistics
-    import time
-
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    rng = np.random.default_rng(0)
-    its = {}
-    for k, p in paths.items():
-        it = Interpreter(model_path=p, num_threads=threads)
-        it.allocate_tensors()
-        for d in it.get_input_details():
-            shape, dt = d["shape"], d["dtype"]
-            data = rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating) else rng.integers(0, 100, shape).astype(dt)
-            it.set_tensor(d["index"], data)
-        for _ in range(3):
-            it.invoke()
-        its[k] = it
-    times: dict[str, list[float]] = {k: [] for k in paths}
-    for _ in range(rounds):
-        for k, it in its.items():
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                it.invoke()
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return T.latency_ms(paths, iters, rounds, threads)
 
 
 def run(names, exporters, size, iters, rounds, threads, workdir) -> list[dict]:

@@ -178,14 +178,14 @@ def export(module, inputs, path: str, exporter: str) -> None:
     onnx.save(model, path)
 
 
-def latency_ms(paths: dict[str, str], iters: int, rounds: int) -> dict[str, float]:
-    """Median ms per invoke at 1 thread, the variants interleaved round by round."""
+def latency_ms(paths: dict[str, str], iters: int, rounds: int, threads: int = 1) -> dict[str, float]:
+    """Median ms per invoke at ``threads`` threads, the variants interleaved round by round."""
     from ai_edge_litert.interpreter import Interpreter
 
     rng = np.random.default_rng(0)
     its = {}
     for k, p in paths.items():
-        it = Interpreter(model_path=p, num_threads=1)
+        it = Interpreter(model_path=p, num_threads=threads)
         it.allocate_tensors()
         for d in it.get_input_details():
             shape, dt = d["shape"], d["dtype"]
