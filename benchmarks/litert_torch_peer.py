@@ -69,7 +69,7 @@ def _run_tflite(path: str, inputs, perms) -> np.ndarray:
     it = Interpreter(model_path=path)
     it.allocate_tensors()
     for d, x, p in zip(it.get_input_details(), inputs, perms):
-        it.set_tensor(d["index"], np.ascontiguousarray(x.transpose(p) if p else x))
+        it.set_tensor(d["index"], np.ascontiguousarray((x.transpose(p) if p else x).astype(d["dtype"])))  # int64 ids -> int32
     it.invoke()
     return it.get_tensor(it.get_output_details()[0]["index"])
 
