@@ -10,6 +10,17 @@ module through ONNX (dynamo exporter, as ``graph_convert.convert`` does), with a
     PYTHONPATH=. python benchmarks/litert_torch_peer.py --litert-python /tmp/venv_litert/bin/python
     PYTHONPATH=. python benchmarks/litert_torch_peer.py --models timm_attention --rounds 40
 
+``--hf`` takes Hugging Face models built from their configs instead (``transformers_ops.MODELS``:
+ViT-B/16, BERT-base seq 128, ConvNeXt-T, Swin-T, MobileViT-XXS, LeViT-128S, Segformer-B0), every
+constant parameter made random; the state_dict is saved and loaded into the module rebuilt in the
+litert-torch interpreter (``transformers`` installed there too), so both converters get the same
+weights. Ours converts the TorchScript export at opset 17 ("ts17") and the dynamo export, each by
+default and with ``heads_first``. ``--no-latency`` converts only; ``--reuse`` then times the
+files already in ``--workdir``:
+
+    PYTHONPATH=. python benchmarks/litert_torch_peer.py --hf --no-latency --litert-python /tmp/venv_litert/bin/python
+    PYTHONPATH=. python benchmarks/litert_torch_peer.py --hf --reuse --rounds 30 --litert-python /tmp/venv_litert/bin/python
+
 Timings are printed, never asserted.
 """
 from __future__ import annotations
