@@ -121,6 +121,30 @@ def hf_mobilevit(size):
     return _FirstTensor.wrap(MobileViTModel(cfg, expand_output=False)), (torch.randn(1, 3, 256, 256),)
 
 
+def hf_swin(size):
+    import torch
+    from transformers import SwinConfig, SwinModel
+
+    cfg = SwinConfig(image_size=224, depths=[2, 2, 6, 2] if size == "base" else [1, 1, 2, 1])  # Swin-T
+    return _FirstTensor.wrap(SwinModel(cfg, add_pooling_layer=False)), (torch.randn(1, 3, 224, 224),)
+
+
+def hf_levit(size):
+    import torch
+    from transformers import LevitConfig, LevitModel
+
+    cfg = LevitConfig(image_size=224)  # the config's defaults: LeViT-128S
+    return _FirstTensor.wrap(LevitModel(cfg)), (torch.randn(1, 3, 224, 224),)
+
+
+def hf_segformer(size):
+    import torch
+    from transformers import SegformerConfig, SegformerModel
+
+    cfg = SegformerConfig(image_size=224)  # the config's defaults: MiT-B0, the Segformer-B0 encoder
+    return _FirstTensor.wrap(SegformerModel(cfg)), (torch.randn(1, 3, 224, 224),)
+
+
 def timm_model(name, **kw):
     def make(size):
         import timm
@@ -140,7 +164,7 @@ def tv_vit_b_16(size):
 
 MODELS = {
     "bert": hf_bert, "vit": hf_vit, "convnext": hf_convnext, "gpt2": hf_gpt2, "llama": hf_llama,
-    "clip_vision": hf_clip_vision, "mobilevit": hf_mobilevit,
+    "clip_vision": hf_clip_vision, "mobilevit": hf_mobilevit, "swin": hf_swin, "levit": hf_levit, "segformer": hf_segformer,
     "timm_vit_b16": timm_model("vit_base_patch16_224"), "timm_convnext_t": timm_model("convnext_tiny"),
     "tv_vit_b_16": tv_vit_b_16,
 }

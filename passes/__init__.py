@@ -6,12 +6,14 @@ def register(registry) -> None:
     """Entry point ``graph_convert.plugins: builtin``."""
     from graph_convert_passes import (
         batchnorm_to_affine,
+        cancel_reshape_pair,
         constants_to_initializers,
         drop_nan_guard,
         eliminate_identity,
         fold_batchnorm,
         fold_channel_permutation,
         fold_constants,
+        fold_scale_into_projection,
         fuse_activations,
         fuse_normalizations,
         heads_first,
@@ -26,7 +28,7 @@ def register(registry) -> None:
     )
     for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine, drop_nan_guard,
                 fuse_activations, fuse_normalizations, recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
-                push_transposes, heads_first, merge_slices, prune):
+                push_transposes, heads_first, merge_slices, cancel_reshape_pair, fold_scale_into_projection, prune):
         registry.add_pass(mod.PASS)
     for op_type, handler in transpose_handlers.HANDLERS.items():
         registry.add_transpose_handler(op_type, handler)
