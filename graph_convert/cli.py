@@ -41,13 +41,13 @@ def _positive_finite(text: str) -> float:
     return v
 
 
-def _non_negative_int(text: str) -> int:
+def _non_negative_int(text: str, option: str = "--seed") -> int:
     try:
         v = int(text)
     except ValueError:
         v = -1
     if v < 0:
-        raise ConvertError(f"--seed {text!r}: must be a non-negative integer")
+        raise ConvertError(f"{option} {text!r}: must be a non-negative integer")
     return v
 
 
@@ -193,7 +193,7 @@ def _batch(args) -> int:
         cpus = 0.0
     if not 0 < cpus < 1e6:
         raise ConvertError(f"--cpus-per-model {args.cpus_per_model!r}: must be a positive number")
-    retries = int(args.retries) if args.retries.isdigit() else _positive_int(args.retries, "--retries")
+    retries = _non_negative_int(args.retries, "--retries")
     display = "silent" if args.quiet else ("live" if sys.stdout.isatty() else "plain")
     result = gc.convert_batch(args.batch_inputs, args.output, args=_child_args(args), jobs=_positive_int(args.jobs, "--jobs"),
                               timeout=timeout, memory_limit=memory, engine=args.engine, overwrite=args.overwrite,

@@ -118,29 +118,30 @@ def is_ours(folder: str) -> bool:
     return _entries_if_ours(folder) is not None
 
 
+def remove_if_unlocked(path: str) -> bool:
+    """Remove the folder ``path`` when nobody holds its lock (its run or task died); True if so."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # alive
+    finally:
+        os.close(fd)
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
 def remove_dead_temps(output_dir: str | os.PathLike) -> int:
     """Remove the temporary folders of runs into ``output_dir`` that died (``kill -9``): those whose
     lock nobody holds. A live run's folder is left alone. Returns how many were removed."""
     path = os.path.abspath(os.fspath(output_dir))
     parent, name = os.path.dirname(path), os.path.basename(path)
     pattern = re.compile(r"\." + re.escape(name) + r"\.tmp-[0-9a-f]{16}-[0-9a-f]{8}")
-    removed = 0
-    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
-        if not pattern.fullmatch(entry):
-            continue
-        try:
-            fd = os.open(os.path.join(parent, entry), os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a live run
-        finally:
-            os.close(fd)
-        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-        removed += 1
-    return removed
+    entries = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+    return sum(remove_if_unlocked(os.path.join(parent, e)) for e in entries if pattern.fullmatch(e))
 
 
 def _foreign(folder: str) -> str:

@@ -182,6 +182,10 @@ def test_all_good_exits_zero_and_specs(tmp_path):
     ("one.onnx --bogus\n", [], "list.txt:1: unrecognized arguments: --bogus"),
     ("one.onnx\n", ["--jobs", "0"], "--jobs '0': must be a positive integer"),
     ("one.onnx\n", ["--memory-limit", "lots"], "--memory-limit 'lots': give a size such as 8G"),
+    ("one.onnx\n", ["--timeout", "-3"], "--timeout '-3': give a positive number of seconds"),
+    ("one.onnx --timeout never\n", [], "list.txt:1: --timeout 'never': give a positive number of seconds"),
+    ("one.onnx\n", ["--retries", "x"], "--retries 'x': must be a non-negative integer"),
+    ("one.onnx\n", ["--cpus-per-model", "0"], "--cpus-per-model '0': must be a positive number"),
     ("one.onnx\n", ["--engine", "ray", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: cannot connect"),
 ])
 def test_bad_batch_invocation_is_one_line_and_touches_nothing(tmp_path, manifest, args, message):

@@ -27,7 +27,7 @@ from typing import Any
 from graph_convert.batch.jobs import Job, source_file
 from graph_convert.batch.runner import figures, run_one
 from graph_convert.errors import ConvertError
-from graph_convert.output import OutputDir, OutputError
+from graph_convert.output import OutputDir, OutputError, remove_if_unlocked
 
 FILE_OPTIONS = ("--inputs", "--calibration", "--eval-data")
 BASE_MEMORY = 2 << 30  # bytes a small conversion needs (TensorFlow, ONNX Runtime, torch imported)
@@ -104,18 +104,7 @@ def _private_dir() -> tuple[str, int]:
     base = os.path.join(tempfile.gettempdir(), "graph-convert-ray")
     os.makedirs(base, exist_ok=True)
     for entry in os.listdir(base):
-        path = os.path.join(base, entry)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(path, ignore_errors=True)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
+        remove_if_unlocked(os.path.join(base, entry))
     path = tempfile.mkdtemp(dir=base)
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

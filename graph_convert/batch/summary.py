@@ -9,6 +9,7 @@ import tempfile
 from typing import Any
 
 from graph_convert.errors import ConvertError
+from graph_convert.output import current_umask
 
 TOOL = "graph-convert batch"
 FILES = ("summary.json", "summary.md")
@@ -108,15 +109,10 @@ def write(out_root: str, summary: dict) -> None:
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
             os.replace(tmp, os.path.join(out_root, name))
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
 
-
-def _umask() -> int:
-    from graph_convert.output import current_umask
-
-    return current_umask()
