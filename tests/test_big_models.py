@@ -273,10 +273,16 @@ def test_large_tflite_from_stand_ins_is_the_converters_file(tmp_path, monkeypatc
     and every buffer are those TensorFlow's converter writes from the real weights (a wrong
     permutation of a square weight would show here), it is verified, and it is reproducible."""
     import graph_convert as gc
+    from graph_convert.tf import large_tflite
     from graph_convert.tf.writer import convert_tflite
 
+    plans, right = [], large_tflite.plan
+    monkeypatch.setattr(large_tflite, "plan", lambda data, ph: plans.append(right(data, ph)) or plans[-1])
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
     r = gc.convert(square_net(), None, tmp_path / "out").report
+    # the two weights of 125 KB and more (TensorFlow layouts here) come from the converter as FILL ops, the two smaller in full
+    assert [sorted(f.weight.shape for f in p.fills) for p in plans] == [[(3, 3, 64, 64), (1024, 128)]] * 2
+    assert [sorted(w.shape for w, _ in p.buffers.values()) for p in plans] == [[(5, 5, 64, 1), (128, 128)]] * 2
     assert r["weights"]["tflite"].startswith("converted with stand-ins, 4 buffers filled from the SavedModel's variables"), r["weights"]
     assert "verified on LiteRT's builtin kernels" in r["weights"]["tflite"]
     assert r["verification"]["tflite_float32"]["y"]["ok"]
@@ -290,22 +296,33 @@ def test_large_tflite_from_stand_ins_is_the_converters_file(tmp_path, monkeypatc
     assert (tmp_path / "again" / "model_float32.tflite").read_bytes() == (tmp_path / "out" / "model_float32.tflite").read_bytes()
 
 
-def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(tmp_path, monkeypatch):
-    """The check that guards the stand-ins: a square weight filled in the wrong layout (the shapes
-    agree, only the data order is wrong) fails verification against ONNX Runtime, and nothing is
-    written."""
+@pytest.mark.parametrize("where", ["buffer", "fill"])
+def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(where, tmp_path, monkeypatch):
+    """The check that guards the stand-ins: one weight filled in the wrong layout (the shapes
+    agree or the byte counts do, only the data order is wrong) fails verification against ONNX
+    Runtime, and nothing is written. ``buffer``: the square 128x128 weight, which the converter
+    writes out in full; ``fill``: the 1024x128 one, which it writes as a FILL (written as given
+    instead of transposed)."""
+    import dataclasses
+
     import graph_convert as gc
     from graph_convert.tf import large_tflite
 
     right = large_tflite.plan
 
-    def transposed(data, ph):  # the square weight's permutation reversed: its shape still fits
+    def misplaced(data, ph):
         p = right(data, ph)
-        p.fill = [(off, w, perm[::-1] if len(set(w.shape)) == 1 else perm) for off, w, perm in p.fill]
+        if where == "buffer":
+            b = next(b for b, (w, _) in p.buffers.items() if w.shape == (128, 128))
+            p.buffers[b] = (p.buffers[b][0], p.buffers[b][1][::-1])
+        else:
+            k = next(k for k, f in enumerate(p.fills) if f.weight is not None and f.weight.shape == (1024, 128))
+            assert p.fills[k].perm == (1, 0)
+            p.fills[k] = dataclasses.replace(p.fills[k], perm=(0, 1))
         return p
 
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
-    monkeypatch.setattr(large_tflite, "plan", transposed)
+    monkeypatch.setattr(large_tflite, "plan", misplaced)
     with pytest.raises(gc.VerificationError, match="TFLite"):
         gc.convert(square_net(), None, tmp_path / "out")
     assert os.listdir(tmp_path) == []
@@ -445,3 +462,36 @@ def test_layer_norm_before_projections_converts_with_stand_ins(exporter, tmp_pat
     assert "verified on LiteRT's builtin kernels" in r["weights"]["tflite"]
     assert all(f["ok"] for f in r["verification"]["tflite_float32"].values()), r["verification"]["tflite_float32"]
     assert r["tflite"]["ops"].get("FULLY_CONNECTED") == 4, r["tflite"]["ops"]
+
+
+def test_a_large_splat_of_the_models_own_is_written_as_a_constant(tmp_path):
+    """A large constant holding one value that is no weight's stand-in (here a ``tf.fill`` of a
+    constant shape): the stand-in conversion has the converter write it as a FILL op, and the file
+    written has it as a constant buffer again (no FILL), computing what TensorFlow computes."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from graph_convert.tf import large_tflite as L
+    from graph_convert.tf.writer import tflite_flatbuffer
+
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((256, 256)) * 0.1).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([2, 256], tf.float32)])
+    def f(x):
+        return tf.matmul(x, w) + tf.matmul(tf.nn.relu(x), tf.fill([256, 256], 0.375))
+
+    data = tflite_flatbuffer(f.get_concrete_function(), None, large=True, fuse_mul_and_fc=False, unfold_splats=True)
+    p = L.plan(data, L.Placeholders())
+    assert [(f.shape, f.value, f.weight) for f in p.fills] == [((256, 256), 0.375, None)], p.fills
+    path = str(tmp_path / "m.tflite")
+    assert L.write(data, path, p) == 0
+    it = Interpreter(model_path=path)
+    ops = [d["op_name"] for d in it._get_ops_details()]
+    assert "FILL" not in ops and ops.count("FULLY_CONNECTED") == 2, ops
+    it.allocate_tensors()
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    got, want = it.get_tensor(it.get_output_details()[0]["index"]), f(x).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), np.abs(got - want).max()

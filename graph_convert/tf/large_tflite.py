@@ -120,24 +120,33 @@ def _layout(tf_readers: list[tuple[str, int, bool]], tfl_readers: set[tuple[str,
     return perms.pop()
 
 
-def _tflite_readers(model) -> dict[int, set[tuple[str, int]]]:
-    """buffer index -> {(builtin op name, input index)} over every subgraph."""
+def _op_names(model) -> list[str]:
+    """The builtin op name of every operator code."""
     from tensorflow.lite.python import schema_py_generated as fb
 
     names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
+    out = []
     for k in range(model.OperatorCodesLength()):
         oc = model.OperatorCodes(k)
-        codes.append(names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "CUSTOM"))
-    out: dict[int, set[tuple[str, int]]] = {}
+        out.append(names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "CUSTOM"))
+    return out
+
+
+def _readers(model) -> tuple[dict[int, set[tuple[str, int]]], dict[tuple[int, int], set[tuple[str, int]]]]:
+    """{(builtin op name, input index)} reading each buffer, and reading each (subgraph, tensor)."""
+    codes = _op_names(model)
+    by_buffer: dict[int, set[tuple[str, int]]] = {}
+    by_tensor: dict[tuple[int, int], set[tuple[str, int]]] = {}
     for s in range(model.SubgraphsLength()):
         sg = model.Subgraphs(s)
         for o in range(sg.OperatorsLength()):
             op = sg.Operators(o)
             for j, t in enumerate(op.InputsAsNumpy() if op.InputsLength() else []):
                 if t >= 0:
-                    out.setdefault(sg.Tensors(int(t)).Buffer(), set()).add((codes[op.OpcodeIndex()], j))
-    return out
+                    use = (codes[op.OpcodeIndex()], j)
+                    by_buffer.setdefault(sg.Tensors(int(t)).Buffer(), set()).add(use)
+                    by_tensor.setdefault((s, int(t)), set()).add(use)
+    return by_buffer, by_tensor
 
 
 def _buffer_shapes(model) -> dict[int, list[tuple[tuple[int, ...], int]]]:
@@ -147,9 +156,12 @@ def _buffer_shapes(model) -> dict[int, list[tuple[tuple[int, ...], int]]]:
         sg = model.Subgraphs(s)
         for k in range(sg.TensorsLength()):
             t = sg.Tensors(k)
-            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-            out.setdefault(t.Buffer(), []).append((shape, t.Type()))
+            out.setdefault(t.Buffer(), []).append((_shape(t), t.Type()))
     return out
+
+
+def _shape(t) -> tuple[int, ...]:
+    return tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
 
 
 def _all(view: np.ndarray, test, block: int = 1 << 22) -> bool:
@@ -157,13 +169,35 @@ def _all(view: np.ndarray, test, block: int = 1 << 22) -> bool:
     return all(bool(test(view[i:i + block]).all()) for i in range(0, view.size, block))
 
 
+_FLOAT32, _INT32, _INT64 = 0, 2, 4  # TFLite tensor types
+
+
+@dataclass(frozen=True)
+class Fill:
+    """A FILL of constant shape and value that the converter wrote for a large splat constant
+    (``_experimental_unfold_large_splat_constant``): its output tensor becomes a constant."""
+
+    subgraph: int
+    op: int
+    tensor: int  # the FILL's output
+    shape: tuple[int, ...]
+    value: float
+    weight: _Weight | None  # the weight whose stand-in it is; None: a constant of the model's own
+    perm: tuple[int, ...] = ()
+
+
 @dataclass
 class Plan:
     """Where the stand-ins went in one conversion."""
 
-    fill: list[tuple[int, _Weight, tuple[int, ...]]]  # (file offset, weight, permutation) per stand-in buffer
-    where: dict[int, tuple[int, tuple[int, ...]]]  # buffer index -> (weight index, permutation)
+    buffers: dict[int, tuple[_Weight, tuple[int, ...]]]  # stand-ins written out in full: buffer -> (weight, permutation)
+    fills: list[Fill]  # stand-ins (and the model's own large splats) the converter wrote as FILL ops
+    where: dict[tuple, tuple[int, tuple[int, ...]]]  # buffer or FILL output -> (weight index, permutation)
     others: dict[int, bytes]  # buffer index -> digest of every other buffer
+
+    @property
+    def filled(self) -> int:
+        return len(self.buffers) + sum(f.weight is not None for f in self.fills)
 
     def same_as(self, other: "Plan") -> None:
         """The two conversions (two sets of stand-in values) agree: else NotPlaceable."""
@@ -175,30 +209,76 @@ class Plan:
                                f"folded a weight into them), the first is buffer {moved[0]}")
 
 
+def _constant(data: bytes, model, tensor, dtype) -> np.ndarray | None:
+    """The data of a constant tensor placed after the flatbuffer, or None."""
+    buf = model.Buffers(tensor.Buffer())
+    if buf.Offset() <= 1 or buf.Size() % np.dtype(dtype).itemsize:
+        return None
+    return np.frombuffer(data, dtype, count=buf.Size() // np.dtype(dtype).itemsize, offset=buf.Offset())
+
+
+def _fills(data: bytes, model, ph: Placeholders, by_tensor) -> list[Fill]:
+    """Every FILL of a constant float32 value and a constant shape, with the stand-in it holds."""
+    codes = _op_names(model)
+    out = []
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for o in range(sg.OperatorsLength()):
+            op = sg.Operators(o)
+            if codes[op.OpcodeIndex()] != "FILL" or op.InputsLength() != 2 or op.OutputsLength() != 1:
+                continue
+            dims_t, value_t = (sg.Tensors(int(i)) for i in op.InputsAsNumpy())
+            out_t = int(op.OutputsAsNumpy()[0])
+            dims = _constant(data, model, dims_t, {_INT32: np.int32, _INT64: np.int64}.get(dims_t.Type(), np.uint8))
+            value = _constant(data, model, value_t, np.float32) if value_t.Type() == _FLOAT32 else None
+            if dims is None or value is None or value.size != 1 or dims_t.Type() not in (_INT32, _INT64):
+                continue  # a FILL of the model's own, computed at run time
+            shape = tuple(int(d) for d in dims)
+            if shape != _shape(sg.Tensors(out_t)) or sg.Tensors(out_t).Type() != _FLOAT32:
+                raise NotPlaceable(f"a FILL of shape {shape} writes a tensor of shape {_shape(sg.Tensors(out_t))}")
+            if out_t in set(sg.OutputsAsNumpy().tolist() if sg.OutputsLength() else []):
+                raise NotPlaceable("a large constant is an output of the model")
+            w = ph.weights.get(float(value[0]))
+            perm = ()
+            if w is not None:
+                perm = _layout(_tf_readers(w), by_tensor.get((s, out_t), set()), len(w.shape))
+                if [d for d in shape if d != 1] != [w.shape[p] for p in perm if w.shape[p] != 1]:
+                    raise NotPlaceable(f"weight {w.index} {w.shape} became a FILL of shape {shape}")
+            out.append(Fill(s, o, out_t, shape, float(value[0]), w, perm))
+    return out
+
+
 def plan(data: bytes, ph: Placeholders) -> Plan:
     """Where every stand-in of ``ph`` is in the converted ``data``; raises NotPlaceable."""
     from tensorflow.lite.python import schema_py_generated as fb
 
     model = fb.Model.GetRootAs(data, 0)
-    readers, shapes = _tflite_readers(model), _buffer_shapes(model)
-    out = Plan([], {}, {})
+    (readers, by_tensor), shapes = _readers(model), _buffer_shapes(model)
+    out = Plan({}, _fills(data, model, ph, by_tensor), {}, {})
+    # a stand-in FILL's value differs between the two conversions by design; any other constant
+    # (a FILL of the model's own included) must not
+    values = set()
+    for f in out.fills:
+        if f.weight is not None:
+            out.where[("fill", f.subgraph, f.tensor)] = (f.weight.index, f.perm)
+            values.add(model.Subgraphs(f.subgraph).Tensors(int(model.Subgraphs(f.subgraph).Operators(f.op).InputsAsNumpy()[1])).Buffer())
     for b in range(model.BuffersLength()):
         buf = model.Buffers(b)
         off, size, users = buf.Offset(), buf.Size(), shapes.get(b, [])
-        if off <= 1:
+        if off <= 1 or b in values:
             continue
         view = np.frombuffer(data, np.float32, count=size // 4, offset=off) if size >= 4 and not size % 4 else None
-        w = ph.weights.get(float(view[0])) if view is not None and any(t == 0 for _, t in users) else None  # 0: FLOAT32
+        w = ph.weights.get(float(view[0])) if view is not None and any(t == _FLOAT32 for _, t in users) else None
         if w is None or not _all(view, lambda x: x == np.float32(w.value)):
             out.others[b] = hashlib.sha256(memoryview(data)[off:off + size]).digest()
             continue
         perm = _layout(_tf_readers(w), readers.get(b, set()), len(w.shape))
         moved = [w.shape[p] for p in perm]
-        if size != 4 * int(np.prod(w.shape)) or any([d for d in s if d != 1] != [d for d in moved if d != 1] or t != 0
+        if size != 4 * int(np.prod(w.shape)) or any([d for d in s if d != 1] != [d for d in moved if d != 1] or t != _FLOAT32
                                                     for s, t in users):
             raise NotPlaceable(f"weight {w.index} {w.shape} became a buffer of {size} bytes used as {users}")
-        out.fill.append((off, w, perm))
-        out.where[b] = (w.index, perm)
+        out.buffers[b] = (w, perm)
+        out.where[("buffer", b)] = (w.index, perm)
     lost = sorted({w.index for w in ph.weights.values()} - {i for i, _ in out.where.values()})
     if lost:
         raise NotPlaceable(f"{len(lost)} weight(s) have no buffer of their own in the converted model, the first is "
@@ -206,48 +286,122 @@ def plan(data: bytes, ph: Placeholders) -> Plan:
     return out
 
 
-def _buffer_offset_fields(data: bytes) -> list[tuple[int, int, int]]:
-    """(offset, size, byte position of the offset field) of every buffer placed after the
-    flatbuffer, in buffer order."""
+def _drop_fills(m, fills: list[Fill]) -> tuple[dict[int, tuple], dict[int, int]]:
+    """Turn every FILL of ``fills`` in the unpacked model ``m`` into a constant: the op goes, its
+    output gets a new buffer, its shape and value tensors go when nothing else reads them, and
+    buffers no tensor uses any more go too. Returns {new buffer: ("weight", weight, perm) |
+    ("splat", value, shape)} for the data to write, and {old buffer: new} of the buffers kept."""
     from tensorflow.lite.python import schema_py_generated as fb
 
-    model = fb.Model.GetRootAs(data, 0)
-    out = []
-    for b in range(model.BuffersLength()):
-        buf = model.Buffers(b)
-        if buf.Offset() > 1:
-            out.append((buf.Offset(), buf.Size(), buf._tab.Pos + buf._tab.Offset(6)))
-    return out
+    new: dict[int, tuple] = {}
+    for f in fills:
+        sg = m.subgraphs[f.subgraph]
+        b = len(m.buffers)
+        m.buffers.append(fb.BufferT())
+        sg.tensors[f.tensor].buffer = b
+        new[b] = ("weight", f.weight, f.perm) if f.weight is not None else ("splat", f.value, f.shape)
+    for s, sg in enumerate(m.subgraphs):
+        gone = {f.op for f in fills if f.subgraph == s}
+        if not gone:
+            continue
+        sg.operators = [op for k, op in enumerate(sg.operators) if k not in gone]
+        used = {int(t) for op in sg.operators for seq in (op.inputs, op.outputs, op.intermediates) if seq is not None
+                for t in seq if t >= 0}
+        used |= {int(t) for seq in (sg.inputs, sg.outputs) if seq is not None for t in seq}
+        used |= {t.tensorIndex for sd in m.signatureDefs or () if sd.subgraphIndex == s for t in (*(sd.inputs or ()), *(sd.outputs or ()))}
+        keep = [k for k in range(len(sg.tensors)) if k in used]
+        index = {old: i for i, old in enumerate(keep)}
+        sg.tensors = [sg.tensors[k] for k in keep]
+        for op in sg.operators:
+            for name in ("inputs", "outputs", "intermediates"):
+                seq = getattr(op, name)
+                if seq is not None:
+                    setattr(op, name, [index[int(t)] if t >= 0 else int(t) for t in seq])
+        sg.inputs, sg.outputs = ([index[int(t)] for t in seq] if seq is not None else None for seq in (sg.inputs, sg.outputs))
+        for sd in m.signatureDefs or ():
+            if sd.subgraphIndex == s:
+                for t in (*(sd.inputs or ()), *(sd.outputs or ())):
+                    t.tensorIndex = index[t.tensorIndex]
+    used_b = {0} | {t.buffer for sg in m.subgraphs for t in sg.tensors} | {md.buffer for md in m.metadata or ()}
+    used_b |= set(m.metadataBuffer if m.metadataBuffer is not None else ())
+    keep_b = [b for b in range(len(m.buffers)) if b in used_b]
+    index_b = {old: i for i, old in enumerate(keep_b)}
+    m.buffers = [m.buffers[b] for b in keep_b]
+    for sg in m.subgraphs:
+        for t in sg.tensors:
+            t.buffer = index_b[t.buffer]
+    for md in m.metadata or ():
+        md.buffer = index_b[md.buffer]
+    if m.metadataBuffer is not None:
+        m.metadataBuffer = [index_b[int(b)] for b in m.metadataBuffer]
+    return {index_b[b]: v for b, v in new.items()}, index_b
 
 
-def write(data: bytes, path: str, todo: list[tuple[int, _Weight, tuple[int, ...]]] = (),
-          read_weight: Callable[[int], np.ndarray] | None = None) -> int:
-    """Write the converted ``data`` (buffers after the flatbuffer) to ``path``: the buffers in
-    buffer order (TensorFlow's converter appends them in an order that changes from run to run),
-    each stand-in in ``todo`` (:func:`plan`) replaced by its weight, read by ``read_weight(index)``
-    one at a time. Returns how many buffers were filled."""
-    fields = _buffer_offset_fields(data)
-    fill = {off: (w, perm) for off, w, perm in todo}
-    start = min((off for off, _, _ in fields), default=len(data))
-    end = max((off + size for off, size, _ in fields), default=len(data))
-    head, at = bytearray(data[:start]), start
-    for off, size, pos in fields:
-        head[pos:pos + 8] = at.to_bytes(8, "little")
-        at += size
+_ALIGN = 64  # every buffer after the flatbuffer starts at a multiple of this
+
+
+def _pack(m) -> bytes:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def write(data: bytes, path: str, p: Plan | None = None, read_weight: Callable[[int], np.ndarray] | None = None) -> int:
+    """Write the converted ``data`` (buffers after the flatbuffer) to ``path``: the flatbuffer
+    rebuilt with every buffer placed after it in buffer order (TensorFlow's converter appends them
+    in an order that changes from run to run), each at a multiple of 64 bytes; each stand-in of
+    ``p`` (:func:`plan`) replaced by its weight, read by ``read_weight(index)`` one at a time, in
+    the permutation the TFLite op reads; each FILL of ``p`` replaced by a constant. Returns how
+    many weights were written from ``read_weight``."""
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    m = fb.ModelT.InitFromPackedBuf(data, 0)
+    # what goes in every buffer after the flatbuffer: ("bytes", offset, size) of ``data``, a weight, a splat
+    source: dict[int, tuple] = {b: ("bytes", buf.offset, buf.size) for b, buf in enumerate(m.buffers) if buf.offset > 1}
+    if p is not None:
+        source.update({b: ("weight", w, perm) for b, (w, perm) in p.buffers.items()})
+        if p.fills:
+            new, index_b = _drop_fills(m, p.fills)
+            source = {index_b[b]: v for b, v in source.items() if b in index_b}
+            source.update(new)
+    sizes = {b: (v[2] if v[0] == "bytes" else 4 * int(np.prod(v[1].shape if v[0] == "weight" else v[2]))) for b, v in source.items()}
+    for b in source:
+        m.buffers[b].data, m.buffers[b].offset, m.buffers[b].size = None, 1 << 62, sizes[b]  # same width as the real offset
+    head = len(_pack(m))
+    at = head
+    for b in sorted(source):
+        at += -at % _ALIGN
+        m.buffers[b].offset, at = at, at + sizes[b]
+    packed = _pack(m)
+    if len(packed) != head:
+        raise AssertionError("the flatbuffer changed size when its buffer offsets were set")
+    n = 0
     with open(path, "wb") as f:
-        f.write(head)
-        for off, size, _ in fields:
-            if off not in fill:
-                f.write(memoryview(data)[off:off + size])
-                continue
-            w, perm = fill[off]
-            arr = np.asarray(read_weight(w.index), dtype=np.float32)
-            if arr.shape != w.shape:
-                raise NotPlaceable(f"weight {w.index}: the SavedModel holds shape {arr.shape}, the trace {w.shape}")
-            f.write(memoryview(np.ascontiguousarray(arr.transpose(perm))).cast("B"))
-            del arr
-        f.write(memoryview(data)[end:])
-    return len(todo)
+        f.write(packed)
+        for b in sorted(source):
+            f.write(b"\0" * (m.buffers[b].offset - f.tell()))
+            kind, *args = source[b]
+            if kind == "bytes":
+                f.write(memoryview(data)[args[0]:args[0] + args[1]])
+            elif kind == "splat":
+                _write_splat(f, np.float32(args[0]), int(np.prod(args[1])))
+            else:
+                w, perm = args
+                arr = np.asarray(read_weight(w.index), dtype=np.float32)
+                if arr.shape != w.shape:
+                    raise NotPlaceable(f"weight {w.index}: the SavedModel holds shape {arr.shape}, the trace {w.shape}")
+                f.write(memoryview(np.ascontiguousarray(arr.transpose(perm))).cast("B"))
+                del arr
+                n += 1
+    return n
+
+
+def _write_splat(f, value: np.float32, count: int, block: int = 1 << 20) -> None:
+    chunk = np.full(min(count, block), value, np.float32)
+    for i in range(0, count, block):
+        f.write(memoryview(chunk[:min(block, count - i)]).cast("B"))
 
 
 def saved_model_weights(saved_model: str) -> Callable[[int], np.ndarray]:
@@ -264,7 +418,7 @@ def _converted(graph, emitters: dict[str, Any], base: tuple[float, float], batch
 
     ph = Placeholders(base)
     traced = build_function(graph, emitters, batch=batch, layout_aware=layout_aware, placeholders=ph)
-    data = tflite_flatbuffer_checked(traced.concrete, None, large=True, fuse_mul_and_fc=False)
+    data = tflite_flatbuffer_checked(traced.concrete, None, large=True, fuse_mul_and_fc=False, unfold_splats=True)
     return data, plan(data, ph)
 
 
@@ -274,7 +428,7 @@ def convert(graph, emitters: dict[str, Any], path: str, saved_model: str, *, bat
     else depends on them. Returns the number of buffers filled; raises NotPlaceable (``path``
     removed) when the stand-ins cannot be matched, ConvertError when TensorFlow's converter fails."""
     data, first = _converted(graph, emitters, _BASES[0], batch, layout_aware)
-    n = write(data, path, first.fill, saved_model_weights(saved_model))
+    n = write(data, path, first, saved_model_weights(saved_model))
     del data
     try:
         second = _converted(graph, emitters, _BASES[1], batch, layout_aware)[1]
