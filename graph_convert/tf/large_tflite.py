@@ -5,9 +5,13 @@ variables, the frozen constants, the flatbuffer's buffers, the bytes handed back
 the weights for a whole run. So a large model is traced again with every large float32 weight
 replaced by a *splat* stand-in of the same shape (one value, distinct per weight, which
 TensorFlow's GraphDef and MLIR keep as that one value; vectors, such as biases and norms' scales,
-stay as they are: see ``_vector``), converted with the buffers placed after
-the flatbuffer (buffer offsets), and written with every buffer that holds a stand-in filled with
-the real weight, read from the SavedModel's variables one at a time.
+stay as they are: see ``_vector``), and converted with the buffers placed after the flatbuffer
+(buffer offsets) and every splat constant of 125 KB and more written as a FILL op of its shape
+and value (``_experimental_unfold_large_splat_constant``, the converter's last pass): what comes
+back is a few megabytes, not the weights' size. The file is then written with the flatbuffer
+rebuilt (:func:`write`): every FILL that holds a stand-in becomes a constant again, whose buffer
+is the real weight read from the SavedModel's variables one at a time; a smaller stand-in, which
+the converter writes out in full, has its buffer filled the same way.
 
 Two things a splat cannot show are settled before the file is kept:
 - the layout: the converter may store a weight permuted (a MatMul's ``[in, out]`` becomes
@@ -21,7 +25,9 @@ Two things a splat cannot show are settled before the file is kept:
   Q/K/V and MLP projections. For the rest the conversion is done twice, with two sets of stand-in
   values: a buffer that is not a stand-in must come out byte for byte the same both times (it
   does not depend on any weight's value), and a stand-in's buffers must be the same buffers both
-  times.
+  times. A FILL whose value is no stand-in's (a large one-valued constant of the model's own,
+  the same in both conversions) is written as a constant too: the file has the ops the converter
+  writes without the FILL option.
 A refusal raises :class:`NotPlaceable` and the caller converts the real weights instead. The file
 written is then verified in LiteRT against ONNX Runtime like any other.
 """
