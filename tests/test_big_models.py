@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from graph_convert.errors import ConvertError
 from graph_convert.ir import from_onnx
 from graph_convert.ir.onnx_io import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES, load_model
 from graph_convert.verify import _line, ort_session
@@ -387,6 +388,210 @@ def test_a_large_model_in_one_file_is_not_held_in_memory(tmp_path, monkeypatch):
     assert r["verification"]["tflite_float32"]["y"]["ok"] and r["weights"]["tflite"].startswith("converted with stand-ins")
     assert os.listdir(src) == ["one.onnx"] and sorted(os.listdir(tmp_path)) == ["out", "src"]
     assert ".export" not in os.listdir(tmp_path / "out")
+
+
+def mixed_one_file_net() -> onnx.ModelProto:
+    """Every kind of tensor a one-file model holds, for the streamed read: large raw_data weights
+    (float32, and an int64 table behind a Gather), a small raw_data bias and a small int64 shape
+    (inline), a large weight given as float_data (no raw_data: stays in the proto), a large tensor
+    inside a Constant node (left where it is)."""
+    rng = np.random.default_rng(7)
+    w1 = (rng.standard_normal((64, 128)) * 0.1).astype(np.float32)  # 32 KB raw_data: moved out
+    b1 = rng.standard_normal(128).astype(np.float32)  # 512 B: inline
+    w2 = (rng.standard_normal((128, 32)) * 0.1).astype(np.float32)  # 16 KB as float_data: inline
+    table = rng.integers(-3, 4, (1024, 32)).astype(np.int64)  # 256 KB raw_data: moved out
+    const = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)  # 4 KB in a Constant node
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
+             helper.make_tensor("w2", TensorProto.FLOAT, w2.shape, w2.ravel().tolist()),
+             numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1, 32], np.int64), "shape"),
+             numpy_helper.from_array(np.array([5], np.int64), "row")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"), helper.make_node("Add", ["m1", "b1"], ["a1"], name="bias1"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu1"), helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="fc2"),
+             helper.make_node("Constant", [], ["k"], name="const", value=numpy_helper.from_array(const, "k")),
+             helper.make_node("MatMul", ["m2", "k"], ["m3"], name="fc3"),
+             helper.make_node("Gather", ["table", "row"], ["g"], name="lookup", axis=0),
+             helper.make_node("Cast", ["g"], ["gf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["m3", "gf"], ["s"], name="plus_row"),
+             helper.make_node("Reshape", ["s", "shape"], ["y"], name="reshape")]
+    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], inits, doc_string="one file")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
+    model.metadata_props.add(key="k", value="v")
+    return model
+
+
+@pytest.fixture
+def one_file(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save(mixed_one_file_net(), src / "mixed.onnx")
+    return src / "mixed.onnx"
+
+
+def test_a_one_file_model_is_read_by_streaming_its_weights_out(one_file, tmp_path, monkeypatch):
+    """The shell read from a one-file model holds everything the file holds, field by field: the
+    large raw_data weights now refer to the spill folder's data file (each 64-byte aligned, its
+    bytes those of the source), everything else as it was; the user's file is not touched."""
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    before = one_file.read_bytes()
+    original = onnx.load(str(one_file))
+    spill = tmp_path / "spill"
+    model = load_model(one_file, spill_to=str(spill))
+    assert one_file.read_bytes() == before and sorted(os.listdir(spill)) == ["model.onnx", "weights.data"]
+    moved = {t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    assert moved == {"w1", "table"}
+    for a, b in zip(original.graph.initializer, model.graph.initializer, strict=True):
+        assert (a.name, list(a.dims), a.data_type) == (b.name, list(b.dims), b.data_type)
+        if b.name not in moved:
+            assert a == b, b.name  # inline as it was (the float_data one included)
+            continue
+        entries = {e.key: e.value for e in b.external_data}
+        assert entries["location"] == str(spill / "weights.data") and int(entries["offset"]) % 64 == 0
+        assert not b.HasField("raw_data") and int(entries["length"]) == len(a.raw_data)
+        dtype = helper.tensor_dtype_to_np_dtype(a.data_type)
+        back = np.fromfile(spill / "weights.data", dtype=dtype, count=int(np.prod(a.dims)), offset=int(entries["offset"]))
+        np.testing.assert_array_equal(back.reshape(tuple(a.dims)), numpy_helper.to_array(a))
+    assert model.graph.node == original.graph.node  # the Constant node's tensor left where it was
+    for f in ("input", "output", "value_info", "sparse_initializer"):
+        assert list(getattr(model.graph, f)) == list(getattr(original.graph, f)), f
+    assert (model.graph.name, model.graph.doc_string) == (original.graph.name, original.graph.doc_string)
+    assert list(model.opset_import) == list(original.opset_import) and list(model.metadata_props) == list(original.metadata_props)
+    assert (model.ir_version, model.producer_name) == (original.ir_version, original.producer_name)
+
+
+def test_a_mixed_one_file_model_converts_and_matches_onnx_runtime(one_file, tmp_path, monkeypatch):
+    """The streamed read end to end: the model converts with its weights mapped from the spill
+    folder, the rewritten ONNX, the SavedModel and the .tflite give ONNX Runtime's numbers on the
+    user's file, and the spill folder is gone with the temporary folder."""
+    import tensorflow as tf
+
+    import graph_convert as gc
+
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    out = tmp_path / "out"
+    r = gc.convert(str(one_file), None, out).report
+    assert r["source"]["weights_memory_mapped"] == 2 and "weights_spilled" in r["source"], r["source"]
+    assert all(f["ok"] for k in ("rewritten_onnx", "tensorflow", "tflite_float32") for f in r["verification"][k].values()), r["verification"]
+    x = np.random.default_rng(8).standard_normal((1, 64)).astype(np.float32)
+    want = _source_outputs(one_file, x)
+    got = ort.InferenceSession(str(out / "model.rewritten.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    interp = tf.lite.Interpreter(model_path=str(out / "model_float32.tflite"))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    np.testing.assert_allclose(interp.get_tensor(interp.get_output_details()[0]["index"]), want, rtol=1e-4, atol=1e-4)
+    assert sorted(os.listdir(tmp_path)) == ["out", "src"] and os.listdir(one_file.parent) == ["mixed.onnx"]
+    assert ".export" not in os.listdir(out)
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+    return out + bytes([n])
+
+
+def _cut_inside_a_weight(model: onnx.ModelProto) -> bytes:
+    """The model with its first initializer cut in the middle of its raw_data, the lengths of the
+    initializer and of the graph made to fit: every field well-formed up to the raw_data, whose
+    length runs past its tensor."""
+    first = model.graph.initializer[0]
+    tensor = first.SerializeToString()
+    tensor = tensor[:tensor.index(first.raw_data) + 5000]  # still long enough to be read field by field
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    del graph.initializer[0]
+    graph_bytes = graph.SerializeToString() + b"\x2a" + _varint(len(tensor)) + tensor  # field 5 (initializer)
+    rest = onnx.ModelProto()
+    rest.CopyFrom(model)
+    rest.ClearField("graph")
+    return rest.SerializeToString() + b"\x3a" + _varint(len(graph_bytes)) + graph_bytes  # field 7 (graph)
+
+
+@pytest.mark.parametrize("damage", ["cut inside a weight", "cut inside the graph's header", "initializer past its graph"])
+def test_a_damaged_one_file_model_is_one_line(damage, tmp_path):
+    """A one-file model cut or corrupted where the streamed read meets it: exit 2, one line naming
+    the file as not a valid ONNX model, no traceback, nothing left behind (no output, no temporary
+    folder, no spilled weights)."""
+    model = mixed_one_file_net()
+    data = model.SerializeToString()
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / "bad.onnx"
+    threshold, said = FORCED, "the graph at byte"
+    if damage == "cut inside a weight":
+        path.write_bytes(data[:data.index(model.graph.initializer[0].raw_data) + 1000])
+    elif damage == "cut inside the graph's header":
+        path.write_bytes(data[:data.index(b"fc1") + 2])  # inside the first node
+        threshold = "1"  # so small a file is read by streaming too
+    else:
+        path.write_bytes(_cut_inside_a_weight(model))
+        said = "a tensor's raw_data at byte"
+    env = dict(os.environ, PYTHONPATH=ROOT, **{EXTERNAL_DATA_ENV: threshold})
+    r = subprocess.run([sys.executable, "-m", "graph_convert.cli", "convert", str(path), "-o", str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"graph-convert: error: {path}: not a valid ONNX model (truncated or corrupt: {said}"), lines
+    assert "past the end of" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["src"] and os.listdir(src) == ["bad.onnx"]
+
+
+@pytest.mark.parametrize("tail, said", [(b"\xff", "not terminated|cut off"), (b"\x0f", "wire type 7"), (b"\x3a\x80", "cut off")])
+def test_bad_wire_format_after_the_graph_is_caught_by_the_streamed_read(tail, said, one_file, tmp_path, monkeypatch):
+    """An unterminated varint, a bad wire type, a length cut off at the end of a one-file model: the
+    clean error, and the spill folder (with the weights written before it) removed."""
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    path = tmp_path / "tail.onnx"
+    path.write_bytes(one_file.read_bytes() + tail)
+    with pytest.raises(ConvertError, match=rf"^{path}: not a valid ONNX model \(truncated or corrupt: .*({said})"):
+        load_model(path, spill_to=str(tmp_path / "spill"))
+    assert not (tmp_path / "spill").exists()
+
+
+def test_a_large_file_with_external_data_of_its_own_is_read_as_before(external_file, tmp_path, monkeypatch):
+    """A file over the threshold that already has external data: nothing is spilled, its weights
+    stay in its own data file."""
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, "1")
+    model = load_model(external_file, spill_to=str(tmp_path / "spill"))
+    kept = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert {t.name for t in kept} == {"w", "fc", "head"} and not (tmp_path / "spill").exists()
+    assert all(e.value == str(external_file.parent / "m.onnx.data") for t in kept for e in t.external_data if e.key == "location")
+
+
+MEASURE = """
+import sys
+from graph_convert.ir.onnx_io import load_model
+def kb(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) counts from here: the imports' peak is not the load's
+before = kb("VmRSS")
+model = load_model(sys.argv[1], spill_to=sys.argv[2])
+print(kb("VmHWM") - before)
+"""
+
+
+def test_a_one_file_model_is_read_without_its_weights_in_memory(tmp_path):
+    """The peak memory of reading a 48 MB one-file model (in a process of its own): a few MB, not
+    the file's pages nor a parsed copy of its weights (each would be 48 MB: the whole file parsed
+    took 96 MB more)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure one step's peak memory")
+    weights = [np.full((2048, 2048), i, np.float32) for i in range(3)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"fc{i}") for i in range(3)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2048])],
+                              [helper.make_tensor_value_info("h3", TensorProto.FLOAT, [1, 2048])],
+                              [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mlp.onnx")
+    del weights, graph
+    env = dict(os.environ, PYTHONPATH=ROOT, **{EXTERNAL_DATA_ENV: str(16 << 20)})
+    r = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / "mlp.onnx"), str(tmp_path / "spill")],
+                       env=env, capture_output=True, text=True, timeout=600, check=True)
+    grown_mb = int(r.stdout.strip()) / 1024
+    assert grown_mb < 24, f"reading the model took {grown_mb:.0f} MB more"
+    assert os.path.getsize(tmp_path / "spill" / "weights.data") >= 3 * 2048 * 2048 * 4
 
 
 def test_a_full_disk_is_said_as_such(tmp_path, monkeypatch):

@@ -94,27 +94,40 @@ def _parse(path: str) -> onnx.ModelProto:
     return model
 
 
-def _spill(model: onnx.ModelProto, folder: str) -> onnx.ModelProto:
-    """A large model given as one file: its initializers of PLACEHOLDER_BYTES and more are written
-    to ``folder``/weights.data, one at a time, and the model returned refers to them there (as a
-    model with external data saved in ``folder``: each weight memory-mapped when read). The returned proto is a new,
-    small one: protobuf keeps a cleared field's memory until its message is dropped."""
+def _spill(path: str, folder: str) -> onnx.ModelProto | None:
+    """A large model given as one file: its top-level initializers' raw_data of PLACEHOLDER_BYTES
+    and more are streamed to ``folder``/weights.data while the file is read (its wire format walked
+    with buffered reads, see :mod:`graph_convert.ir.onnx_stream`: neither the file nor a weight is
+    held in memory), and the small model returned refers to them there (as a model with external
+    data saved in ``folder``: each weight memory-mapped when read). None, and nothing left in
+    ``folder``, when the model is not one to spill (it has external data of its own, or its
+    initializers are below the threshold): it is then read as it always was."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    from graph_convert.ir.onnx_stream import spill_one_file
+
+    made = not os.path.exists(folder)
     os.makedirs(folder, exist_ok=True)
     location = os.path.join(folder, "weights.data")
-    with open(location, "wb") as f:
-        for t in model.graph.initializer:
-            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) < PLACEHOLDER_BYTES:
-                continue
-            offset = f.tell()
-            f.write(t.raw_data)
-            f.write(b"\0" * (-f.tell() % 64))  # every weight starts 64-byte aligned
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            for k, v in (("location", "weights.data"), ("offset", str(offset)), ("length", str(_proto_nbytes(t)))):
-                e = t.external_data.add()
-                e.key, e.value = k, v
-    shell = onnx.ModelProto()
-    shell.ParseFromString(model.SerializeToString())
+
+    def undo() -> None:
+        if os.path.exists(location):
+            os.remove(location)
+        if made:
+            os.rmdir(folder)
+
+    try:
+        data, spilled, external = spill_one_file(path, location, PLACEHOLDER_BYTES)
+        shell = onnx.ModelProto()
+        shell.ParseFromString(data)
+    except BaseException:
+        undo()
+        raise
+    del data
+    if (external or not spilled or sum(uses_external_data(t) for t in _get_all_tensors(shell)) != spilled
+            or sum(_proto_nbytes(t) for t in shell.graph.initializer) < external_data_threshold()):
+        undo()
+        return None
     return shell
 
 
@@ -130,16 +143,30 @@ def load_model(path: str | os.PathLike, spill_to: str | None = None) -> onnx.Mod
         raise ConvertError(f"{path}: is a directory, expected an .onnx file")
     if os.path.getsize(path) == 0:
         raise ConvertError(f"{path}: file is empty, not an ONNX model")
-    try:
-        model = _parse(path)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {type(e).__name__}: {e})") from None
-    external = _check_external_data(model, path)
-    checked = path
-    if not external and spill_to is not None and sum(_proto_nbytes(t) for t in model.graph.initializer) >= external_data_threshold():
-        model, external = _spill(model, spill_to), True
+    from google.protobuf.message import DecodeError
+
+    from graph_convert.ir.onnx_stream import WireError
+
+    model, checked = None, path
+    # a file of the threshold's size may be a large model in one file: its weights are moved out
+    # while it is read, never parsed whole (deciding needs no parse); an OSError (a full disk) is
+    # said as such by the caller
+    if spill_to is not None and os.path.getsize(path) >= external_data_threshold():
+        try:
+            model = _spill(path, spill_to)
+        except WireError as e:
+            raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {e})") from None
+        except DecodeError as e:  # well-formed fields, but a message inside one is not
+            raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {type(e).__name__}: {e})") from None
+    if model is not None:
         checked = os.path.join(spill_to, "model.onnx")  # the checker reads it (and not its weights) from there
         onnx.save(model, checked)
+    else:
+        try:
+            model = _parse(path)
+        except Exception as e:  # protobuf's DecodeError and friends
+            raise ConvertError(f"{path}: not a valid ONNX model (truncated or corrupt: {type(e).__name__}: {e})") from None
+    external = _check_external_data(model, checked)
     try:
         from onnx.external_data_helper import load_external_data_for_model
 
