@@ -700,3 +700,41 @@ def test_a_large_splat_of_the_models_own_is_written_as_a_constant(tmp_path):
     it.invoke()
     got, want = it.get_tensor(it.get_output_details()[0]["index"]), f(x).numpy()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), np.abs(got - want).max()
+
+
+def test_infinities_are_written_as_the_converter_writes_them(tmp_path):
+    """TensorFlow's converter writes a constant's +-inf as the largest finite float, in a pass that
+    reads every element of every constant (stand-ins too: most of a large model's conversion
+    time), which the stand-in conversion skips; the file written does the same to every float
+    buffer. (The emitters build a model's own infinities at run time, see
+    ``EmitContext.exact_constant``: this is a function traced by hand.) The file is the one the
+    converter writes from the real weight, with its default passes."""
+    import tensorflow as tf
+
+    from graph_convert.tf import large_tflite as L
+    from graph_convert.tf.writer import tflite_flatbuffer
+
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((256, 256)) * 0.05).astype(np.float32)  # 256 KB: the converter writes its stand-in as a FILL
+    low = np.where(rng.uniform(size=(4, 256)) < 0.3, -np.inf, -0.05).astype(np.float32)
+    high = np.where(rng.uniform(size=256) < 0.5, np.inf, 0.05).astype(np.float32)
+
+    def traced(weight):
+        @tf.function(input_signature=[tf.TensorSpec([4, 256], tf.float32)])
+        def f(x):
+            return tf.minimum(tf.maximum(tf.matmul(x, weight()), low), high)
+        return f.get_concrete_function()
+
+    ph = L.Placeholders()
+    data = tflite_flatbuffer(traced(lambda: ph.make(0, w)), None, large=True, fuse_mul_and_fc=False, unfold_splats=True,
+                             inf_to_max=False)
+    p = L.plan(data, ph)
+    assert [f.weight.shape for f in p.fills] == [(256, 256)]
+    assert L.write(data, str(tmp_path / "ours.tflite"), p, lambda i: w) == 1
+    with open(tmp_path / "direct.tflite", "wb") as f:
+        f.write(tflite_flatbuffer(traced(lambda: tf.constant(w)), None, large=True))
+    ours, direct = _tflite_contents(tmp_path / "ours.tflite"), _tflite_contents(tmp_path / "direct.tflite")
+    assert ours == direct
+    consts = {t[2] for _, ins, _ in ours for t in ins if t is not None and t[1] == 0 and t[2]}
+    big = np.finfo(np.float32).max
+    assert np.where(low == -np.inf, -big, low).tobytes() in consts and np.where(high == np.inf, big, high).tobytes() in consts

@@ -176,6 +176,7 @@ def _all(view: np.ndarray, test, block: int = 1 << 22) -> bool:
 
 
 _FLOAT32, _INT32, _INT64 = 0, 2, 4  # TFLite tensor types
+_FLOATS = {0: np.float32, 1: np.float16}
 
 
 @dataclass(frozen=True)
@@ -359,8 +360,10 @@ def write(data: bytes, path: str, p: Plan | None = None, read_weight: Callable[[
     rebuilt with every buffer placed after it in buffer order (TensorFlow's converter appends them
     in an order that changes from run to run), each at a multiple of 64 bytes; each stand-in of
     ``p`` (:func:`plan`) replaced by its weight, read by ``read_weight(index)`` one at a time, in
-    the permutation the TFLite op reads; each FILL of ``p`` replaced by a constant. Returns how
-    many weights were written from ``read_weight``."""
+    the permutation the TFLite op reads; each FILL of ``p`` replaced by a constant. Every float
+    buffer is written with +-inf as the largest finite float, as the converter's own pass does
+    (which the stand-in conversion skips, see :func:`_converted`; and which never saw the real
+    weights). Returns how many weights were written from ``read_weight``."""
     from tensorflow.lite.python import schema_py_generated as fb
 
     m = fb.ModelT.InitFromPackedBuf(data, 0)
@@ -372,6 +375,11 @@ def write(data: bytes, path: str, p: Plan | None = None, read_weight: Callable[[
             new, index_b = _drop_fills(m, p.fills)
             source = {index_b[b]: v for b, v in source.items() if b in index_b}
             source.update(new)
+    floats = {}  # buffer -> numpy type of the float tensors reading it
+    for sg in m.subgraphs:
+        for t in sg.tensors:
+            if t.type in _FLOATS:
+                floats[t.buffer] = _FLOATS[t.type]
     sizes = {b: (v[2] if v[0] == "bytes" else 4 * int(np.prod(v[1].shape if v[0] == "weight" else v[2]))) for b, v in source.items()}
     for b in source:
         m.buffers[b].data, m.buffers[b].offset, m.buffers[b].size = None, 1 << 62, sizes[b]  # same width as the real offset
@@ -390,18 +398,28 @@ def write(data: bytes, path: str, p: Plan | None = None, read_weight: Callable[[
             f.write(b"\0" * (m.buffers[b].offset - f.tell()))
             kind, *args = source[b]
             if kind == "bytes":
-                f.write(memoryview(data)[args[0]:args[0] + args[1]])
+                raw = memoryview(data)[args[0]:args[0] + args[1]]
+                f.write(raw if b not in floats else _finite(np.frombuffer(raw, floats[b])))
             elif kind == "splat":
-                _write_splat(f, np.float32(args[0]), int(np.prod(args[1])))
+                _write_splat(f, _finite(np.array([args[0]], np.float32))[0], int(np.prod(args[1])))
             else:
                 w, perm = args
                 arr = np.asarray(read_weight(w.index), dtype=np.float32)
                 if arr.shape != w.shape:
                     raise NotPlaceable(f"weight {w.index}: the SavedModel holds shape {arr.shape}, the trace {w.shape}")
-                f.write(memoryview(np.ascontiguousarray(arr.transpose(perm))).cast("B"))
+                f.write(memoryview(_finite(np.ascontiguousarray(arr.transpose(perm)))).cast("B"))
                 del arr
                 n += 1
     return n
+
+
+def _finite(arr: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """``arr`` with +-inf as the largest finite value of its type (a copy only when it has any)."""
+    flat = arr.reshape(-1)
+    if not any(np.isinf(flat[i:i + block]).any() for i in range(0, flat.size, block)):
+        return arr
+    big = np.finfo(arr.dtype).max
+    return np.where(np.isinf(arr), np.where(arr > 0, big, -big), arr).astype(arr.dtype)
 
 
 def _write_splat(f, value: np.float32, count: int, block: int = 1 << 20) -> None:
@@ -424,7 +442,8 @@ def _converted(graph, emitters: dict[str, Any], base: tuple[float, float], batch
 
     ph = Placeholders(base)
     traced = build_function(graph, emitters, batch=batch, layout_aware=layout_aware, placeholders=ph)
-    data = tflite_flatbuffer_checked(traced.concrete, None, large=True, fuse_mul_and_fc=False, unfold_splats=True)
+    data = tflite_flatbuffer_checked(traced.concrete, None, large=True, fuse_mul_and_fc=False, unfold_splats=True,
+                                     inf_to_max=False)
     return data, plan(data, ph)
 
 

@@ -53,7 +53,7 @@ def buffer_offsets_supported() -> bool:
 
 
 def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str | None = None,
-                     fuse_mul_and_fc: bool = True, unfold_splats: bool = False) -> bytes:
+                     fuse_mul_and_fc: bool = True, unfold_splats: bool = False, inf_to_max: bool = True) -> bytes:
     """The float32 .tflite (builtin ops only) of a traced function. Converted from the concrete
     function itself (the same graph the SavedModel holds, with the same signature name and I/O
     names): reading the SavedModel back would load it twice more. Raises TensorFlow's error.
@@ -66,7 +66,10 @@ def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str
     as a SavedModel to a temporary folder, a second copy of every weight when one is written
     already. ``fuse_mul_and_fc=False``: a multiplication by a constant before a FULLY_CONNECTED
     stays a MUL (the converter would fold it into the weights). ``unfold_splats``: a large
-    constant holding one value is written as a FILL op (its value and shape) rather than in full."""
+    constant holding one value is written as a FILL op (its value and shape) rather than in full.
+    ``inf_to_max=False``: the converter's pass that writes a constant's +-inf as the largest
+    finite float is skipped (it reads every element of every constant, a splat's too: 9 s of a
+    1.6 GB model's stand-in conversion; :func:`graph_convert.tf.large_tflite.write` does it instead)."""
     import tensorflow as tf
 
     if saved_model is not None:
@@ -81,16 +84,18 @@ def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str
         converter._experimental_disable_fuse_mul_and_fc = True
     if unfold_splats:
         converter._experimental_unfold_large_splat_constant = True
+    if not inf_to_max:
+        converter.canonicalizing_inf_as_min_max_float = False
     with quiet_fds():
         return converter.convert()
 
 
 def tflite_flatbuffer_checked(concrete, module, *, large: bool = False, saved_model: str | None = None,
-                             fuse_mul_and_fc: bool = True, unfold_splats: bool = False) -> bytes:
+                             fuse_mul_and_fc: bool = True, unfold_splats: bool = False, inf_to_max: bool = True) -> bytes:
     """:func:`tflite_flatbuffer`, TensorFlow's error as one ConvertError line."""
     try:
         return tflite_flatbuffer(concrete, module, large=large, saved_model=saved_model, fuse_mul_and_fc=fuse_mul_and_fc,
-                                 unfold_splats=unfold_splats)
+                                 unfold_splats=unfold_splats, inf_to_max=inf_to_max)
     except Exception as e:
         msg = " ".join(str(e).split())
         raise ConvertError(f"TFLite conversion failed: {msg[:600]}") from None
