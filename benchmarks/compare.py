@@ -74,8 +74,11 @@ class Run:
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
-def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, timeout: float) -> Run:
+def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, timeout: float,
+                 memory_cap: float | None = None) -> Run:
     """Run ``cmd``; wall time from spawn to exit; peak RSS from wait4() of that child.
+    ``memory_cap`` (bytes): the run is stopped (SIGKILL to its process group, noted) when the RSS
+    of all its processes together passes it, before it can take the machine down.
 
     ru_maxrss of a reaped child is the max over the child and every descendant it reaped
     (onnx2tf's onnxsim subprocesses included): the largest single process, as /usr/bin/time -v.
@@ -88,15 +91,19 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
         t0 = time.perf_counter()
         p = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
-        note = ""
+        note, polls = "", 0
         while True:
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
+            polls += 1
             if time.perf_counter() - t0 > timeout:
+                note = f"timeout after {timeout:.0f}s"
+            elif memory_cap is not None and polls % 50 == 0 and session_rss(p.pid) > memory_cap:
+                note = f"stopped at the {memory_cap / 1e9:.0f} GB memory cap after {time.perf_counter() - t0:.0f}s"
+            if note:
                 os.killpg(p.pid, signal.SIGKILL)
                 pid, status, ru = os.wait4(p.pid, 0)
-                note = f"timeout after {timeout:.0f}s"
                 break
             time.sleep(0.005)
         wall = time.perf_counter() - t0
@@ -109,6 +116,22 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
         except (OSError, ValueError, IndexError):
             pass  # killed before GNU time wrote it: keep the (upper bound) figure from wait4
     return Run(p.returncode == 0 and not note, p.returncode, wall, peak, ru.ru_utime + ru.ru_stime, log_path, note)
+
+
+def session_rss(sid: int) -> int:
+    """Bytes resident in all processes of session ``sid`` together."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # field 6 of stat: the session id
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss in pages
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def log_tail(path: str, n: int = 3) -> str:

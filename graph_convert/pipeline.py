@@ -237,9 +237,11 @@ def convert_onnx2tf(c: Conversion) -> None:
 # constants, MLIR constants, the flatbuffer; the whole run peaked at 5.4-5.5x the weights on
 # 1.6 and 2.4 GB MLPs): erring high, since running out of memory there loses minutes of work
 TFLITE_CONVERTER_COPIES = 6
-# ... and this many when it converts splat stand-ins (tf/large_tflite.py): the stand-ins expanded
-# into its buffers and the bytes handed back to Python (measured: about 1.2x on top of the process)
-TFLITE_STANDIN_COPIES = 2
+# ... and this many when it converts splat stand-ins (tf/large_tflite.py): the converter then holds
+# no weight (its large stand-ins come back as FILL ops), the run's peak is the stages before it,
+# about the weights once on top of the process (whole runs measured at 1.3x the weights at 4 GB,
+# 1.5x at 2.4 GB): one copy, erring high
+TFLITE_STANDIN_COPIES = 1
 
 
 def _check_tflite_size(c: Conversion) -> None:
@@ -255,7 +257,7 @@ def _check_tflite_size(c: Conversion) -> None:
     if not buffer_offsets_supported():
         why = "this TensorFlow's converter cannot place weights after the flatbuffer (buffer offsets)"
     elif not _converter_memory_ok(TFLITE_STANDIN_COPIES, size):
-        why = (f"TensorFlow's converter needs about {(TFLITE_STANDIN_COPIES + 1) * size / 1e9:.0f} GB for them and "
+        why = (f"writing it needs about {(TFLITE_STANDIN_COPIES + 1) * size / 1e9:.0f} GB for them and "
                f"{_available_memory() / 1e9:.0f} GB is available")
     else:
         return
