@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from compare import DEFAULT_ONNX2TF_PYTHON, find_theirs_tflite, run_measured, theirs_cmd, theirs_env  # noqa: E402
+from compare import CALIB_NAME, DEFAULT_ONNX2TF_PYTHON, find_theirs_tflite, log_tail, run_measured, theirs_cmd, theirs_env  # noqa: E402
 
 WIDTH = 8192
 LAYER_BYTES = WIDTH * WIDTH * 4 + WIDTH * 4
@@ -145,6 +145,8 @@ def main() -> int:
         return 0
     work = a.work or tempfile.mkdtemp(prefix="big_models_")
     os.makedirs(work, exist_ok=True)
+    if a.onnx2tf:  # onnx2tf downloads its calibration sample for an image input unless it finds one here
+        np.save(os.path.join(work, CALIB_NAME), np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
     env = dict(os.environ, PYTHONPATH=a.root + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
     rows = []
     try:
@@ -173,7 +175,7 @@ def main() -> int:
                 ok2 = r2.ok and find_theirs_tflite(out2) is not None
                 rows.append({"tool": "onnx2tf", "gb": gb, "layers": layers, "weights_gb": nbytes / 1e9, "ok": ok2, "exit": r2.rc,
                              "wall_s": r2.wall, "peak_rss_gb": r2.peak_rss_mb * 2**20 / 1e9, "stages_s": {}, "stage_peak_rss_gb": {},
-                             "note": r2.note})
+                             "note": r2.note or ("" if ok2 else log_tail(r2.log, 1))})
                 shutil.rmtree(out2, ignore_errors=True)
             for f in os.listdir(work):  # the model and its external data
                 if f.startswith(os.path.splitext(os.path.basename(path))[0]) and os.path.isfile(os.path.join(work, f)):

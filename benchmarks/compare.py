@@ -91,7 +91,7 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
         t0 = time.perf_counter()
         p = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
-        note, polls = "", 0
+        note, polls, capped = "", 0, 0
         while True:
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
@@ -99,8 +99,10 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
             polls += 1
             if time.perf_counter() - t0 > timeout:
                 note = f"timeout after {timeout:.0f}s"
-            elif memory_cap is not None and polls % 50 == 0 and session_rss(p.pid) > memory_cap:
-                note = f"stopped at the {memory_cap / 1e9:.0f} GB memory cap after {time.perf_counter() - t0:.0f}s"
+            elif memory_cap is not None and polls % 50 == 0:
+                capped = max(capped, session_rss(p.pid))
+                if capped > memory_cap:
+                    note = f"stopped at the {memory_cap / 1e9:.0f} GB memory cap after {time.perf_counter() - t0:.0f}s"
             if note:
                 os.killpg(p.pid, signal.SIGKILL)
                 pid, status, ru = os.wait4(p.pid, 0)
@@ -115,6 +117,8 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
                 peak = float(f.read().strip().splitlines()[-1]) / 1024.0
         except (OSError, ValueError, IndexError):
             pass  # killed before GNU time wrote it: keep the (upper bound) figure from wait4
+    if memory_cap is not None:  # killed at the cap: GNU time wrote nothing, the session's sum is the figure
+        peak = max(peak, capped / 2**20)
     return Run(p.returncode == 0 and not note, p.returncode, wall, peak, ru.ru_utime + ru.ru_stime, log_path, note)
 
 
