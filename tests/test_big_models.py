@@ -738,3 +738,25 @@ def test_infinities_are_written_as_the_converter_writes_them(tmp_path):
     consts = {t[2] for _, ins, _ in ours for t in ins if t is not None and t[1] == 0 and t[2]}
     big = np.finfo(np.float32).max
     assert np.where(low == -np.inf, -big, low).tobytes() in consts and np.where(high == np.inf, big, high).tobytes() in consts
+
+
+def test_volume_convolutions_convert_with_stand_ins(tmp_path, monkeypatch):
+    """Conv3D and its transpose keep TensorFlow's filter layout in TFLite (DHWIO; DHW, out, in):
+    both weights get stand-ins, and the file verifies (a wrong layout would not)."""
+    import graph_convert as gc
+
+    rng = np.random.default_rng(8)
+    inits = {"k": (rng.standard_normal((16, 8, 3, 3, 3)) * 0.1).astype(np.float32),
+             "kb": rng.standard_normal(16).astype(np.float32),
+             "t": (rng.standard_normal((16, 12, 2, 2, 2)) * 0.1).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "k", "kb"], ["c"], name="conv3d", pads=[1] * 6),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "t"], ["y"], name="up3d", strides=[2, 2, 2])]
+    graph = helper.make_graph(nodes, "volume", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 8, 12, 12])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
+    assert r["weights"]["tflite"].startswith("converted with stand-ins, 2 buffers filled"), r["weights"]
+    assert r["tflite"]["ops"].get("CONV_3D") == 1 and r["tflite"]["ops"].get("CONV_3D_TRANSPOSE") == 1, r["tflite"]["ops"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"], r["verification"]["tflite_float32"]

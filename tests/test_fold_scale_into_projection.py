@@ -74,3 +74,69 @@ def test_a_second_reader_keeps_the_div():
     g, rec = _graph(True, extra_reader=True)
     assert not rec.changed
     assert g.count("Div") == 1
+
+
+def _layer_scale_graph(scale_shape, *, gemm: bool = False, div: bool = False):
+    """``g * (x @ W + b)`` (or ``/ g``; or a Gemm with transB), every constant random; returns the
+    rewritten graph and the pass's record."""
+    b = Builder(opset=17)
+    x = b.input("x", [2, 12] if gemm else [2, 5, 8])
+    rng = np.random.default_rng(1)
+    if gemm:
+        y = b.op("Gemm", [x, b.const(rng.standard_normal((6, 12)).astype(np.float32)),
+                          b.const(rng.standard_normal(6).astype(np.float32))], transB=1)
+    else:
+        y = b.op("Add", [b.op("MatMul", [x, b.const(rng.standard_normal((8, 6)).astype(np.float32))]),
+                         b.const(rng.standard_normal(6).astype(np.float32))])
+    g = b.const(rng.uniform(0.5, 1.5, scale_shape).astype(np.float32))
+    b.output(b.op("Relu", [b.op("Div" if div else "Mul", [y, g] if div else [g, y])]))
+    model = b.model()
+    out, records = run_pipeline(model, keep_io_layout=True)
+    assert_equivalent(model, out)
+    return out, [r for r in records if r.name == "fold_scale_into_projection"][0]
+
+
+@pytest.mark.parametrize("shape,gemm,div", [((6,), False, False), ((1, 1, 6), False, False), ((6,), False, True),
+                                            ((6,), True, False), ((1, 6), True, True)])
+def test_a_layer_scale_goes_into_the_weights(shape, gemm, div):
+    """A per-output-channel Mul/Div right after the projection (ConvNeXt's gamma, LayerScale)."""
+    g, rec = _layer_scale_graph(shape, gemm=gemm, div=div)
+    assert rec.changed and rec.details == {"folded": 1}, rec
+    assert g.count("Mul") == 0 and g.count("Div") == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 1),      # over the tokens, not the channels
+                                   (5, 6),         # a full matrix
+                                   (1, 1, 1, 6)])  # would broadcast the output to rank 4
+def test_a_scale_that_is_no_channel_scale_stays(shape):
+    g, rec = _layer_scale_graph(shape)
+    assert not rec.changed, rec
+    assert g.count("Mul") == 1
+
+
+class LayerScaleMlp(nn.Module):
+    """A ViT MLP with timm's LayerScale: ``x + ls * fc2(gelu(fc1(norm(x))))``, every parameter random."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(D), nn.Linear(D, 2 * D), nn.Linear(2 * D, D)
+        self.ls = nn.Parameter(torch.empty(D).uniform_(0.1, 1.0))
+        nn.init.uniform_(self.norm.weight, 0.5, 1.5)
+        nn.init.normal_(self.norm.bias)
+
+    def forward(self, x):
+        return x + self.ls * self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_layer_scale_of_a_real_block_folds_and_matches(exporter, tmp_path):
+    """Both exporters' LayerScale: the scale goes into fc2, no MUL is left in the .tflite, and it
+    matches ONNX Runtime."""
+    source = export(LayerScaleMlp(), tmp_path / "m.onnx", exporter)
+    result = convert(str(tmp_path / "m.onnx"), None, tmp_path / "out")
+    rec = [p for p in result.report["passes"] if p["name"] == "fold_scale_into_projection"][0]
+    assert rec["changed"] and rec["details"]["folded"] == 1, rec
+    for stage in ("rewritten_onnx", "tensorflow", "tflite_float32"):
+        assert all(f["ok"] for f in result.report["verification"][stage].values()), stage
+    _tflite_vs_ort(result, source)

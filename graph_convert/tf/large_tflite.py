@@ -115,10 +115,14 @@ def _layout(tf_readers: list[tuple[str, int, bool]], tfl_readers: set[tuple[str,
         perms = {same if flag else (1, 0) for op, i, flag in tf_readers if op in _MATMUL and i == 1}
     elif tfl_readers == {("CONV_2D", 1)}:
         perms = {(3, 0, 1, 2) for op, i, _ in tf_readers if op == "Conv2D" and i == 1}  # HWIO -> OHWI
+    elif tfl_readers == {("CONV_3D", 1)}:  # TensorFlow's DHWIO is TFLite's
+        perms = {same for op, i, _ in tf_readers if op == "Conv3D" and i == 1}
+    elif tfl_readers == {("CONV_3D_TRANSPOSE", 1)}:  # [d, h, w, out, in] in both
+        perms = {same for op, i, _ in tf_readers if op == "Conv3DBackpropInputV2" and i == 1}
     elif tfl_readers == {("TRANSPOSE_CONV", 1)}:
         perms = {(2, 0, 1, 3) for op, i, _ in tf_readers if op == "Conv2DBackpropInput" and i == 1}  # [h, w, out, in] -> OHWI
     elif tf_readers and all(op in _SAME_ORDER_TF for op, _, _ in tf_readers) and not any(
-            name in ("FULLY_CONNECTED", "CONV_2D", "TRANSPOSE_CONV") and j == 1 for name, j in tfl_readers):
+            name in ("FULLY_CONNECTED", "CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "CONV_3D_TRANSPOSE") and j == 1 for name, j in tfl_readers):
         perms = {same}
     if len(perms) != 1:
         raise NotPlaceable(f"no known layout for a weight read by TensorFlow's {sorted(set(tf_readers))} and TFLite's "
