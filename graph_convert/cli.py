@@ -401,7 +401,7 @@ def options_from_args(args) -> ConvertOptions:
         int8_io=args.int8_io, quant_debug=args.quant_debug,
         float_ops=args.float_ops.split(",") if args.float_ops is not None else (), min_sqnr=args.min_sqnr,
         min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size, backend=args.backend,
-        onnx2tf_python=args.onnx2tf_python)
+        onnx2tf_python=args.onnx2tf_python, free_source_model=True)
 
 
 def _one_line(e: BaseException) -> str:

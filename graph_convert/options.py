@@ -69,6 +69,12 @@ class ConvertOptions:
     size: Any = None
     backend: str = "graph-convert"  # "onnx2tf": onnx2tf converts, we verify; "auto": ours, onnx2tf for what we cannot emit
     onnx2tf_python: str | None = None  # the interpreter that runs onnx2tf (default: this one)
+    # a PyTorch model this run builds from a spec string ('file.py:factory', 'module:attr') has its
+    # weights freed once exported: the exporter's rewrite rules keep a reference to the last
+    # model they matched, so it would otherwise stay in memory for the whole run (1x the weights).
+    # The command line sets it (the process is its own); from Python, only when nothing else
+    # holds that model
+    free_source_model: bool = False
     quant: Any = field(init=False, default=None, compare=False, repr=False)  # QuantOptions | None
 
     def __post_init__(self) -> None:

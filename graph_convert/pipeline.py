@@ -152,7 +152,8 @@ def load_plugins(c: Conversion) -> None:
 
 
 def load_source(c: Conversion) -> None:
-    c.model, c.source_info = resolve_source(c.source, c.example_inputs, c.options.input_shapes, c.work, c.options.dynamic_batch)
+    c.model, c.source_info = resolve_source(c.source, c.example_inputs, c.options.input_shapes, c.work, c.options.dynamic_batch,
+                                            free_built=c.options.free_source_model)
     check_weights(c.model)
     c.source_graph = from_onnx(c.model)
     opsets = dict(c.source_graph.model_meta.get("opset_import", []))

@@ -19,8 +19,11 @@ from graph_convert.ir import Graph, load_model
 EXPORT_DIR = ".export"
 
 
-def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Any accepted source -> (ONNX model, provenance facts for the report)."""
+def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False,
+                   free_built: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Any accepted source -> (ONNX model, provenance facts for the report). ``free_built``: a
+    PyTorch model built here from a spec string has its weights freed once exported (see
+    ``ConvertOptions.free_source_model``)."""
     from graph_convert import export as ex
 
     info: dict[str, Any] = {}
@@ -71,7 +74,18 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
     finally:
         if not keep:
             shutil.rmtree(export_dir, ignore_errors=True)
+        if free_built and isinstance(source, str):
+            _free_weights(module)
     return model, info
+
+
+def _free_weights(module) -> None:
+    """Every parameter and buffer of ``module`` left empty: the exported file holds them now."""
+    import torch
+
+    with torch.no_grad():
+        for t in (*module.parameters(), *module.buffers()):
+            t.data = torch.empty(0, dtype=t.dtype)
 
 
 def _weights_kept(model: onnx.ModelProto) -> dict[str, Any]:
