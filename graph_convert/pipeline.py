@@ -453,8 +453,11 @@ def _write_large_tflite(c: Conversion, path: str) -> None:
 
     emitters = _emitters(c)[0]
     try:
-        n = L.convert(c.graph, emitters, path, c.paths["saved_model"], batch=c.view, layout_aware=c.registry.layout_aware)
-        c.tflite_weights = f"converted with stand-ins, {n} buffers filled from the SavedModel's variables"
+        done = L.convert(c.graph, emitters, path, c.paths["saved_model"], batch=c.view, layout_aware=c.registry.layout_aware)
+        c.tflite_weights = f"converted with stand-ins, {done.filled} buffers filled from the SavedModel's variables"
+        if done.kept:
+            c.tflite_weights += (f", {len(done.kept)} weight(s) that the converter folds converted as they are "
+                                 f"({sum(done.kept.values()) / 1e6:.2f} MB)")
         return
     except L.NotPlaceable as e:
         c.tflite_weights = f"converted from the SavedModel with its weights (stand-ins not usable: {e})"

@@ -786,3 +786,33 @@ def test_a_model_built_from_a_spec_is_freed_once_exported(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         rss_kb[flag] = int(out.stdout.split()[-1])
     assert rss_kb["0"] - rss_kb["1"] > 100_000, rss_kb  # KB: most of the 134 MB
+
+
+def test_a_weight_the_converter_folds_away_is_converted_as_it_is(tmp_path, monkeypatch):
+    """BERT's embeddings: a position table and a token-type row added to the gathered word
+    embeddings. TensorFlow's converter adds the two constants together first, so the position
+    table's stand-in has no buffer of its own (the sum is computed from it); the conversion is
+    tried again with that one weight converted as it is, the others stay stand-ins, and the file
+    verifies."""
+    import graph_convert as gc
+
+    rng = np.random.default_rng(9)
+    inits = {"table": (rng.standard_normal((1000, 256)) * 0.5).astype(np.float32),
+             "pos": (rng.standard_normal((1, 16, 256)) * 0.5).astype(np.float32),
+             "token_type": rng.standard_normal(256).astype(np.float32),
+             "gamma": rng.uniform(0.5, 1.5, 256).astype(np.float32), "beta": rng.standard_normal(256).astype(np.float32),
+             "w": (rng.standard_normal((256, 128)) * 0.06).astype(np.float32)}
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Add", ["e", "pos"], ["q"], name="positions"),
+             helper.make_node("Add", ["q", "token_type"], ["p"], name="token_type"),
+             helper.make_node("LayerNormalization", ["p", "gamma", "beta"], ["n"], name="norm", axis=-1),
+             helper.make_node("MatMul", ["n", "w"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "embeddings", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 128])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
+    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out",
+                   inputs={"ids": rng.integers(0, 1000, (1, 16))}).report
+    assert r["weights"]["tflite"].startswith("converted with stand-ins, 2 buffers filled from the SavedModel's variables, "
+                                             "1 weight(s) that the converter folds converted as they are (0.02 MB)"), r["weights"]
+    assert r["verification"]["tflite_float32"]["y"]["ok"], r["verification"]["tflite_float32"]

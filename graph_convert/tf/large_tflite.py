@@ -49,7 +49,13 @@ _BASES, _MAX_WEIGHTS = ((1.5, 2.0 ** -20), (1.25, 2.0 ** -21)), (1 << 19) - 1
 
 
 class NotPlaceable(Exception):
-    """The stand-ins cannot be matched to the converter's buffers with certainty (the message says why)."""
+    """The stand-ins cannot be matched to the converter's buffers with certainty (the message says
+    why). ``lost``: {weight index: bytes} of the stand-ins that have no buffer of their own (the
+    converter folded them into something else)."""
+
+    def __init__(self, message: str, lost: dict[int, int] | None = None):
+        super().__init__(message)
+        self.lost = lost or {}
 
 
 @dataclass
@@ -75,12 +81,14 @@ class Placeholders:
 
     base: tuple[float, float] = _BASES[0]
     min_bytes: int = PLACEHOLDER_BYTES  # smaller weights are converted as they are
+    keep: frozenset[int] = frozenset()  # the weights (by index) converted as they are
     weights: dict[float, _Weight] = field(default_factory=dict)  # the stand-in's value -> weight
 
     def make(self, index: int, arr: np.ndarray):
         import tensorflow as tf
 
-        if arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_WEIGHTS or _vector(arr.shape):
+        if (arr.dtype != np.float32 or arr.nbytes < self.min_bytes or index >= _MAX_WEIGHTS or _vector(arr.shape)
+                or index in self.keep):
             return tf.constant(arr)
         value = float(np.float32(self.base[0] + (index + 1) * self.base[1]))
         t = tf.constant(value, shape=arr.shape, dtype=tf.float32)  # one float in the GraphDef
@@ -292,8 +300,9 @@ def plan(data: bytes, ph: Placeholders) -> Plan:
         out.where[("buffer", b)] = (w.index, perm)
     lost = sorted({w.index for w in ph.weights.values()} - {i for i, _ in out.where.values()})
     if lost:
+        sizes = {w.index: 4 * int(np.prod(w.shape)) for w in ph.weights.values() if w.index in lost}
         raise NotPlaceable(f"{len(lost)} weight(s) have no buffer of their own in the converted model, the first is "
-                           f"weight {lost[0]}")
+                           f"weight {lost[0]}", sizes)
     return out
 
 
@@ -440,29 +449,54 @@ def saved_model_weights(saved_model: str) -> Callable[[int], np.ndarray]:
     return lambda i: reader.get_tensor(f"weights/{i}/.ATTRIBUTES/VARIABLE_VALUE")
 
 
-def _converted(graph, emitters: dict[str, Any], base: tuple[float, float], batch, layout_aware) -> tuple[bytes, Plan]:
+def _converted(graph, emitters: dict[str, Any], base: tuple[float, float], batch, layout_aware,
+               keep: frozenset[int] = frozenset()) -> tuple[bytes, Plan]:
     from graph_convert.tf.emitter import build_function
     from graph_convert.tf.writer import tflite_flatbuffer_checked
 
-    ph = Placeholders(base)
+    ph = Placeholders(base, keep=keep)
     traced = build_function(graph, emitters, batch=batch, layout_aware=layout_aware, placeholders=ph)
     data = tflite_flatbuffer_checked(traced.concrete, None, large=True, fuse_mul_and_fc=False, unfold_splats=True,
                                      inf_to_max=False)
     return data, plan(data, ph)
 
 
-def convert(graph, emitters: dict[str, Any], path: str, saved_model: str, *, batch=None, layout_aware=()) -> int:
+# a weight the converter folds into something else (a splat added before a LayerNorm, a table
+# gathered at constant indices) is converted as it is in another try, while all such weights
+# together are at most this share of the model's weights (the converter holds copies of them)
+KEEP_SHARE = 0.1
+
+
+@dataclass
+class Converted:
+    filled: int  # buffers filled from the SavedModel
+    kept: dict[int, int]  # weight index -> bytes, of the weights converted as they are
+
+
+def convert(graph, emitters: dict[str, Any], path: str, saved_model: str, *, batch=None, layout_aware=()) -> Converted:
     """Trace ``graph`` with stand-ins, convert, and write ``path`` with the SavedModel's weights
     in place of the stand-ins; convert again with other stand-in values and check that nothing
-    else depends on them. Returns the number of buffers filled; raises NotPlaceable (``path``
-    removed) when the stand-ins cannot be matched, ConvertError when TensorFlow's converter fails."""
-    data, first = _converted(graph, emitters, _BASES[0], batch, layout_aware)
+    else depends on them. Stand-ins the converter folds away are converted as they are instead,
+    up to ``KEEP_SHARE`` of the weights. Raises NotPlaceable (``path`` removed) when the
+    stand-ins cannot be matched, ConvertError when TensorFlow's converter fails."""
+    kept: dict[int, int] = {}
+    while True:
+        try:
+            data, first = _converted(graph, emitters, _BASES[0], batch, layout_aware, frozenset(kept))
+            break
+        except NotPlaceable as e:
+            if not e.lost or set(e.lost) & set(kept):
+                raise
+            kept.update(e.lost)
+            if sum(kept.values()) > KEEP_SHARE * graph.weight_bytes:
+                raise NotPlaceable(f"{e}; the {len(kept)} weight(s) the converter folds ({sum(kept.values()) / 1e6:.1f} MB) are more "
+                                   f"than {KEEP_SHARE:.0%} of the weights") from None
     n = write(data, path, first, saved_model_weights(saved_model))
     del data
     try:
-        second = _converted(graph, emitters, _BASES[1], batch, layout_aware)[1]
+        second = _converted(graph, emitters, _BASES[1], batch, layout_aware, frozenset(kept))[1]
         first.same_as(second)
     except BaseException:
         os.remove(path)  # ours, written just now
         raise
-    return n
+    return Converted(n, kept)
