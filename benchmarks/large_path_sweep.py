@@ -50,8 +50,12 @@ def convert(path: str, out: str) -> dict:
         with open(os.path.join(out, "report.json")) as f:
             r = json.load(f)
         w = r["weights"]["tflite"]
-        row["weights"] = ("stand-ins: " + w.split(",")[1].split(" buffers")[0].strip() + " filled" if w.startswith("converted with stand-ins")
-                          else "converter, real weights: " + w.split("stand-ins not usable: ")[-1].split(");")[0])
+        if w.startswith("converted with stand-ins"):
+            row["weights"] = "stand-ins: " + w.split(",")[1].split(" buffers")[0].strip() + " filled"
+            if "converter folds converted as they are" in w:
+                row["weights"] += ", " + w.split(", ")[2].split(" that")[0] + " as they are"
+        else:
+            row["weights"] = "converter, real weights: " + w.split("stand-ins not usable: ")[-1].split(");")[0]
         row["err"] = max(f["max_abs"] / f["scale"] if f["scale"] else f["max_abs"] for f in r["verification"]["tflite_float32"].values())
         row["transpose"] = r["tflite"]["transpose_ops"]
     return row

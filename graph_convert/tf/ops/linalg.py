@@ -42,7 +42,7 @@ def emit_gemm(node, x, ctx):
         bv = bv.T if tb else bv
         if alpha != 1.0:
             bv, alpha = bv * alpha, 1.0
-        b, tb = ctx.weight(np.ascontiguousarray(bv), a.dtype), 0
+        b, tb = ctx.weight(bv, a.dtype), 0  # a transposed view: the variable copies it once, a stand-in never
     else:
         (b,), _ = _lite(node, "float", x[1])
     y = tf.linalg.matmul(a, b, transpose_a=bool(ta), transpose_b=bool(tb))
