@@ -85,6 +85,8 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
     Linux carries a forked child's high-water mark (the parent's RSS at fork) across exec, so a
     direct child of this (by then large) process would report at least our own RSS: the command
     runs under GNU time, forked from that small process, and its figure is the one taken."""
+    from graph_convert.batch.runner import session_rss  # the batch runner's memory limit reads the same figure
+
     rss_file = log_path + ".maxrss"
     wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file, *cmd] if GNU_TIME else cmd
     with open(log_path, "wb") as log:
@@ -102,7 +104,7 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
             elif memory_cap is not None and polls % 50 == 0:
                 capped = max(capped, session_rss(p.pid))
                 if capped > memory_cap:
-                    note = f"stopped at the {memory_cap / 1e9:.0f} GB memory cap after {time.perf_counter() - t0:.0f}s"
+                    note = f"stopped at the {memory_cap / 1e9:.3g} GB memory cap after {time.perf_counter() - t0:.0f}s"
             if note:
                 os.killpg(p.pid, signal.SIGKILL)
                 pid, status, ru = os.wait4(p.pid, 0)
@@ -120,22 +122,6 @@ def run_measured(cmd: list[str], cwd: str, env: dict[str, str], log_path: str, t
     if memory_cap is not None:  # killed at the cap: GNU time wrote nothing, the session's sum is the figure
         peak = max(peak, capped / 2**20)
     return Run(p.returncode == 0 and not note, p.returncode, wall, peak, ru.ru_utime + ru.ru_stime, log_path, note)
-
-
-def session_rss(sid: int) -> int:
-    """Bytes resident in all processes of session ``sid`` together."""
-    total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:  # field 6 of stat: the session id
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss in pages
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
 
 
 def log_tail(path: str, n: int = 3) -> str:

@@ -32,7 +32,7 @@ def convert_command(job: Job, output: str, overwrite: bool) -> list[str]:
         (["--overwrite"] if overwrite else [])
 
 
-def _session_rss(sid: int) -> int:
+def session_rss(sid: int) -> int:
     """Resident bytes of every process in session ``sid`` (the convert and its children)."""
     total = 0
     page = os.sysconf("SC_PAGE_SIZE")
@@ -87,7 +87,7 @@ class _Watch:
         while not self._reap():
             if self.job.memory_limit is not None and time.monotonic() - sampled >= SAMPLE:
                 sampled = time.monotonic()
-                rss = _session_rss(self.proc.pid)
+                rss = session_rss(self.proc.pid)
                 self.peak = max(self.peak, rss)
                 if rss > self.job.memory_limit:
                     self._stop("out of memory")
