@@ -201,6 +201,7 @@ class Fill:
     tensor: int  # the FILL's output
     shape: tuple[int, ...]
     value: float
+    value_buffer: int  # the buffer holding ``value``
     weight: _Weight | None  # the weight whose stand-in it is; None: a constant of the model's own
     perm: tuple[int, ...] = ()
 
@@ -263,7 +264,7 @@ def _fills(data: bytes, model, ph: Placeholders, by_tensor) -> list[Fill]:
                 perm = _layout(_tf_readers(w), by_tensor.get((s, out_t), set()), len(w.shape))
                 if [d for d in shape if d != 1] != [w.shape[p] for p in perm if w.shape[p] != 1]:
                     raise NotPlaceable(f"weight {w.index} {w.shape} became a FILL of shape {shape}")
-            out.append(Fill(s, o, out_t, shape, float(value[0]), w, perm))
+            out.append(Fill(s, o, out_t, shape, float(value[0]), value_t.Buffer(), w, perm))
     return out
 
 
@@ -276,11 +277,8 @@ def plan(data: bytes, ph: Placeholders) -> Plan:
     out = Plan({}, _fills(data, model, ph, by_tensor), {}, {})
     # a stand-in FILL's value differs between the two conversions by design; any other constant
     # (a FILL of the model's own included) must not
-    values = set()
-    for f in out.fills:
-        if f.weight is not None:
-            out.where[("fill", f.subgraph, f.tensor)] = (f.weight.index, f.perm)
-            values.add(model.Subgraphs(f.subgraph).Tensors(int(model.Subgraphs(f.subgraph).Operators(f.op).InputsAsNumpy()[1])).Buffer())
+    out.where.update({("fill", f.subgraph, f.tensor): (f.weight.index, f.perm) for f in out.fills if f.weight is not None})
+    values = {f.value_buffer for f in out.fills if f.weight is not None}
     for b in range(model.BuffersLength()):
         buf = model.Buffers(b)
         off, size, users = buf.Offset(), buf.Size(), shapes.get(b, [])
