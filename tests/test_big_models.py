@@ -24,6 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORCED = "1000"  # bytes: every test model here is "large"
 
 
+def _model(name: str, nodes, inits: dict[str, np.ndarray], x: tuple, y: tuple) -> onnx.ModelProto:
+    """An opset-17 model of ``nodes`` with the initializers ``inits`` and one input ``x`` and one
+    output ``y``, each ``(name, element type, shape)``."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(*x)], [helper.make_tensor_value_info(*y)],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def conv_mlp() -> onnx.ModelProto:
     """Conv (its weight rewritten to channels-last by the layout passes) -> Flatten -> MatMul (its
     rows permuted to match) + Add -> MatMul (untouched); the weights are above PLACEHOLDER_BYTES,
@@ -42,7 +50,7 @@ def conv_mlp() -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "conv_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
                               [numpy_helper.from_array(a, n) for n, a in (("w", w), ("fc", fc), ("bias", bias), ("head", head))])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model
 
 
 @pytest.fixture
@@ -249,10 +257,8 @@ def square_net() -> onnx.ModelProto:
              helper.make_node("Add", ["m", "c"], ["p"], name="plus_const"),
              helper.make_node("Relu", ["p"], ["q"], name="relu2"),
              helper.make_node("Gemm", ["q", "gt", "gb"], ["y"], name="gemm_transb", transB=1)]
-    graph = helper.make_graph(nodes, "square_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _model("square_net", nodes, inits, ("x", TensorProto.FLOAT, [1, 64, 8, 8]), ("y", TensorProto.FLOAT, [1, 128]))
+    return model
 
 
 def _tflite_contents(path):
@@ -341,11 +347,9 @@ def test_stand_ins_folded_by_the_converter_fall_back_to_the_real_weights(tmp_pat
              "gt": (rng.standard_normal((64, 64)) * 0.1).astype(np.float32), "gb": rng.standard_normal(64).astype(np.float32)}
     nodes = [helper.make_node("MatMul", ["x", "wm"], ["m"], name="proj"), helper.make_node("Add", ["m", "c"], ["s"], name="plus"),
              helper.make_node("Gemm", ["s", "gt", "gb"], ["y"], name="gemm", transB=1)]
-    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = _model("scaled", nodes, inits, ("x", TensorProto.FLOAT, [1, 512]), ("y", TensorProto.FLOAT, [1, 64]))
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
-    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
+    r = gc.convert(model, None, tmp_path / "out").report
     assert r["weights"]["tflite"].startswith("converted from the SavedModel with its weights (stand-ins not usable: "), r["weights"]
     assert "depend on a weight's value" in r["weights"]["tflite"], r["weights"]
     assert r["verification"]["tflite_float32"]["y"]["ok"]
@@ -362,11 +366,9 @@ def test_a_scale_before_a_projection_stays_a_mul_with_stand_ins(tmp_path, monkey
     rng = np.random.default_rng(4)
     inits = {"g": rng.uniform(0.5, 1.5, 512).astype(np.float32), "wm": (rng.standard_normal((512, 64)) * 0.04).astype(np.float32)}
     nodes = [helper.make_node("Mul", ["x", "g"], ["s"], name="scale"), helper.make_node("MatMul", ["s", "wm"], ["y"], name="proj")]
-    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = _model("scaled", nodes, inits, ("x", TensorProto.FLOAT, [1, 512]), ("y", TensorProto.FLOAT, [1, 64]))
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
-    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
+    r = gc.convert(model, None, tmp_path / "out").report
     assert r["weights"]["tflite"].startswith("converted with stand-ins, 1 buffers filled"), r["weights"]
     assert r["tflite"]["ops"] == {"MUL": 1, "FULLY_CONNECTED": 1}, r["tflite"]["ops"]
     assert r["verification"]["tflite_float32"]["y"]["ok"]
@@ -752,11 +754,9 @@ def test_volume_convolutions_convert_with_stand_ins(tmp_path, monkeypatch):
     nodes = [helper.make_node("Conv", ["x", "k", "kb"], ["c"], name="conv3d", pads=[1] * 6),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("ConvTranspose", ["r", "t"], ["y"], name="up3d", strides=[2, 2, 2])]
-    graph = helper.make_graph(nodes, "volume", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 8, 12, 12])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = _model("volume", nodes, inits, ("x", TensorProto.FLOAT, [1, 8, 4, 6, 6]), ("y", TensorProto.FLOAT, [1, 12, 8, 12, 12]))
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
-    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out").report
+    r = gc.convert(model, None, tmp_path / "out").report
     assert r["weights"]["tflite"].startswith("converted with stand-ins, 2 buffers filled"), r["weights"]
     assert r["tflite"]["ops"].get("CONV_3D") == 1 and r["tflite"]["ops"].get("CONV_3D_TRANSPOSE") == 1, r["tflite"]["ops"]
     assert r["verification"]["tflite_float32"]["y"]["ok"], r["verification"]["tflite_float32"]
@@ -807,11 +807,9 @@ def test_a_weight_the_converter_folds_away_is_converted_as_it_is(tmp_path, monke
              helper.make_node("Add", ["q", "token_type"], ["p"], name="token_type"),
              helper.make_node("LayerNormalization", ["p", "gamma", "beta"], ["n"], name="norm", axis=-1),
              helper.make_node("MatMul", ["n", "w"], ["y"], name="proj")]
-    graph = helper.make_graph(nodes, "embeddings", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 128])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = _model("embeddings", nodes, inits, ("ids", TensorProto.INT64, [1, 16]), ("y", TensorProto.FLOAT, [1, 16, 128]))
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
-    r = gc.convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), None, tmp_path / "out",
+    r = gc.convert(model, None, tmp_path / "out",
                    inputs={"ids": rng.integers(0, 1000, (1, 16))}).report
     assert r["weights"]["tflite"].startswith("converted with stand-ins, 2 buffers filled from the SavedModel's variables, "
                                              "1 weight(s) that the converter folds converted as they are (0.02 MB)"), r["weights"]
