@@ -47,10 +47,8 @@ def conv_mlp() -> onnx.ModelProto:
              helper.make_node("MatMul", ["f", "fc"], ["m"], name="fc"),
              helper.make_node("Add", ["m", "bias"], ["a"], name="bias_add"),
              helper.make_node("MatMul", ["a", "head"], ["y"], name="head")]
-    graph = helper.make_graph(nodes, "conv_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
-                              [numpy_helper.from_array(a, n) for n, a in (("w", w), ("fc", fc), ("bias", bias), ("head", head))])
-    return model
+    return _model("conv_mlp", nodes, {"w": w, "fc": fc, "bias": bias, "head": head}, ("x", TensorProto.FLOAT, [1, 8, 8, 8]),
+                  ("y", TensorProto.FLOAT, [1, 40]))
 
 
 @pytest.fixture
