@@ -93,7 +93,8 @@ class ConvertOptions:
         set_("input_shapes", tuple((n, tuple(int(d) for d in dims)) for n, dims in _tuple(self.input_shapes, "--input-shape")))
         set_("plugins", _tuple(self.plugins, "--plugin"))
         set_("disable_passes", _tuple(self.disable_passes, "--disable-pass"))
-        for flag in ("keep_io_layout", "dynamic_batch", "heads_first", "tflite", "overwrite", "int8_io", "quant_debug"):
+        for flag in ("keep_io_layout", "dynamic_batch", "heads_first", "tflite", "overwrite", "int8_io", "quant_debug",
+                     "free_source_model"):
             set_(flag, bool(getattr(self, flag)))
         from graph_convert.quantize import make_options
 
