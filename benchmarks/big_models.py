@@ -86,7 +86,7 @@ def write_vit(path: str, seed: int = 0) -> tuple[int, int]:
     import torch
     from transformers import ViTConfig, ViTModel
 
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     torch.manual_seed(seed)
 

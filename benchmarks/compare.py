@@ -212,11 +212,11 @@ def example_inputs(name: str, shape) -> tuple:
 
 
 def export_onnx(name: str, path: str) -> tuple[str, list[np.ndarray]]:
-    """Export with graph_convert.export.export, then store as one self-contained file.
+    """Export with graph_convert.conversion.export.export, then store as one self-contained file.
     Returns (exporter used, the example inputs as arrays)."""
     import onnx
 
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     module, shape = load_model(name)
     args = example_inputs(name, shape)

@@ -9,7 +9,7 @@ Properties checked for each mutation:
      no "Traceback" on stderr, and a failing run says why in exactly one line;
   b. an exit 0 is right: the written ``model_float32.tflite`` (and, with ``--savedmodel``, the
      SavedModel) run on fresh inputs agree with the *mutated* source in ONNX Runtime, judged
-     here by our own scale-aware rule (``graph_convert.verify`` is what is under test);
+     here by our own scale-aware rule (``graph_convert.checks.equivalence`` is what is under test);
   c. nothing is left beside the output: the output's parent folder holds OUT after an exit 0
      and nothing after a failure; the source's folder is untouched.
 
@@ -315,7 +315,7 @@ def _export(name: str, shape: tuple, path: str) -> None:
     import onnx
     import torch
 
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     torch.manual_seed(0)
     module = importlib.import_module(f"models.{name}").make().eval()

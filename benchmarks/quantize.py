@@ -97,7 +97,7 @@ def build(name: str, seed: int = 0) -> dict[str, Any]:
 
 
 def reference(onnx_path: str, name: str, runs: np.ndarray) -> list[np.ndarray]:
-    from graph_convert.verify import ort_session
+    from graph_convert.checks.equivalence import ort_session
 
     sess = ort_session(__import__("onnx").load(onnx_path))
     outs = [o.name for o in sess.get_outputs()]
@@ -221,7 +221,7 @@ def _match(ref, got, outs):
 
 
 def run_ours(onnx_path: str, in_name: str, data, work: str) -> tuple[dict[str, str], dict[str, Any], str | None]:
-    from graph_convert.pipeline import convert
+    from graph_convert.conversion.pipeline import convert
 
     calib, ev = os.path.join(work, "calib.npz"), os.path.join(work, "eval.npz")
     np.savez(calib, **{in_name: data["calib"]})
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/graph_convert_quant_bench")
     args = ap.parse_args(argv)
 
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     names = args.models.split(",") if args.models else bundled_models()
     use_o2t = not args.skip_onnx2tf and has_module(args.onnx2tf_python, "onnx2tf")

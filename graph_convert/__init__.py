@@ -23,17 +23,17 @@ from graph_convert.pass_manager import Pass, PassContext, PassResult, Registry  
 
 
 def convert(source, example_inputs=None, output_dir="converted", options=None, **kwargs):
-    """Convert a model; see :func:`graph_convert.pipeline.convert` for the options."""
-    from graph_convert.pipeline import convert as _convert
+    """Convert a model; see :func:`graph_convert.conversion.pipeline.convert` for the options."""
+    from graph_convert.conversion.pipeline import convert as _convert
 
     return _convert(source, example_inputs, output_dir, options, **kwargs)
 
 
 def verify_file(source, candidate, **kwargs):
     """Check a .tflite or SavedModel made by any converter against its ONNX/PyTorch source; see
-    :func:`graph_convert.foreign.verify_file`. Returns a result with ``equivalent``, ``figures``,
+    :func:`graph_convert.checks.foreign.verify_file`. Returns a result with ``equivalent``, ``figures``,
     ``report`` and (on a mismatch with a .tflite) ``divergence``."""
-    from graph_convert.foreign import verify_file as _verify_file
+    from graph_convert.checks.foreign import verify_file as _verify_file
 
     return _verify_file(source, candidate, **kwargs)
 
@@ -85,7 +85,7 @@ def pass_pipeline(plugins=()) -> list[dict]:
 
 def parse_shape(text: str, option: str = "--input-shape"):
     """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
-    from graph_convert.export import parse_shape as _parse
+    from graph_convert.conversion.export import parse_shape as _parse
 
     return _parse(text, option)
 

@@ -194,9 +194,9 @@ def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points:
     # the built-ins always come from our own package (the "builtin" entry point names it for
     # discovery; loading it by that name could pick up a stale install or another checkout)
     reg.load("graph_convert_passes", _source_tree_passes().register)
-    from graph_convert.tf import ops as tf_ops  # the TF emitters register from the TF package
+    from graph_convert.backends.tensorflow import ops as tf_ops  # the TF emitters register from the TF package
 
-    reg.load("graph_convert.tf.ops", tf_ops.register)
+    reg.load("graph_convert.backends.tensorflow.ops", tf_ops.register)
     for ep in eps:
         if ep.name != "builtin":
             reg.load(f"{ep.value} (entry point {ep.name})", _load_entry_point(ep))

@@ -14,7 +14,7 @@ import numpy as np
 
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
-from graph_convert_passes.movement import plain, static
+from graph_convert_passes.lib.movement import plain, static
 
 _RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 _ELEMENTWISE = ("Mul", "Add", "Sub", "Div")

@@ -20,7 +20,7 @@ import numpy as np
 
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
-from graph_convert_passes.movement import MOVES, plain
+from graph_convert_passes.lib.movement import MOVES, plain
 
 
 def _finite_const(graph: Graph, t: str, nonzero: bool = False) -> bool:

@@ -48,7 +48,7 @@ _CHANNEL_FREE = {
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
     "Round", "Sign", "Sin", "Cos", "Identity", "ThresholdedRelu", "Shrink", "Clip", "Swish",
-    # the local-function forms of fused activations (passes/fused_ops.py), keyed "domain::op"
+    # the local-function forms of fused activations (passes/lib/fused_ops.py), keyed "domain::op"
     "graph_convert::Gelu", "graph_convert::GeluTanh", "graph_convert::Swish", "graph_convert::HardSwish",
     "graph_convert::Mish",
 }

@@ -23,7 +23,7 @@ import numpy as np
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
 from graph_convert_passes.heads_first import _projection, _scale, _weight
-from graph_convert_passes.movement import plain
+from graph_convert_passes.lib.movement import plain
 
 _MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 
 from graph_convert.ir import Graph, Node
-from .expr import Poly, close, scalar
-from .rewrite_rules import Fail, Match, RulePass, operand, producer
+from graph_convert_passes.lib.expr import Poly, close, scalar
+from graph_convert_passes.lib.rewrite_rules import Fail, Match, RulePass, operand, producer
 
 SQRT_HALF = 1.0 / math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from graph_convert.ir import Graph, Node
-from .expr import Poly, expand, scalar
-from .rewrite_rules import Fail, Match, RulePass, operand, producer
+from graph_convert_passes.lib.expr import Poly, expand, scalar
+from graph_convert_passes.lib.rewrite_rules import Fail, Match, RulePass, operand, producer
 
 
 def reduce_axes(graph: Graph, node: Node) -> list[int] | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
-from graph_convert_passes.movement import MAX_ELEMENTS, follow, grid_perm, plain, static
+from graph_convert_passes.lib.movement import MAX_ELEMENTS, follow, grid_perm, plain, static
 
 # pure rearrangements that keep every element once (the out-of-heads chain)
 _BIJECTIVE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Transpose")

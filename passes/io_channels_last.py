@@ -7,10 +7,10 @@ ones ``to_channels_last`` inserted. ``keep_io_layout`` turns this off. Image-lik
 """
 from __future__ import annotations
 
-from graph_convert import perm as P
+from graph_convert.ir import perm as P
 from graph_convert.ir import Graph
 from graph_convert.pass_manager import Pass, PassContext, PassResult
-from graph_convert_passes.transpose_handlers import HANDLERS
+from graph_convert_passes.lib.transpose_handlers import HANDLERS
 
 # layout-agnostic ops the transpose pusher moves through without reshaping
 _PASS_THROUGH = set(HANDLERS) - {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}

@@ -11,8 +11,8 @@ import numpy as np
 
 from graph_convert.ir import Graph
 from graph_convert.pass_manager import Pass, PassContext, PassResult
-from graph_convert import perm as P
-from graph_convert_passes.transpose_handlers import pull_through_reshape, transpose_perm
+from graph_convert.ir import perm as P
+from graph_convert_passes.lib.transpose_handlers import pull_through_reshape, transpose_perm
 
 
 class PushTransposes(Pass):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from graph_convert import perm as P
+from graph_convert.ir import perm as P
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
 

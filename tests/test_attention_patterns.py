@@ -16,7 +16,7 @@ import torch
 
 import graph_convert_models as models
 from graph_convert import convert
-from graph_convert_passes.movement import follow, grid_perm
+from graph_convert_passes.lib.movement import follow, grid_perm
 from tests.helpers import Builder, assert_equivalent, run_ort, run_pipeline
 
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from graph_convert.errors import ConvertError
 from graph_convert.ir import from_onnx
 from graph_convert.ir.onnx_io import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES, load_model
-from graph_convert.verify import _line, ort_session
+from graph_convert.checks.equivalence import _line, ort_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORCED = "1000"  # bytes: every test model here is "large"
@@ -183,8 +183,8 @@ def test_tflite_past_the_flatbuffer_limit_without_the_memory_is_refused_up_front
     conversion work with one line naming --no-tflite (exit 0 means every requested artifact was
     written), and --no-tflite writes and verifies the SavedModel."""
     import graph_convert as gc
-    from graph_convert import pipeline
-    from graph_convert.tf import writer
+    from graph_convert.conversion import pipeline as pipeline
+    from graph_convert.backends.tensorflow import writer
 
     monkeypatch.setattr(writer, "FLATBUFFER_LIMIT", 1000)
     monkeypatch.setattr(pipeline, "_available_memory", lambda: 1024)
@@ -278,8 +278,8 @@ def test_large_tflite_from_stand_ins_is_the_converters_file(tmp_path, monkeypatc
     and every buffer are those TensorFlow's converter writes from the real weights (a wrong
     permutation of a square weight would show here), it is verified, and it is reproducible."""
     import graph_convert as gc
-    from graph_convert.tf import large_tflite
-    from graph_convert.tf.writer import convert_tflite
+    from graph_convert.backends.tensorflow import large_tflite
+    from graph_convert.backends.tensorflow.writer import convert_tflite
 
     plans, right = [], large_tflite.plan
     monkeypatch.setattr(large_tflite, "plan", lambda data, ph: plans.append(right(data, ph)) or plans[-1])
@@ -311,7 +311,7 @@ def test_a_misplaced_stand_in_is_caught_by_the_tflite_check(where, tmp_path, mon
     import dataclasses
 
     import graph_convert as gc
-    from graph_convert.tf import large_tflite
+    from graph_convert.backends.tensorflow import large_tflite
 
     right = large_tflite.plan
 
@@ -599,8 +599,7 @@ def test_a_full_disk_is_said_as_such(tmp_path, monkeypatch):
     import errno
 
     import graph_convert as gc
-    from graph_convert import pipeline
-
+    from graph_convert.conversion import pipeline as pipeline
     def full(c):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -676,8 +675,8 @@ def test_a_large_splat_of_the_models_own_is_written_as_a_constant(tmp_path):
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    from graph_convert.tf import large_tflite as L
-    from graph_convert.tf.writer import tflite_flatbuffer
+    from graph_convert.backends.tensorflow import large_tflite as L
+    from graph_convert.backends.tensorflow.writer import tflite_flatbuffer
 
     rng = np.random.default_rng(2)
     w = (rng.standard_normal((256, 256)) * 0.1).astype(np.float32)
@@ -711,8 +710,8 @@ def test_infinities_are_written_as_the_converter_writes_them(tmp_path):
     converter writes from the real weight, with its default passes."""
     import tensorflow as tf
 
-    from graph_convert.tf import large_tflite as L
-    from graph_convert.tf.writer import tflite_flatbuffer
+    from graph_convert.backends.tensorflow import large_tflite as L
+    from graph_convert.backends.tensorflow.writer import tflite_flatbuffer
 
     rng = np.random.default_rng(6)
     w = (rng.standard_normal((256, 256)) * 0.05).astype(np.float32)  # 256 KB: the converter writes its stand-in as a FILL
@@ -762,7 +761,7 @@ def test_volume_convolutions_convert_with_stand_ins(tmp_path, monkeypatch):
 
 _RESOLVE_AND_MEASURE = """
 import gc, sys, tempfile
-from graph_convert.source import resolve_source
+from graph_convert.conversion.source import resolve_source
 resolve_source(sys.argv[1] + ":make", None, [(None, (1, 4096))], tempfile.mkdtemp(dir=sys.argv[2]), free_built=sys.argv[3] == "1")
 gc.collect()
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon")))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from graph_convert import conformance as C
-from graph_convert.tf import ops
+from graph_convert.backends.tensorflow import ops
 
 DOC = C.DOC_PATH
 

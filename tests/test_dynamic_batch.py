@@ -14,7 +14,7 @@ import torch
 import graph_convert_models as models
 from graph_convert import convert
 from graph_convert.cli import EXIT_USAGE, main
-from graph_convert.export import export
+from graph_convert.conversion.export import export
 from tests.helpers import Builder
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from graph_convert import perm as P
-from graph_convert.pipeline import ConvertResult, convert
+from graph_convert.ir import perm as P
+from graph_convert.conversion.pipeline import ConvertResult, convert
 from graph_convert.errors import ConvertError, PassError, VerificationError
 from tests.helpers import Builder
 
@@ -209,7 +209,7 @@ def test_keep_io_layout(tmp_path):
         assert os.path.exists(result.paths[key]), key
 
     # the written TFLite model takes and returns NCHW tensors
-    from graph_convert.tf.runner import run_tflite
+    from graph_convert.backends.tensorflow.runner import run_tflite
 
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     out = run_tflite(result.tflite, {"x": x})

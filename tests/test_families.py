@@ -27,7 +27,7 @@ def test_channel_shuffle_minimum_is_one_move_per_shuffle(tmp_path):
     model has exactly one Transpose per shuffle, which is what we compare against."""
     import onnx
 
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     module, shape = models.load("channel_shuffle")
     path = str(tmp_path / "shuffle.onnx")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from graph_convert import convert
 from graph_convert.ir import from_onnx
 from graph_convert_passes import fused_ops
-from graph_convert_passes.expr import Poly, expand
+from graph_convert_passes.lib.expr import Poly, expand
 from tests.helpers import Builder, assert_equivalent, run_ort, run_pipeline
 
 D = 16
@@ -142,7 +142,7 @@ def export(module, path, exporter: str) -> onnx.ModelProto:
 
 def _tflite_vs_ort(result, source: onnx.ModelProto) -> None:
     """The .tflite against ONNX Runtime on the source, within 1e-5 of the output's own scale."""
-    from graph_convert.tf.runner import run_tflite
+    from graph_convert.backends.tensorflow.runner import run_tflite
 
     rng = np.random.default_rng(1)
     (inp,) = [i for i in source.graph.input if i.name not in {t.name for t in source.graph.initializer}]

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graph_convert_models as models
-from graph_convert import perm as P
+from graph_convert.ir import perm as P
 from graph_convert.ir import Graph, GraphError, from_onnx, to_onnx
 from graph_convert_passes.to_channels_last import CHANNELS_LAST_OPS, kernel_to_tf, switch_node
 from tests.helpers import Builder, assert_equivalent, random_feeds, run_ort
@@ -133,7 +133,7 @@ def test_conformance_cases_run_identically_in_ort(conformance) -> None:
 def bundled(request, tmp_path_factory) -> tuple[str, onnx.ModelProto]:
     import torch
 
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     module, shape = models.load(request.param)
     path = tmp_path_factory.mktemp("bundled") / f"{request.param}.onnx"

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from graph_convert import perm as P
+from graph_convert.ir import perm as P
 from graph_convert.ir import Graph, from_onnx
 from graph_convert.pass_manager import PassManager, builtin_registry
 from tests.helpers import Builder, assert_equivalent, registry, run_pipeline

@@ -11,7 +11,7 @@ import torch
 
 import graph_convert_models as models
 from graph_convert import convert
-from graph_convert.verify import ort_session
+from graph_convert.checks.equivalence import ort_session
 
 ATOL = 1e-4
 

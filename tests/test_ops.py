@@ -459,7 +459,7 @@ def test_runtime_resize_scales_are_declined_with_node_and_reason(live):
 def test_tflite_gaps_belong_to_their_trace(runner):
     model = one_op("Add", [("a", [3], TensorProto.DOUBLE), ("b", [3], TensorProto.DOUBLE)])
     from graph_convert.ir import from_onnx
-    from graph_convert.tf.emitter import build_function
+    from graph_convert.backends.tensorflow.emitter import build_function
 
     traced = build_function(from_onnx(model), runner.registry.emitters)
     assert [(op, why) for _, op, why in traced.gaps] == [("Add", "TFLite has no add kernel for float64")]

@@ -595,7 +595,7 @@ BUILT = {
 def bundled_models(tmp_path_factory) -> dict[str, onnx.ModelProto]:
     import torch
 
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     out = {}
     d = tmp_path_factory.mktemp("bundled")

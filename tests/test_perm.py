@@ -1,4 +1,4 @@
-"""Exhaustive tests of the permutation arithmetic in :mod:`graph_convert.perm` (ranks 1-6)."""
+"""Exhaustive tests of the permutation arithmetic in :mod:`graph_convert.ir.perm` (ranks 1-6)."""
 from __future__ import annotations
 
 import doctest
@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from graph_convert import perm as P
-
+from graph_convert.ir import perm as P
 RANKS = range(1, 7)
 # distinct sizes so that an axis of an array is identified by its size alone
 DISTINCT = (2, 3, 4, 5, 6, 7)
@@ -30,7 +29,7 @@ def test_doctests_pass() -> None:
     assert runner.tries > 0, "perm.py lost its worked examples"
     result = doctest.testmod(P, verbose=False, report=False)
     assert result.failed == 0, (
-        f"BUG in graph_convert/perm.py: doctests of {failing} fail; a docstring that starts with "
+        f"BUG in graph_convert/ir/perm.py: doctests of {failing} fail; a docstring that starts with "
         "'>>>' right after the quotes has indent 0, so its indented expected output never matches"
     )
 

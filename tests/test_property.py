@@ -11,7 +11,7 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings
 
-from graph_convert.pipeline import convert
+from graph_convert.conversion.pipeline import convert
 from tests.netgen import build, networks
 
 

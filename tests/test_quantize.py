@@ -18,8 +18,8 @@ import torch
 from graph_convert import quantize as Q
 from graph_convert.cli import EXIT_QUANT_THRESHOLD, EXIT_USAGE
 from graph_convert.ir import from_onnx
-from graph_convert.pipeline import convert
-from graph_convert.verify import to_rewritten_layout, to_source_layout
+from graph_convert.conversion.pipeline import convert
+from graph_convert.checks.equivalence import to_rewritten_layout, to_source_layout
 from graph_convert_models import digits_cnn
 from tests.helpers import Builder
 from tests.test_cli import assert_clean_failure, run, small_model
@@ -53,7 +53,7 @@ def lite_accuracy(out_dir, report, variant: str, x: np.ndarray, y: np.ndarray) -
 @pytest.fixture(scope="module")
 def digits_onnx(digits, tmp_path_factory):
     """The trained digits model as an ONNX file (exported once), and its input name."""
-    from graph_convert.export import export
+    from graph_convert.conversion.export import export
 
     model, data, _ = digits
     path = tmp_path_factory.mktemp("digits_onnx") / "digits.onnx"

@@ -9,7 +9,7 @@ import pytest
 
 import graph_convert_models as models
 from graph_convert import convert
-from graph_convert.export import export
+from graph_convert.conversion.export import export
 
 
 @pytest.fixture(scope="module", params=models.TRANSFORMERS)

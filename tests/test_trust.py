@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from graph_convert.errors import VerificationError
-from graph_convert.verify import Draw, Verifier, compare
+from graph_convert.checks.equivalence import Draw, Verifier, compare
 from tests.helpers import Builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -424,7 +424,6 @@ def test_a_pass_that_lies_about_changed_is_named(work):
 def test_gemm_transa_with_a_row_bias_converts(work):
     """The conformance case that regressed unseen (TF's fused MatMul+bias refused a (1, N) bias)."""
     from graph_convert import conformance as C
-
     case = C.load_cases("^test_gemm_transposeA$")[0]
     onnx.save(case.model, work / "gemm.onnx")
     a, b, c = (np.asarray(v) for v in case.data_sets[0][0])

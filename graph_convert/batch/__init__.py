@@ -20,7 +20,7 @@ from graph_convert.batch import summary as summ
 from graph_convert.batch.jobs import Collector, Job, parse_size, parse_timeout
 from graph_convert.batch.runner import figures, finished, run_one
 from graph_convert.errors import ConvertError
-from graph_convert.report import json_safe
+from graph_convert.conversion.report import json_safe
 
 __all__ = ["BatchResult", "Collector", "Job", "convert_batch", "parse_size", "parse_timeout", "run_batch"]
 

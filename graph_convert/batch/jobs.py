@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from graph_convert.errors import ConvertError
-from graph_convert.output import MARKER
+from graph_convert.conversion.output import MARKER
 
 MANIFEST_SUFFIXES = (".txt", ".json")
 # names a model's output folder may not take: the batch's own files

@@ -27,7 +27,7 @@ from typing import Any
 from graph_convert.batch.jobs import Job, source_file
 from graph_convert.batch.runner import figures, run_one
 from graph_convert.errors import ConvertError
-from graph_convert.output import OutputDir, OutputError, remove_if_unlocked
+from graph_convert.conversion.output import OutputDir, OutputError, remove_if_unlocked
 
 FILE_OPTIONS = ("--inputs", "--calibration", "--eval-data")
 BASE_MEMORY = 2 << 30  # bytes a small conversion needs (TensorFlow, ONNX Runtime, torch imported)

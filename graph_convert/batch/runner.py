@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from graph_convert.batch.jobs import Job
-from graph_convert.output import is_ours, remove_dead_temps
+from graph_convert.conversion.output import is_ours, remove_dead_temps
 
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 POLL = 0.05  # how often the child is reaped (its exit noticed within this)

@@ -9,7 +9,7 @@ import tempfile
 from typing import Any
 
 from graph_convert.errors import ConvertError
-from graph_convert.output import current_umask
+from graph_convert.conversion.output import current_umask
 
 TOOL = "graph-convert batch"
 FILES = ("summary.json", "summary.md")

@@ -15,9 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from graph_convert import perm as P
-
-
+from graph_convert.ir import perm as P
 @dataclass
 class TensorInfo:
     """Static facts about a tensor: element type (onnx.TensorProto enum) and shape (int, str or None per dim)."""

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from graph_convert import perm as P
+from graph_convert.ir import perm as P
 from graph_convert.errors import ConvertError
 from graph_convert.ir.graph import Graph, Node, TensorInfo
 

@@ -8,7 +8,7 @@ keeping named layers float). Nothing here quantizes a tensor by hand.
 Data: calibration and evaluation samples are given in the *source* model's layout, keyed by input
 name, samples on axis 0 (``(N, C, H, W)`` for an input of shape ``(1, C, H, W)``; or stacked whole
 inputs ``(N, 1, C, H, W)``); they are mapped through the layout permutations the passes recorded
-(``graph.io_perms``, with :func:`graph_convert.verify.to_rewritten_layout` ``batched=True``) before
+(``graph.io_perms``, with :func:`graph_convert.checks.equivalence.to_rewritten_layout` ``batched=True``) before
 they reach TFLite. The evaluation samples are never samples the quantizer saw: ``--eval-data``, or
 a seeded share of the calibration data held out from it.
 

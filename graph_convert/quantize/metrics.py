@@ -8,7 +8,7 @@ import numpy as np
 
 from graph_convert.errors import VerificationError
 from graph_convert.quantize.runners import run_tflite_many
-from graph_convert.verify import to_source_layout
+from graph_convert.checks.equivalence import to_source_layout
 
 SQNR_CAP_DB = 200.0  # an exact match has infinite SQNR; the report caps it here
 

@@ -6,13 +6,13 @@ from typing import Mapping
 import numpy as np
 
 from graph_convert.quantize.data import count_runs
-from graph_convert.verify import ort_session
+from graph_convert.checks.equivalence import ort_session
 
 
 def run_tflite_many(model: bytes | str, runs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run every sample; int8 inputs are quantized and int8 outputs dequantized with the model's
     own scale/zero point. ``runs``: {signature input name: (runs, *shape)} -> {output: (runs, *shape)}."""
-    from graph_convert.tf.runner import interpreter  # loads TensorFlow: only when a model runs
+    from graph_convert.backends.tensorflow.runner import interpreter  # loads TensorFlow: only when a model runs
 
     interp = interpreter(model, allocate=False)
     runner = interp.get_signature_runner("serving_default")

@@ -10,13 +10,13 @@ import numpy as np
 from graph_convert.errors import VerificationError
 from graph_convert.quantize.scopes import NodeNames
 
-# Every model here is opened with allocate=False (graph_convert.tf.runner, imported when used: it loads
+# Every model here is opened with allocate=False (graph_convert.backends.tensorflow.runner, imported when used: it loads
 # TensorFlow): no delegate is applied, so the ops and tensors read are the flatbuffer's as quantized.
 
 
 def float_ops_in(model: bytes | str) -> list[str]:
     """Ops of a full-integer model that still compute in float (no int8 kernel, or kept float)."""
-    from graph_convert.tf.runner import interpreter
+    from graph_convert.backends.tensorflow.runner import interpreter
 
     interp = interpreter(model, allocate=False)
     details = {d["index"]: d for d in interp.get_tensor_details()}
@@ -30,14 +30,14 @@ def float_ops_in(model: bytes | str) -> list[str]:
 
 
 def op_counts(model: bytes | str) -> dict[str, int]:
-    from graph_convert.tf.runner import interpreter
+    from graph_convert.backends.tensorflow.runner import interpreter
 
     ops = interpreter(model, allocate=False)._get_ops_details()
     return dict(sorted(Counter(d["op_name"] for d in ops).items()))
 
 
 def io_dtypes(model: bytes | str) -> dict[str, str]:
-    from graph_convert.tf.runner import interpreter
+    from graph_convert.backends.tensorflow.runner import interpreter
 
     r = interpreter(model, allocate=False).get_signature_runner("serving_default")
     return {"inputs": sorted({np.dtype(d["dtype"]).name for d in r.get_input_details().values()}),
@@ -46,7 +46,7 @@ def io_dtypes(model: bytes | str) -> dict[str, str]:
 
 def signature_order(model: bytes) -> list[str]:
     """Signature input names in the order of the interpreter's input tensors (the debugger feeds lists)."""
-    from graph_convert.tf.runner import interpreter
+    from graph_convert.backends.tensorflow.runner import interpreter
 
     interp = interpreter(model, allocate=False)
     sig = interp.get_signature_runner("serving_default").get_input_details()
@@ -56,7 +56,7 @@ def signature_order(model: bytes) -> list[str]:
 
 def output_tensor_names(model: bytes | str, graph, out_names) -> dict[str, str]:
     """TFLite signature output tensor name -> graph node that produces that output."""
-    from graph_convert.tf.runner import interpreter
+    from graph_convert.backends.tensorflow.runner import interpreter
 
     interp = interpreter(model, allocate=False)
     tensors = {d["index"]: d["name"] for d in interp.get_tensor_details()}
@@ -76,7 +76,7 @@ def check_scales(model: bytes, names: NodeNames, what: str) -> None:
     """A calibrated range that reaches float's limits (a pad or fill with -inf / float lowest in the
     float graph) gives a scale near 1e36: every value of that tensor, and of those sharing its
     scale, quantizes to one level. Refuse such a model and name where it happened."""
-    from graph_convert.tf.runner import interpreter
+    from graph_convert.backends.tensorflow.runner import interpreter
 
     interp = interpreter(model, allocate=False)
     for d in interp.get_tensor_details():
@@ -94,7 +94,7 @@ def check_scales(model: bytes, names: NodeNames, what: str) -> None:
 
 def denylist_for(model: bytes, names: NodeNames, float_ops: Sequence[str]) -> dict[str, list[str]]:
     """{node: [tensor names of ops it produced]} in a calibrated model (op outputs only)."""
-    from graph_convert.tf.runner import interpreter
+    from graph_convert.backends.tensorflow.runner import interpreter
 
     interp = interpreter(model, allocate=False)
     tensors = {d["index"]: d["name"] for d in interp.get_tensor_details()}

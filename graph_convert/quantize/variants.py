@@ -17,7 +17,7 @@ from graph_convert.quantize.runners import run_ort_many
 from graph_convert.quantize.scopes import NodeNames
 from graph_convert.quantize.thresholds import QuantizationThresholdError, check_thresholds
 from graph_convert.quantize.tflite_info import io_dtypes, op_counts, output_tensor_names
-from graph_convert.verify import to_rewritten_layout
+from graph_convert.checks.equivalence import to_rewritten_layout
 
 
 def run(plan: QuantPlan, *, out_dir: str, sm_dir: str, float_tflite: str, source_model, graph, in_names: Sequence[str],

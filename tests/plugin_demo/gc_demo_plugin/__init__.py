@@ -38,7 +38,7 @@ def emit_swish(node, x, ctx):
 
 
 def register(registry) -> None:
-    from graph_convert_passes.transpose_handlers import simple
+    from graph_convert_passes.lib.transpose_handlers import simple
 
     registry.add_pass(FoldDoubleNeg)
     registry.add_emitter("demo.ops::Swish", emit_swish)

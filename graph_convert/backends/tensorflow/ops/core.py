@@ -1,0 +1,255 @@
+"""The emitter table and what every emitter shares: conversion-time constant folding, the
+TFLite dtype table and legalization (:func:`_lite`), the record of TFLite gaps, shape helpers."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from graph_convert.errors import ConvertError
+from graph_convert.ir import Node
+from graph_convert.backends.tensorflow.emitter import EmitContext, record_tflite_gap, trace_gaps
+
+# the built-in table, filled once at import by ``@emitter``; a conversion reads it through its
+# Registry (``register`` below copies it there), never changes it
+EMITTERS: dict[str, Callable] = {}
+LAYOUT_AWARE: set[str] = set()  # built-in emitters that read the layout marks themselves
+
+
+def emitter(*op_types: str, layout_aware: bool = False):
+    def deco(fn):
+        folding = _folding(fn)
+        for op in op_types:
+            EMITTERS[op] = folding
+            if layout_aware:
+                LAYOUT_AWARE.add(op)
+        return fn
+
+    return deco
+
+
+_FOLD_LIMIT = 1 << 20  # elements; larger results stay ops, as a constant that size only bloats the file
+
+
+def _folding(fn):
+    """The emitter, evaluated at conversion time when every input is a known constant: shape
+    arithmetic becomes constants (as TF's own constant folding would make it) and needs no
+    TFLite kernel. The values come from the same TF kernels, run eagerly."""
+
+    def emit(node, x, ctx):
+        static = lambda t: _small_static_value(t, ctx)  # noqa: E731
+        if hasattr(x, "peek"):  # the emitter's lazy inputs: look without making weights
+            given = [x.has(j) for j in range(len(x))]
+            vals = [x.peek(j, static) if g else None for j, g in enumerate(given)]
+            vals = [None if v is None or v.size > _FOLD_LIMIT else np.asarray(v) for v in vals]
+        else:
+            given = [t is not None for t in x]
+            vals = [None if t is None else static(t) for t in x]
+        if any(given) and all(v is not None for v, g in zip(vals, given) if g):
+            gaps = trace_gaps()
+            mark = len(gaps) if gaps is not None else 0
+            try:
+                with tf.init_scope():
+                    outs = fn(node, [None if v is None else tf.constant(v) for v in vals], ctx)
+                many = isinstance(outs, (list, tuple))
+                outs = [np.asarray(o) for o in (outs if many else [outs])]
+            except ConvertError:
+                raise
+            except Exception:  # not evaluable eagerly: emit it as ops
+                outs = None
+            if gaps is not None:  # evaluated at conversion time: no TFLite kernel is needed
+                del gaps[mark:]
+            if outs is not None and all(o.size <= _FOLD_LIMIT for o in outs):
+                consts = [_constant(node, o, ctx) for o in outs]
+                return consts if many else consts[0]
+        ctx.const_reads.clear()
+        outs = fn(node, x, ctx)
+        # an infinite operand stays exact in TFLite only when the emitter used it as the tensor
+        # ``EmitContext.exact_constant`` made, not as a value read through ``ctx.const``
+        for j, v in enumerate(vals):
+            if v is not None and v.dtype.kind == "f" and np.isinf(v).any():
+                t = x.made(j) if hasattr(x, "made") else x[j]
+                if t is None or ctx.exact_value(t) is None or node.inputs[j] in ctx.const_reads:
+                    _gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
+                    break
+        return outs
+
+    emit.__name__ = emit.__qualname__ = fn.__name__
+    emit.__doc__ = fn.__doc__
+    return emit
+
+
+def _small_static_value(t, ctx: EmitContext | None = None) -> np.ndarray | None:
+    """The value of ``t`` if known while tracing and not larger than the folding limit (big weights
+    are never folded, and copying them per use would only cost time)."""
+    n = t.shape.num_elements()
+    if n is None or n > _FOLD_LIMIT:
+        return None
+    v = ctx.exact_value(t) if ctx is not None else None
+    return v if v is not None else tf.get_static_value(t)
+
+
+def _constant(node: Node, value: np.ndarray, ctx: EmitContext | None = None):
+    """``tf.constant``; one holding +-inf is built by ``ctx.exact_constant`` (TFLite would store
+    +-FLT_MAX, which can change results: -FLT_MAX + -FLT_MAX overflows where -inf + -inf does
+    not), or noted as a TFLite gap when that cannot be done."""
+    if value.dtype.kind == "f" and np.isinf(value).any():
+        exact = ctx.exact_constant(value) if ctx is not None else None
+        if exact is not None:
+            return exact
+        _gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
+    return tf.constant(value)
+
+
+def _input_value(node: Node, ctx: EmitContext, x: list, j: int) -> np.ndarray | None:
+    """Input ``j`` as numpy when known at conversion time (an ONNX constant or a folded tensor)."""
+    if len(node.inputs) <= j or not node.inputs[j]:
+        return None
+    v = ctx.const(node.inputs[j])
+    if v is None and j < len(x) and x[j] is not None:
+        v = _small_static_value(x[j], ctx)
+        v = tf.get_static_value(x[j]) if v is None else v
+    return None if v is None else np.asarray(v)
+
+
+def _unsupported(node: Node, what: str) -> ConvertError:
+    return ConvertError(f"node {node.name!r} ({node.op_type}): {what} is not supported by the TF emitter")
+
+
+_I8, _U8, _I16, _U16, _I32, _U32, _I64, _U64 = tf.int8, tf.uint8, tf.int16, tf.uint16, tf.int32, tf.uint32, tf.int64, tf.uint64
+_F16, _F32, _F64, _B = tf.float16, tf.float32, tf.float64, tf.bool
+_MOVE = frozenset({_I8, _U8, _I16, _I32, _U32, _I64, _F32, _B})  # data movement: strided slice, concat, broadcast
+
+# Dtypes the TFLite builtin kernel behind each TF primitive takes (non-quantized), found by
+# converting and running every primitive for every dtype (TF 2.21, LiteRT 2.3). uint8 EQUAL even
+# aborts the interpreter, so the table is the only safe way to choose.
+_LITE_DTYPES: dict[str, frozenset] = {
+    "add": frozenset({_I16, _I32, _U32, _I64, _F32}),
+    "sub": frozenset({_I32, _I64, _F32}),
+    "mul": frozenset({_I16, _I32, _U32, _I64, _F32}),
+    "div": frozenset({_F32}),
+    "truncatediv": frozenset({_I32}),
+    "floormod": frozenset({_I8, _I16, _I32, _I64, _F32}),
+    "pow": frozenset({_I32, _F32}),
+    "maximum": frozenset({_I32, _I64, _F32}),
+    "minimum": frozenset({_I32, _I64, _F32}),
+    "equal": frozenset({_I16, _I32, _I64, _F32, _B}),
+    "not_equal": frozenset({_I32, _I64, _F32, _B}),
+    "less": frozenset({_I16, _I32, _I64, _F32}),
+    "less_equal": frozenset({_I32, _I64, _F32}),
+    "greater": frozenset({_I32, _I64, _F32}),
+    "greater_equal": frozenset({_I16, _I32, _I64, _F32}),
+    "abs": frozenset({_I16, _I32, _F32}),
+    "neg": frozenset({_I32, _I64, _F32}),
+    "sign": frozenset({_I32, _F32}),
+    "relu": frozenset({_I32, _I64, _F32}),
+    "float": frozenset({_F32}),  # exp, log, sqrt, sin, tanh, logistic, floor, matmul, pooling, ...
+    "reduce": frozenset({_I32, _I64, _F32}),  # sum, prod, max, min
+    "argmax": frozenset({_I8, _U8, _I32, _F32, _B}),
+    "topk": frozenset({_I8, _U8, _I16, _I32, _I64, _F32}),
+    "cumsum": frozenset({_I32, _I64, _F32}),
+    "select": frozenset({_I8, _I16, _I32, _U32, _I64, _F32, _B}),
+    "gather": frozenset({_I8, _U8, _I16, _I32, _I64, _F32, _B}),
+    "slice": _MOVE,
+    "concat": _MOVE,
+    "broadcast_to": _MOVE,
+    "split": frozenset({_I8, _U8, _I16, _I32, _I64, _F32}),
+    "tile": frozenset({_U8, _I32, _I64, _F32, _B}),
+    "transpose": frozenset({_I8, _U8, _I32, _I64, _F32, _B}),
+    "pad": frozenset({_I32, _I64, _F32, _B}),
+    "mirror_pad": frozenset({_I8, _U8, _I32, _I64, _F32}),
+    "reverse": frozenset({_U8, _I16, _I32, _I64, _F32, _B}),
+    "fill": _MOVE,
+    "scatter": frozenset({_I32, _I64, _F32, _B}),
+    "scatter_add": frozenset({_I32, _I64, _F32}),
+    "segment": frozenset({_I32, _F32}),
+    "one_hot": frozenset({_I8, _U8, _I32, _I64, _F32}),
+    "range": frozenset({_I32, _I64, _F32}),
+    "depth_to_space": frozenset({_I8, _U8, _I32, _I64, _F32}),
+    "space_to_depth": frozenset({_I32, _I64, _F32}),
+    "cast": frozenset({_I8, _U8, _I16, _U16, _I32, _U32, _I64, _F16, _F32, _F64, _B}),
+}
+# Dtypes that hold every value of a dtype, narrowest first: computing there is exact.
+_CONTAINERS: dict = {
+    _I8: (_I8, _I16, _I32, _I64), _U8: (_U8, _I16, _I32, _I64), _I16: (_I16, _I32, _I64),
+    _U16: (_U16, _I32, _I64), _I32: (_I32, _I64), _U32: (_U32, _I64), _F16: (_F16, _F32),
+    _B: (_B, _I8, _I32),
+}
+
+def _gap(node: Node, reason: str) -> None:
+    record_tflite_gap(node, reason)
+
+
+def _lite(node: Node, kinds: str | tuple[str, ...], *xs):
+    """``xs`` (one dtype) cast to the narrowest dtype that every TFLite kernel in ``kinds`` takes and
+    that holds all their values; returns ``(tensors, original dtype)`` (see :func:`_back`). Records
+    a TFLite gap when there is none; the tensors are then returned as they are."""
+    kinds = (kinds,) if isinstance(kinds, str) else kinds
+    dt = xs[0].dtype
+    ok = frozenset.intersection(*(_LITE_DTYPES[k] for k in kinds))
+    for c in _CONTAINERS.get(dt, (dt,)):
+        if c in ok:
+            return [x if x.dtype == c else tf.cast(x, c) for x in xs], dt
+    _gap(node, f"TFLite has no {'/'.join(kinds)} kernel for {dt.name}")
+    return list(xs), dt
+
+
+def _back(y, dt):
+    return y if y.dtype == dt else tf.cast(y, dt)
+
+
+def _float(node: Node, x):
+    """``x`` in a dtype TFLite's float kernels take (float16 -> float32), and its own dtype."""
+    (x,), dt = _lite(node, "float", x)
+    return x, dt
+
+
+def _dims(x) -> list:
+    """Per-dim static ints where known, else scalar tensors."""
+    static = x.shape.as_list()
+    dyn = None
+    out = []
+    for i, d in enumerate(static):
+        if d is None:
+            dyn = tf.shape(x) if dyn is None else dyn
+            out.append(dyn[i])
+        else:
+            out.append(d)
+    return out
+
+
+def _shape_tensor(dims: list):
+    if all(isinstance(d, int) for d in dims):
+        return dims
+    return tf.stack([tf.cast(d, tf.int32) if not isinstance(d, int) else tf.constant(d, tf.int32) for d in dims])
+
+
+def _prod(dims: list):
+    if all(isinstance(d, int) for d in dims):
+        return int(np.prod(dims)) if dims else 1
+    return tf.reduce_prod(tf.stack([tf.cast(d, tf.int32) for d in dims]))
+
+
+def _static(x) -> list[int] | None:
+    s = x.shape.as_list() if x.shape.rank is not None else None
+    return None if s is None or any(d is None for d in s) else s
+
+
+def _axes_input(node: Node, ctx: EmitContext, x: list, j: int = 1, attr: str = "axes") -> list[int] | None:
+    """Axes from the opset<13 attribute or constant input ``j`` (None when absent)."""
+    if len(node.inputs) > j and node.inputs[j]:
+        v = _input_value(node, ctx, x, j)
+        if v is None:
+            raise _unsupported(node, f"non-constant {attr}")
+        return [int(a) for a in v.reshape(-1)]
+    a = node.attr(attr)
+    return None if a is None else [int(v) for v in a]
+
+
+def _scalar_operand(node: Node, ctx: EmitContext, x: list, j: int):
+    """Input ``j`` as a Python float when constant, the tensor when not, None when absent."""
+    v = _input_value(node, ctx, x, j)
+    if v is None:
+        return None if len(node.inputs) <= j or not node.inputs[j] else tf.reshape(x[j], [])
+    return v.reshape(-1)[0].item()
