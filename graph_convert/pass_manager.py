@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -25,10 +28,30 @@ MAX_FIXED_POINT_ROUNDS = 50
 
 @dataclass
 class PassResult:
-    """What a pass did. ``changed`` must be computed, never hard-coded."""
+    """What a pass did. ``changed`` must be computed, never hard-coded: ``True`` or ``False``
+    (a NumPy bool is taken as one); ``details`` a dict for the report. Anything else (the
+    README skeleton's ``changed = ...`` left in, a count, None) is refused here, so the pass
+    that returned it is named (exit 4) instead of being recorded as having changed the graph."""
 
     changed: bool
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problem = result_problem(self)
+        if problem:
+            raise TypeError(problem)
+        self.changed = bool(self.changed)
+
+
+def result_problem(result: PassResult) -> str | None:
+    """Why ``result`` is not a valid PassResult (None when it is)."""
+    import numpy as np
+
+    if not isinstance(result.changed, (bool, np.bool_)):
+        return f"PassResult.changed must be True or False, got {result.changed!r} ({type(result.changed).__name__})"
+    if not isinstance(result.details, dict):
+        return f"PassResult.details must be a dict, got {type(result.details).__name__}"
+    return None
 
 
 @dataclass
@@ -120,7 +143,9 @@ class Registry:
         the original exception chained for a traceback on request."""
         if register is None:
             try:
-                module = importlib.import_module(module_name)
+                module = import_plugin(module_name)
+            except ConvertError:
+                raise
             except (Exception, SystemExit) as e:
                 raise ConvertError(f"plugin {module_name!r}: cannot import it ({_one_line(e)})") from e
             register = getattr(module, "register", None)
@@ -138,6 +163,93 @@ class Registry:
         finally:
             self._current = prev
         self.sources.append(module_name)
+
+
+def is_plugin_path(plugin: str) -> bool:
+    """``--plugin path/to/my_plugin.py`` (or a package folder) rather than a module name."""
+    return plugin.endswith(".py") or os.sep in plugin or (os.altsep is not None and os.altsep in plugin)
+
+
+def plugin_location(plugin: str) -> str | None:
+    """The file (or package folder) a plugin comes from, without importing it; None when it
+    cannot be found (its load then says why)."""
+    if is_plugin_path(plugin):
+        return os.path.abspath(plugin) if os.path.exists(plugin) else None
+    try:
+        spec = importlib.util.find_spec(plugin)
+    except Exception:  # a broken parent package is reported when the plugin is loaded
+        spec = None
+    if spec is None and not _cwd_searched():
+        top = plugin.partition(".")[0]
+        for cand in (os.path.join(os.getcwd(), top + ".py"), os.path.join(os.getcwd(), top)):
+            if os.path.exists(cand):
+                return os.path.abspath(cand)
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return None
+    return os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin
+
+
+def _cwd_searched() -> bool:
+    """Whether imports already look in the current folder (``python -m``, ``python -c``)."""
+    return "" in sys.path or os.getcwd() in sys.path
+
+
+def import_plugin(plugin: str):
+    """Import a plugin given as a module name or as a file path. A module name is looked up on
+    the Python path, then in the current folder (as ``python -m`` would: the README's
+    ``my_plugin.py`` beside the user works without PYTHONPATH); a path (``path/to/my_plugin.py``
+    or a package folder) is imported from that file, under its own name."""
+    if is_plugin_path(plugin):
+        return _import_plugin_file(plugin)
+    try:
+        return importlib.import_module(plugin)
+    except ModuleNotFoundError as e:
+        if e.name != plugin.partition(".")[0] or _cwd_searched():
+            raise
+        cwd = os.getcwd()
+        sys.path.insert(0, cwd)
+        try:
+            return importlib.import_module(plugin)
+        except ModuleNotFoundError as e2:
+            if e2.name != plugin.partition(".")[0]:
+                raise
+            raise ConvertError(f"plugin {plugin!r}: cannot import it (no module {plugin!r} on the Python path nor in the "
+                               f"current folder {cwd}; a file elsewhere: --plugin path/to/{plugin.rpartition('.')[2]}.py)") from None
+        finally:
+            sys.path.remove(cwd)
+
+
+def _import_plugin_file(path: str):
+    folder = os.path.isdir(path)
+    init = os.path.join(path, "__init__.py") if folder else path
+    if not os.path.isfile(init):
+        what = "no __init__.py in that folder" if folder and os.path.isdir(path) else "no such file"
+        raise ConvertError(f"plugin {path!r}: {what}")
+    name = os.path.basename(os.path.normpath(path))
+    name = name[:-3] if name.endswith(".py") else name
+    if not name.isidentifier():
+        raise ConvertError(f"plugin {path!r}: {name!r} is not a Python module name (rename the file)")
+    known = sys.modules.get(name)
+    if known is not None:
+        if os.path.abspath(getattr(known, "__file__", None) or "") == os.path.abspath(init):
+            return known  # the same file, loaded earlier in this process
+        raise ConvertError(f"plugin {path!r}: a module named {name!r} is already imported from elsewhere (rename the file)")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[os.path.abspath(path)] if folder else None)
+    module = importlib.util.module_from_spec(spec)
+    # in sys.modules under its own name, as an imported module would be (its classes' __module__
+    # resolves; a package's submodules import); its folder on the path while it runs, so a
+    # plugin file can import the helper modules beside it
+    sys.modules[name] = module
+    here = os.path.dirname(os.path.abspath(init if not folder else path))
+    sys.path.insert(0, here)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(here)
+    return module
 
 
 def _one_line(e: BaseException) -> str:
@@ -329,6 +441,9 @@ class PassManager:
             graph.thaw_initializers(frozen)
         if not isinstance(result, PassResult):
             raise PassError(name, list(dict.fromkeys(ran)), f"run() returned {type(result).__name__}, expected PassResult")
+        problem = result_problem(result)  # fields set after construction are checked too
+        if problem:
+            raise PassError(name, list(dict.fromkeys(ran)), f"run() returned a bad result: {problem}")
         if not result.changed:
             what = graph.changes_since(before)
             if what is not None:

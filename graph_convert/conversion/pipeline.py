@@ -207,7 +207,7 @@ def _choose_backend(c: Conversion, missing) -> None:
         c.backend_why = f"our emitter has no translation for {UnsupportedOpsError(missing)}".replace("unsupported ops for the TF emitter: ", "")
         c.say(f"backend: onnx2tf ({c.backend_why})")
     elif missing:
-        raise UnsupportedOpsError(missing)
+        raise UnsupportedOpsError(missing, O.auto_hint([op for op, _ in missing]))
     else:
         c.backend_why = "default" if wanted == "graph-convert" else "--backend auto: our emitter handles every op"
     if c.backend == "onnx2tf":
