@@ -95,6 +95,7 @@ def work(tmp_path):
     return tmp_path / "work", tmp_path / "tmp"
 
 
+@pytest.mark.quick
 def test_plugin_from_the_current_folder_and_by_file_path(work):
     folder, tmp = work
     (folder / "my_plugin.py").write_text(HONEST_PLUGIN)
@@ -116,6 +117,7 @@ def test_plugin_from_the_current_folder_and_by_file_path(work):
     assert "current folder" in helptext and "path/to/my_plugin.py" in helptext
 
 
+@pytest.mark.quick
 def test_version_and_python_m(work):
     folder, tmp = work
     script = run(["--version"], folder, tmp)
@@ -201,6 +203,7 @@ def test_pytorch_source_with_a_wrong_rank_shape_is_one_plain_line(work):
     assert not (folder / "out").exists() and os.listdir(tmp) == []
 
 
+@pytest.mark.quick
 def test_a_pass_result_that_is_not_a_bool_names_the_pass(work):
     folder, tmp = work
     (folder / "my_plugin.py").write_text(BAD_RESULT_PLUGIN)
@@ -259,6 +262,7 @@ print(code, sorted(m for m in %r if m in sys.modules))
 """ % (HEAVY,)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("args, fragment", [
     (["convert", "nope.onnx", "-o", "out"], "nope.onnx: no such file"),
     (["convert", "net.py:make", "--input-shape", "1,3,8,8", "-o", "out"], "no such file 'net.py'"),
@@ -282,6 +286,7 @@ def test_argument_and_path_errors_come_before_any_heavy_import(work, args, fragm
     assert code == "2" and [m for m in eval(imported) if m in heavy] == []
 
 
+@pytest.mark.quick
 def test_python_api_names_the_keyword_the_command_line_the_flag(work, tmp_path):
     import graph_convert
 
@@ -297,6 +302,7 @@ def test_python_api_names_the_keyword_the_command_line_the_flag(work, tmp_path):
     assert one_line(proc) == "graph-convert: error: --backend onnx2tf cannot be combined with --no-tflite yet"
 
 
+@pytest.mark.quick
 def test_passes_marks_the_opt_in_ones(work):
     folder, tmp = work
     listing = run(["passes"], folder, tmp).stdout.splitlines()

@@ -34,6 +34,7 @@ def env() -> dict:
     return e
 
 
+@pytest.mark.quick
 def test_the_readme_has_python_blocks():
     names = [b.splitlines()[0] for b in python_blocks()]
     assert len(names) >= 2 and "# my_plugin.py" in names
@@ -64,6 +65,7 @@ def small_model() -> onnx.ModelProto:
     return b.model()
 
 
+@pytest.mark.quick
 def test_the_plugin_skeleton_through_the_command(tmp_path):
     """Copied as it is (``changed = ...`` left in): exit 4 naming the pass, not a pass recorded as
     having changed the graph. With ``changed`` computed (nothing to do: False) it converts, found
@@ -102,6 +104,7 @@ def documented_calls() -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.quick
 def test_signatures_in_the_prose_match_the_code():
     calls = documented_calls()
     assert {"convert", "convert_batch"} <= {name for name, _ in calls}
