@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graph_convert.errors import ConvertError
 from graph_convert.ir import from_onnx
-from graph_convert.ir.onnx_io import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES, load_model
+from graph_convert.ir.onnx_io import load_model
+from graph_convert.ir.tensors import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES
 from graph_convert.checks.equivalence import _line, ort_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

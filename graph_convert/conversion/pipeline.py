@@ -217,7 +217,7 @@ def _choose_backend(c: Conversion, missing) -> None:
 def convert_onnx2tf(c: Conversion) -> None:
     """onnx2tf makes the SavedModel and the .tflite from the source ONNX; both are verified
     against ONNX Runtime on the same draws as our emitter's files, or nothing is written."""
-    from graph_convert import __version__
+    from graph_convert.version import __version__
     from graph_convert.backends.onnx2tf import runner as O
     from graph_convert.checks.equivalence import make_draws
 
