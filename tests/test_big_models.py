@@ -184,11 +184,11 @@ def test_tflite_past_the_flatbuffer_limit_without_the_memory_is_refused_up_front
     conversion work with one line naming --no-tflite (exit 0 means every requested artifact was
     written), and --no-tflite writes and verifies the SavedModel."""
     import graph_convert as gc
-    from graph_convert.conversion import pipeline as pipeline
+    from graph_convert.backends.tensorflow import backend as tf_backend
     from graph_convert.backends.tensorflow import writer
 
     monkeypatch.setattr(writer, "FLATBUFFER_LIMIT", 1000)
-    monkeypatch.setattr(pipeline, "_available_memory", lambda: 1024)
+    monkeypatch.setattr(tf_backend, "available_memory", lambda: 1024)
     said = []
     with pytest.raises(gc.ConvertError, match=r"no \.tflite can be written here: the weights .* \(--no-tflite writes the SavedModel only\)"):
         gc.convert(conv_mlp(), None, tmp_path / "out", log=said.append)
@@ -599,14 +599,22 @@ def test_a_full_disk_is_said_as_such(tmp_path, monkeypatch):
     """A large model's files can fill a disk: one line saying so (not an internal error), nothing left."""
     import errno
 
+    import dataclasses
+
     import graph_convert as gc
-    from graph_convert.conversion import pipeline as pipeline
+    from graph_convert import backends
+    from graph_convert.backends.tensorflow import backend as tf_backend
+
     def full(c):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pipeline, "STAGES", tuple((n, k, full if k == "saved_model" else f, w) for n, k, f, w in pipeline.STAGES))
-    with pytest.raises(gc.ConvertError, match=r"^write SavedModel: no space left on the device \(No space left on device\)"):
-        gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False)
+    stages = tuple(dataclasses.replace(s, run=full) if s.key == "saved_model" else s for s in tf_backend.BACKEND.stages)
+    before = backends.register("graph-convert", dataclasses.replace(tf_backend.BACKEND, stages=stages))
+    try:
+        with pytest.raises(gc.ConvertError, match=r"^write SavedModel: no space left on the device \(No space left on device\)"):
+            gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False)
+    finally:
+        backends.register("graph-convert", before)
     assert os.listdir(tmp_path) == []
 
 
