@@ -203,7 +203,7 @@ def test_pass_checks_hold_for_weights_left_in_their_file(external_file, monkeypa
     """A weight read from its file is a new (read-only) mapping on every read: reading is not a
     change, an in-place edit fails where it happens, a replaced weight is still caught."""
     from graph_convert.errors import PassError
-    from graph_convert.passes import PassManager, PassResult
+    from graph_convert.pass_manager import PassManager, PassResult
     from tests.test_pass_manager import make_pass, registry_of
 
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
