@@ -1,99 +1,72 @@
-"""Finding and importing a plugin named with ``--plugin`` / ``plugins=[...]``: a module name
-(looked up on the Python path, then in the current folder, as ``python -m`` would) or a file path
-(``path/to/my_plugin.py``, or a package folder). Light: no graph, no TensorFlow, so the command
-line can check that a plugin exists before any heavy import."""
+"""Plugin discovery: a conversion's :class:`~graph_convert.pass_manager.Registry` filled with the
+built-in passes and transpose handlers (``passes/``, installed as ``graph_convert_passes``), the
+TensorFlow back end's emitter table, installed entry-point plugins (group ``graph_convert.plugins``)
+and the ``--plugin`` modules, in that order (later entries win)."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
-import sys
+import importlib.metadata
+from typing import Callable
 
 from graph_convert.errors import ConvertError
+from graph_convert.pass_manager import Registry, one_line
+
+ENTRY_POINT_GROUP = "graph_convert.plugins"
 
 
-def is_plugin_path(plugin: str) -> bool:
-    """``--plugin path/to/my_plugin.py`` (or a package folder) rather than a module name."""
-    return plugin.endswith(".py") or os.sep in plugin or (os.altsep is not None and os.altsep in plugin)
-
-
-def plugin_location(plugin: str) -> str | None:
-    """The file (or package folder) a plugin comes from, without importing it; None when it
-    cannot be found (its load then says why)."""
-    if is_plugin_path(plugin):
-        return os.path.abspath(plugin) if os.path.exists(plugin) else None
+def load_entry_point(ep) -> Callable[[Registry], None]:
     try:
-        spec = importlib.util.find_spec(plugin)
-    except Exception:  # a broken parent package is reported when the plugin is loaded
-        spec = None
-    if spec is None and not _cwd_searched():
-        top = plugin.partition(".")[0]
-        for cand in (os.path.join(os.getcwd(), top + ".py"), os.path.join(os.getcwd(), top)):
-            if os.path.exists(cand):
-                return os.path.abspath(cand)
-    if spec is None or not spec.origin or not os.path.exists(spec.origin):
-        return None
-    return os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin
+        return ep.load()
+    except (Exception, SystemExit) as e:
+        raise ConvertError(f"plugin {ep.value!r} (entry point {ep.name!r}): cannot import it ({one_line(e)})") from e
 
 
-def _cwd_searched() -> bool:
-    """Whether imports already look in the current folder (``python -m``, ``python -c``)."""
-    return "" in sys.path or os.getcwd() in sys.path
+def builtin_passes():
+    """The built-in passes: in a source checkout ``passes/`` beside ``graph_convert/`` (imported
+    under its installed name, so a worktree uses its own), else the installed
+    ``graph_convert_passes``; never a ``passes`` module from the user's path."""
+    import sys
+
+    if "graph_convert_passes" not in sys.modules:
+        load_checkout_package("graph_convert_passes", "passes")
+    return importlib.import_module("graph_convert_passes")
 
 
-def import_plugin(plugin: str):
-    """Import a plugin given as a module name or as a file path. A module name is looked up on
-    the Python path, then in the current folder (as ``python -m`` would: the README's
-    ``my_plugin.py`` beside the user works without PYTHONPATH); a path (``path/to/my_plugin.py``
-    or a package folder) is imported from that file, under its own name."""
-    if is_plugin_path(plugin):
-        return _import_plugin_file(plugin)
-    try:
-        return importlib.import_module(plugin)
-    except ModuleNotFoundError as e:
-        if e.name != plugin.partition(".")[0] or _cwd_searched():
-            raise
-        cwd = os.getcwd()
-        sys.path.insert(0, cwd)
-        try:
-            return importlib.import_module(plugin)
-        except ModuleNotFoundError as e2:
-            if e2.name != plugin.partition(".")[0]:
-                raise
-            raise ConvertError(f"plugin {plugin!r}: cannot import it (no module {plugin!r} on the Python path nor in the "
-                               f"current folder {cwd}; a file elsewhere: --plugin path/to/{plugin.rpartition('.')[2]}.py)") from None
-        finally:
-            sys.path.remove(cwd)
+def load_checkout_package(name: str, folder_name: str) -> None:
+    """Import ``folder_name/`` of the checkout holding this ``graph_convert`` as package ``name``
+    (nothing when this is an installed copy without that folder)."""
+    import importlib.util
+    import os
+    import sys
 
-
-def _import_plugin_file(path: str):
-    folder = os.path.isdir(path)
-    init = os.path.join(path, "__init__.py") if folder else path
-    if not os.path.isfile(init):
-        what = "no __init__.py in that folder" if folder and os.path.isdir(path) else "no such file"
-        raise ConvertError(f"plugin {path!r}: {what}")
-    name = os.path.basename(os.path.normpath(path))
-    name = name[:-3] if name.endswith(".py") else name
-    if not name.isidentifier():
-        raise ConvertError(f"plugin {path!r}: {name!r} is not a Python module name (rename the file)")
-    known = sys.modules.get(name)
-    if known is not None:
-        if os.path.abspath(getattr(known, "__file__", None) or "") == os.path.abspath(init):
-            return known  # the same file, loaded earlier in this process
-        raise ConvertError(f"plugin {path!r}: a module named {name!r} is already imported from elsewhere (rename the file)")
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[os.path.abspath(path)] if folder else None)
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), folder_name)
+    init = os.path.join(folder, "__init__.py")
+    if name in sys.modules or not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
     module = importlib.util.module_from_spec(spec)
-    # in sys.modules under its own name, as an imported module would be (its classes' __module__
-    # resolves; a package's submodules import); its folder on the path while it runs, so a
-    # plugin file can import the helper modules beside it
     sys.modules[name] = module
-    here = os.path.dirname(os.path.abspath(init if not folder else path))
-    sys.path.insert(0, here)
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
-    finally:
-        sys.path.remove(here)
-    return module
+
+
+def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points: bool = True) -> Registry:
+    """Registry with the built-in passes, installed entry-point plugins, then ``plugins``."""
+    reg = Registry()
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if entry_points else []
+    # the built-ins always come from our own package (the "builtin" entry point names it for
+    # discovery; loading it by that name could pick up a stale install or another checkout)
+    reg.load("graph_convert_passes", builtin_passes().register)
+    # the built-in emitters are the TensorFlow back end's table, registered like a plugin's
+    from graph_convert.backends.tensorflow import ops as tf_ops
+
+    reg.load("graph_convert.backends.tensorflow.ops", tf_ops.register)
+    for ep in eps:
+        if ep.name != "builtin":
+            reg.load(f"{ep.value} (entry point {ep.name})", load_entry_point(ep))
+    for mod in plugins:
+        reg.load(mod)
+    return reg

@@ -330,7 +330,7 @@ def protected_paths(source, plugins: Iterable[str]) -> list[tuple[str, str]]:
         path = text.rpartition(":")[0] if text.rpartition(":")[0].endswith(".py") else text
         if os.path.exists(path):
             out.append(("the source", os.path.abspath(path)))
-    from graph_convert.plugins import plugin_location
+    from graph_convert.plugin_import import plugin_location
 
     for mod in plugins:
         where = plugin_location(mod)

@@ -9,7 +9,7 @@ from typing import Any
 
 from graph_convert.errors import ConvertError
 from graph_convert.options import ConvertOptions
-from graph_convert.plugins import is_plugin_path
+from graph_convert.plugin_import import is_plugin_path
 
 
 def check_paths(source: Any, options: ConvertOptions) -> None:
