@@ -433,4 +433,5 @@ def test_cnn_head_in_if_keeps_backbone_free_of_transposes(tmp_path, spatial):
     assert main.count("TRANSPOSE") == (1 if spatial else 0), main
     if spatial:
         kept = rep["rewritten_graph"]["transposes_left"]
-        assert any("bodies read this tensor in the source layout" in t.get("reason", "") for t in kept), kept
+        reasons = [k["reason"] for t in kept for k in t.get("kept_because", [])]
+        assert any("bodies read this tensor in the source layout" in r for r in reasons), kept

@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph, Node, from_onnx
 from graph_convert.backends.tensorflow.emitter import EmitContext, emit_nodes
-from graph_convert.backends.tensorflow.ops.core import emitter, unsupported
+from graph_convert.backends.tensorflow.ops.core import cast_back, emitter, to_lite, unsupported
 
 UNROLL_LIMIT = 16  # iterations: up to this many a constant-count loop is traced once per iteration
 UNROLL_NODES = 2048  # ... and only while iterations x body nodes stays below this
@@ -131,6 +131,12 @@ class _Body:
         return None if s is None else [d if isinstance(d, int) and d >= 0 else None for d in s]
 
 
+def _moved(node: Node, kinds, fn, *xs):
+    """``fn(*xs)`` (data movement) in a dtype TFLite's kernels for ``kinds`` take, cast back."""
+    ts, dt = to_lite(node, kinds, *xs)
+    return cast_back(fn(*ts), dt)
+
+
 def _pred(x) -> tf.Tensor:
     return tf.reshape(tf.cast(x, tf.bool), [])
 
@@ -201,33 +207,35 @@ class _Stacker:
     reshaped to ``[iterations, *shape]`` after the loop."""
 
     def __init__(self, node: Node, body: _Body, k: int, dtype=None):
+        self.node = node
         self.dtype = dtype or body.dtype(k)
         if self.dtype is None:
             raise unsupported(node, f"scan output {k} of unknown type")
         self.dims = body.static_dims(k)  # None: rank unknown (the shape is read off the last iteration)
+        # the buffer is kept in a dtype TFLite's CONCATENATION and STRIDED_SLICE take (float16 in float32)
+        self.store = to_lite(node, ("concat", "slice"), tf.zeros([0], self.dtype))[0][0].dtype
 
     def initial(self) -> list:
         # before the first iteration the shape is what shape inference knows (0 where it does
         # not): a loop that runs 0 times gives [0, *those dims], as ONNX Runtime does
         # both start with one element dropped after the loop: TFLite's WHILE fails on a loop
         # variable that starts empty and grows by one element (LiteRT 2.21; by 2+ it runs)
-        return [tf.zeros([1], self.dtype), tf.constant([1, *[d or 0 for d in self.dims or []]], tf.int32)]
+        return [tf.zeros([1], self.store), tf.constant([1, *[d or 0 for d in self.dims or []]], tf.int32)]
 
-    @staticmethod
-    def append(buf, y) -> list:
-        return [tf.concat([buf, tf.reshape(y, [-1])], 0), tf.concat([[1], tf.shape(y, out_type=tf.int32)], 0)]
+    def append(self, buf, y) -> list:
+        return [tf.concat([buf, cast_back(tf.reshape(y, [-1]), self.store)], 0), tf.concat([[1], tf.shape(y, out_type=tf.int32)], 0)]
 
     def final(self, buf, shape, count) -> tf.Tensor:
         buf = buf[1:]
         if self.dims is not None and all(d is not None and d > 0 for d in self.dims):  # static element shape: the count is the only open dim
-            return tf.reshape(buf, [-1, *self.dims])
-        return tf.reshape(buf, tf.concat([tf.reshape(tf.cast(count, tf.int32), [1]), shape[1:]], 0))
+            return cast_back(tf.reshape(buf, [-1, *self.dims]), self.dtype)
+        return cast_back(tf.reshape(buf, tf.concat([tf.reshape(tf.cast(count, tf.int32), [1]), shape[1:]], 0)), self.dtype)
 
 
 def _stack(node: Node, body: _Body, k: int, values: list) -> tf.Tensor:
     """Unrolled scan output ``k``: the iterations' values stacked on a new first axis."""
     if values:
-        return tf.stack(values, 0)
+        return _moved(node, "concat", lambda *v: tf.stack(v, 0), *values)
     dims, dtype = body.static_dims(k), body.dtype(k)
     if dims is None or dtype is None or None in dims:
         raise unsupported(node, "an unrolled loop of 0 iterations with a scan output of unknown shape")
@@ -269,7 +277,7 @@ def loop(node: Node, x, ctx: EmitContext):
         outs = body([i, c, *rest[:n_state]])
         new = [i + 1, _pred(outs[0]) if has_c else c, *outs[1:1 + n_state]]
         for k in range(n_scan):
-            new += _Stacker.append(rest[n_state + 2 * k], outs[1 + n_state + k])
+            new += stackers[k].append(rest[n_state + 2 * k], outs[1 + n_state + k])
         return new
 
     res = _while(cond_fn, body_fn, init, ctx)
@@ -335,8 +343,8 @@ def _scan(node: Node, states: list, seqs: list, ctx: EmitContext, in_dirs: list[
     for s, a, d in zip(seqs, in_axes, in_dirs):
         if a:
             r = s.shape.rank
-            s = tf.transpose(s, [a, *[k for k in range(r) if k != a]])
-        moved.append(tf.reverse(s, [0]) if d else s)
+            s = _moved(node, "transpose", lambda t: tf.transpose(t, [a, *[k for k in range(r) if k != a]]), s)
+        moved.append(_moved(node, "reverse", lambda t: tf.reverse(t, [0]), s) if d else s)
     elems = [tf.TensorShape(s.shape[1:]) for s in moved]
     fed = [*states, *moved]  # (only their dtypes are read)
     shapes = [None] * n_state + [e.as_list() if e.rank is not None and e.is_fully_defined() else None for e in elems]
@@ -346,7 +354,7 @@ def _scan(node: Node, states: list, seqs: list, ctx: EmitContext, in_dirs: list[
     if length is not None and length <= UNROLL_LIMIT and length * max(1, len(body.graph)) <= UNROLL_NODES:
         v, outs = list(states), [[] for _ in range(n_out)]
         for i in range(length):
-            res = body([*v, *[s[i] for s in moved]])
+            res = body([*v, *[_moved(node, "slice", lambda t: t[i], s) for s in moved]])
             v = res[:n_state]
             for k in range(n_out):
                 outs[k].append(res[n_state + k])
@@ -362,10 +370,10 @@ def _scan(node: Node, states: list, seqs: list, ctx: EmitContext, in_dirs: list[
             return i < n
 
         def body_fn(i, *rest):
-            res = body([*rest[:n_state], *[tf.gather(s, i) for s in moved]])
+            res = body([*rest[:n_state], *[_moved(node, "gather", lambda t: tf.gather(t, i), s) for s in moved]])
             new = [i + 1, *res[:n_state]]
             for k in range(n_out):
-                new += _Stacker.append(rest[n_state + 2 * k], res[n_state + k])
+                new += stackers[k].append(rest[n_state + 2 * k], res[n_state + k])
             return new
 
         done = _while(cond_fn, body_fn, init, ctx)
@@ -376,10 +384,9 @@ def _scan(node: Node, states: list, seqs: list, ctx: EmitContext, in_dirs: list[
     final = []
     for y, a, d in zip(stacked, out_axes, out_dirs):
         if d:
-            y = tf.reverse(y, [0])
+            y = _moved(node, "reverse", lambda t: tf.reverse(t, [0]), y)
         if a:
-            r = y.shape.rank
-            rest = list(range(1, r))
-            y = tf.transpose(y, [*rest[:a], 0, *rest[a:]])
+            rest = list(range(1, y.shape.rank))
+            y = _moved(node, "transpose", lambda t: tf.transpose(t, [*rest[:a], 0, *rest[a:]]), y)
         final.append(y)
     return list(v) + final

@@ -454,6 +454,7 @@ def emit_range(node, x, ctx):
         n = max(int(math.ceil((float(limit) - float(start)) / float(delta))), 0)
         return tf.constant((start + np.arange(n) * delta).astype(vals[0].dtype))
     xs, dt = to_lite(node, "range", *x[:3])
+    xs = [tf.reshape(v, []) for v in xs]  # ONNX Runtime takes 1-element vectors too (AffineGrid's expansion gives them)
     return cast_back(tf.range(xs[0], xs[1], xs[2]), dt)
 
 
