@@ -279,7 +279,7 @@ def test_unsupported_body_op_is_named():
     g = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els)], "m",
                           [vi("c", T.BOOL, []), vi("x", T.FLOAT, [2])], [vi("y", T.FLOAT, [2])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.domain", 1)])
-    assert [k for k, _ in missing_emitters(from_onnx(m), registry().emitters)] == ["my.domain::NoSuchOp"]
+    assert missing_emitters(from_onnx(m), registry().emitters) == [("my.domain::NoSuchOp", "If_0/then_branch/NoSuchOp")]
 
 
 # --- from PyTorch ----------------------------------------------------------------------------------

@@ -39,19 +39,21 @@ def tf_name(name: str) -> str:
 
 def missing_emitters(graph: Graph, emitters: dict[str, Any]) -> list[tuple[str, str]]:
     """(op_type, node name) of every node the emitter table cannot translate, inside subgraph
-    bodies (If/Loop/Scan) too: those are traced with the same table."""
+    bodies (If/Loop/Scan) too: those are traced with the same table (a body's node is named
+    ``outer node/attribute/name``, its op type when unnamed)."""
     out = []
 
-    def visit(nodes) -> None:
+    def visit(nodes, where: str) -> None:
         for n in nodes:
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+            name = where + (n.name or n.op_type)
             if key not in emitters:
-                out.append((key, n.name))
+                out.append((key, name))
             for a in n.attribute if isinstance(n, onnx.NodeProto) else n.attrs.values():
                 for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                    visit(g.node)
+                    visit(g.node, f"{name}/{a.name}/")
 
-    visit(graph.nodes)
+    visit(graph.nodes, "")
     return out
 
 
