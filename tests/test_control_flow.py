@@ -461,3 +461,16 @@ def test_passes_keep_outer_scope_references():
         assert_equivalent(m, g, seed=seed)
     sums = [float(np.sum(np.random.default_rng(s).standard_normal((1, 3, 8, 8)))) for s in range(4)]
     assert min(sums) < 0 < max(sums)
+
+
+def test_branches_of_different_rank_are_declined(runner):
+    """ONNX lets the branches give different shapes (handled: IF resizes) but also different
+    ranks, which the emitters after it cannot take: declined, naming the node and output."""
+    a = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["ya"], keepdims=0)], "a", [], [vi("ya", T.FLOAT, [])])
+    b = helper.make_graph([helper.make_node("Slice", ["x", "s0", "s1"], ["yb"])], "b", [], [vi("yb", T.FLOAT, [1])])
+    m = model([helper.make_node("If", ["c"], ["y"], then_branch=a, else_branch=b)], [vi("c", T.BOOL, []), vi("x", T.FLOAT, [3])],
+              [vi("y", T.FLOAT, 1)], [init("s0", np.array([0], np.int64)), init("s1", np.array([1], np.int64))])
+    from tests.test_ops import ort_case
+
+    r = runner.run(ort_case(m, {"c": np.array(False), "x": RNG.standard_normal(3).astype(np.float32)}))
+    assert r.status == "unsupported" and "output 0 of rank 0 in one branch and 1 in the other" in r.reason, r.reason

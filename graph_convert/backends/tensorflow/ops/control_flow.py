@@ -151,7 +151,17 @@ def if_(node: Node, x, ctx: EmitContext):
             raise unsupported(node, f"a condition of {cond.size} elements")
         return _Body(node, "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch", ctx)([])
     then_, else_ = _Body(node, "then_branch", ctx), _Body(node, "else_branch", ctx)
-    outs = tf.cond(_pred(x[0]), lambda: then_([]), lambda: else_([]))
+    ranks: dict[str, list] = {}
+
+    def branch(body: _Body, key: str):
+        outs = body([])
+        ranks[key] = [o.shape.rank for o in outs]
+        return outs
+
+    outs = tf.cond(_pred(x[0]), lambda: branch(then_, "then"), lambda: branch(else_, "else"))
+    for k, (a, b) in enumerate(zip(ranks["then"], ranks["else"])):
+        if a is not None and b is not None and a != b:  # shapes may differ, ranks may not: emitters need the rank
+            raise unsupported(node, f"output {k} of rank {a} in one branch and {b} in the other")
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
