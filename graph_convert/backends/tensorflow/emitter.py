@@ -273,7 +273,7 @@ def emit_nodes(nodes: list[Node], ctx: EmitContext) -> None:
     for node in nodes:
         try:
             outs = _emit_node(node, _Inputs(node.inputs, ctx.value, env, ctx.peek_const), ctx, ctx.emitters, ctx.layout_aware)
-        except ConvertError:
+        except (ConvertError, StageError):  # (a StageError: from a node inside a control-flow body, named)
             raise
         except Exception as e:  # an emitter bug, ours or a plugin's: not the user's input
             raise StageError("emit TensorFlow", f"the {node.op_type} emitter raised {type(e).__name__}: "
