@@ -114,8 +114,10 @@ def emit_dft(node, x, ctx):
 def emit_stft(node, x, ctx):
     sig, dt = _float(node, x[0])
     shape = _static(sig)
+    if shape is not None and len(shape) == 2:  # [batch, length]: a real signal (TorchScript's export)
+        sig, shape = tf.expand_dims(sig, -1), shape + [1]
     if shape is None or len(shape) != 3:
-        raise _unsupported(node, "a signal of unknown shape or of rank other than 3 ([batch, length, 1 or 2])")
+        raise _unsupported(node, "a signal of unknown shape or of rank other than 2 or 3 ([batch, length(, 1 or 2)])")
     batch, length, c_in = shape
     if c_in not in (1, 2):
         raise _unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
