@@ -84,7 +84,6 @@ def _build_mask(node, x, ctx, q_len: int, kv_len: int, past_len: int) -> _Mask:
         cols = tf.constant(np.arange(kv_len, dtype=np.int32).reshape(1, 1, 1, kv_len))
         m.allow(tf.less(cols, nonpad))
     if _given(node, 3):
-        mv = _input_value(node, ctx, x, 3)
         mt = x[3]
         s_mask = mt.shape.as_list()[-1]
         if s_mask is None:
@@ -94,6 +93,9 @@ def _build_mask(node, x, ctx, q_len: int, kv_len: int, past_len: int) -> _Mask:
         if s_mask < kv_len:  # the keys past the mask are masked (ONNX pads it with -inf / False)
             m.allow(np.arange(kv_len) < s_mask)
         if mt.dtype == tf.bool:
+            # a constant float mask is not read as numpy: its -inf entries must stay the exact
+            # tensor ``EmitContext.weight`` made (TFLite would store -FLT_MAX)
+            mv = _input_value(node, ctx, x, 3)
             if mv is not None:
                 m.allow(_pad_last(mv.astype(bool), kv_len, True))
             else:
