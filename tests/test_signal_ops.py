@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from ai_edge_litert.interpreter import Interpreter
 from onnx import TensorProto, helper
 from onnx.backend.test.case.test_case import TestCase
 
@@ -69,6 +70,10 @@ DFT_FORMS = {
     "inverse_complex": ((2, 4, 9, 2), 2, None, 1, 0),
     "irfft_even": ((2, 9, 3, 2), 1, None, 1, 1),
     "irfft_odd_length": ((2, 9, 2), 1, 17, 1, 1),
+    # power-of-two one-sided forward: RFFT2D
+    "rfft2d": ((2, 3, 16, 1), 2, None, 0, 1),
+    "rfft2d_padded_axis0": ((12, 3, 1), 0, 16, 0, 1),
+    "rfft2d_truncated": ((2, 40, 1), 1, 32, 0, 1),
 }
 
 
@@ -102,6 +107,10 @@ def test_dft_forms_match_numpy(form, opset, runner):
     node = helper.make_node("DFT", ins, ["y"], **attrs)
     model = _model([node], [("x", list(shape), F)], [("y", list(y.shape), F)], opset, inits)
     _passes(runner, _case(model, [x], [y]))
+    ops = {d["op_name"] for d in Interpreter(model_content=runner.last_tflite)._get_ops_details()}
+    length = n or shape[axis]
+    fft_kernel = shape[-1] == 1 and onesided and not inverse and length & (length - 1) == 0
+    assert ("RFFT2D" in ops) == fft_kernel, ops  # RFFT2D exactly where it applies
 
 
 # --- STFT ----------------------------------------------------------------------------------------

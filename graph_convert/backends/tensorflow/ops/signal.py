@@ -8,9 +8,9 @@ sines (computed in float64, entry by entry from ``(n * k) mod N`` so large lengt
 and split back into ``(k, 2)``. Zero padding and truncation to ``dft_length``, the one-sided
 half spectrum, the inverse's sign and 1/N scale, and the inverse of a one-sided spectrum (a real
 signal, as numpy's ``irfft``) all live in that matrix, so every form is a FULLY_CONNECTED or
-BATCH_MATMUL in TFLite. (RFFT2D, the one FFT kernel LiteRT has, returns complex64 and takes only
-power-of-two lengths; the matrix form is exact for every length, and for audio-sized frames
-(n_fft <= 2048) its cost is that of one dense layer.)
+BATCH_MATMUL in TFLite. Where LiteRT's one FFT kernel applies — the one-sided DFT of a real
+signal of power-of-two length — it is RFFT2D instead, whose complex64 result REAL and IMAG
+split into the real ``(..., 2)`` layout right away (no complex tensor leaves the emitter).
 
 STFT is a strided 1-D convolution whose filters are the windowed DFT matrix (one CONV_2D: no
 framing copies) when the window is a constant, else frames gathered with constant indices,
@@ -67,6 +67,20 @@ def _int_input(node: Node, ctx, x, j: int, what: str) -> int | None:
     return int(v.reshape(-1)[0])
 
 
+def _rfft(t, n_in: int, n: int):
+    """The one-sided spectrum of real signals ``(rows, n_in)`` of power-of-two length ``n``:
+    TFLite's RFFT2D (its complex64 result split at once by REAL and IMAG into ``(rows, bins, 2)``).
+    More exact than the matrix (float32 error relative to the output's scale: 5e-8 against 8e-7
+    at n = 512) and as fast on XNNPACK, without an (n, n + 2) constant in the file."""
+    s = t
+    if n_in > n:
+        s = s[:, :n]
+    elif n_in < n:
+        s = tf.pad(s, [[0, 0], [0, n - n_in]])
+    z = tf.signal.rfft(s, fft_length=[n])
+    return tf.stack([tf.math.real(z), tf.math.imag(z)], axis=-1)
+
+
 @emitter("DFT")
 def emit_dft(node, x, ctx):
     t, dt = _float(node, x[0])
@@ -95,16 +109,18 @@ def emit_dft(node, x, ctx):
     if onesided and not inverse and c_in == 2:
         raise _unsupported(node, "a one-sided DFT of a complex signal")
     bins = n if real_out else (n // 2 + 1 if onesided else n)
-    w = _dft_matrix(n_in, c_in, n, bins, inverse, real_out).astype(t.dtype.as_numpy_dtype)
     # the transformed axis next to the (real, imaginary) axis: a transpose only when it is elsewhere
     perm = [a for a in range(rank - 1) if a != axis] + [axis, rank - 1]
     moved = perm != list(range(rank))
     if moved:
         t = tf.transpose(t, perm)
     lead = [shape[a] for a in perm[:-2]]
-    y = tf.linalg.matmul(tf.reshape(t, [-1, n_in * c_in]), ctx.weight(w))
-    out_c = 1 if real_out else 2
-    y = tf.reshape(y, lead + [bins, out_c])
+    if c_in == 1 and onesided and not inverse and n >= 4 and n & (n - 1) == 0 and t.dtype == tf.float32:
+        y = tf.reshape(_rfft(tf.reshape(t, [-1, n_in]), n_in, n), lead + [bins, 2])
+    else:
+        w = _dft_matrix(n_in, c_in, n, bins, inverse, real_out).astype(t.dtype.as_numpy_dtype)
+        y = tf.linalg.matmul(tf.reshape(t, [-1, n_in * c_in]), ctx.weight(w))
+        y = tf.reshape(y, lead + [bins, 1 if real_out else 2])
     if moved:
         y = tf.transpose(y, np.argsort(perm).tolist())
     return _back(y, dt)
