@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from graph_convert.backends.tensorflow.ops.core import _dims, _float, _input_value, _shape_tensor, _unsupported, emitter
+from graph_convert.backends.tensorflow.ops.core import dims_of, lite_float, input_value, shape_tensor, unsupported, emitter
 
 
 def _given(node, j: int) -> bool:
@@ -33,14 +33,14 @@ def _given(node, j: int) -> bool:
 
 def _compute(node, t):
     """``t`` in float32 for the arithmetic (float16/bfloat16 inputs too), and its own dtype."""
-    t2, dt = _float(node, t)
+    t2, dt = lite_float(node, t)
     return (t2 if t2.dtype == tf.float32 else tf.cast(t2, tf.float32)), dt
 
 
 def _to_heads(t, heads: int):
     """(B, T, heads * D) -> (B, heads, T, D)."""
-    b, s, h = _dims(t)
-    return tf.transpose(tf.reshape(t, _shape_tensor([b, s, heads, h // heads])), [0, 2, 1, 3])
+    b, s, h = dims_of(t)
+    return tf.transpose(tf.reshape(t, shape_tensor([b, s, heads, h // heads])), [0, 2, 1, 3])
 
 
 class _Mask:
@@ -87,15 +87,15 @@ def _build_mask(node, x, ctx, q_len: int, kv_len: int, past_len: int) -> _Mask:
         mt = x[3]
         s_mask = mt.shape.as_list()[-1]
         if s_mask is None:
-            raise _unsupported(node, "an attn_mask of unknown length")
+            raise unsupported(node, "an attn_mask of unknown length")
         if s_mask > kv_len:
-            raise _unsupported(node, f"an attn_mask over {s_mask} keys for {kv_len} keys")
+            raise unsupported(node, f"an attn_mask over {s_mask} keys for {kv_len} keys")
         if s_mask < kv_len:  # the keys past the mask are masked (ONNX pads it with -inf / False)
             m.allow(np.arange(kv_len) < s_mask)
         if mt.dtype == tf.bool:
             # a constant float mask is not read as numpy: its -inf entries must stay the exact
             # tensor ``EmitContext.weight`` made (TFLite would store -FLT_MAX)
-            mv = _input_value(node, ctx, x, 3)
+            mv = input_value(node, ctx, x, 3)
             if mv is not None:
                 m.allow(_pad_last(mv.astype(bool), kv_len, True))
             else:
@@ -147,27 +147,27 @@ def emit_attention(node, x, ctx):
     if rank == 3:
         hq, hkv = node.attr("q_num_heads"), node.attr("kv_num_heads")
         if not hq or not hkv:
-            raise _unsupported(node, "3-D inputs without q_num_heads/kv_num_heads")
+            raise unsupported(node, "3-D inputs without q_num_heads/kv_num_heads")
         q, k, v = _to_heads(q, hq), _to_heads(k, hkv), _to_heads(v, hkv)
     elif rank != 4:
-        raise _unsupported(node, f"rank-{rank} inputs")
+        raise unsupported(node, f"rank-{rank} inputs")
     if _given(node, 4) != _given(node, 5):
-        raise _unsupported(node, "past_key without past_value (or the reverse)")
+        raise unsupported(node, "past_key without past_value (or the reverse)")
     past_len = 0
     if _given(node, 4):
         pk, _ = _compute(node, x[4])
         pv, _ = _compute(node, x[5])
         past_len = pk.shape.as_list()[2]
         if past_len is None:
-            raise _unsupported(node, "a past of unknown length")
+            raise unsupported(node, "a past of unknown length")
         k, v = tf.concat([pk, k], axis=2), tf.concat([pv, v], axis=2)
     present_k, present_v = k, v
-    b, hq, q_len, d = _dims(q)
+    b, hq, q_len, d = dims_of(q)
     hkv, kv_len = k.shape.as_list()[1], k.shape.as_list()[2]
     if not all(isinstance(s, int) for s in (hq, q_len, d, hkv, kv_len)):
-        raise _unsupported(node, "unknown head counts, sequence lengths or head sizes")
+        raise unsupported(node, "unknown head counts, sequence lengths or head sizes")
     if hq % hkv:
-        raise _unsupported(node, f"{hq} query heads over {hkv} key/value heads")
+        raise unsupported(node, f"{hq} query heads over {hkv} key/value heads")
     group = hq // hkv
     scale = node.attr("scale")
     scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
@@ -176,10 +176,10 @@ def emit_attention(node, x, ctx):
     # the scale (and 1/softcap) on Q, the smaller operand
     qs = q * np.float32(scale / softcap if softcap > 0 else scale)
     if group > 1:  # heads h = g * group + r read kv head g: (B, Hkv, group * T, D), a reshape
-        qs = tf.reshape(qs, _shape_tensor([b, hkv, group * q_len, d]))
+        qs = tf.reshape(qs, shape_tensor([b, hkv, group * q_len, d]))
     scores = tf.linalg.matmul(qs, k, transpose_b=True)
     if group > 1:
-        scores = tf.reshape(scores, _shape_tensor([b, hq, q_len, kv_len]))
+        scores = tf.reshape(scores, shape_tensor([b, hq, q_len, kv_len]))
     if softcap > 0:
         scores = tf.math.tanh(scores) * np.float32(softcap)
     qk_out = scores
@@ -189,7 +189,7 @@ def emit_attention(node, x, ctx):
     if mode == 2:
         neg = ctx.exact_constant(np.array(-np.inf, np.float32))
         if neg is None and allowed is not None:
-            raise _unsupported(node, "qk_matmul_output_mode 2 with a boolean/causal mask in a graph without inputs")
+            raise unsupported(node, "qk_matmul_output_mode 2 with a boolean/causal mask in a graph without inputs")
         qk_out = biased if allowed is None else tf.where(allowed, biased, neg)
     logits = biased if allowed is None else tf.where(allowed, biased, np.float32(np.finfo(np.float32).min))
     probs = tf.nn.softmax(logits, axis=-1)
@@ -202,13 +202,13 @@ def emit_attention(node, x, ctx):
         probs = tf.where(dead, tf.zeros_like(probs), probs)
     if mode == 3:
         qk_out = probs
-    pg = tf.reshape(probs, _shape_tensor([b, hkv, group * q_len, kv_len])) if group > 1 else probs
+    pg = tf.reshape(probs, shape_tensor([b, hkv, group * q_len, kv_len])) if group > 1 else probs
     y = tf.linalg.matmul(pg, v)
     dv = v.shape.as_list()[-1]
     if group > 1:
-        y = tf.reshape(y, _shape_tensor([b, hq, q_len, dv]))
+        y = tf.reshape(y, shape_tensor([b, hq, q_len, dv]))
     if rank == 3:
-        y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), _shape_tensor([b, q_len, hq * dv]))
+        y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), shape_tensor([b, q_len, hq * dv]))
     back = (lambda t: t) if dt == tf.float32 else (lambda t: tf.cast(t, dt))
     return [back(y), back(present_k), back(present_v), back(qk_out)][:len(node.outputs)]
 
@@ -219,20 +219,20 @@ def emit_rotary_embedding(node, x, ctx):
     cos, _ = _compute(node, x[1])
     sin, _ = _compute(node, x[2])
     rank = t.shape.rank
-    dims = _dims(t)
+    dims = dims_of(t)
     if rank == 3:
         heads = node.attr("num_heads", 0)
         if not heads:
-            raise _unsupported(node, "a 3-D input without num_heads")
+            raise unsupported(node, "a 3-D input without num_heads")
         b, s, hidden = dims
         if not isinstance(hidden, int):
-            raise _unsupported(node, "an unknown hidden size")
-        t = tf.reshape(t, _shape_tensor([b, s, heads, hidden // heads]))  # (B, S, H, D)
+            raise unsupported(node, "an unknown hidden size")
+        t = tf.reshape(t, shape_tensor([b, s, heads, hidden // heads]))  # (B, S, H, D)
     elif rank != 4:
-        raise _unsupported(node, f"a rank-{rank} input")
+        raise unsupported(node, f"a rank-{rank} input")
     d = t.shape.as_list()[-1]
     if d is None:
-        raise _unsupported(node, "an unknown head size")
+        raise unsupported(node, "an unknown head size")
     rd = node.attr("rotary_embedding_dim", 0) or d
     half = rd // 2
     if _given(node, 3):  # (B, S) positions into the (max_positions, rd / 2) caches
@@ -249,8 +249,8 @@ def emit_rotary_embedding(node, x, ctx):
     real = cos * x1 - sin * x2
     imag = sin * x1 + cos * x2
     if node.attr("interleaved", 0):
-        out_dims = _dims(rot)
-        rot = tf.reshape(tf.stack([real, imag], axis=-1), _shape_tensor(out_dims))
+        out_dims = dims_of(rot)
+        rot = tf.reshape(tf.stack([real, imag], axis=-1), shape_tensor(out_dims))
         parts = [rot]
     else:
         parts = [real, imag]
@@ -258,5 +258,5 @@ def emit_rotary_embedding(node, x, ctx):
         parts.append(t[..., rd:])
     y = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
     if rank == 3:
-        y = tf.reshape(y, _shape_tensor(dims))
+        y = tf.reshape(y, shape_tensor(dims))
     return y if dt == tf.float32 else tf.cast(y, dt)

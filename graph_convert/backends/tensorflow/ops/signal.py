@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.emitter import tf_dtype
-from graph_convert.backends.tensorflow.ops.core import _back, _float, _input_value, _static, _unsupported, emitter
+from graph_convert.backends.tensorflow.ops.core import cast_back, lite_float, input_value, static_shape, unsupported, emitter
 
 
 def _dft_matrix(n_in: int, c_in: int, n: int, bins: int, inverse: bool, real_out: bool) -> np.ndarray:
@@ -61,9 +61,9 @@ def _dft_matrix(n_in: int, c_in: int, n: int, bins: int, inverse: bool, real_out
 def _int_input(node: Node, ctx, x, j: int, what: str) -> int | None:
     if len(node.inputs) <= j or not node.inputs[j]:
         return None
-    v = _input_value(node, ctx, x, j)
+    v = input_value(node, ctx, x, j)
     if v is None:
-        raise _unsupported(node, f"a non-constant {what} (the DFT matrix is built at conversion time)")
+        raise unsupported(node, f"a non-constant {what} (the DFT matrix is built at conversion time)")
     return int(v.reshape(-1)[0])
 
 
@@ -83,10 +83,10 @@ def _rfft(t, n_in: int, n: int):
 
 @emitter("DFT")
 def emit_dft(node, x, ctx):
-    t, dt = _float(node, x[0])
-    shape = _static(t)
+    t, dt = lite_float(node, x[0])
+    shape = static_shape(t)
     if shape is None:
-        raise _unsupported(node, "an input of unknown shape")
+        raise unsupported(node, "an input of unknown shape")
     rank = len(shape)
     if ctx.opset >= 20:
         axis = _int_input(node, ctx, x, 2, "axis")
@@ -95,19 +95,19 @@ def emit_dft(node, x, ctx):
         axis = node.attr("axis", 1)
     axis %= rank
     if axis == rank - 1:
-        raise _unsupported(node, "a DFT along the last axis (it holds the real/imaginary parts)")
+        raise unsupported(node, "a DFT along the last axis (it holds the real/imaginary parts)")
     inverse, onesided = bool(node.attr("inverse", 0)), bool(node.attr("onesided", 0))
     c_in, n_in = shape[-1], shape[axis]
     if c_in not in (1, 2):
-        raise _unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
+        raise unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
     n = _int_input(node, ctx, x, 1, "dft_length")
     if n is None:
         n = 2 * (n_in - 1) if inverse and onesided else n_in
     if n < 1:
-        raise _unsupported(node, f"dft_length {n}")
+        raise unsupported(node, f"dft_length {n}")
     real_out = inverse and onesided
     if onesided and not inverse and c_in == 2:
-        raise _unsupported(node, "a one-sided DFT of a complex signal")
+        raise unsupported(node, "a one-sided DFT of a complex signal")
     bins = n if real_out else (n // 2 + 1 if onesided else n)
     # the transformed axis next to the (real, imaginary) axis: a transpose only when it is elsewhere
     perm = [a for a in range(rank - 1) if a != axis] + [axis, rank - 1]
@@ -123,23 +123,23 @@ def emit_dft(node, x, ctx):
         y = tf.reshape(y, lead + [bins, 1 if real_out else 2])
     if moved:
         y = tf.transpose(y, np.argsort(perm).tolist())
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 @emitter("STFT")
 def emit_stft(node, x, ctx):
-    sig, dt = _float(node, x[0])
-    shape = _static(sig)
+    sig, dt = lite_float(node, x[0])
+    shape = static_shape(sig)
     if shape is not None and len(shape) == 2:  # [batch, length]: a real signal (TorchScript's export)
         sig, shape = tf.expand_dims(sig, -1), shape + [1]
     if shape is None or len(shape) != 3:
-        raise _unsupported(node, "a signal of unknown shape or of rank other than 2 or 3 ([batch, length(, 1 or 2)])")
+        raise unsupported(node, "a signal of unknown shape or of rank other than 2 or 3 ([batch, length(, 1 or 2)])")
     batch, length, c_in = shape
     if c_in not in (1, 2):
-        raise _unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
+        raise unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
     step = _int_input(node, ctx, x, 1, "frame_step")
     has_window = len(node.inputs) > 2 and bool(node.inputs[2])
-    window = _input_value(node, ctx, x, 2) if has_window else None
+    window = input_value(node, ctx, x, 2) if has_window else None
     frame_length = _int_input(node, ctx, x, 3, "frame_length")
     if frame_length is None:
         if not has_window:
@@ -147,13 +147,13 @@ def emit_stft(node, x, ctx):
         else:
             wshape = x[2].shape.as_list()
             if not wshape or wshape[0] is None:
-                raise _unsupported(node, "a window of unknown length")
+                raise unsupported(node, "a window of unknown length")
             frame_length = wshape[0]
     onesided = bool(node.attr("onesided", 1))
     if onesided and c_in == 2:
-        raise _unsupported(node, "a one-sided STFT of a complex signal")
+        raise unsupported(node, "a one-sided STFT of a complex signal")
     if step < 1 or frame_length < 1 or frame_length > length:
-        raise _unsupported(node, f"frame_step {step} / frame_length {frame_length} for a signal of length {length}")
+        raise unsupported(node, f"frame_step {step} / frame_length {frame_length} for a signal of length {length}")
     frames = 1 + (length - frame_length) // step
     bins = frame_length // 2 + 1 if onesided else frame_length
     w = _dft_matrix(frame_length, c_in, frame_length, bins, False, False)  # (frame_length * c_in, bins * 2)
@@ -163,13 +163,13 @@ def emit_stft(node, x, ctx):
         win = np.ones(frame_length) if window is None else window.astype(np.float64).reshape(-1)
         filters = (w.reshape(frame_length, c_in, bins * 2) * win[:, None, None]).astype(np_dt)
         y = tf.nn.conv1d(sig, ctx.weight(filters), stride=step, padding="VALID")
-        return _back(tf.reshape(y, [batch, frames, bins, 2]), dt)
-    (win,), _ = _float(node, x[2]) if x[2].dtype != sig.dtype else ((x[2],), None)
+        return cast_back(tf.reshape(y, [batch, frames, bins, 2]), dt)
+    (win,), _ = lite_float(node, x[2]) if x[2].dtype != sig.dtype else ((x[2],), None)
     idx = (np.arange(frames)[:, None] * step + np.arange(frame_length)[None, :]).astype(np.int32)
     framed = tf.gather(sig, tf.constant(idx), axis=1)  # (batch, frames, frame_length, c)
     framed = framed * tf.reshape(tf.cast(win, sig.dtype), [frame_length, 1])
     y = tf.linalg.matmul(tf.reshape(framed, [-1, frame_length * c_in]), ctx.weight(w.astype(np_dt)))
-    return _back(tf.reshape(y, [batch, frames, bins, 2]), dt)
+    return cast_back(tf.reshape(y, [batch, frames, bins, 2]), dt)
 
 
 # window -> cosine terms (a0, a1, a2): w[n] = a0 - a1 cos(2 pi n / N) + a2 cos(4 pi n / N)
@@ -185,7 +185,7 @@ def emit_window(node, x, ctx):
     a0, a1, a2 = _WINDOWS[node.op_type]
     periodic = bool(node.attr("periodic", 1))
     out_dt = tf_dtype(node.attr("output_datatype", 1))
-    size = _input_value(node, ctx, x, 0)
+    size = input_value(node, ctx, x, 0)
     if size is not None:  # the usual case: the window is a constant, computed in float64
         n = int(size.reshape(-1)[0])
         i = np.arange(max(n, 0), dtype=np.float64)
@@ -227,9 +227,9 @@ def mel_weight_matrix(num_mel_bins: int, dft_length: int, sample_rate: int, lowe
 
 @emitter("MelWeightMatrix")
 def emit_mel_weight_matrix(node, x, ctx):
-    vals = [_input_value(node, ctx, x, j) for j in range(5)]
+    vals = [input_value(node, ctx, x, j) for j in range(5)]
     if any(v is None for v in vals):
-        raise _unsupported(node, "non-constant inputs (the matrix is computed at conversion time)")
+        raise unsupported(node, "non-constant inputs (the matrix is computed at conversion time)")
     n_mel, n_dft, rate = (int(v.reshape(-1)[0]) for v in vals[:3])
     lo, hi = (float(v.reshape(-1)[0]) for v in vals[3:])
     out_dt = tf_dtype(node.attr("output_datatype", 1))
