@@ -43,7 +43,7 @@ class Candidate:
 
 
 def quiet():
-    from graph_convert.backends.tensorflow.writer import quiet_fds
+    from graph_convert.process import quiet_fds
 
     return quiet_fds()
 
