@@ -282,9 +282,10 @@ class Rfft(torch.nn.Module):
 
 
 # name: (module factory, input shape, exporters that can write it); the TorchScript exporter
-# (opset 17) writes STFT only for return_complex=False without centring, and no torch.fft at all
+# (opset 17) writes STFT only for return_complex=False (centred or not), and no torch.fft at all
 MODELS = {
     "stft_real_out": (lambda: Stft(64, 16, False, False), (2, 400), ("torchscript", "dynamo")),
+    "stft_real_out_centered": (lambda: Stft(48, 12, False, True), (1, 300), ("torchscript",)),
     "stft_view_as_real_centered": (lambda: Stft(64, 24, True, True), (2, 400), ("dynamo",)),
     "audio_front_end": (lambda: AudioFrontEnd(128, 32, 20, False), (2, 1024), ("torchscript", "dynamo")),
     "audio_front_end_complex": (lambda: AudioFrontEnd(100, 25, 16, True), (1, 800), ("dynamo",)),
