@@ -214,3 +214,37 @@ def test_dynamo_opset23_attention_converts_and_matches(name, tmp_path):
         assert max_error_over_scale(run_tflite(result, x)[0], ref) <= 1e-5
         counts[hf] = result.report["tflite"]["ops"].get("TRANSPOSE", 0)
     assert counts == {False: before, True: after}, counts
+
+
+def test_rotary_then_causal_gqa_attention_with_a_dynamic_batch(tmp_path):
+    """RotaryEmbedding on q and k (constant caches, run-time positions), then causal GQA
+    Attention, converted with ``dynamic_batch``: verified at two batch sizes, run at a third."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    cos, sin = (RNG.uniform(-1, 1, (16, 4)).astype(np.float32) for _ in range(2))
+    ins = [helper.make_tensor_value_info("q", FL, [2, 4, 6, 8]), helper.make_tensor_value_info("k", FL, [2, 2, 6, 8]),
+           helper.make_tensor_value_info("v", FL, [2, 2, 6, 8]), helper.make_tensor_value_info("pos", I64, [2, 6])]
+    nodes = [helper.make_node("RotaryEmbedding", ["q", "cos", "sin", "pos"], ["qr"]),
+             helper.make_node("RotaryEmbedding", ["k", "cos", "sin", "pos"], ["kr"], interleaved=1),
+             helper.make_node("Attention", ["qr", "kr", "v"], ["y"], is_causal=1)]
+    g = helper.make_graph(nodes, "rope_attention", ins, [helper.make_tensor_value_info("y", FL, [2, 4, 6, 8])],
+                          [onnx.numpy_helper.from_array(cos, "cos"), onnx.numpy_helper.from_array(sin, "sin")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)])
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    src = str(tmp_path / "model.onnx")
+    onnx.save(m, src)
+    result = convert(src, None, tmp_path / "out", dynamic_batch=True, keep_io_layout=True)
+    dyn = result.report["dynamic_batch"]
+    assert dyn["kept"], dyn
+    for batch, stages in dyn["verification"].items():
+        for stage, figs in stages.items():
+            assert all(f["ok"] for f in figs.values()), (batch, stage, figs)
+    assert not flex_or_custom(result), result.report["tflite"]["ops"]
+    feeds = {"q": _value((5, 4, 6, 8), FL), "k": _value((5, 2, 6, 8), FL), "v": _value((5, 2, 6, 8), FL),
+             "pos": RNG.integers(0, 16, (5, 6)).astype(np.int64)}
+    ref = ReferenceEvaluator(m).run(None, feeds)[0]
+    runner = Interpreter(model_path=result.tflite).get_signature_runner("serving_default")
+    names = {i["name"]: i["tf_name"] for i in result.report["io"]["inputs"]}
+    got = list(runner(**{names[k]: v for k, v in feeds.items()}).values())[0]
+    assert max_error_over_scale(got, ref) <= 1e-5

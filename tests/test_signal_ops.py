@@ -315,3 +315,21 @@ def test_pytorch_signal_models_convert_and_match(name, exporter, tmp_path):
     got = run_tflite(result, x)[0]
     assert got.shape == ref.shape
     assert max_error_over_scale(got, ref) <= 1e-5, max_error_over_scale(got, ref)
+
+
+def test_audio_front_end_with_a_dynamic_batch(tmp_path):
+    """STFT and the DFT matrix keep the batch dynamic (``--dynamic-batch``: verified at two sizes)."""
+    module = AudioFrontEnd(64, 16, 12, False).eval()
+    src = str(tmp_path / "model.onnx")
+    export(module, (torch.randn(2, 400),), src, "torchscript", 17)
+    result = convert(src, None, tmp_path / "out", dynamic_batch=True)
+    dyn = result.report["dynamic_batch"]
+    assert dyn["kept"], dyn
+    for batch, stages in dyn["verification"].items():
+        for stage, figs in stages.items():
+            assert all(f["ok"] for f in figs.values()), (batch, stage, figs)
+    assert not flex_or_custom(result), result.report["tflite"]["ops"]
+    x = (torch.randn(5, 400),)
+    with torch.no_grad():
+        ref = module(*x).numpy()
+    assert max_error_over_scale(run_tflite(result, x)[0], ref) <= 1e-5

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.emitter import tf_dtype
-from graph_convert.backends.tensorflow.ops.core import cast_back, lite_float, input_value, static_shape, unsupported, emitter
+from graph_convert.backends.tensorflow.ops.core import cast_back, dims_of, emitter, input_value, lite_float, shape_tensor, unsupported
 
 
 def _dft_matrix(n_in: int, c_in: int, n: int, bins: int, inverse: bool, real_out: bool) -> np.ndarray:
@@ -84,9 +84,9 @@ def _rfft(t, n_in: int, n: int):
 @emitter("DFT")
 def emit_dft(node, x, ctx):
     t, dt = lite_float(node, x[0])
-    shape = static_shape(t)
+    shape = t.shape.as_list() if t.shape.rank is not None else None
     if shape is None:
-        raise unsupported(node, "an input of unknown shape")
+        raise unsupported(node, "an input of unknown rank")
     rank = len(shape)
     if ctx.opset >= 20:
         axis = _int_input(node, ctx, x, 2, "axis")
@@ -98,6 +98,8 @@ def emit_dft(node, x, ctx):
         raise unsupported(node, "a DFT along the last axis (it holds the real/imaginary parts)")
     inverse, onesided = bool(node.attr("inverse", 0)), bool(node.attr("onesided", 0))
     c_in, n_in = shape[-1], shape[axis]
+    if n_in is None:
+        raise unsupported(node, "an unknown length along the transformed axis")
     if c_in not in (1, 2):
         raise unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
     n = _int_input(node, ctx, x, 1, "dft_length")
@@ -114,13 +116,13 @@ def emit_dft(node, x, ctx):
     moved = perm != list(range(rank))
     if moved:
         t = tf.transpose(t, perm)
-    lead = [shape[a] for a in perm[:-2]]
+    lead = dims_of(t)[:-2]  # a dynamic batch stays dynamic
     if c_in == 1 and onesided and not inverse and n >= 4 and n & (n - 1) == 0 and t.dtype == tf.float32:
-        y = tf.reshape(_rfft(tf.reshape(t, [-1, n_in]), n_in, n), lead + [bins, 2])
+        y = tf.reshape(_rfft(tf.reshape(t, [-1, n_in]), n_in, n), shape_tensor(lead + [bins, 2]))
     else:
         w = _dft_matrix(n_in, c_in, n, bins, inverse, real_out).astype(t.dtype.as_numpy_dtype)
         y = tf.linalg.matmul(tf.reshape(t, [-1, n_in * c_in]), ctx.weight(w))
-        y = tf.reshape(y, lead + [bins, 1 if real_out else 2])
+        y = tf.reshape(y, shape_tensor(lead + [bins, 1 if real_out else 2]))
     if moved:
         y = tf.transpose(y, np.argsort(perm).tolist())
     return cast_back(y, dt)
@@ -129,12 +131,15 @@ def emit_dft(node, x, ctx):
 @emitter("STFT")
 def emit_stft(node, x, ctx):
     sig, dt = lite_float(node, x[0])
-    shape = static_shape(sig)
+    shape = sig.shape.as_list() if sig.shape.rank is not None else None
     if shape is not None and len(shape) == 2:  # [batch, length]: a real signal (TorchScript's export)
         sig, shape = tf.expand_dims(sig, -1), shape + [1]
     if shape is None or len(shape) != 3:
         raise unsupported(node, "a signal of unknown shape or of rank other than 2 or 3 ([batch, length(, 1 or 2)])")
-    batch, length, c_in = shape
+    _, length, c_in = shape
+    if length is None:
+        raise unsupported(node, "a signal of unknown length")
+    batch = dims_of(sig)[0]  # a dynamic batch stays dynamic
     if c_in not in (1, 2):
         raise unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
     step = _int_input(node, ctx, x, 1, "frame_step")
@@ -163,13 +168,13 @@ def emit_stft(node, x, ctx):
         win = np.ones(frame_length) if window is None else window.astype(np.float64).reshape(-1)
         filters = (w.reshape(frame_length, c_in, bins * 2) * win[:, None, None]).astype(np_dt)
         y = tf.nn.conv1d(sig, ctx.weight(filters), stride=step, padding="VALID")
-        return cast_back(tf.reshape(y, [batch, frames, bins, 2]), dt)
+        return cast_back(tf.reshape(y, shape_tensor([batch, frames, bins, 2])), dt)
     (win,), _ = lite_float(node, x[2]) if x[2].dtype != sig.dtype else ((x[2],), None)
     idx = (np.arange(frames)[:, None] * step + np.arange(frame_length)[None, :]).astype(np.int32)
     framed = tf.gather(sig, tf.constant(idx), axis=1)  # (batch, frames, frame_length, c)
     framed = framed * tf.reshape(tf.cast(win, sig.dtype), [frame_length, 1])
     y = tf.linalg.matmul(tf.reshape(framed, [-1, frame_length * c_in]), ctx.weight(w.astype(np_dt)))
-    return cast_back(tf.reshape(y, [batch, frames, bins, 2]), dt)
+    return cast_back(tf.reshape(y, shape_tensor([batch, frames, bins, 2])), dt)
 
 
 # window -> cosine terms (a0, a1, a2): w[n] = a0 - a1 cos(2 pi n / N) + a2 cos(4 pi n / N)
