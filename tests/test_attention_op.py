@@ -213,7 +213,36 @@ def test_dynamo_opset23_attention_converts_and_matches(name, tmp_path):
         assert not flex_or_custom(result), result.report["tflite"]["ops"]
         assert max_error_over_scale(run_tflite(result, x)[0], ref) <= 1e-5
         counts[hf] = result.report["tflite"]["ops"].get("TRANSPOSE", 0)
+        if hf:  # the scale went onto the query (attention_scale_to_query), then into its weights
+            assert "MUL" not in result.report["tflite"]["ops"], result.report["tflite"]["ops"]
     assert counts == {False: before, True: after}, counts
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_attention_scale_moves_onto_the_query_once(scale):
+    from tests.helpers import assert_equivalent, run_pipeline
+
+    attrs = {} if scale is None else {"scale": scale}
+    ins = [helper.make_tensor_value_info(n, FL, s) for n, s in (("x", [1, 5, 16]), ("k", [1, 2, 7, 8]), ("v", [1, 2, 7, 8]))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
+             helper.make_node("Reshape", ["p", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["q"], perm=[0, 2, 1, 3]),
+             helper.make_node("Attention", ["q", "k", "v"], ["y"], softcap=2.0, **attrs)]
+    inits = [onnx.numpy_helper.from_array(RNG.standard_normal((16, 16)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.array([1, 5, 2, 8], np.int64), "shape")]
+    m = helper.make_model(helper.make_graph(nodes, "scale", ins, [helper.make_tensor_value_info("y", FL, [1, 2, 5, 8])], inits),
+                          opset_imports=[helper.make_opsetid("", 23)])
+    m.ir_version = 10
+    g, records = run_pipeline(m, keep_io_layout=True)
+    rec = [r for r in records if r.name == "attention_scale_to_query"][0]
+    assert rec.details == {"moved": 1}
+    assert g.count("Mul") == 0  # folded into the projection's weights by fold_scale_into_projection
+    assert [n.attr("scale") for n in g.nodes if n.op_type == "Attention"] == [1.0]
+    assert_equivalent(m, g, atol=1e-5)
+    from graph_convert.ir import to_onnx
+
+    _, again = run_pipeline(to_onnx(g), keep_io_layout=True)  # idempotent: scale 1 stays where it is
+    assert not [r for r in again if r.name == "attention_scale_to_query"][0].changed
 
 
 def test_rotary_then_causal_gqa_attention_with_a_dynamic_batch(tmp_path):
