@@ -33,6 +33,7 @@ from graph_convert.pass_manager import Registry, builtin_registry
 from graph_convert.conversion.rewrite import Rewritten, rewrite
 from graph_convert.conversion.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.conversion.report import build_report, figures_dict, json_safe
+from graph_convert.conversion.report_html import render_report
 from graph_convert.checks.equivalence import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz, to_rewritten_layout, to_source_layout
 
 @dataclass
@@ -493,6 +494,12 @@ def quantize(c: Conversion) -> None:
     c.paths.update(qpaths)
 
 
+def write_explorer(c: Conversion) -> None:
+    from graph_convert.checks.explorer import write_for_conversion
+
+    write_for_conversion(c)
+
+
 # (name in the error message, key in report.json's timings, function, runs when)
 STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion], bool]], ...] = (
     ("load plugins", "load_plugins", load_plugins, lambda c: True),
@@ -508,6 +515,7 @@ STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion
     ("quantize", "quantize", quantize, lambda c: c.ours and _tflite_wanted(c) and c.quant_plan is not None),
     ("convert with onnx2tf", "onnx2tf", convert_onnx2tf, lambda c: not c.ours),
     ("report", "report", build_report, lambda c: c.ours),
+    ("write Model Explorer node data", "explorer", write_explorer, lambda c: c.ours and c.options.explorer),
 )
 
 
@@ -570,11 +578,14 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
         c.report["weights"] = _weights_report(c)
         with open(os.path.join(work, "report.json"), "w") as f:
             json.dump(json_safe(c.report), f, indent=2, allow_nan=False)
+        with open(os.path.join(work, "report.html"), "w", encoding="utf-8") as f:  # the same report as a page, for people
+            f.write(render_report(json_safe(c.report)))
         shutil.rmtree(os.path.join(work, EXPORT_DIR), ignore_errors=True)  # a large export's weights, read until now
         out.commit(os.listdir(work))
         where = os.path.abspath(os.fspath(output_dir))
         paths = {k: os.path.join(where, os.path.basename(v)) for k, v in c.paths.items()}
         paths["report"] = os.path.join(where, "report.json")
+        paths["report_html"] = os.path.join(where, "report.html")
         return ConvertResult(os.fspath(output_dir), c.report, paths)
     finally:
         out.discard()
