@@ -116,6 +116,8 @@ def onnx_error_results(source: onnx.ModelProto, rewritten: onnx.ModelProto, feed
 
 def tflite_tensors_of(path: str, feeds_by_tf_name: Mapping[str, np.ndarray]):
     cand = load_tflite(path)
+    if any(np.dtype(s.dtype).kind != "f" for s in cand.inputs):  # --int8-io: float draws would need its quantization
+        raise ConvertError("its inputs are not float")
     _, it = run_tflite_keeping_tensors(cand, {k: v.astype(s.dtype) for k, v, s in
                                               ((s.name, feeds_by_tf_name[s.name], s) for s in cand.inputs)})
     return tflite_tensors(it)

@@ -228,6 +228,11 @@ def ops_section(rep: Mapping[str, Any]) -> list[str]:
             bar_chart("chart-ops", [(k, float(v), "#c0262d" if k == "TRANSPOSE" else "") for k, v in bars])]
 
 
+def layer_label(layer: Mapping[str, Any]) -> str:
+    """A quantized layer by its op and the ONNX nodes it came from (else its TFLite tensor)."""
+    return f"{layer.get('op', '?')} {', '.join(layer.get('nodes') or []) or layer.get('tensor', '')}"
+
+
 def sqnr_section(rep: Mapping[str, Any]) -> list[str]:
     variants = (rep.get("quantization") or {}).get("variants") or {}
     out: list[str] = []
@@ -241,8 +246,8 @@ def sqnr_section(rep: Mapping[str, Any]) -> list[str]:
         out.append(f"<h3>{esc(name)} <code>{esc(var.get('path', ''))}</code></h3>"
                    f'<p class="sub">{esc(layers.get("method", ""))}. {num(layers.get("count"))} layers; '
                    f"bars: red under 20 dB, amber under 30 dB.</p>")
-        label = lambda x: f"{x.get('op', '?')} {', '.join(x.get('nodes') or []) or x.get('tensor', '')}"  # noqa: E731
-        out.append(bar_chart(f"chart-sqnr-{name}", [(label(x), float(x["sqnr_db"]), sqnr_colour(float(x["sqnr_db"]))) for x in rows], unit=" dB"))
+        out.append(bar_chart(f"chart-sqnr-{name}", [(layer_label(x), float(x["sqnr_db"]), sqnr_colour(float(x["sqnr_db"]))) for x in rows],
+                             unit=" dB"))
         out.append("<details><summary>the layers as a table</summary>" + table(
             ["op", "ONNX node(s)", "TFLite tensor", "sqnr (dB)", "rmse", "max_abs_error"],
             [(x.get("op"), ", ".join(x.get("nodes") or []), x.get("tensor"), num(x.get("sqnr_db"), 4), num(as_float(x.get("rmse"))),
