@@ -188,12 +188,16 @@ def write(folder: str, graph, source: onnx.ModelProto, rewritten: onnx.ModelProt
 def write_for_conversion(c) -> list[str]:
     """The ``--explorer`` stage: node data for one finished :class:`~graph_convert.conversion.pipeline.Conversion`
     into its temporary output folder (so it is part of the atomic output)."""
+    if c.rewritten is None or "rewritten_onnx" not in c.paths:
+        c.say(f"explorer: not written: the {c.backend.name} back end converts the source, not a rewritten graph")
+        return []
     tflites = {"float32": c.paths["tflite_float32"]} if "tflite_float32" in c.paths else {}
     for key, var in ((c.report.get("quantization") or {}).get("variants") or {}).items():
         tflites[key] = os.path.join(c.work, var["path"])
     folder = os.path.join(c.work, FOLDER)
+    in_names = c.io_names[0] if c.io_names else list(c.graph.inputs)
     files = write(folder, c.graph, c.model, onnx.load(c.paths["rewritten_onnx"]), c.verifier.draws[0].feeds, c.report,
-                  dict(zip(c.graph.inputs, c.traced.in_names)), tflites, c.options.atol, say=c.say)
+                  dict(zip(c.graph.inputs, in_names)), tflites, c.options.atol, say=c.say)
     c.paths["explorer"] = folder
     c.say(f"explorer: {len(files)} node-data files in {FOLDER}/ (graph-convert view OUT opens them in Model Explorer)")
     return files
