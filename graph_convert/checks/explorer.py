@@ -29,7 +29,7 @@ import onnx
 
 from graph_convert.checks.diverge import onnx_tensors, pair_by_value, tflite_tensors
 from graph_convert.checks.equivalence import compare, to_rewritten_layout
-from graph_convert.checks.foreign import load_tflite, run_tflite_keeping_tensors
+from graph_convert.checks.candidate import load_tflite, run_tflite_keeping_tensors
 from graph_convert.errors import ConvertError
 from graph_convert.ir import perm as P
 
