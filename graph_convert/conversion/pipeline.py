@@ -30,7 +30,8 @@ from graph_convert.ir import Graph, from_onnx, to_onnx
 from graph_convert.ir.onnx_io import save_with_external_data
 from graph_convert.options import ConvertOptions
 from graph_convert.conversion.output import OutputDir, protected_paths
-from graph_convert.pass_manager import Registry, builtin_registry
+from graph_convert.pass_manager import Registry
+from graph_convert.plugins import builtin_registry
 from graph_convert.conversion.rewrite import Rewritten, rewrite
 from graph_convert.conversion.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.conversion.report import figures_dict, json_safe
