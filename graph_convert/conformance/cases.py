@@ -21,7 +21,8 @@ CONSTANT_SLOTS: dict[str, tuple[int, ...]] = {
     "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
     "Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2, 3, 4),
-    "CenterCropPad": (1,), "Col2Im": (1, 2),
+    "CenterCropPad": (1,), "Col2Im": (1, 2), "AffineGrid": (1,), "DeformConv": (1, 3), "MaxUnpool": (2,),
+    "CumProd": (1,),
 }
 
 # Element types the case cannot be expressed with in TF/TFLite (reason per type).
