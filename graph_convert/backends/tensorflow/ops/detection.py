@@ -22,9 +22,12 @@ from graph_convert.backends.tensorflow.ops.sampling import channels_last, result
 
 
 def _corners(boxes, center: bool):
-    """(…, 4) boxes as (y_min, x_min, y_max, x_max) in float32, as the reference computes them."""
+    """(..., 4) boxes as (y_min, x_min, y_max, x_max) in float32, as the reference computes them."""
     a, b, c, d = (boxes[..., i] for i in range(4))
     if center:  # (x_center, y_center, width, height)
+        # a box of width or height <= 0 never overlaps anything in the reference (its min exceeds
+        # its max, which no one orders back); TF's kernels would order it: it becomes a zero-area box
+        c, d = tf.maximum(c, 0.0), tf.maximum(d, 0.0)
         return tf.stack([b - d / 2, a - c / 2, b + d / 2, a + c / 2], axis=-1)
     return tf.stack([tf.minimum(a, c), tf.minimum(b, d), tf.maximum(a, c), tf.maximum(b, d)], axis=-1)
 
@@ -64,11 +67,15 @@ def emit_non_max_suppression(node, x, ctx):
     max_out = tf.cast(tf.minimum(tf.maximum(max_out, 0), n_boxes), tf.int32)
     iou = _scalar(x, 3, tf.float32)
     iou = tf.constant(0.0) if iou is None else tf.maximum(iou, 0.0)
+    no_suppression = iou >= 1.0  # an IoU never exceeds 1: ONNX keeps every candidate
     # TF's kernel suppresses IoU > threshold (as ONNX), TFLite's IoU >= threshold: the graph asks
     # the kernel it runs on and, on the second, passes the next float32 up (same decisions)
-    iou = tf.where(_suppresses_at_equality(boxes), _next_up(iou), iou)
+    kernel_iou = tf.where(_suppresses_at_equality(boxes), _next_up(iou), iou)
     score_thr = _scalar(x, 4, tf.float32)
     corners = _corners(boxes, bool(node.attr("center_point_box", 0)))
+    # a box of zero area never suppresses nor is suppressed (ONNX); TFLite's kernel would select
+    # it again and again (its IoU with itself is 0), so such boxes bypass the kernel
+    proper = (corners[..., 2] - corners[..., 0]) * (corners[..., 3] - corners[..., 1]) > 0.0
     n32 = tf.cast(n_boxes, tf.int32)
     rank_scores = tf.cast(n32 - tf.range(n32), tf.float32)  # distinct, descending, all >= 1
     parts = []
@@ -76,13 +83,23 @@ def emit_non_max_suppression(node, x, ctx):
         for c in range(nc):
             s = scores[b, c]
             _, order = tf.math.top_k(s, k=n32, sorted=True)  # ties: the lower index first, as ONNX
-            synthetic = rank_scores
-            if score_thr is not None:  # ONNX keeps score > threshold; the others fall below 0
-                synthetic = tf.where(tf.gather(s, order) > score_thr, rank_scores, -tf.ones_like(rank_scores))
+            ranked = tf.gather(s, order)
+            if score_thr is not None:  # ONNX keeps score > threshold (a prefix of the order)
+                keep = ranked > score_thr
+            else:  # all of them (a test the converter cannot fold into a constant)
+                keep = tf.logical_or(tf.equal(ranked, ranked), tf.not_equal(ranked, ranked))
+            area_ok = tf.gather(proper[b], order)
+            synthetic = tf.where(keep & area_ok, rank_scores, -tf.ones_like(rank_scores))
             sel, valid = tf.raw_ops.NonMaxSuppressionV4(
                 boxes=tf.gather(corners[b], order), scores=synthetic, max_output_size=max_out,
-                iou_threshold=iou, score_threshold=tf.constant(0.0), pad_to_max_output_size=True)
-            box = tf.cast(tf.gather(order, sel[:valid]), tf.int64)
+                iou_threshold=kernel_iou, score_threshold=tf.constant(0.0), pad_to_max_output_size=True)
+            chosen = sel[:valid]
+            hit = tf.scatter_nd(chosen[:, None], tf.ones_like(chosen), tf.reshape(n32, [1])) > 0
+            # positions in score order: the kernel's picks plus the zero-area candidates, the first
+            # max_output_boxes_per_class of them (zero-area boxes take part in that count)
+            picked = tf.where(no_suppression, keep, hit | (keep & tf.logical_not(area_ok)))
+            pos = tf.reshape(tf.where(picked), [-1])[:max_out]
+            box = tf.cast(tf.gather(order, pos), tf.int64)
             bc = tf.broadcast_to(tf.constant([[b, c]], tf.int64), tf.stack([tf.shape(box)[0], 2]))
             parts.append(tf.concat([bc, box[:, None]], axis=1))
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)

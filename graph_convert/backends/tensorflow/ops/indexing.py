@@ -119,24 +119,23 @@ def emit_max_unpool(node, x, ctx):
     strides = list(node.attr("strides") or [1] * k)
     pads = list(node.attr("pads") or [0] * (2 * k))
     out = dims[:2] + [(dims[2 + i] - 1) * strides[i] - (pads[i] + pads[k + i]) + kernel[i] for i in range(k)]
+    if len(node.inputs) > 2 and node.inputs[2]:
+        shape = _input_value(node, ctx, x, 2)
+        if shape is None:
+            raise _unsupported(node, "an output_shape input not known at conversion time")
+        # the indices address the flattened output_shape tensor, as MaxPool over an input of that
+        # shape writes them (ONNX Runtime, PyTorch); the ONNX reference implementation instead
+        # reads them in the inferred shape and zero-pads (see the conformance exclusions)
+        out = [int(s) for s in np.asarray(shape).reshape(-1)]
     total = int(np.prod(out))
     m = int(np.prod(dims))
-    where = tf.cast(tf.reshape(x[1], [-1]), tf.int32)  # flat positions in the (N, C, *out) result
+    where = tf.cast(tf.reshape(x[1], [-1]), tf.int32)  # flat positions in the result
     # duplicate positions: the reference assigns in element order, so the last element wins
     winner = tf.math.unsorted_segment_max(tf.range(m, dtype=tf.int32), where, total)
     (flat,), dt = _lite(node, ("gather", "select"), tf.reshape(t, [-1]))
     hit = winner >= 0
     y = tf.where(hit, tf.gather(flat, tf.maximum(winner, 0)), tf.zeros_like(flat[:1]))
     y = tf.reshape(y, out)
-    shape = _input_value(node, ctx, x, 2) if len(node.inputs) > 2 and node.inputs[2] else None
-    if len(node.inputs) > 2 and node.inputs[2] and shape is None:
-        raise _unsupported(node, "an output_shape input not known at conversion time")
-    if shape is not None:
-        want = [int(s) for s in np.asarray(shape).reshape(-1)]
-        if any(w < o for w, o in zip(want, out)):
-            raise _unsupported(node, f"output_shape {want} smaller than the unpooled shape {out}")
-        if want != out:  # the reference places the unpooled block at the origin of a zero tensor
-            y = tf.pad(y, [[0, w - o] for w, o in zip(want, out)])
     return _back(y, dt)
 
 

@@ -62,9 +62,12 @@ def _axis_taps(x, size: int, mode: str, padding: str, align: bool):
     if mode == "nearest":
         x = tf.round(x)  # half to even, as the reference's np.rint
     out = (x < lo) | (x > hi)
-    if padding == "border":
+    # nearest and linear pad the coordinate, then the taps; cubic pads only its taps, as PyTorch
+    # and ONNX Runtime do (the ONNX reference implementation also clamps a cubic coordinate, which
+    # no conformance case covers: it disagrees with both runtimes for border and reflection)
+    if padding == "border" and mode != "cubic":
         x = tf.where(out, tf.clip_by_value(x, 0.0, size - 1.0), x)
-    elif padding == "reflection":
+    elif padding == "reflection" and mode != "cubic":
         x = tf.where(out, reflect(x, lo, hi), x)
     if mode == "nearest":
         starts, weights = [x], [tf.ones_like(x)]
