@@ -17,7 +17,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from graph_convert.ir import Node
-from graph_convert.backends.tensorflow.ops.core import _back, _float, _unsupported, emitter
+from graph_convert.backends.tensorflow.ops.core import cast_back, emitter, lite_float, unsupported
 from graph_convert.backends.tensorflow.ops.sampling import channels_last, result
 
 
@@ -59,7 +59,7 @@ def emit_non_max_suppression(node, x, ctx):
     scores = tf.cast(x[1], tf.float32)
     nb, nc = boxes.shape[0], scores.shape[1]
     if nb is None or nc is None:
-        raise _unsupported(node, "an unknown number of batches or classes")
+        raise unsupported(node, "an unknown number of batches or classes")
     max_out = _scalar(x, 2, tf.int64)
     if max_out is None or (nb * nc) == 0:
         return tf.zeros([0, 3], tf.int64)
@@ -126,16 +126,16 @@ def _roi_axis_taps(start, bin_size, pooled: int, grid: int, size: int):
 
 @emitter("RoiAlign", layout_aware=True)
 def emit_roi_align(node, x, ctx):
-    xc, dt = _float(node, channels_last(node, x[0], 0))
+    xc, dt = lite_float(node, channels_last(node, x[0], 0))
     _, h, w, c = xc.shape.as_list()
     if None in (h, w, c):
-        raise _unsupported(node, "unknown spatial or channel size")
+        raise unsupported(node, "unknown spatial or channel size")
     rois = tf.cast(x[1], tf.float32)
     batch = tf.cast(tf.reshape(x[2], [-1]), tf.int32)
     oh, ow = int(node.attr("output_height", 1)), int(node.attr("output_width", 1))
     ratio = int(node.attr("sampling_ratio", 0))
     if ratio <= 0:
-        raise _unsupported(node, "sampling_ratio 0 (the number of samples per bin depends on each RoI's size)")
+        raise unsupported(node, "sampling_ratio 0 (the number of samples per bin depends on each RoI's size)")
     scale = float(node.attr("spatial_scale", 1.0))
     default_mode = "half_pixel" if ctx.opset >= 16 else "output_half_pixel"
     half = node.attr("coordinate_transformation_mode", default_mode) == "half_pixel"
@@ -167,4 +167,4 @@ def emit_roi_align(node, x, ctx):
                 y = y + sample if avg else tf.maximum(y, sample)
     if avg:
         y = y / float(max(ratio * ratio, 1))
-    return result(node, _back(y, dt))
+    return result(node, cast_back(y, dt))

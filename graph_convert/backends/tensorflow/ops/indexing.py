@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from graph_convert.backends.tensorflow.ops.core import _back, _input_value, _lite, _unsupported, emitter
+from graph_convert.backends.tensorflow.ops.core import cast_back, emitter, input_value, to_lite, unsupported
 
 
 @emitter("Compress")
@@ -20,10 +20,10 @@ def emit_compress(node, x, ctx):
     keep = tf.reshape(tf.cast(x[1], tf.bool), [-1])
     idx = tf.reshape(tf.where(keep), [-1])
     axis = node.attr("axis")
-    (t,), dt = _lite(node, "gather", x[0])
+    (t,), dt = to_lite(node, "gather", x[0])
     if axis is None:
-        return _back(tf.gather(tf.reshape(t, [-1]), idx), dt)
-    return _back(tf.gather(t, idx, axis=int(axis) % len(t.shape)), dt)
+        return cast_back(tf.gather(tf.reshape(t, [-1]), idx), dt)
+    return cast_back(tf.gather(t, idx, axis=int(axis) % len(t.shape)), dt)
 
 
 @emitter("Unique")
@@ -38,7 +38,7 @@ def emit_unique(node, x, ctx):
         order = [axis] + [a for a in range(rank) if a != axis]
         moved, back = tf.transpose(t, order), order
     rows = tf.reshape(moved, [tf.shape(moved)[0], -1])
-    (r,), _ = _lite(node, ("equal", "less", "not_equal"), rows)
+    (r,), _ = to_lite(node, ("equal", "less", "not_equal"), rows)
     n = tf.shape(r)[0]
     width = tf.shape(r)[1]
     j = tf.range(n)
@@ -67,7 +67,7 @@ def emit_unique(node, x, ctx):
 @emitter("ReverseSequence")
 def emit_reverse_sequence(node, x, ctx):
     batch_axis, time_axis = int(node.attr("batch_axis", 1)), int(node.attr("time_axis", 0))
-    (t,), dt = _lite(node, "gather", x[0])
+    (t,), dt = to_lite(node, "gather", x[0])
     rank = len(t.shape)
     order = [batch_axis, time_axis] + list(range(2, rank))
     bt = tf.transpose(t, order) if order != list(range(rank)) else t  # (B, T, ...)
@@ -81,15 +81,15 @@ def emit_reverse_sequence(node, x, ctx):
     y = tf.reshape(tf.gather(rows, flat), shape)
     if order != list(range(rank)):
         y = tf.transpose(y, list(np.argsort(order)))
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 @emitter("CenterCropPad")
 def emit_center_crop_pad(node, x, ctx):
-    target = _input_value(node, ctx, x, 1)
+    target = input_value(node, ctx, x, 1)
     if target is None:
-        raise _unsupported(node, "a shape input not known at conversion time")
-    (t,), dt = _lite(node, ("slice", "pad"), x[0])
+        raise unsupported(node, "a shape input not known at conversion time")
+    (t,), dt = to_lite(node, ("slice", "pad"), x[0])
     rank = len(t.shape)
     axes = [int(a) % rank for a in (node.attr("axes") or range(rank))]
     dims = t.shape.as_list()
@@ -97,7 +97,7 @@ def emit_center_crop_pad(node, x, ctx):
     for a, want in zip(axes, np.asarray(target).reshape(-1).tolist()):
         have = dims[a]
         if have is None:
-            raise _unsupported(node, f"axis {a} of unknown size")
+            raise unsupported(node, f"axis {a} of unknown size")
         if want < have:  # crop: the extra element of an odd difference comes off the end
             begin[a], size[a] = (have - want) // 2, int(want)
         elif want > have:  # pad: the extra element of an odd difference goes to the end
@@ -105,7 +105,7 @@ def emit_center_crop_pad(node, x, ctx):
     y = tf.slice(t, begin, size) if any(s != -1 for s in size) else t
     if any(p != [0, 0] for p in pads):
         y = tf.pad(y, pads)
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 @emitter("MaxUnpool")
@@ -113,16 +113,16 @@ def emit_max_unpool(node, x, ctx):
     t = x[0]
     dims = t.shape.as_list()
     if any(d is None for d in dims):
-        raise _unsupported(node, "an input of unknown shape")
+        raise unsupported(node, "an input of unknown shape")
     kernel = list(node.attr("kernel_shape"))
     k = len(kernel)
     strides = list(node.attr("strides") or [1] * k)
     pads = list(node.attr("pads") or [0] * (2 * k))
     out = dims[:2] + [(dims[2 + i] - 1) * strides[i] - (pads[i] + pads[k + i]) + kernel[i] for i in range(k)]
     if len(node.inputs) > 2 and node.inputs[2]:
-        shape = _input_value(node, ctx, x, 2)
+        shape = input_value(node, ctx, x, 2)
         if shape is None:
-            raise _unsupported(node, "an output_shape input not known at conversion time")
+            raise unsupported(node, "an output_shape input not known at conversion time")
         # the indices address the flattened output_shape tensor, as MaxPool over an input of that
         # shape writes them (ONNX Runtime, PyTorch); the ONNX reference implementation instead
         # reads them in the inferred shape and zero-pads (see the conformance exclusions)
@@ -132,23 +132,23 @@ def emit_max_unpool(node, x, ctx):
     where = tf.cast(tf.reshape(x[1], [-1]), tf.int32)  # flat positions in the result
     # duplicate positions: the reference assigns in element order, so the last element wins
     winner = tf.math.unsorted_segment_max(tf.range(m, dtype=tf.int32), where, total)
-    (flat,), dt = _lite(node, ("gather", "select"), tf.reshape(t, [-1]))
+    (flat,), dt = to_lite(node, ("gather", "select"), tf.reshape(t, [-1]))
     hit = winner >= 0
     y = tf.where(hit, tf.gather(flat, tf.maximum(winner, 0)), tf.zeros_like(flat[:1]))
     y = tf.reshape(y, out)
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 @emitter("CumProd")
 def emit_cum_prod(node, x, ctx):
-    av = _input_value(node, ctx, x, 1)
+    av = input_value(node, ctx, x, 1)
     if av is None:
-        raise _unsupported(node, "a non-constant axis")
-    (t,), dt = _lite(node, ("mul", "concat", "slice", "reverse"), x[0])
+        raise unsupported(node, "a non-constant axis")
+    (t,), dt = to_lite(node, ("mul", "concat", "slice", "reverse"), x[0])
     axis = int(np.asarray(av).reshape(-1)[0]) % len(t.shape)
     n = t.shape[axis]
     if n is None:
-        raise _unsupported(node, "an axis of unknown length")
+        raise unsupported(node, "an axis of unknown length")
     if node.attr("reverse", 0):
         t = tf.reverse(t, [axis])
 
@@ -166,4 +166,4 @@ def emit_cum_prod(node, x, ctx):
         k *= 2
     if node.attr("reverse", 0):
         t = tf.reverse(t, [axis])
-    return _back(t, dt)
+    return cast_back(t, dt)

@@ -377,10 +377,10 @@ def emit_avg_pool(node, x, ctx):
 @emitter("LpPool", layout_aware=True)
 def emit_lp_pool(node, x, ctx):
     """(sum over the window of |x|^p)^(1/p), padded cells counting as 0 (ONNX Runtime, PyTorch)."""
-    xc, dt = _float(node, _to_cl(node, x[0]))
+    xc, dt = lite_float(node, _to_cl(node, x[0]))
     n, kernel, strides, dilations, in_spatial, pads, extra = _pool_geometry(node, xc)
     if any(d is None for d in in_spatial):
-        raise _unsupported(node, "unknown spatial size")
+        raise unsupported(node, "unknown spatial size")
     p = float(node.attr("p", 2))
     powered = xc * xc if p == 2 else tf.abs(xc) if p == 1 else tf.pow(tf.abs(xc), p)
     padded = _pad_cl(powered, [(b, e + x_) for (b, e), x_ in zip(pads, extra)])
@@ -390,7 +390,7 @@ def emit_lp_pool(node, x, ctx):
     else:
         s = _pool_valid(padded, kernel, strides, "AVG") * float(np.prod(kernel))
     y = tf.sqrt(s) if p == 2 else s if p == 1 else tf.pow(s, 1.0 / p)
-    return _from_cl(node, _back(y, dt))
+    return _from_cl(node, cast_back(y, dt))
 
 
 @emitter("GlobalAveragePool", "GlobalMaxPool", layout_aware=True)

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from graph_convert.ir import perm as P
 from graph_convert.ir import Node
-from graph_convert.backends.tensorflow.ops.core import _back, _float, _input_value, _unsupported, emitter
+from graph_convert.backends.tensorflow.ops.core import cast_back, emitter, input_value, lite_float, unsupported
 
 
 def channels_last(node: Node, x, j: int):
@@ -124,21 +124,21 @@ def _batch_offsets(like):
 def _spatial_static(node: Node, x_cl) -> list[int]:
     dims = x_cl.shape.as_list()
     if any(d is None for d in dims[1:]):
-        raise _unsupported(node, "unknown spatial or channel size")
+        raise unsupported(node, "unknown spatial or channel size")
     return dims[1:-1]
 
 
 @emitter("GridSample", layout_aware=True)
 def emit_grid_sample(node, x, ctx):
-    xc, dt = _float(node, channels_last(node, x[0], 0))
-    grid, _ = _float(node, x[1])
+    xc, dt = lite_float(node, channels_last(node, x[0], 0))
+    grid, _ = lite_float(node, x[1])
     spatial = _spatial_static(node, xc)
     mode = node.attr("mode", "linear" if ctx.opset >= 20 else "bilinear")
     mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
     padding = node.attr("padding_mode", "zeros")
     align = bool(node.attr("align_corners", 0))
     if mode not in ("nearest", "linear", "cubic") or padding not in ("zeros", "border", "reflection"):
-        raise _unsupported(node, f"mode {mode!r} with padding_mode {padding!r}")
+        raise unsupported(node, f"mode {mode!r} with padding_mode {padding!r}")
     d = len(spatial)
     taps = []
     for a, size in enumerate(spatial):
@@ -149,15 +149,15 @@ def emit_grid_sample(node, x, ctx):
             coord = ((g + 1) * size - 1) / 2
         taps.append(_axis_taps(coord, size, mode, padding, align))
     y = gather_taps(xc, taps, _batch_offsets)
-    return result(node, _back(y, dt))
+    return result(node, cast_back(y, dt))
 
 
 @emitter("AffineGrid")
 def emit_affine_grid(node, x, ctx):
-    theta, dt = _float(node, x[0])
-    size = _input_value(node, ctx, x, 1)
+    theta, dt = lite_float(node, x[0])
+    size = input_value(node, ctx, x, 1)
     if size is None:
-        raise _unsupported(node, "a size input not known at conversion time")
+        raise unsupported(node, "a size input not known at conversion time")
     spatial = [int(s) for s in np.asarray(size).reshape(-1)[2:]]
     align = bool(node.attr("align_corners", 0))
     axes = []
@@ -175,15 +175,15 @@ def emit_affine_grid(node, x, ctx):
     n = tf.shape(theta)[0]
     grid = tf.matmul(theta, tf.broadcast_to(base_t, [n, k + 1, base.shape[0]]))  # (N, D, positions)
     grid = tf.transpose(grid, [0, 2, 1])
-    return _back(tf.reshape(grid, [-1, *spatial, k]), dt)
+    return cast_back(tf.reshape(grid, [-1, *spatial, k]), dt)
 
 
 @emitter("DeformConv", layout_aware=True)
 def emit_deform_conv(node, x, ctx):
-    xc, dt = _float(node, channels_last(node, x[0], 0))
+    xc, dt = lite_float(node, channels_last(node, x[0], 0))
     spatial = _spatial_static(node, xc)
     if len(spatial) != 2:
-        raise _unsupported(node, f"{len(spatial)}-D input (ONNX defines DeformConv for 2-D images)")
+        raise unsupported(node, f"{len(spatial)}-D input (ONNX defines DeformConv for 2-D images)")
     h, w = spatial
     cin = xc.shape[-1]
     wt = ctx.const(node.inputs[1])
@@ -199,7 +199,7 @@ def emit_deform_conv(node, x, ctx):
             wt = tf.transpose(wt, (3, 2, 0, 1))
         oc, cg, kh, kw = wt.shape.as_list()
         if None in (oc, cg, kh, kw):
-            raise _unsupported(node, "a weight of unknown shape")
+            raise unsupported(node, "a weight of unknown shape")
     group = int(node.attr("group", 1))
     og = int(node.attr("offset_group", 1))
     sh, sw = node.attr("strides") or [1, 1]
@@ -208,7 +208,7 @@ def emit_deform_conv(node, x, ctx):
     offset = tf.cast(channels_last(node, x[2], 2), tf.float32)  # (N, oH, oW, og*kh*kw*2)
     oh, ow = offset.shape.as_list()[1:3]
     if oh is None or ow is None:
-        raise _unsupported(node, "unknown output size")
+        raise unsupported(node, "unknown output size")
     k = kh * kw
     off = tf.reshape(offset, [-1, oh, ow, og, k, 2])
     base_y = (np.arange(oh) * sh - pads[0])[:, None] + (np.arange(kh) * dh).repeat(kw)[None, :]  # (oH, K)
@@ -241,4 +241,4 @@ def emit_deform_conv(node, x, ctx):
     if len(node.inputs) > 3 and node.inputs[3]:
         y = y + tf.cast(tf.reshape(x[3], [1, oc]), tf.float32)
     y = tf.reshape(y, [-1, oh, ow, oc])
-    return result(node, _back(y, dt))
+    return result(node, cast_back(y, dt))
