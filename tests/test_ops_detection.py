@@ -278,6 +278,32 @@ def test_max_unpool(tmp_path):
     assert ops.get("GATHER") == 1  # constant indices: the winners are folded at conversion time
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_max_pool_indices_and_unpool_torch(tmp_path, k):
+    """SegNet's encoder/decoder step: MaxPool's Indices output feeding max_unpool2d (overlapping
+    windows for k=3). The dynamo exporter only: the TorchScript one fails on max_unpool2d in torch
+    2.13 ("cond must be a bool")."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(k)
+    exporter = "dynamo"
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.dec = torch.nn.Conv2d(4, 2, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.relu(self.enc(x))
+            p, idx = F.max_pool2d(h, k, stride=2, return_indices=True)
+            return self.dec(F.max_unpool2d(p, idx, k, stride=2, output_size=h.shape[-2:]))
+
+    model = _torch_onnx(Net(), (torch.randn(1, 3, 12, 14),), tmp_path, exporter)
+    _checked(_convert(model, tmp_path), model)
+
+
 # --- indexing ------------------------------------------------------------------------------------
 def test_cum_prod(tmp_path):
     rng = np.random.default_rng(70)
