@@ -328,6 +328,9 @@ def emit_gather_nd(node, x, ctx):
     else:
         bounds = tf.stack([tf.cast(d, idx.dtype) for d in bounds])
     idx = _nonneg_index(idx, bounds)
+    slice_dims = data.shape.as_list()[b + k:]
+    if 0 in slice_dims:  # empty slices (YOLO's mask columns when it has none): TF's kernel refuses them
+        return tf.zeros(tf.concat([tf.shape(idx)[:-1], slice_dims], 0), data.dtype)
     if b:  # prepend the batch coordinates, so one plain GATHER_ND does it
         ishape = static_shape(idx)
         if ishape is None:
