@@ -131,7 +131,7 @@ def conv_model() -> onnx.ModelProto:
 def test_a_plugin_emitter_that_replaces_a_layout_aware_one_sees_the_source_layout(tmp_path):
     """A plugin's Conv emitter does not inherit the built-in's layout-awareness: it is handed NCHW
     data and an OIHW weight, as the ONNX op defines them, and the conversion verifies."""
-    from graph_convert.pass_manager import builtin_registry
+    from graph_convert.plugins import builtin_registry
 
     seen = {}
 
@@ -185,6 +185,75 @@ def test_two_conversions_in_two_threads_do_not_interfere(tmp_path):
     assert errors == {}
     assert results["gap"].report["tflite_gaps"] and results["clean"].report["tflite_gaps"] == []
     assert results["clean"].report["tflite"]["transpose_ops"] == 0
+
+
+def _process_state() -> tuple:
+    """What graph_convert.process says a conversion may change for a while: fds 1 and 2, Python's
+    output streams, the exporters' logger levels, the warnings filters."""
+    import logging
+    import sys
+    import warnings
+
+    from graph_convert.process import EXPORT_LOGGERS
+
+    fds = tuple((os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2))
+    return fds, sys.stdout, sys.stderr, tuple(logging.getLogger(n).level for n in EXPORT_LOGGERS), tuple(warnings.filters)
+
+
+def test_process_wide_changes_overlapping_in_two_threads_are_undone_by_the_last_one_out():
+    """Thread A enters, B enters, A leaves, B leaves: with save-and-restore per user, B would put
+    back A's redirection (fd 1 left on /dev/null, stdout left on a sink, loggers left at ERROR)."""
+    from graph_convert.process import quiet_fds, quiet_python_output
+
+    before = _process_state()
+    for counted in (quiet_fds, quiet_python_output):
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def a():
+            with counted():
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def b():
+            a_in.wait(10)
+            with counted():
+                b_in.set()
+                a_out.wait(10)
+
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert a_out.is_set() and _process_state() == before
+
+
+def test_two_conversions_from_pytorch_in_two_threads_leave_the_process_as_it_was(tmp_path):
+    """A PyTorch source (the exporter's quiet section) beside an ONNX one (TensorFlow's): both
+    verify, and fds, streams, logger levels and warning filters are back as they were."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    before = _process_state()
+    results, errors = {}, {}
+
+    def run(name, source, example):
+        try:
+            results[name] = graph_convert.convert(source, example, tmp_path / name)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors[name] = e
+
+    threads = [threading.Thread(target=run, args=("torch", net, (torch.randn(1, 3, 8, 8),))),
+               threading.Thread(target=run, args=("onnx", conv_model(), None))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == {}
+    assert all(f["ok"] for r in results.values() for f in r.report["verification"]["tflite_float32"].values())
+    assert _process_state() == before
 
 
 # -- transpose handlers say why they decline ----------------------------------------------------
