@@ -9,8 +9,11 @@ strict ``score > score_threshold`` is applied here (filtered boxes get a synthet
 kernel's threshold), both box formats become (y_min, x_min, y_max, x_max), a negative IoU
 threshold becomes 0 (ONNX never suppresses boxes that do not overlap) and
 ``max_output_boxes_per_class`` is clamped to the number of boxes in int64 before the int32 cast.
-The kernel's padded output is cut to its valid count, so ``selected_indices`` has exactly ONNX's
-(num_selected, 3) shape: a dynamic dimension, no padding rows.
+TFLite's kernel suppresses at IoU >= threshold (TF and ONNX at >): a two-box fixture tells the graph
+which kernel runs it. Zero-area boxes (which never suppress nor get suppressed in ONNX, and which
+TFLite's kernel would select over and over) and an IoU threshold >= 1 bypass the kernel. The picks
+are cut to their count, so ``selected_indices`` has exactly ONNX's (num_selected, 3) shape: a
+dynamic dimension, no padding rows.
 """
 from __future__ import annotations
 
