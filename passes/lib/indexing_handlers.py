@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from graph_convert.ir import Graph, Node
 from graph_convert.ir import perm as P
-from graph_convert_passes.lib.transpose_handlers import Handler, cumsum, decline, push, with_axis
+from graph_convert_passes.lib.transpose_handlers import cumsum, with_axis
+from graph_convert_passes.lib.transpose_push import Handler, decline, push
 
 
 def _declines(reason: str) -> Handler:
