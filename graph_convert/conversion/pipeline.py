@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from graph_convert.conversion import dynamic as D
+from graph_convert.conversion import quantized_source as QS
 from graph_convert.errors import ConvertError, GraphConvertError, PassError, StageError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, to_onnx
 from graph_convert.ir.onnx_io import save_with_external_data
@@ -483,6 +484,20 @@ def verify_tflite(c: Conversion) -> None:
                           "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
 
 
+def write_int8_tflite(c: Conversion) -> None:
+    """A quantized source's int8 .tflite with the source's own scales, judged by the int8 rule."""
+    from graph_convert.backends.tensorflow.runner import run_tflite
+    from graph_convert.backends.tensorflow.writer import tflite_flatbuffer_checked
+
+    path = os.path.join(c.work, "model_int8.tflite")
+    with open(path, "wb") as f:
+        f.write(tflite_flatbuffer_checked(c.traced.concrete, c.traced.module, optimize=True))
+    c.paths["tflite_int8"] = path
+    go = _runner(c, "run TFLite int8", lambda feeds: run_tflite(path, feeds))
+    c.figures["tflite_int8"] = c.verifier.check(go, "TFLite int8", QS.output_steps(c.model))
+    c.report["tflite_int8"] = QS.describe(path, c.model)
+
+
 def quantize(c: Conversion) -> None:
     from graph_convert import quantize as Q
 
@@ -505,6 +520,7 @@ STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion
     ("write SavedModel", "saved_model", write_saved_model, lambda c: c.ours),
     ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.ours and _tflite_wanted(c)),
     ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.ours and _tflite_wanted(c)),
+    ("convert to int8 TFLite", "tflite_int8", write_int8_tflite, lambda c: c.ours and _tflite_wanted(c) and QS.is_quantized(c.model)),
     ("quantize", "quantize", quantize, lambda c: c.ours and _tflite_wanted(c) and c.quant_plan is not None),
     ("convert with onnx2tf", "onnx2tf", convert_onnx2tf, lambda c: not c.ours),
     ("report", "report", build_report, lambda c: c.ours),

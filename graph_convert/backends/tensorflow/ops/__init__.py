@@ -20,7 +20,7 @@ reason, never a silently different result. Where to add an op: the module of its
 """
 from __future__ import annotations
 
-from graph_convert.backends.tensorflow.ops import elementwise, linalg, nn, norm, recurrent, reduce, resize, shape  # noqa: F401  (they fill the table)
+from graph_convert.backends.tensorflow.ops import elementwise, linalg, nn, norm, quantized, recurrent, reduce, resize, shape  # noqa: F401  (they fill the table)
 from graph_convert.backends.tensorflow.ops.core import EMITTERS, LAYOUT_AWARE, emitter
 
 
