@@ -29,8 +29,7 @@ import tensorflow as tf
 from onnx import TensorProto, helper
 
 from graph_convert.ir import Node
-from graph_convert.backends.tensorflow.ops.core import EMITTERS, _input_value, _unsupported, emitter
-from graph_convert.backends.tensorflow.ops.nn import _is_tf_same, _spatial_pads
+from graph_convert.backends.tensorflow.ops.core import EMITTERS, emitter, input_value, unsupported
 
 # integer range of each quantized element type TF and TFLite hold
 QRANGE = {tf.uint8: (0, 255), tf.int8: (-128, 127), tf.uint16: (0, 65535), tf.int16: (-32768, 32767),
@@ -47,9 +46,9 @@ def _out_dtype(node: Node, x) -> tf.DType:
         code = node.attr("output_dtype", 0) or TensorProto.UINT8
         dt = _ONNX_Q.get(code)
         if dt is None:
-            raise _unsupported(node, f"output type {helper.tensor_dtype_to_string(code)}")
+            raise unsupported(node, f"output type {helper.tensor_dtype_to_string(code)}")
     if dt not in QRANGE:
-        raise _unsupported(node, f"quantized type {dt.name}")
+        raise unsupported(node, f"quantized type {dt.name}")
     return dt
 
 
@@ -65,9 +64,9 @@ def _aligned(node: Node, p, x_shape: list, axis: int, block: int):
     if prank == rank and block > 0:
         n = x_shape[axis]
         if not isinstance(n, int):
-            raise _unsupported(node, "blocked quantization over a dimension of unknown size")
+            raise unsupported(node, "blocked quantization over a dimension of unknown size")
         return tf.gather(p, np.minimum(np.arange(n) // block, p.shape[axis] - 1), axis=axis)
-    raise _unsupported(node, f"scale of rank {prank} for data of rank {rank} (block_size {block})")
+    raise unsupported(node, f"scale of rank {prank} for data of rank {rank} (block_size {block})")
 
 
 def _axis(node: Node, rank: int) -> int:
@@ -91,7 +90,7 @@ def _quantize(x, scale, zp, dt):
 def _const_scalar(node: Node, ctx, x, j: int) -> float | int | None:
     if len(node.inputs) <= j or not node.inputs[j]:
         return 0 if j == 2 else None
-    v = _input_value(node, ctx, x, j)
+    v = input_value(node, ctx, x, j)
     if v is None or v.size != 1:
         return None
     return v.reshape(-1)[0].item()
@@ -107,7 +106,7 @@ def float_twin(ctx, tensor: str):
 def emit_quantize_linear(node, x, ctx):
     dt = _out_dtype(node, x)
     if node.attr("saturate", 1) == 0 and dt not in QRANGE:
-        raise _unsupported(node, "saturate=0")
+        raise unsupported(node, "saturate=0")
     xs = x[0].shape.as_list()
     axis, block = _axis(node, len(xs)), node.attr("block_size", 0)
     scale = _aligned(node, x[1], xs, axis, block)
@@ -132,7 +131,7 @@ def _dequantize(node, x, ctx):
     if twin is not None and s is not None and z is not None and twin[1:3] == (s, z):
         y = twin[0]  # dequantize(quantize(v)) as the converter's fake-quant of v
         return y if y.dtype == out_dt else tf.cast(y, out_dt)
-    weight = _input_value(node, ctx, x, 0)
+    weight = input_value(node, ctx, x, 0)
     if weight is not None:
         grid = weight_grid(node, ctx, x, weight)
         if grid is not None:
@@ -155,8 +154,8 @@ def weight_grid(node: Node, ctx, x, q: np.ndarray):
     own scales (None when the form has no such op: a zero point, -128, an axis not last)."""
     if q.dtype != np.int8 or node.attr("block_size", 0) or (q.size and q.min() < -127):
         return None
-    sv = _input_value(node, ctx, x, 1)
-    zv = _input_value(node, ctx, x, 2) if len(node.inputs) > 2 and node.inputs[2] else None
+    sv = input_value(node, ctx, x, 1)
+    zv = input_value(node, ctx, x, 2) if len(node.inputs) > 2 and node.inputs[2] else None
     if sv is None or sv.dtype != np.float32 or (zv is not None and np.any(zv != 0)):
         return None
     w = q.astype(np.float32)
@@ -219,23 +218,16 @@ def emit_conv_integer(node, x, ctx):
 def _conv_nchw(node: Node, xv, w):
     """A 2-D, group-1 convolution of NCHW ``xv`` with OIHW ``w`` (float32), NCHW out."""
     if xv.shape.rank != 4 or node.attr("group", 1) != 1:
-        raise _unsupported(node, f"{node.op_type} other than 2-D with group 1")
+        raise unsupported(node, f"{node.op_type} other than 2-D with group 1")
     xc = tf.transpose(xv, [0, 2, 3, 1])
     kernel = tf.transpose(w, [2, 3, 1, 0])
-    ks = kernel.shape.as_list()[:2]
     strides = list(node.attr("strides") or [1, 1])
     dilations = list(node.attr("dilations") or [1, 1])
-    in_spatial = xc.shape.as_list()[1:3]
-    pads = _spatial_pads(node, in_spatial, ks, strides, dilations)
-    if pads is None:
-        raise _unsupported(node, "auto_pad SAME with unknown spatial size")
-    if all(p == (0, 0) for p in pads):
-        padding = "VALID"
-    elif _is_tf_same(pads, in_spatial, ks, strides, dilations):
-        padding = "SAME"
-    else:
-        # padding with the zero point's value (the centred input's 0) is exactly ONNX's
-        xc, padding = tf.pad(xc, [(0, 0), *pads, (0, 0)]), "VALID"
+    if node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise unsupported(node, "auto_pad SAME")
+    p = list(node.attr("pads") or [0, 0, 0, 0])
+    # explicit zero padding of the centred input (the zero point's value), then VALID
+    xc, padding = tf.pad(xc, [(0, 0), (p[0], p[2]), (p[1], p[3]), (0, 0)]), "VALID"
     y = tf.nn.conv2d(xc, kernel, strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
     return tf.transpose(y, [0, 3, 1, 2])
 
