@@ -1,4 +1,4 @@
-"""Expand QOperator nodes (QLinearConv, QLinearMatMul, com.microsoft QGemm) into DequantizeLinear -> float op -> QuantizeLinear.
+"""Expand QOperator nodes (QLinearConv, QLinearMatMul; com.microsoft QGemm, QLinearAdd, QLinearMul, QLinearSoftmax) into DequantizeLinear -> float op -> QuantizeLinear.
 
 ONNX Runtime's QOperator format computes ``Q(op(DQ(a), DQ(b)) + DQ(bias))`` in one integer
 kernel; written as its QDQ form the float op (Conv, MatMul, Gemm) is an ordinary node that the
@@ -59,6 +59,16 @@ def expand(graph: Graph, node: Node, created_by: str) -> bool:
         a = _dq(graph, i[0], i[1], i[2], created_by)
         w = _dq(graph, i[3], i[4], i[5], created_by, _weight_axis(graph, i[4], -1))
         ins, op, attrs, y_s, y_z = [a, w], "MatMul", {}, i[6], i[7]
+    elif node.op_type in ("QLinearAdd", "QLinearMul"):  # com.microsoft: A, As, Azp, B, Bs, Bzp, Cs, Czp
+        a = _dq(graph, i[0], i[1], i[2], created_by)
+        b = _dq(graph, i[3], i[4], i[5], created_by)
+        ins, op, attrs, y_s, y_z = [a, b], node.op_type[len("QLinear"):], {}, i[6], i[7]
+    elif node.op_type == "QLinearSoftmax":  # com.microsoft: X, Xs, Xzp, Ys, Yzp; axis, opset
+        rank = graph.rank(i[0])
+        axis = node.attr("axis", -1)
+        if node.attr("opset", 13) < 13 and (rank is None or axis % rank != rank - 1):
+            return False  # the flattening Softmax of opset < 13 over more than the last axis
+        ins, op, attrs, y_s, y_z = [_dq(graph, i[0], i[1], i[2], created_by)], "Softmax", {"axis": axis}, i[3], i[4]
     else:  # com.microsoft QGemm: A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp
         trans_b = node.attr("transB", 0)
         a = _dq(graph, i[0], i[1], i[2], created_by)
@@ -93,7 +103,7 @@ class ExpandQOperators(Pass):
         done = 0
         for node in graph.nodes:
             std = node.domain in ("", "ai.onnx") and node.op_type in ("QLinearConv", "QLinearMatMul")
-            if std or (node.domain == _MS and node.op_type == "QGemm"):
+            if std or (node.domain == _MS and node.op_type in ("QGemm", "QLinearAdd", "QLinearMul", "QLinearSoftmax")):
                 done += expand(graph, node, self.name)
         return PassResult(done > 0, {"expanded": done} if done else {})
 

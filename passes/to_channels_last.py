@@ -39,6 +39,7 @@ _CONV = LayoutSpec(weights={1: "kernel"})
 CHANNELS_LAST_OPS: dict[str, LayoutSpec] = {
     "Conv": _CONV,
     "ConvTranspose": _CONV,
+    "ConvInteger": LayoutSpec(weights={1: "kernel"}, ranks=(4,)),  # dynamic quantization's conv
     "MaxPool": LayoutSpec(unused_outputs=(1,)),
     "AveragePool": LayoutSpec(),
     "GlobalAveragePool": LayoutSpec(),

@@ -486,12 +486,15 @@ def verify_tflite(c: Conversion) -> None:
 
 def write_int8_tflite(c: Conversion) -> None:
     """A quantized source's int8 .tflite with the source's own scales, judged by the int8 rule."""
+    from graph_convert.backends.tensorflow.emitter import build_function
     from graph_convert.backends.tensorflow.runner import run_tflite
     from graph_convert.backends.tensorflow.writer import tflite_flatbuffer_checked
 
+    # a trace of its own, where the emitters declare the source's scales as fake-quant ops
+    t = build_function(c.graph, _emitters(c)[0], batch=c.view, layout_aware=c.registry.layout_aware, declare_quantization=True)
     path = os.path.join(c.work, "model_int8.tflite")
     with open(path, "wb") as f:
-        f.write(tflite_flatbuffer_checked(c.traced.concrete, c.traced.module, optimize=True))
+        f.write(tflite_flatbuffer_checked(t.concrete, t.module, optimize=True))
     c.paths["tflite_int8"] = path
     go = _runner(c, "run TFLite int8", lambda feeds: run_tflite(path, feeds))
     c.figures["tflite_int8"] = c.verifier.check(go, "TFLite int8", QS.output_steps(c.model))

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graph_convert.checks.equivalence import INT8_MAX_STEPS, INT8_MAX_STEPS_SOFTMAX
+
 # op type -> input slots that hold scales
 SCALE_SLOTS: dict[str, tuple[int, ...]] = {
     "QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6),
@@ -38,19 +40,21 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return vals
 
 
-def output_steps(model: onnx.ModelProto) -> dict[str, float | None]:
+def output_steps(model: onnx.ModelProto) -> dict[str, tuple[float | None, float]]:
     """Per graph output: the quantization step the source gives it (the per-tensor scale of the
-    DequantizeLinear that makes it), or None for a float output."""
+    DequantizeLinear that makes it, None for a float output) and the int8 rule's bound in steps
+    (wider when the model holds a softmax, see ``checks.equivalence``)."""
+    bound = INT8_MAX_STEPS_SOFTMAX if any(n.op_type in ("Softmax", "QLinearSoftmax") for n in model.graph.node) else INT8_MAX_STEPS
     consts = _constants(model)
     producer = {o: n for n in model.graph.node for o in n.output}
-    steps: dict[str, float | None] = {}
+    steps: dict[str, tuple[float | None, float]] = {}
     for y in model.graph.output:
         n = producer.get(y.name)
         step = None
         if n is not None and n.op_type == "DequantizeLinear" and n.input[1] in consts:
             s = numpy_helper.to_array(consts[n.input[1]])
             step = float(s.reshape(-1)[0]) if s.size == 1 else None
-        steps[y.name] = step
+        steps[y.name] = (step, bound)
     return steps
 
 
@@ -66,8 +70,10 @@ def source_scales(model: onnx.ModelProto) -> np.ndarray:
 
 
 def describe(path: str, model: onnx.ModelProto) -> dict[str, Any]:
-    """What the int8 .tflite holds: op counts, its int8 kernels with their scales, and whether
-    every int8 activation and weight scale is one of the source's (bit-equal in float32)."""
+    """What the int8 .tflite holds: op counts, its kernels' dtypes, and whether every int8
+    activation and weight scale of its int8 kernels is one of the source's (bit-equal in
+    float32). Hybrid kernels (float input, int8 weight: dynamic quantization) carry the
+    converter's weight scales and are only counted."""
     from graph_convert.backends.tensorflow.runner import interpreter
 
     interp = interpreter(path, allocate=False)
@@ -81,6 +87,9 @@ def describe(path: str, model: onnx.ModelProto) -> dict[str, Any]:
         ins = [tensors[i] for i in op["inputs"] if i >= 0]
         outs = [tensors[i] for i in op["outputs"]]
         entry = {"op": op["op_name"], "dtypes": [t["dtype"].__name__ for t in ins[:2] + outs]}
+        if ins[0]["dtype"] == np.float32:  # hybrid (dynamic range): the converter's weight scales
+            kernels.append(entry)
+            continue
         for role, t in (("input", ins[0]), ("weight", ins[1] if len(ins) > 1 else None), ("output", outs[0])):
             if t is None or t["dtype"] not in (np.int8, np.uint8, np.int16):
                 continue

@@ -64,6 +64,9 @@ class EmitContext:
     placeholders: Any = None  # tf.large_tflite.Placeholders: large weights become splat stand-ins
     # quantized tensor -> (float twin, scale, zero point, dtype) (graph_convert.tf.ops.quantized)
     quantized: dict = field(default_factory=dict)
+    # declare a quantized source's scales to the TFLite converter as fake-quant ops (the trace of
+    # model_int8.tflite); off, Q/DQ are ONNX's arithmetic spelled out (SavedModel, float32 file)
+    declare_quantization: bool = False
     grids: dict = field(default_factory=dict)  # tensor -> quant_grid.Grid of a dequantized weight read by ``const``
 
     def exact_constant(self, value):
@@ -112,7 +115,7 @@ class EmitContext:
             if exact is not None:
                 return exact
         grids = [self.grids[t] for t in self.const_reads if t in self.grids]
-        if grids and self.placeholders is None and arr.dtype == np.float32:  # a dequantized int8 kernel keeps its source scales
+        if grids and self.declare_quantization and self.placeholders is None and arr.dtype == np.float32:  # a dequantized int8 kernel keeps its source scales
             from graph_convert.backends.tensorflow.quant_grid import declare
 
             made = tf.constant(arr) if arr.size < WEIGHT_MIN_ELEMENTS else self._variable(arr)
@@ -273,7 +276,7 @@ def _probe(args):
 
 
 def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aware: Collection[str] = (),
-                   placeholders=None) -> Traced:
+                   placeholders=None, declare_quantization: bool = False) -> Traced:
     """Trace the graph into a ``tf.function``. ``layout_aware``: op types whose emitters read the
     layout marks themselves (a registry's ``layout_aware``); every other layout-marked node gets
     its inputs transposed back to the source layout and its outputs forward. ``batch`` (a
@@ -300,7 +303,8 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
     variables: list = []
 
     def fn(*args):
-        ctx = EmitContext(graph, opset, batch=batch, variables=variables, placeholders=placeholders)
+        ctx = EmitContext(graph, opset, batch=batch, variables=variables, placeholders=placeholders,
+                          declare_quantization=declare_quantization)
         env = ctx.env
         for x, a in zip(graph.inputs, args):
             env[x] = a

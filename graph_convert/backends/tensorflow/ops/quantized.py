@@ -113,7 +113,7 @@ def emit_quantize_linear(node, x, ctx):
     zp = _aligned(node, x[2], xs, axis, block) if len(x) > 2 and x.has(2) else None
     y = _quantize(x[0], scale, zp, dt)
     s, z = _const_scalar(node, ctx, x, 1), _const_scalar(node, ctx, x, 2)
-    if s is not None and z is not None and dt in (tf.int8, tf.uint8) and x[0].dtype in (tf.float32, tf.float16):
+    if ctx.declare_quantization and s is not None and z is not None and dt in (tf.int8, tf.uint8) and x[0].dtype in (tf.float32, tf.float16):
         qmin, qmax = QRANGE[dt]
         twin = tf.quantization.fake_quant_with_min_max_vars(_as_f32(x[0]), (qmin - z) * s, (qmax - z) * s, num_bits=8)
         ctx.quantized[node.outputs[0]] = (twin, s, z, dt)
@@ -131,7 +131,7 @@ def _dequantize(node, x, ctx):
     if twin is not None and s is not None and z is not None and twin[1:3] == (s, z):
         y = twin[0]  # dequantize(quantize(v)) as the converter's fake-quant of v
         return y if y.dtype == out_dt else tf.cast(y, out_dt)
-    weight = input_value(node, ctx, x, 0)
+    weight = input_value(node, ctx, x, 0) if ctx.declare_quantization else None
     if weight is not None:
         grid = weight_grid(node, ctx, x, weight)
         if grid is not None:
@@ -206,21 +206,31 @@ def emit_matmul_integer(node, x, ctx):
     return tf.cast(tf.round(tf.linalg.matmul(a, b)), tf.int32)
 
 
-@emitter("ConvInteger")
+@emitter("ConvInteger", layout_aware=True)
 def emit_conv_integer(node, x, ctx):
-    xv = _centered(node, ctx, x, 0, 2, "channel")
-    w = _centered(node, ctx, x, 1, 3, "out")
-    if len(node.inputs) > 3 and node.inputs[3] and x[3].shape.rank == 1 and x[3].shape[0] != 1:
-        w = _as_f32(x[1]) - tf.reshape(_as_f32(x[3]), [-1, 1, 1, 1])  # per output channel
-    return tf.cast(tf.round(_conv_nchw(node, xv, w)), tf.int32)
+    """(x - x_zero_point) conv (w - w_zero_point) in int32; channels-last when the layout pass
+    marked the node (HWIO kernel), else transposed here."""
+    if x[0].shape.rank != 4:
+        raise unsupported(node, "ConvInteger other than 2-D")
+    xv = _as_f32(x[0]) if node.in_perm(0) is not None else tf.transpose(_as_f32(x[0]), [0, 2, 3, 1])
+    if len(node.inputs) > 2 and node.inputs[2]:
+        xv = xv - tf.reshape(_as_f32(x[2]), [])
+    w = _as_f32(x[1]) if node.in_perm(1) is not None else tf.transpose(_as_f32(x[1]), [2, 3, 1, 0])
+    if len(node.inputs) > 3 and node.inputs[3]:
+        w = w - tf.reshape(_as_f32(x[3]), [-1])  # scalar, or per output channel (the last axis)
+    y = tf.cast(tf.round(_conv_nhwc(node, xv, w)), tf.int32)
+    return y if node.out_perm(0) is not None else tf.transpose(y, [0, 3, 1, 2])
 
 
 def _conv_nchw(node: Node, xv, w):
-    """A 2-D, group-1 convolution of NCHW ``xv`` with OIHW ``w`` (float32), NCHW out."""
-    if xv.shape.rank != 4 or node.attr("group", 1) != 1:
-        raise unsupported(node, f"{node.op_type} other than 2-D with group 1")
-    xc = tf.transpose(xv, [0, 2, 3, 1])
-    kernel = tf.transpose(w, [2, 3, 1, 0])
+    """A 2-D convolution of NCHW ``xv`` with OIHW ``w`` (float32), NCHW out."""
+    y = _conv_nhwc(node, tf.transpose(xv, [0, 2, 3, 1]), tf.transpose(w, [2, 3, 1, 0]))
+    return tf.transpose(y, [0, 3, 1, 2])
+
+
+def _conv_nhwc(node: Node, xc, kernel):
+    """A 2-D convolution of NHWC ``xc`` with an HWIO ``kernel`` (float32, I = C / group)."""
+    group = node.attr("group", 1)
     strides = list(node.attr("strides") or [1, 1])
     dilations = list(node.attr("dilations") or [1, 1])
     if node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
@@ -228,8 +238,13 @@ def _conv_nchw(node: Node, xv, w):
     p = list(node.attr("pads") or [0, 0, 0, 0])
     # explicit zero padding of the centred input (the zero point's value), then VALID
     xc, padding = tf.pad(xc, [(0, 0), (p[0], p[2]), (p[1], p[3]), (0, 0)]), "VALID"
-    y = tf.nn.conv2d(xc, kernel, strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
-    return tf.transpose(y, [0, 3, 1, 2])
+    c_in = xc.shape[-1]
+    if group > 1 and group == c_in and kernel.shape[2] == 1 and len(set(strides)) == 1:
+        mult = kernel.shape[3] // c_in  # depthwise: (kh, kw, 1, C * m) -> (kh, kw, C, m)
+        wd = tf.reshape(kernel, [kernel.shape[0], kernel.shape[1], c_in, mult])
+        return tf.nn.depthwise_conv2d(xc, wd, strides=[1, *strides, 1], padding=padding, dilations=dilations)
+    # group 1, or one grouped CONV_2D (TF's CPU kernel and TFLite take it)
+    return tf.nn.conv2d(xc, kernel, strides=[1, *strides, 1], padding=padding, dilations=[1, *dilations, 1])
 
 
 def _dq_input(node: Node, x, j: int, axis: int | None = None):
@@ -285,3 +300,18 @@ def emit_qgemm(node, x, ctx):
     if len(node.inputs) > 7 and node.inputs[7]:
         return _requantize(node, y, x, 7)
     return y
+
+
+@emitter("com.microsoft::QLinearAdd", "com.microsoft::QLinearMul")
+def emit_qlinear_binary(node, x, ctx):
+    a, b = _dq_input(node, x, 0), _dq_input(node, x, 3)
+    return _requantize(node, a + b if node.op_type == "QLinearAdd" else a * b, x, 6)
+
+
+@emitter("com.microsoft::QLinearSoftmax")
+def emit_qlinear_softmax(node, x, ctx):
+    rank = x[0].shape.rank
+    axis = node.attr("axis", -1) % rank
+    if node.attr("opset", 13) < 13 and axis != rank - 1:
+        raise unsupported(node, "the opset < 13 form over more than the last axis")
+    return _requantize(node, tf.nn.softmax(_dq_input(node, x, 0), axis=axis), x, 3)
