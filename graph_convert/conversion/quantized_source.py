@@ -40,14 +40,14 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return vals
 
 
-def output_steps(model: onnx.ModelProto) -> dict[str, tuple[float | None, float]]:
+def output_steps(model: onnx.ModelProto) -> dict[str, tuple[float | None, float | None]]:
     """Per graph output: the quantization step the source gives it (the per-tensor scale of the
     DequantizeLinear that makes it, None for a float output) and the int8 rule's bound in steps
-    (wider when the model holds a softmax, see ``checks.equivalence``)."""
+    (none when the model holds a softmax, see ``checks.equivalence``)."""
     bound = INT8_MAX_STEPS_SOFTMAX if any(n.op_type in ("Softmax", "QLinearSoftmax") for n in model.graph.node) else INT8_MAX_STEPS
     consts = _constants(model)
     producer = {o: n for n in model.graph.node for o in n.output}
-    steps: dict[str, tuple[float | None, float]] = {}
+    steps: dict[str, tuple[float | None, float | None]] = {}
     for y in model.graph.output:
         n = producer.get(y.name)
         step = None
