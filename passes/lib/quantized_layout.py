@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from graph_convert.ir import perm as P
 from graph_convert.ir import Graph, Node
-from graph_convert_passes.lib.transpose_handlers import decline, push
+from graph_convert_passes.lib.transpose_push import decline, push
 
 
 def _axis(graph: Graph, node: Node) -> int | None:
