@@ -99,6 +99,8 @@ def describe(path: str, model: onnx.ModelProto) -> dict[str, Any]:
             entry[f"{role}_scale_from_source"] = same
         kernels.append(entry)
     int8 = [k for k in kernels if k["dtypes"][0] == "int8" and k["dtypes"][1] == "int8"]
+    hybrid = [k for k in kernels if k["dtypes"][0] == "float32" and len(k["dtypes"]) > 2 and k["dtypes"][1] == "int8"]
     return {"path": "model_int8.tflite", "ops": dict(sorted(Counter(o["op_name"] for o in ops).items())),
-            "kernels": kernels, "int8_kernels": len(int8), "hybrid_kernels": len(kernels) - len(int8),
+            "kernels": kernels, "int8_kernels": len(int8), "hybrid_kernels": len(hybrid),
+            "float_kernels": len(kernels) - len(int8) - len(hybrid),
             "scales_from_source": foreign == 0, "scales_not_from_source": foreign}
