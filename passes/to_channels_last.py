@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from graph_convert.ir import perm as P
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
+from graph_convert_passes.lib.quantized_layout import transposed_dequantize
 
 
 def kernel_to_tf(rank: int) -> tuple[int, ...]:
@@ -38,6 +39,7 @@ _CONV = LayoutSpec(weights={1: "kernel"})
 CHANNELS_LAST_OPS: dict[str, LayoutSpec] = {
     "Conv": _CONV,
     "ConvTranspose": _CONV,
+    "ConvInteger": LayoutSpec(weights={1: "kernel"}, ranks=(4,)),  # dynamic quantization's conv
     "MaxPool": LayoutSpec(unused_outputs=(1,)),
     "AveragePool": LayoutSpec(),
     "GlobalAveragePool": LayoutSpec(),
@@ -79,6 +81,8 @@ def switch_node(graph: Graph, node: Node, spec: LayoutSpec, created_by: str) -> 
         w = node.inputs[j]
         if graph.constant_value(w) is not None:
             graph.set_input(node, j, graph.transposed_constant(w, wp))
+        elif (moved := transposed_dequantize(graph, w, wp, created_by)) is not None:  # its int8 constant moves
+            graph.set_input(node, j, moved)
         else:
             graph.set_input(node, j, graph.add_transpose(w, wp, created_by=created_by))
         in_perms[j] = wp

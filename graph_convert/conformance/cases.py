@@ -23,6 +23,9 @@ CONSTANT_SLOTS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2, 3, 4),
     "CenterCropPad": (1,), "Col2Im": (1, 2), "AffineGrid": (1,), "DeformConv": (1, 3), "MaxUnpool": (2,),
     "CumProd": (1,), "DFT": (1, 2), "STFT": (1, 3), "MelWeightMatrix": (0, 1, 2, 3, 4),
+    # quantization parameters and weights (onnxruntime.quantization writes them as initializers)
+    "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "QLinearConv": (1, 2, 3, 4, 5, 6, 7, 8),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "ConvInteger": (1, 2, 3), "MatMulInteger": (1, 2, 3),
 }
 
 # Element types the case cannot be expressed with in TF/TFLite (reason per type).

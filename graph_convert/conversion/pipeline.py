@@ -103,16 +103,18 @@ class Conversion:
     backend_why: str = ""
     progress: Callable[[str, str], None] | None = None  # told ("start" | "end", stage name) around each stage
 
-    def check(self, key: str, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
+    def check(self, key: str, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+              steps: dict[str, tuple[float | None, float | None]] | None = None) -> None:
         """Judge one artifact against ONNX Runtime on every draw (and at the other batch sizes of a
         dynamic batch): ``run`` maps source-layout feeds keyed by ONNX input names to outputs keyed
-        by ONNX output names. Figures go to ``figures[key]``; a mismatch raises VerificationError."""
+        by ONNX output names. Figures go to ``figures[key]``; a mismatch raises VerificationError.
+        ``steps``: judge by the int8 rule (``checks.equivalence.compare_int8``), per output."""
         def go(feeds):
             with stage(f"run {label}"):
                 return run(feeds)
-        self.figures[key] = self.verifier.check(go, label)
+        self.figures[key] = self.verifier.check(go, label, steps)
         for b, ver in self.other_batches:
-            self.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}"))
+            self.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}", steps))
 
     @property
     def graph(self) -> Graph:

@@ -23,7 +23,7 @@ reason, never a silently different result. Where to add an op: the module of its
 from __future__ import annotations
 
 from graph_convert.backends.tensorflow.ops import (  # noqa: F401  (they fill the table)
-    attention, control_flow, detection, elementwise, indexing, linalg, nn, norm, recurrent, reduce, resize, sampling,
+    attention, control_flow, detection, elementwise, indexing, linalg, nn, norm, quantized, recurrent, reduce, resize, sampling,
     shape, signal)
 from graph_convert.backends.tensorflow.ops.core import EMITTERS, LAYOUT_AWARE, emitter
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.ops.core import cast_back, emitter, lite_float, unsupported
 from graph_convert.backends.tensorflow.ops.sampling import channels_last, result
 
