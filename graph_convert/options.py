@@ -178,6 +178,12 @@ class ConvertOptions:
                                    quant_debug=self.quant_debug, float_ops=self.float_ops, min_sqnr=self.min_sqnr,
                                    min_top1=self.min_top1, mean=self.mean, std=self.std, size=self.size, tflite=self.tflite))
 
+    @staticmethod
+    def choices(option: str) -> tuple[str, ...]:
+        """The allowed values of an option with a fixed set (what the command line offers):
+        ``backend`` (the registered back ends and ``auto``) and ``verify``."""
+        return {"backend": backends.names(), "verify": VERIFY_MODES}[option]
+
     @classmethod
     def from_kwargs(cls, **kwargs) -> "ConvertOptions":
         """Build from keyword arguments, naming an unknown one (a typo must not pass silently)."""

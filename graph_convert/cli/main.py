@@ -90,7 +90,7 @@ def _convert_options(c) -> None:
                    help="attention with head-major weights and no TRANSPOSE (for GPU/NPU delegates; slower on XNNPACK CPU)")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py", help=PLUGIN_HELP)
     c.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="skip a pass by name")
-    c.add_argument("--verify", choices=["end", "phase", "each", "none"], default="end",
+    c.add_argument("--verify", choices=ConvertOptions.choices("verify"), default="end",
                    help="ORT check of the rewritten graph (default; on a mismatch the passes are replayed with a check "
                         "after each to name the first diverging pass), after each phase, after every pass, or only of the outputs")
     c.add_argument("--atol", default="1e-4",
@@ -100,7 +100,7 @@ def _convert_options(c) -> None:
     c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
     c.add_argument("--explorer", action="store_true",
                    help="also write Model Explorer node data (explorer/): layout moves, per-op error, per-op SQNR; see 'view'")
-    c.add_argument("--backend", choices=["graph-convert", "onnx2tf", "auto"], default="graph-convert",
+    c.add_argument("--backend", choices=ConvertOptions.choices("backend"), default="graph-convert",
                    help="who writes the SavedModel/.tflite: our emitter (default), onnx2tf (verified by us exactly as ours; "
                         "pip install 'graph-convert[onnx2tf]'), or ours with onnx2tf only for models with ops we cannot emit")
     c.add_argument("--onnx2tf-python", metavar="PATH", help="the interpreter that runs onnx2tf (its pins may clash with ours; default: this one)")
