@@ -80,7 +80,7 @@ def test_auto_takes_the_first_back_end_that_takes_every_op(demo_backend, tmp_pat
 
 
 def test_an_unknown_back_end_is_refused_naming_the_choices():
-    with pytest.raises(gc.ConvertError, match=r"--backend 'tensorflow': expected one of graph-convert, onnx2tf, auto"):
+    with pytest.raises(gc.ConvertError, match=r"^backend 'tensorflow': expected one of graph-convert, onnx2tf, auto"):
         gc.ConvertOptions(backend="tensorflow")
 
 
