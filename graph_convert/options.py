@@ -48,6 +48,7 @@ class ConvertOptions:
     inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None
     keep_io_layout: bool = False
     dynamic_batch: bool = False
+    dims: Sequence[str] = ()  # --dim NAME=VALUE (fix) / NAME=MIN..MAX[/MULTIPLE] (free within), see graph_convert.dims
     heads_first: bool = False
     plugins: Sequence[str] = ()
     disable_passes: Sequence[str] = ()
@@ -83,7 +84,7 @@ class ConvertOptions:
         if self.backend not in BACKENDS:
             raise ConvertError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.backend != "graph-convert":
-            for clash, what in ((self.quantize, "--quantize"), (self.dynamic_batch, "--dynamic-batch"),
+            for clash, what in ((self.quantize, "--quantize"), (self.dynamic_batch, "--dynamic-batch"), (self.dims, "--dim"),
                                 (not self.tflite, "--no-tflite"), (self.keep_io_layout, "--keep-io-layout")):
                 if clash:
                     raise ConvertError(f"--backend {self.backend} cannot be combined with {what} yet")
@@ -91,6 +92,7 @@ class ConvertOptions:
         set_("atol", check_tolerance(self.atol))
         set_("seed", check_seed(self.seed))
         set_("input_shapes", tuple((n, tuple(int(d) for d in dims)) for n, dims in _tuple(self.input_shapes, "--input-shape")))
+        set_("dims", _tuple(self.dims, "--dim"))
         set_("plugins", _tuple(self.plugins, "--plugin"))
         set_("disable_passes", _tuple(self.disable_passes, "--disable-pass"))
         for flag in ("keep_io_layout", "dynamic_batch", "heads_first", "tflite", "overwrite", "int8_io", "quant_debug",

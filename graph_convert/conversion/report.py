@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from graph_convert import __version__
+from graph_convert.conversion.dynamic_run import io_dim_names
 from graph_convert.ir import Graph
 
 VERIFY_RULE = ("per output and input draw: NaN/+-inf in the same places; max |got - source| <= atol x max |source| "
@@ -22,7 +23,7 @@ def build_report(c) -> None:
         c.say(f"warning: output {w['output']!r}: {w['warning']}")
 
     def io(names, tf_names):
-        return [{"name": x, "tf_name": n, "shape": _io_shape(g, c.view, x), "layout_perm": list(g.io_perms.get(x, [])) or None}
+        return [{"name": x, "tf_name": n, "shape": io_dim_names(c, x, c.view.shape(x) if c.view is not None else g.shape(x)), "layout_perm": list(g.io_perms.get(x, [])) or None}
                 for x, n in zip(names, tf_names)]
 
     verification = {"rule": VERIFY_RULE, "atol": c.options.atol, "draws": v.draw_labels, "notes": v.notes, "warnings": warnings}
@@ -36,7 +37,7 @@ def build_report(c) -> None:
         "rewritten_graph": {"nodes": len(g), "transposes": g.count("Transpose"), "transposes_left": transposes_left(g, c.registry.transpose_handlers)},
         "verification": verification,
         "tflite_gaps": c.gaps,
-        "dynamic_batch": c.dyn_info if c.dyn_info is not None else {"kept": False, "reason": "static batch (no --dynamic-batch, no symbolic batch dim)"},
+        "dynamic": c.dyn_info if c.dyn_info is not None else {"dims": {}, "note": "every input shape is static in the source"},
         **c.report,  # the TFLite op counts and the quantization report, filled by their stages
     }
 
@@ -52,11 +53,6 @@ def json_safe(x):
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else repr(float(x))
     return x
-
-
-def _io_shape(graph: Graph, view, name: str) -> list:
-    shape = view.shape(name) if view is not None else graph.shape(name)
-    return ["batch" if d is None else d for d in (shape or [])]
 
 
 def figures_dict(figs) -> dict[str, Any]:

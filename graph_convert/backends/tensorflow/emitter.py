@@ -54,7 +54,7 @@ class EmitContext:
     graph: Graph
     opset: int
     env: dict[str, Any] = field(default_factory=dict)
-    batch: Any = None  # graph_convert.conversion.dynamic.BatchView when the batch is dynamic
+    batch: Any = None  # graph_convert.conversion.dynamic.DimView when some dims are dynamic
     variables: list = field(default_factory=list)  # weights made tf.Variables (see ``weight``)
     probe: Any = None  # a graph input with at least one element (see ``exact_constant``)
     _n_weights: int = 0
@@ -256,7 +256,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
     """Trace the graph into a ``tf.function``. ``layout_aware``: op types whose emitters read the
     layout marks themselves (a registry's ``layout_aware``); every other layout-marked node gets
     its inputs transposed back to the source layout and its outputs forward. ``batch`` (a
-    :class:`graph_convert.conversion.dynamic.BatchView`) makes the batch dim dynamic. ``placeholders`` (a
+    :class:`graph_convert.conversion.dynamic.DimView`) makes its dims dynamic. ``placeholders`` (a
     :class:`graph_convert.backends.tensorflow.large_tflite.Placeholders`): every weight that would be a variable
     is a constant instead, the large ones splat stand-ins (see that module)."""
     import tensorflow as tf
@@ -284,17 +284,13 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
         for x, a in zip(graph.inputs, args):
             env[x] = a
         ctx.probe = _probe(args)
-        batch_size = None
-        if batch is not None:
-            src, axis = batch.batch_source
-            batch_size = tf.shape(env[src])[axis]
 
         def get(t: str):
             if not t:
                 return None
             if t not in env and batch is not None and batch.is_dynamic_const(t):
                 v = batch.minus_one_target(t)
-                env[t] = tf.constant(v) if v is not None else batch.tensor(t, batch_size)
+                env[t] = tf.constant(v) if v is not None else batch.tensor(t, env)
             if t not in env:
                 v = graph.constant_value(t)
                 if v is None:
