@@ -67,7 +67,8 @@ class DimView:
     exprs: dict[str, list] = field(default_factory=dict)  # 1-D int const -> per entry: int or DimExpr
     tiled: dict[str, tuple[np.ndarray, int, DimExpr]] = field(default_factory=dict)  # const -> (block, axis, repeats)
     ranged: dict[str, tuple[np.ndarray, np.ndarray, int, DimExpr]] = field(default_factory=dict)  # (first, step, axis, length)
-    io_names: dict[str, tuple] = field(default_factory=dict)  # graph input/output -> shape with dim names at dynamic dims
+    spread: dict[str, tuple[np.ndarray, list]] = field(default_factory=dict)  # const -> (block, per axis: int or DimExpr)
+    prefix: dict[str, tuple[np.ndarray, int, DimExpr]] = field(default_factory=dict)  # const -> (source table, axis, length)
     stats: dict[str, int] = field(default_factory=dict)
 
     # -- what the emitter asks ---------------------------------------------------------------
@@ -75,7 +76,7 @@ class DimView:
         return self.dims.get(tensor, self.graph.shape(tensor))
 
     def is_dynamic_const(self, tensor: str) -> bool:
-        return tensor in self.exprs or tensor in self.tiled or tensor in self.ranged
+        return tensor in self.exprs or tensor in self.tiled or tensor in self.ranged or tensor in self.spread or tensor in self.prefix
 
     def minus_one_target(self, tensor: str) -> np.ndarray | None:
         """The constant as a Reshape target with -1 at its one dynamic entry, when that is exact."""
@@ -93,10 +94,21 @@ class DimView:
         out = np.array([-1 if isinstance(e, DimExpr) else e for e in entries], dtype=c.dtype)
         return out
 
-    def tensor(self, tensor: str, env: dict) -> Any:
-        """The run-time value of a dynamic constant; ``env`` maps graph tensors to TF tensors."""
+    def tensor(self, tensor: str, env: dict, weight=None) -> Any:
+        """The run-time value of a dynamic constant; ``env`` maps graph tensors to TF tensors,
+        ``weight`` makes a (large) array a TF constant or variable."""
         import tensorflow as tf
 
+        if tensor in self.spread:  # the same values along every moving axis: the block tiled
+            block, reps = self.spread[tensor]
+            mult = [tf.constant(r, tf.int32) if not isinstance(r, DimExpr) else _eval(r, env) for r in reps]
+            return tf.tile(tf.constant(block), tf.stack(mult))
+        if tensor in self.prefix:  # the first n entries of a weight of the source (a position table)
+            table, axis, n = self.prefix[tensor]
+            t = weight(table) if weight is not None else tf.constant(table)
+            size = [tf.constant(-1, tf.int32)] * table.ndim
+            size[axis] = _eval(n, env)
+            return tf.slice(t, [0] * table.ndim, tf.stack(size))
         c = self.graph.constant_value(tensor)
         dt = tf.as_dtype(c.dtype)
         if tensor in self.exprs:  # a Pack of scalars: TF's shape inference keeps the static entries
@@ -200,10 +212,11 @@ class _Matcher:
         return None
 
 
-def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], dim_names: dict[tuple[str, int], str]) -> DimView:
+def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None) -> DimView:
     """Compare the graphs converted at two size assignments (``at``: how to name them); raise
-    DynamicDimsError naming what cannot be made size-polymorphic. ``dim_names``: (source input,
-    axis) -> dim name, for the report's I/O shapes."""
+    DynamicDimsError naming what cannot be made size-polymorphic. ``source_weights``: a callable
+    giving the source model's float initializers of a given element count or more, as
+    ``(name, array)`` (a constant that is the start of one of them is read from it)."""
     same_structure(g1, g2, at)
     view = DimView(g1)
     for t in set(g1.info) & set(g2.info):
@@ -231,16 +244,21 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], dim_names: dict[tuple[st
         if rng is not None:
             view.ranged[name] = rng
             continue
+        spread = _as_spread(v1, v2, cands, matcher)
+        if spread is not None:
+            view.spread[name] = spread
+            continue
+        pre = _as_prefix(v1, v2, cands, matcher, source_weights)
+        if pre is not None:
+            view.prefix[name] = pre
+            continue
         readers = ", ".join(f"{n.name!r} ({n.op_type})" for n in g1.consumers(name)) or "none"
         what = "a table of values computed from the sizes" if v1.dtype.kind == "f" else "neither a run-time dim nor a repeat or range"
         raise DynamicDimsError(f"constant {name!r} (read by node {readers}) depends on the sizes as {what}: "
                                f"shape {v1.shape} at {at[0]}, {v2.shape} at {at[1]}")
-    for x in list(g1.inputs) + list(g1.outputs):
-        s = view.shape(x)
-        if s is not None:
-            view.io_names[x] = tuple(s)
     view.stats = {"dynamic_tensor_dims": len(view.dims), "run_time_shape_constants": len(view.exprs),
-                  "tiled_constants": len(view.tiled), "ranged_constants": len(view.ranged)}
+                  "tiled_constants": len(view.tiled) + len(view.spread), "ranged_constants": len(view.ranged),
+                  "source_table_slices": len(view.prefix)}
     return view
 
 
@@ -298,3 +316,51 @@ def _as_range(v1, v2, cands, matcher: _Matcher):
         return None
     n = matcher.match(v1.shape[a], v2.shape[a], cands)
     return None if n is None else (first, step, a, n)
+
+
+def _as_spread(v1, v2, cands, matcher: _Matcher):
+    """``(block, repeats)`` when both constants hold the same values along every axis whose size
+    moves (zeros of the input's shape, a token-type row over batch and sequence)."""
+    if v1.ndim != v2.ndim or v1.dtype != v2.dtype or v1.size == 0:
+        return None
+    moving = [a for a in range(v1.ndim) if v1.shape[a] != v2.shape[a]]
+    if not moving:
+        return None
+    block = v1
+    for a in moving:
+        block = np.take(block, [0], axis=a)
+    if not (np.array_equal(np.broadcast_to(block, v1.shape), v1) and np.array_equal(np.broadcast_to(block, v2.shape), v2)):
+        return None
+    reps: list = [1] * v1.ndim
+    for a in moving:
+        e = matcher.match(v1.shape[a], v2.shape[a], cands)
+        if e is None:
+            return None
+        reps[a] = e
+    return block, reps
+
+
+def _as_prefix(v1, v2, cands, matcher: _Matcher, source_weights):
+    """``(table, axis, length)`` when both constants are the first entries, along their one moving
+    axis, of the same weight of the source model (``pos_embedding[:, :seq]``, an embedding row per
+    ``arange(seq)``), unit dims aside."""
+    a = _moving_axis(v1, v2)
+    if a is None or source_weights is None or v1.dtype.kind != "f" or v2.shape[a] <= v1.shape[a]:
+        return None
+    core = [d for i, d in enumerate(v2.shape) if d != 1 or i == a]
+    ax = sum(1 for i in range(a) if v2.shape[i] != 1)
+    for _, w in source_weights(v2.size):
+        ws = [d for d in w.shape if d != 1]
+        if len(ws) != len(core) or w.dtype != v2.dtype or ws[ax] < core[ax] or ws[:ax] != core[:ax] or ws[ax + 1:] != core[ax + 1:]:
+            continue
+        flat = w.reshape(ws)
+        if not (np.array_equal(np.take(flat, range(v2.shape[a]), axis=ax).reshape(v2.shape), v2)
+                and np.array_equal(np.take(flat, range(v1.shape[a]), axis=ax).reshape(v1.shape), v1)):
+            continue
+        n = matcher.match(v1.shape[a], v2.shape[a], cands)
+        if n is None:
+            return None
+        shape = list(v2.shape)
+        shape[a] = ws[ax]
+        return flat.reshape(shape), a, n
+    return None

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+import onnx
+
 from graph_convert.conversion import dims as DM
 from graph_convert.conversion import dynamic as D
 from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
@@ -40,11 +43,18 @@ def rewrite_dynamic(c, rewrite: Callable) -> None:
         except ConvertError as e:  # the source itself fails at these sizes
             raise D.DynamicDimsError(f"at {sizes_text(sizes, free)}: {e}") from None
 
-    names = {(x, a): n for n, d in dims.items() for x, a in d.axes}
+    def source_weights(min_size: int):
+        from graph_convert.ir.onnx_io import tensor_array
+
+        for t in c.model.graph.initializer:
+            n = int(np.prod(t.dims)) if t.dims else 1
+            if n >= min_size and t.data_type == onnx.TensorProto.FLOAT:
+                yield t.name, np.asarray(tensor_array(t))
+
     try:
         c.rewritten = at(plan[0])
         second = at(plan[1])
-        c.view = D.dim_view(c.graph, second.graph, (sizes_text(plan[0], free), sizes_text(plan[1], free)), names)
+        c.view = D.dim_view(c.graph, second.graph, (sizes_text(plan[0], free), sizes_text(plan[1], free)), source_weights)
     except D.DynamicDimsError as e:
         asked = [n for n in free if dims[n].requested != "symbolic dim in the source model"]
         others = [n for n in free if dims[n].role != "batch"]

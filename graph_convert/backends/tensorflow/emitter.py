@@ -290,7 +290,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
                 return None
             if t not in env and batch is not None and batch.is_dynamic_const(t):
                 v = batch.minus_one_target(t)
-                env[t] = tf.constant(v) if v is not None else batch.tensor(t, env)
+                env[t] = tf.constant(v) if v is not None else batch.tensor(t, env, ctx.weight)
             if t not in env:
                 v = graph.constant_value(t)
                 if v is None:
