@@ -216,15 +216,22 @@ def describe(dims: dict[str, Dim], names) -> str:
 
 
 def fix_hint(model: onnx.ModelProto, dims: dict[str, Dim], names) -> str:
-    """``--input-shape x=1,3,H,W`` naming the free dims to fix, input by input."""
+    """``--input-shape x=1,3,H,W`` for every input carrying one of the named dims: a batch as 1,
+    another free dim by its name (upper-cased: a value to choose), a fixed one by its value."""
     want = set(names)
+    where = {ax: d for d in dims.values() for ax in d.axes}
     hints = []
     for vi in model.graph.input:
-        shape = vi.type.tensor_type.shape.dim
-        axes = {a: n for n in want for x, a in dims[n].axes if x == vi.name}
-        if not axes:
+        if not any((vi.name, a) in where and where[(vi.name, a)].name in want for a in range(len(vi.type.tensor_type.shape.dim))):
             continue
-        parts = [axes[a].upper() if a in axes else (str(d.dim_value) if d.dim_value > 0 else
-                 next((n for n, dd in dims.items() if (vi.name, a) in dd.axes), "?")) for a, d in enumerate(shape)]
+        parts = []
+        for a, d in enumerate(vi.type.tensor_type.shape.dim):
+            dim = where.get((vi.name, a))
+            if dim is None:
+                parts.append(str(d.dim_value))
+            elif dim.fixed is not None:
+                parts.append(str(dim.fixed))
+            else:
+                parts.append("1" if dim.role == "batch" else re.sub(r"\W", "_", dim.name).upper())
         hints.append(f"--input-shape {vi.name}={','.join(parts)}")
     return " ".join(hints)
