@@ -226,3 +226,20 @@ def test_dim_option_bounds_one_dim_and_fixes_another(tmp_path):
     assert list(d["shape_signature"]) == [1, -1, 96, 3]
     assert main(["convert", src, "-o", str(tmp_path / "o2"), "--dim", "height=32"]) == EXIT_USAGE
     assert not os.path.exists(tmp_path / "o2")
+
+
+def test_verify_takes_fixed_dims_from_a_static_candidate_and_checks_a_dynamic_one_at_several_sizes(tmp_path):
+    """The source has symbolic batch/height/width: a static candidate's sizes are used (no ONNX
+    Runtime error about size-1 dims), a dynamic candidate is run at every size of the plan."""
+    src = _export(UNet(), torch.randn(1, 3, 64, 64), str(tmp_path / "unet.onnx"), "x", {0: "b", 2: "h", 3: "w"}, "torchscript")
+    static, dyn = tmp_path / "static", tmp_path / "dyn"
+    assert main(["convert", src, "-o", str(static), "-q", "--input-shape", "x=1,3,80,112"]) == 0
+    assert main(["convert", src, "-o", str(dyn), "-q"]) == 0
+    rep_path = tmp_path / "v.json"
+    assert main(["verify", src, str(static / "model_float32.tflite"), "-q", "--report", str(rep_path)]) == 0
+    rep = json.loads(rep_path.read_text())
+    assert {n: d["fixed"] for n, d in rep["dims"].items()} == {"b": 1, "h": 80, "w": 112}
+    assert main(["verify", src, str(dyn / "saved_model"), "-q", "--report", str(rep_path)]) == 0
+    rep = json.loads(rep_path.read_text())
+    assert all(d["free_in_candidate"] and len(d["checked_sizes"]) >= 3 for d in rep["dims"].values())
+    assert len(rep["sizes_checked"]) == 5 and all(e["verdict"] == "equivalent" for e in rep["sizes_checked"])

@@ -246,6 +246,8 @@ def _verify(args) -> int:
             print(f"warning: output {w['output']!r}: {w['warning']}")
         if res.divergence is not None:
             print(f"where: {res.divergence['summary']}")
+        for e in r.get("sizes_checked", []):  # symbolic source dims: the sizes the candidate was run at
+            print(f"at {', '.join(f'{n}={v}' for n, v in e['sizes'].items())}: {e['verdict'][:200]}")
         if res.equivalent:
             print(f"equivalent: {args.candidate} computes what {args.source} computes")
     if res.equivalent:
