@@ -44,7 +44,7 @@ class ConvertOptions:
     .npz path or ``{input name: array}`` (source layout); ``quantize`` and the options after it:
     see :mod:`graph_convert.quantize` (checked against each other into ``quant``)."""
 
-    input_shapes: Sequence[tuple[str | None, tuple[int, ...]]] = ()
+    input_shapes: Sequence[tuple[str | None, tuple[int | str, ...]]] = ()  # a str dim: a free dim of that name
     inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None
     keep_io_layout: bool = False
     dynamic_batch: bool = False
@@ -91,7 +91,8 @@ class ConvertOptions:
         set_ = object.__setattr__.__get__(self)
         set_("atol", check_tolerance(self.atol))
         set_("seed", check_seed(self.seed))
-        set_("input_shapes", tuple((n, tuple(int(d) for d in dims)) for n, dims in _tuple(self.input_shapes, "--input-shape")))
+        set_("input_shapes", tuple((n, tuple(d if isinstance(d, str) else int(d) for d in dims))
+                                   for n, dims in _tuple(self.input_shapes, "--input-shape")))
         set_("dims", _tuple(self.dims, "--dim"))
         set_("plugins", _tuple(self.plugins, "--plugin"))
         set_("disable_passes", _tuple(self.disable_passes, "--disable-pass"))

@@ -102,8 +102,10 @@ def parse_dim(text: str) -> tuple[str, int | None, tuple[int, int | None, int] |
     return name, None, (lo_v, hi_v, mult_v)
 
 
-def find_dims(model: onnx.ModelProto, *, force_batch: bool = False) -> dict[str, Dim]:
-    """Every named size of the model's inputs (see the module docstring)."""
+def find_dims(model: onnx.ModelProto, *, force_batch: bool = False, named: dict[tuple[str, int], str] | None = None) -> dict[str, Dim]:
+    """Every named size of the model's inputs (see the module docstring); ``named``: (input,
+    axis) -> name, axes ``--input-shape`` names (free under that name, even where static)."""
+    named = named or {}
     inits = {i.name for i in model.graph.initializer}
     dims: dict[str, Dim] = {}
     first0 = None
@@ -115,7 +117,9 @@ def find_dims(model: onnx.ModelProto, *, force_batch: bool = False) -> dict[str,
         spatial_seen = 0
         for a, d in enumerate(shape):
             symbolic = not d.HasField("dim_value") or d.dim_value <= 0
-            if a == 0 and force_batch and not symbolic:
+            if (vi.name, a) in named:
+                name = named[(vi.name, a)]
+            elif a == 0 and force_batch and not symbolic:
                 first0 = d.dim_value if first0 is None else first0
                 if d.dim_value != first0:
                     continue
@@ -130,6 +134,8 @@ def find_dims(model: onnx.ModelProto, *, force_batch: bool = False) -> dict[str,
             dim = dims.setdefault(name, Dim(name, role))
             if force_batch and a == 0:
                 dim.requested = "--dynamic-batch"
+            if (vi.name, a) in named:
+                dim.requested = "--input-shape"
             dim.axes.append((vi.name, a))
     # two image axes: the second one gets other sizes, so H != W is converted and checked
     img = [d for d in dims.values() if d.role == "spatial"]
@@ -142,7 +148,7 @@ def apply_fixes(dims: dict[str, Dim], overrides: dict[str, tuple[int, ...]], dim
     """``--input-shape`` (``overrides``: input -> full shape) and ``--dim`` fix or bound dims."""
     for dim in dims.values():
         for x, a in dim.axes:
-            if x in overrides:
+            if x in overrides and not isinstance(overrides[x][a], str):
                 fix_dim(dim, int(overrides[x][a]), f"--input-shape {x}=...")
     for text in dim_specs:
         name, value, rng = parse_dim(text)

@@ -18,8 +18,9 @@ import onnx
 from graph_convert.errors import ConvertError
 
 
-def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int, ...]]:
-    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
+def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int | str, ...]]:
+    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims). A dim may be a name
+    (``x=1,3,H,W``): that axis is a free dim of that name (see Dynamic shapes in the README)."""
     name = None
     spec = text.strip()
     if "=" in spec:
@@ -27,14 +28,19 @@ def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, t
         name = name.strip()
         if not name:
             raise ConvertError(f"{option} {text!r}: empty input name before '='")
-    parts = [p.strip() for p in spec.replace("x", ",").split(",")]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ConvertError(f"{option} {text!r}: every dimension must be a positive integer")
-    return name, dims
+    parts = [p.strip() for p in (spec.split(",") if "," in spec else spec.split("x"))]
+    dims: list[int | str] = []
+    for p in parts:
+        if p.isdigit() and int(p) > 0:
+            dims.append(int(p))
+        elif p.isidentifier():
+            dims.append(p)
+        else:
+            raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers or dim names, "
+                               f"e.g. 1,3,224,224 or 1,3,H,W")
+    if not dims:
+        raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,3,224,224")
+    return name, tuple(dims)
 
 
 def is_torch_spec(source: str) -> bool:
@@ -87,9 +93,12 @@ def load_torch_model(spec: str):
     return obj.eval()
 
 
-def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None, dynamic_batch: bool = False) -> str:
+def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None, dynamic_batch: bool = False,
+           dynamic_dims: dict[int, dict[int, tuple[str, int, int | None]]] | None = None) -> str:
     """Export to ``path``; returns which exporter produced the file ("dynamo" or "legacy").
-    ``dynamic_batch``: dim 0 of every tensor input of rank >= 1 is exported symbolic."""
+    ``dynamic_batch``: dim 0 of every tensor input of rank >= 1 is exported symbolic.
+    ``dynamic_dims``: input index -> axis -> (dim name, min, max): exported symbolic with that
+    name (torch.export dims with the dynamo exporter, ``dynamic_axes`` with TorchScript)."""
     import torch
 
     args = tuple(example_inputs)
@@ -113,7 +122,18 @@ def export(module, example_inputs: Sequence[Any], path: str, opset: int | None =
                         kw["opset_version"] = opset
                     elif kind == "legacy":
                         kw["opset_version"] = 17
-                    if dynamic_batch and kind == "dynamo":
+                    if dynamic_dims and kind == "dynamo":
+                        made: dict[str, Any] = {}
+                        for i, axes in dynamic_dims.items():
+                            for _, (n, lo, hi) in axes.items():
+                                made.setdefault(n, torch.export.Dim(n, min=lo, max=hi if hi is not None else 1 << 20))
+                        kw["dynamic_shapes"] = tuple({a: made[n] for a, (n, _, _) in dynamic_dims[i].items()} if i in dynamic_dims
+                                                     else None for i in range(len(args)))
+                    elif dynamic_dims:
+                        names = [f"input_{i}" for i in range(len(args))]
+                        kw["input_names"] = names
+                        kw["dynamic_axes"] = {names[i]: {a: n for a, (n, _, _) in axes.items()} for i, axes in dynamic_dims.items()}
+                    elif dynamic_batch and kind == "dynamo":
                         batch = torch.export.Dim("batch")
                         kw["dynamic_shapes"] = tuple({0: batch} if b else None for b in batched)
                     elif dynamic_batch:

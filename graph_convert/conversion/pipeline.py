@@ -155,6 +155,7 @@ def load_plugins(c: Conversion) -> None:
 
 def load_source(c: Conversion) -> None:
     c.model, c.source_info = resolve_source(c.source, c.example_inputs, c.options.input_shapes, c.work, c.options.dynamic_batch,
+                                            dim_specs=c.options.dims,
                                             free_built=c.options.free_source_model)
     check_weights(c.model)
     c.source_graph = from_onnx(c.model)
@@ -182,9 +183,9 @@ def check_source(c: Conversion) -> None:
     elif opts.inputs is not None:
         c.user_feeds = check_user_inputs(graph, opts.inputs, "inputs")
     _check_tflite_size(c)
-    if opts.quant is not None:  # quantization data and names are checked before any conversion work
-        c.quant_plan = Q.prepare(opts.quant, graph, c.shape_overrides, opts.seed)
     _plan_dims(c)
+    if opts.quant is not None:  # quantization data and names are checked before any conversion work
+        c.quant_plan = Q.prepare(opts.quant, c.source_graph, c.shape_overrides, opts.seed)
 
 
 def _plan_dims(c: Conversion) -> None:
@@ -193,10 +194,17 @@ def _plan_dims(c: Conversion) -> None:
     every dim is fixed is converted once with every shape static; free dims make the conversion
     dynamic (converted at two sizes, checked at more, see :mod:`graph_convert.conversion.dynamic`)."""
     opts = c.options
-    c.dims = DM.find_dims(c.model, force_batch=opts.dynamic_batch)
+    overrides = c.shape_overrides
+    named = {(x, a): d for x, shape in overrides.items() for a, d in enumerate(shape) if isinstance(d, str)}
+    c.dims = DM.find_dims(c.model, force_batch=opts.dynamic_batch, named=named)
+    # from here on, every input shape comes from the model at the sizes of each conversion
+    c.shape_overrides = {}
     if opts.dynamic_batch and not any(d.role == "batch" for d in c.dims.values()):
         raise ConvertError("--dynamic-batch: the model has no input with a batch dim (every input is a scalar)")
-    DM.apply_fixes(c.dims, c.shape_overrides, opts.dims)
+    if c.source_info["kind"] == "pytorch":  # dims --input-shape named: exported symbolic under those names
+        for n in {d for _, shape in opts.input_shapes for d in shape if isinstance(d, str)} & set(c.dims):
+            c.dims[n].requested = "--input-shape"
+    DM.apply_fixes(c.dims, overrides, opts.dims)
     asked = {n for n, d in c.dims.items() if d.free and d.requested != "symbolic dim in the source model"}
     for clash, what in ((c.user_feeds is not None, "--inputs"), (opts.quant is not None, "--quantize")):
         if clash and asked:
