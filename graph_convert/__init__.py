@@ -8,7 +8,7 @@ and the error types, each of which the CLI maps to one exit code.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from graph_convert.version import __version__  # noqa: E402,F401
 
 from graph_convert.errors import (  # noqa: E402
     ConvertError,

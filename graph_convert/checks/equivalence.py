@@ -13,7 +13,8 @@ from onnx import helper
 from graph_convert.ir import perm as P
 from graph_convert.errors import ConvertError, VerificationError
 from graph_convert.ir import Graph, to_onnx
-from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES, external_data_threshold, file_location, model_shell, placeholder_tensor, tensor_array
+from graph_convert.ir.onnx_io import model_shell, placeholder_tensor
+from graph_convert.ir.tensors import PLACEHOLDER_BYTES, external_data_threshold, file_location, tensor_array
 
 
 def tensor_bytes(t: onnx.TensorProto) -> int:

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from graph_convert import __version__
+from graph_convert.version import __version__
 from graph_convert.conversion.dynamic_run import io_dim_names
 from graph_convert.ir import Graph
 
