@@ -243,3 +243,38 @@ def test_verify_takes_fixed_dims_from_a_static_candidate_and_checks_a_dynamic_on
     rep = json.loads(rep_path.read_text())
     assert all(d["free_in_candidate"] and len(d["checked_sizes"]) >= 3 for d in rep["dims"].values())
     assert len(rep["sizes_checked"]) == 5 and all(e["verdict"] == "equivalent" for e in rep["sizes_checked"])
+
+
+class MaskedPool(nn.Module):
+    """HF-style: the attention mask gathered through indices flattened over batch and sequence
+    (``arange(b)[:, None] * s + arange(s)``: folded into one constant whose values and steps both
+    move with the dims), then a masked mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        n, s, _ = x.shape
+        idx = torch.arange(n).unsqueeze(1) * s + torch.arange(s).unsqueeze(0)
+        m = mask.reshape(-1)[idx].unsqueeze(-1).to(x.dtype)
+        return (self.proj(x) * m).sum(1) / (m.sum(1) + 1.0)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_indices_flattened_over_two_dims_are_computed_at_run_time(exporter, tmp_path):
+    torch.manual_seed(0)
+    module = MaskedPool()
+    for p in module.parameters():
+        nn.init.normal_(p, std=0.3)
+    path = str(tmp_path / "pool.onnx")
+    args = (torch.randn(2, 16, 8), torch.ones(2, 16, dtype=torch.long))
+    if exporter == "dynamo":
+        b, s = torch.export.Dim("b", min=1, max=64), torch.export.Dim("s", min=2, max=512)
+        torch.onnx.export(module.eval(), args, path, dynamo=True, dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}), input_names=["x", "mask"])
+    else:
+        torch.onnx.export(module.eval(), args, path, dynamo=False, opset_version=17, input_names=["x", "mask"],
+                          dynamic_axes={"x": {0: "b", 1: "s"}, "mask": {0: "b", 1: "s"}})
+    out = tmp_path / "out"
+    assert main(["convert", path, "-o", str(out), "-q"]) == 0
+    _kept_checks(_report(out), ["b", "s"])

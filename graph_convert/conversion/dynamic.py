@@ -69,6 +69,7 @@ class DimView:
     ranged: dict[str, tuple[np.ndarray, np.ndarray, int, DimExpr]] = field(default_factory=dict)  # (first, step, axis, length)
     spread: dict[str, tuple[np.ndarray, list]] = field(default_factory=dict)  # const -> (block, per axis: int or DimExpr)
     prefix: dict[str, tuple[np.ndarray, int, DimExpr]] = field(default_factory=dict)  # const -> (source table, axis, length)
+    affine: dict[str, tuple[int, list, list]] = field(default_factory=dict)  # const -> (c, per axis size, per axis step): c + sum step*i
     stats: dict[str, int] = field(default_factory=dict)
 
     # -- what the emitter asks ---------------------------------------------------------------
@@ -76,7 +77,8 @@ class DimView:
         return self.dims.get(tensor, self.graph.shape(tensor))
 
     def is_dynamic_const(self, tensor: str) -> bool:
-        return tensor in self.exprs or tensor in self.tiled or tensor in self.ranged or tensor in self.spread or tensor in self.prefix
+        return tensor in self.exprs or tensor in self.tiled or tensor in self.ranged or tensor in self.spread or tensor in self.prefix \
+            or tensor in self.affine
 
     def minus_one_target(self, tensor: str) -> np.ndarray | None:
         """The constant as a Reshape target with -1 at its one dynamic entry, when that is exact."""
@@ -111,6 +113,17 @@ class DimView:
             return tf.slice(t, [0] * table.ndim, tf.stack(size))
         c = self.graph.constant_value(tensor)
         dt = tf.as_dtype(c.dtype)
+        if tensor in self.affine:  # flattened indices over several moving axes: c + sum_a step_a * i_a
+            c0, sizes, steps = self.affine[tensor]
+            out = tf.reshape(tf.constant(c0, dt), [1] * c.ndim)
+            for a, (n, k) in enumerate(zip(sizes, steps)):
+                if not isinstance(n, DimExpr) and n == 1:
+                    continue
+                shape = [1] * c.ndim
+                shape[a] = -1
+                i = tf.reshape(tf.cast(tf.range(n if not isinstance(n, DimExpr) else _eval(n, env)), dt), shape)
+                out = out + i * (tf.constant(k, dt) if not isinstance(k, DimExpr) else tf.cast(_eval(k, env), dt))
+            return out
         if tensor in self.exprs:  # a Pack of scalars: TF's shape inference keeps the static entries
             vals = [tf.constant(int(e), dt) if not isinstance(e, DimExpr) else tf.cast(_eval(e, env), dt) for e in self.exprs[tensor]]
             return tf.reshape(tf.stack(vals), c.shape)
@@ -244,6 +257,10 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None) -> 
         if rng is not None:
             view.ranged[name] = rng
             continue
+        aff = _as_affine(v1, v2, cands, matcher)
+        if aff is not None:
+            view.affine[name] = aff
+            continue
         spread = _as_spread(v1, v2, cands, matcher)
         if spread is not None:
             view.spread[name] = spread
@@ -258,7 +275,7 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None) -> 
                                f"shape {v1.shape} at {at[0]}, {v2.shape} at {at[1]}")
     view.stats = {"dynamic_tensor_dims": len(view.dims), "run_time_shape_constants": len(view.exprs),
                   "tiled_constants": len(view.tiled) + len(view.spread), "ranged_constants": len(view.ranged),
-                  "source_table_slices": len(view.prefix)}
+                  "source_table_slices": len(view.prefix), "index_constants": len(view.affine)}
     return view
 
 
@@ -364,3 +381,48 @@ def _as_prefix(v1, v2, cands, matcher: _Matcher, source_weights):
         shape[a] = ws[ax]
         return flat.reshape(shape), a, n
     return None
+
+
+def _as_affine(v1, v2, cands, matcher: _Matcher):
+    """``(c, sizes, steps)`` when both integer constants are ``c + sum_a step_a * i_a`` over their
+    indices (an index flattened over batch and sequence: ``arange(b)[:, None] * s + arange(s)``),
+    each moving size and moving step a run-time dim expression."""
+    if v1.ndim != v2.ndim or v1.dtype != v2.dtype or v1.dtype.kind not in "iu" or v1.size == 0 or v1.ndim == 0:
+        return None
+    a1, a2 = v1.astype(np.int64), v2.astype(np.int64)
+    if a1.flat[0] != a2.flat[0]:
+        return None
+    sizes, steps = [], []
+    for a in range(v1.ndim):
+        ks = []
+        for v in (a1, a2):
+            ks.append(int(np.take(v, 1, axis=a).flat[0] - v.flat[0]) if v.shape[a] > 1 else None)
+        n1, n2 = v1.shape[a], v2.shape[a]
+        n = n1 if n1 == n2 else matcher.match(n1, n2, cands)
+        k1, k2 = ks
+        if k1 is None or k2 is None:
+            k = k1 if k2 is None else k2
+            k = 0 if k is None else k
+        elif k1 == k2:
+            k = k1
+        else:
+            k = matcher.match(k1, k2, cands) if k1 > 0 and k2 > 0 else None
+        if n is None or k is None:
+            return None
+        sizes.append(n)
+        steps.append(k)
+    for v, vals in ((a1, (v1.shape, 0)), (a2, (v2.shape, 1))):
+        shape = vals[0]
+        want = np.full(shape, v.flat[0], np.int64)
+        for a in range(v.ndim):
+            k = steps[a]
+            kv = k if not isinstance(k, DimExpr) else None
+            if kv is None:  # the step at this conversion: read from the values themselves
+                kv = int(np.take(v, 1, axis=a).flat[0] - v.flat[0])
+            idx = np.arange(shape[a]).reshape([-1 if i == a else 1 for i in range(v.ndim)])
+            want = want + idx * kv
+        if not np.array_equal(want, v):
+            return None
+    if not any(isinstance(x, DimExpr) for x in sizes + steps):
+        return None
+    return int(a1.flat[0]), sizes, steps
