@@ -11,7 +11,7 @@ import numpy as np
 
 from graph_convert.backends.base import Backend, Stage
 from graph_convert.checks.equivalence import external_data_threshold, to_rewritten_layout, to_source_layout
-from graph_convert.errors import ConvertError
+from graph_convert.errors import ConvertError, UnsupportedOpsError
 
 # TensorFlow's converter holds about this many copies of the weights at its peak (frozen
 # constants, MLIR constants, the flatbuffer; the whole run peaked at 5.4-5.5x the weights on
@@ -88,7 +88,15 @@ def emit(c) -> None:
     from graph_convert.backends.tensorflow.emitter import build_function
 
     emitters, scopes = emitter_table(c)
-    t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
+    try:
+        t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
+    except ConvertError as e:
+        if c.view is None or isinstance(e, UnsupportedOpsError):
+            raise
+        from graph_convert.conversion import dims as DM
+
+        free = [n for n, d in c.dims.items() if d.free]  # the form is emitted for static sizes only
+        raise ConvertError(f"{e}, with the dynamic dims {', '.join(free)}; fix them with {DM.fix_hint(c.model, c.dims, free)}") from None
     c.traced = t._replace(scopes=scopes)
     c.io_names = (t.in_names, t.out_names)
     c.graph.drop_decoded()  # the TF variables hold the weights now
