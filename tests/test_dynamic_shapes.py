@@ -173,7 +173,7 @@ def test_unet_height_and_width_are_kept_and_proven(exporter, tmp_path):
     rep = _report(out)
     _kept_checks(rep, ["b", "h", "w"])
     sizes = {(e["sizes"]["h"], e["sizes"]["w"]): e["verdict"] for e in rep["dynamic"]["checks"]}
-    assert sizes[(64, 64)] == sizes[(96, 128)] == "ok"  # converted at these
+    assert sizes[(160, 128)] == sizes[(224, 192)] == "ok"  # converted at these
     assert (100, 70) in sizes  # not a multiple of the stride 4: its verdict is reported either way
     assert rep["tflite"]["transpose_ops"] == 0 and not any(op.startswith(("FLEX", "CUSTOM")) for op in rep["tflite"]["ops"])
     interp, d = _tflite(str(out / "model_float32.tflite"))

@@ -27,8 +27,11 @@ from graph_convert.errors import ConvertError
 # converted at the first two, checked at all; zipped across dims into assignments
 SIZES = {
     "batch": (2, 3, 1, 5, 2),
-    "spatial": (64, 96, 128, 80, 100),
-    "spatial2": (64, 128, 96, 112, 70),  # a second image axis: differs from the first, so H != W is checked
+    # image sizes: multiples of 32 to convert at; their quotients by the usual strides (2..32) never
+    # equal the batch's 2 and 3 nor each other's (a dim matched to the wrong one would pass at the
+    # two converted sizes by coincidence); then sizes never converted, non-multiples of 32 among them
+    "spatial": (160, 224, 128, 80, 100),
+    "spatial2": (128, 192, 96, 112, 70),  # a second image axis: differs from the first, so H != W is checked
     "sequence": (16, 24, 8, 77, 13),
 }
 MIN_CHECKED = 3  # a dim is advertised free only when checked at this many of its values

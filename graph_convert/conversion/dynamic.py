@@ -2,7 +2,7 @@
 
 The passes, the layout algorithm and constant folding all work on static shapes. For dynamic
 dims (see :mod:`graph_convert.conversion.dims`) the model is converted twice, at two size assignments in
-which every free dim differs (batch 2 and 3, image 64x64 and 96x128, sequence 16 and 24; none
+which every free dim differs (batch 2 and 3, image 160x128 and 224x192, sequence 16 and 24; none
 is 1, so no rewrite that only holds for size-1 axes is taken in one run and not the other). The
 two rewritten graphs must be the same graph up to values; what differs between them is what
 depends on the free dims:
@@ -192,11 +192,13 @@ class _Matcher:
     def candidates(self, const: str) -> list[tuple[str, int, int, int]]:
         readers = self.g1.consumers(const)
         first = min((self.nodes.index(r) for r in readers), default=len(self.nodes))
-        out = [d for x in self.g1.inputs for d in self._dims_of(x)]
-        seen = {(t, a) for t, a, _, _ in out}
+        # the reader's own inputs first (a Reshape target is made of its input's dims), then the
+        # graph inputs, then tensors computed before the reader, nearest first
         near = [t for r in readers for t in r.inputs if t and t != const]
         before = [t for n in reversed(self.nodes[:first]) for t in n.outputs if t]
-        for t in near + before[:MAX_CANDIDATE_TENSORS]:
+        out: list = []
+        seen: set = set()
+        for t in near + list(self.g1.inputs) + before[:MAX_CANDIDATE_TENSORS]:
             for d in self._dims_of(t):
                 if (d[0], d[1]) not in seen:
                     seen.add((d[0], d[1]))
@@ -208,10 +210,11 @@ class _Matcher:
         for t, a, d1, d2 in cands:
             if (d1, d2) == (v1, v2):
                 return DimExpr(((t, a),))
-        for i, (t, a, d1, d2) in enumerate(cands):
-            for t_, b, e1, e2 in cands[i + 1:]:
-                if t_ == t and (d1 * e1, d2 * e2) == (v1, v2):
-                    return DimExpr(((t, a), (t, b)))
+        for adjacent in (True, False):  # a flatten joins neighbouring axes
+            for i, (t, a, d1, d2) in enumerate(cands):
+                for t_, b, e1, e2 in cands[i + 1:]:
+                    if t_ == t and (abs(a - b) == 1 or not adjacent) and (d1 * e1, d2 * e2) == (v1, v2):
+                        return DimExpr(((t, a), (t, b)))
         for single in (True, False):
             for i, (t, a, d1, d2) in enumerate(cands):
                 pairs = [((t, a), d1, d2)] if single else [((t, a), (t_, b), d1 * e1, d2 * e2)
