@@ -278,3 +278,25 @@ def test_indices_flattened_over_two_dims_are_computed_at_run_time(exporter, tmp_
     out = tmp_path / "out"
     assert main(["convert", path, "-o", str(out), "-q"]) == 0
     _kept_checks(_report(out), ["b", "s"])
+
+
+@pytest.mark.parametrize("exporter", ["ts", "dynamo"])
+def test_hugging_face_bert_keeps_batch_and_sequence(exporter, tmp_path):
+    """A real transformers BertModel (tiny config, random weights; tests/data/make_hf_bert_tiny.py):
+    position ids sliced to the sequence, token types expanded, the mask broadcast (TorchScript) or
+    gathered through index tuples (dynamo). Run here at batch 2, sequence 50 (never used)."""
+    src = os.path.join(os.path.dirname(__file__), "data", f"hf_bert_tiny_{exporter}.onnx")
+    out = tmp_path / "out"
+    assert main(["convert", src, "-o", str(out), "-q"]) == 0
+    rep = _report(out)
+    _kept_checks(rep, ["batch", "sequence"])
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 96, (2, 50)).astype(np.int64)
+    mask = np.ones((2, 50), np.int64)
+    mask[1, 40:] = 0
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(out / "model_float32.tflite")).get_signature_runner("serving_default")
+    names = {io["name"]: io["tf_name"] for io in rep["io"]["inputs"]}
+    got = runner(**{names["input_ids"]: ids, names["attention_mask"]: mask})
+    _close(np.asarray(next(iter(got.values()))), _ort(src, {"input_ids": ids, "attention_mask": mask})[0])

@@ -70,6 +70,7 @@ class DimView:
     spread: dict[str, tuple[np.ndarray, list]] = field(default_factory=dict)  # const -> (block, per axis: int or DimExpr)
     prefix: dict[str, tuple[np.ndarray, int, DimExpr]] = field(default_factory=dict)  # const -> (source table, axis, length)
     affine: dict[str, tuple[int, list, list]] = field(default_factory=dict)  # const -> (c, per axis size, per axis step): c + sum step*i
+    coords: dict[str, list] = field(default_factory=dict)  # const -> one affine form per entry of its last axis
     stats: dict[str, int] = field(default_factory=dict)
 
     # -- what the emitter asks ---------------------------------------------------------------
@@ -78,7 +79,7 @@ class DimView:
 
     def is_dynamic_const(self, tensor: str) -> bool:
         return tensor in self.exprs or tensor in self.tiled or tensor in self.ranged or tensor in self.spread or tensor in self.prefix \
-            or tensor in self.affine
+            or tensor in self.affine or tensor in self.coords
 
     def minus_one_target(self, tensor: str) -> np.ndarray | None:
         """The constant as a Reshape target with -1 at its one dynamic entry, when that is exact."""
@@ -114,16 +115,13 @@ class DimView:
         c = self.graph.constant_value(tensor)
         dt = tf.as_dtype(c.dtype)
         if tensor in self.affine:  # flattened indices over several moving axes: c + sum_a step_a * i_a
-            c0, sizes, steps = self.affine[tensor]
-            out = tf.reshape(tf.constant(c0, dt), [1] * c.ndim)
-            for a, (n, k) in enumerate(zip(sizes, steps)):
-                if not isinstance(n, DimExpr) and n == 1:
-                    continue
-                shape = [1] * c.ndim
-                shape[a] = -1
-                i = tf.reshape(tf.cast(tf.range(n if not isinstance(n, DimExpr) else _eval(n, env)), dt), shape)
-                out = out + i * (tf.constant(k, dt) if not isinstance(k, DimExpr) else tf.cast(_eval(k, env), dt))
-            return out
+            return _affine_value(self.affine[tensor], c.ndim, dt, env)
+        if tensor in self.coords:  # index tuples along the last axis (GatherND): one affine form each
+            parts = [_affine_value(f, c.ndim - 1, dt, env) for f in self.coords[tensor]]
+            full = parts[0]
+            for p in parts[1:]:
+                full = full + tf.zeros_like(p)  # every part to the full shape
+            return tf.stack([p + tf.zeros_like(full) for p in parts], axis=-1)
         if tensor in self.exprs:  # a Pack of scalars: TF's shape inference keeps the static entries
             vals = [tf.constant(int(e), dt) if not isinstance(e, DimExpr) else tf.cast(_eval(e, env), dt) for e in self.exprs[tensor]]
             return tf.reshape(tf.stack(vals), c.shape)
@@ -264,6 +262,11 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None) -> 
         if aff is not None:
             view.affine[name] = aff
             continue
+        if v1.ndim >= 2 and v1.shape[-1] == v2.shape[-1] and 1 < v1.shape[-1] <= 8 and v1.dtype.kind in "iu":
+            forms = [_as_affine(v1[..., j], v2[..., j], cands, matcher, allow_static=True) for j in range(v1.shape[-1])]
+            if all(f is not None for f in forms):
+                view.coords[name] = forms
+                continue
         spread = _as_spread(v1, v2, cands, matcher)
         if spread is not None:
             view.spread[name] = spread
@@ -278,7 +281,7 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None) -> 
                                f"shape {v1.shape} at {at[0]}, {v2.shape} at {at[1]}")
     view.stats = {"dynamic_tensor_dims": len(view.dims), "run_time_shape_constants": len(view.exprs),
                   "tiled_constants": len(view.tiled) + len(view.spread), "ranged_constants": len(view.ranged),
-                  "source_table_slices": len(view.prefix), "index_constants": len(view.affine)}
+                  "source_table_slices": len(view.prefix), "index_constants": len(view.affine) + len(view.coords)}
     return view
 
 
@@ -386,7 +389,23 @@ def _as_prefix(v1, v2, cands, matcher: _Matcher, source_weights):
     return None
 
 
-def _as_affine(v1, v2, cands, matcher: _Matcher):
+def _affine_value(form, ndim: int, dt, env):
+    """``c + sum_a step_a * i_a`` as a tensor (broadcast over every axis of size > 1)."""
+    import tensorflow as tf
+
+    c0, sizes, steps = form
+    out = tf.reshape(tf.constant(c0, dt), [1] * ndim)
+    for a, (n, k) in enumerate(zip(sizes, steps)):
+        if not isinstance(n, DimExpr) and n == 1:
+            continue
+        shape = [1] * ndim
+        shape[a] = -1
+        i = tf.reshape(tf.cast(tf.range(n if not isinstance(n, DimExpr) else _eval(n, env)), dt), shape)
+        out = out + i * (tf.constant(k, dt) if not isinstance(k, DimExpr) else tf.cast(_eval(k, env), dt))
+    return out
+
+
+def _as_affine(v1, v2, cands, matcher: _Matcher, allow_static: bool = False):
     """``(c, sizes, steps)`` when both integer constants are ``c + sum_a step_a * i_a`` over their
     indices (an index flattened over batch and sequence: ``arange(b)[:, None] * s + arange(s)``),
     each moving size and moving step a run-time dim expression."""
@@ -426,6 +445,6 @@ def _as_affine(v1, v2, cands, matcher: _Matcher):
             want = want + idx * kv
         if not np.array_equal(want, v):
             return None
-    if not any(isinstance(x, DimExpr) for x in sizes + steps):
+    if not allow_static and not any(isinstance(x, DimExpr) for x in sizes + steps):
         return None
     return int(a1.flat[0]), sizes, steps
