@@ -19,7 +19,7 @@ from graph_convert.errors import ConvertError
 from graph_convert.ir import from_onnx
 from graph_convert.ir.onnx_io import load_model
 from graph_convert.ir.tensors import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES
-from graph_convert.checks.equivalence import _line, ort_session
+from graph_convert.checks.equivalence import ort_error_line, ort_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORCED = "1000"  # bytes: every test model here is "large"
@@ -97,7 +97,7 @@ def test_ort_session_of_a_large_model_gets_ortvalues(external_file, monkeypatch)
 
 
 def test_protobuf_limit_is_not_called_a_broken_model():
-    msg = _line(ValueError("Failed to serialize proto"))
+    msg = ort_error_line(ValueError("Failed to serialize proto"))
     assert "too large for one protobuf message" in msg and "not broken" in msg
 
 

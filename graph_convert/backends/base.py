@@ -19,11 +19,13 @@ back end's; it knows no back end by name. The table of back ends is :mod:`graph_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # annotations only: the conversion imports the back ends, never the reverse
-    from graph_convert.conversion.pipeline import Conversion
-    from graph_convert.ir import Graph
+from graph_convert.ir import Graph
+
+# a back end's stages are handed the conversion's context, graph_convert.conversion.pipeline.Conversion
+# (not imported here: the conversion imports the back ends, never the reverse)
+Conversion = Any
 
 
 def always(c: Conversion) -> bool:

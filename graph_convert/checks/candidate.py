@@ -18,6 +18,7 @@ from graph_convert.checks.equivalence import Draw, Figures, Verifier, compare, w
 from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph
 from graph_convert.ir import perm as P
+from graph_convert.process import import_tensorflow
 
 # -- the candidate file ----------------------------------------------------------------------------
 
@@ -43,7 +44,7 @@ class Candidate:
 
 
 def quiet():
-    from graph_convert.backends.tensorflow.writer import quiet_fds
+    from graph_convert.process import quiet_fds
 
     return quiet_fds()
 
@@ -128,7 +129,7 @@ def run_tflite_keeping_tensors(c: Candidate, feeds: Mapping[str, np.ndarray]):
 
 
 def load_saved_model(path: str, signature: str | None = None) -> Candidate:
-    import graph_convert.backends.tensorflow  # noqa: F401  (imports TensorFlow with its start-up log lines kept off the terminal)
+    import_tensorflow()
     import tensorflow as tf
 
     try:

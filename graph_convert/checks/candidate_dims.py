@@ -66,6 +66,11 @@ def shapes_at(model: onnx.ModelProto, dims: dict, sizes: dict[str, int]) -> dict
     return DM.input_shapes(model, dims, sizes)
 
 
+def with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """The source with its inputs at ``shapes`` (every shape downstream inferred at those sizes)."""
+    return DM.with_shapes(model, shapes)
+
+
 def summary(dims: dict, checks: list[dict]) -> dict[str, Any]:
     """report.json ``dims``: each dim fixed (and by what) or checked at which sizes."""
     out: dict[str, Any] = {}

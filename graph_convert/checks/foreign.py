@@ -99,14 +99,13 @@ def _verify_sizes(model, cand, overrides, in_map, out_map, info, atol, seed, say
     """Every symbolic dim fixed by the candidate is checked at its size; every dim the candidate
     leaves free at several sizes, each with its verdict in the report (``sizes_checked``)."""
     from graph_convert.checks import candidate_dims as CD
-    from graph_convert.conversion.dims import with_shapes
 
     dims, plan = CD.plan(model, cand.inputs, overrides, sanitise)
     free = [n for n, d in dims.items() if d.free]
     checks, result = [], None
     for sizes in plan:
         shapes = CD.shapes_at(model, dims, sizes)
-        fixed = with_shapes(model, shapes)
+        fixed = CD.with_shapes(model, shapes)
         try:
             r = _verify_once(fixed, from_onnx(fixed), cand, shapes, None, in_map, out_map, info, atol, seed, say, locate)
         except _SourceFails as e:

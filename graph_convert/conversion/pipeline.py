@@ -31,7 +31,8 @@ from graph_convert.ir import Graph, from_onnx, to_onnx
 from graph_convert.ir.onnx_io import save_with_external_data
 from graph_convert.options import ConvertOptions
 from graph_convert.conversion.output import OutputDir, protected_paths
-from graph_convert.pass_manager import Registry, builtin_registry
+from graph_convert.pass_manager import Registry
+from graph_convert.plugins import builtin_registry
 from graph_convert.conversion.rewrite import Rewritten, rewrite
 from graph_convert.conversion.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.conversion.report import figures_dict, json_safe
@@ -112,6 +113,16 @@ class Conversion:
                 return run(feeds)
         self.figures[key] = self.verifier.check(go, label)
         DR.check_other_sizes(self, key, label, go)
+
+    def dynamic_verdicts(self, stages: list[str]) -> None:
+        """Once the artifacts of ``stages`` were checked: each size's verdict, and each free dim
+        refused unless checked at enough sizes (see :mod:`graph_convert.conversion.dynamic_run`)."""
+        DR.finish_checks(self, stages)
+
+    def dynamic_dims_hint(self) -> str:
+        """``h, w; fix them with --input-shape x=1,3,H,W``: the free dims and how to fix them."""
+        free = [n for n, d in self.dims.items() if d.free]
+        return f"{', '.join(free)}; fix them with {DM.fix_hint(self.model, self.dims, free)}"
 
     @property
     def graph(self) -> Graph:

@@ -93,10 +93,7 @@ def emit(c) -> None:
     except ConvertError as e:
         if c.view is None or isinstance(e, UnsupportedOpsError):
             raise
-        from graph_convert.conversion import dims as DM
-
-        free = [n for n, d in c.dims.items() if d.free]  # the form is emitted for static sizes only
-        raise ConvertError(f"{e}, with the dynamic dims {', '.join(free)}; fix them with {DM.fix_hint(c.model, c.dims, free)}") from None
+        raise ConvertError(f"{e}, with the dynamic dims {c.dynamic_dims_hint()}") from None  # a form emitted for static sizes only
     c.traced = t._replace(scopes=scopes)
     c.io_names = (t.in_names, t.out_names)
     c.graph.drop_decoded()  # the TF variables hold the weights now
@@ -216,10 +213,9 @@ def quantize(c) -> None:
 
 
 def report(c) -> None:
-    from graph_convert.conversion.dynamic_run import finish_checks
     from graph_convert.conversion.report import build_report
 
-    finish_checks(c, ["tensorflow"] + (["tflite_float32"] if tflite_wanted(c) else []))
+    c.dynamic_verdicts(["tensorflow"] + (["tflite_float32"] if tflite_wanted(c) else []))
     build_report(c)
 
 

@@ -1,5 +1,15 @@
 """The emitter table and what every emitter shares: conversion-time constant folding, the
-TFLite dtype table and legalization (:func:`to_lite`), the record of TFLite gaps, shape helpers."""
+TFLite dtype table and legalization (:func:`to_lite`), the record of TFLite gaps, shape helpers.
+
+The helpers a plugin's emitter (``fn(node, inputs, ctx)``) may use, public and stable:
+:func:`input_value` (an input's value when known at conversion time), :func:`axes_input` and
+:func:`scalar_operand` (axes / a scalar from an attribute or a constant input), :func:`unsupported`
+(the ConvertError for a form the emitter declines, naming the node), :func:`make_constant` (a
+``tf.constant`` that keeps +-inf exact), :func:`to_lite` / :func:`cast_back` / :func:`lite_float`
+(compute in a dtype TFLite's builtin kernels take, then cast back; :data:`LITE_DTYPES` says which
+kernel takes which dtype), :func:`tflite_gap` (record a form TFLite has no builtin kernel for),
+:func:`dims_of` / :func:`shape_tensor` / :func:`dims_product` / :func:`static_shape` (static ints
+where known, tensors where not), and the dtype names ``I8`` ... ``F64``, ``BOOL``."""
 from __future__ import annotations
 
 from typing import Callable
