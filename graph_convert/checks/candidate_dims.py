@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import onnx
 
-from graph_convert.conversion import dims as DM
+import graph_convert.conversion.dims as DM
 from graph_convert.errors import ConvertError
 
 

@@ -19,7 +19,6 @@ import onnx
 from graph_convert.conversion import dims as DM
 from graph_convert.conversion import dynamic as D
 from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
-from graph_convert.ir import from_onnx
 from graph_convert.checks.equivalence import Verifier, make_draws
 
 
@@ -142,31 +141,3 @@ def report_dims(c, reason: str | None = None) -> dict[str, Any]:
     if reason is not None:
         out["reason"] = reason
     return out
-
-
-def io_dim_names(c, tensor: str, shape) -> list:
-    """A report I/O shape: a dynamic dim by its name (an output's by the input dim it follows)."""
-    if shape is None:
-        return []
-    g = c.graph
-    perm = g.io_perms.get(tensor)
-    out = []
-    for i, d in enumerate(shape):
-        if d is not None:
-            out.append(d)
-            continue
-        src = perm[i] if perm else i
-        name = next((n for n, dd in c.dims.items() if dd.free and (tensor, src) in dd.axes), None)
-        if name is None and c.view is not None:
-            s1, s2 = c.view.graph.shape(tensor), c.other_sizes[0][1].references[0].get(tensor) if c.other_sizes else None
-            v2 = s2.shape[src] if s2 is not None else None
-            for n, dd in c.dims.items():
-                if dd.free and (c.size_plan[0][n], c.size_plan[1][n]) == (s1[i], v2):
-                    name = n
-                    break
-        out.append(name or "dynamic")
-    return out
-
-
-def reload_source(c) -> None:
-    c.source_graph = from_onnx(c.model)

@@ -7,7 +7,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from graph_convert.version import __version__
-from graph_convert.conversion.dynamic_run import io_dim_names
 from graph_convert.ir import Graph
 
 VERIFY_RULE = ("per output and input draw: NaN/+-inf in the same places; max |got - source| <= atol x max |source| "
@@ -96,3 +95,27 @@ def _why_kept(graph: Graph, transpose, reader, handlers: Mapping[str, Any]) -> d
     if moved:
         return {**row, "reason": "its handler would move it; the optimizer's fixed point stopped before"}
     return {**row, "reason": getattr(moved, "reason", None) or "declined (the handler gave no reason)"}
+
+
+def io_dim_names(c, tensor: str, shape) -> list:
+    """A report I/O shape: a dynamic dim by its name (an output's by the input dim it follows)."""
+    if shape is None:
+        return []
+    g = c.graph
+    perm = g.io_perms.get(tensor)
+    out = []
+    for i, d in enumerate(shape):
+        if d is not None:
+            out.append(d)
+            continue
+        src = perm[i] if perm else i
+        name = next((n for n, dd in c.dims.items() if dd.free and (tensor, src) in dd.axes), None)
+        if name is None and c.view is not None:
+            s1, s2 = c.view.graph.shape(tensor), c.other_sizes[0][1].references[0].get(tensor) if c.other_sizes else None
+            v2 = s2.shape[src] if s2 is not None else None
+            for n, dd in c.dims.items():
+                if dd.free and (c.size_plan[0][n], c.size_plan[1][n]) == (s1[i], v2):
+                    name = n
+                    break
+        out.append(name or "dynamic")
+    return out
