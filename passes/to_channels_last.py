@@ -49,6 +49,12 @@ CHANNELS_LAST_OPS: dict[str, LayoutSpec] = {
     "Upsample": LayoutSpec(),
     "InstanceNormalization": LayoutSpec(),
     "LRN": LayoutSpec(),
+    "LpPool": LayoutSpec(),
+    # sampling and RoI ops gather channel rows: channels-last is their natural layout (the grid,
+    # the RoIs and DeformConv's weight keep theirs; offset and mask are per-position like X)
+    "GridSample": LayoutSpec(ranks=(4, 5)),
+    "RoiAlign": LayoutSpec(ranks=(4,)),
+    "DeformConv": LayoutSpec(activations=(0, 2, 4), weights={1: "kernel"}, ranks=(4,)),
 }
 
 
@@ -62,6 +68,8 @@ def switch_node(graph: Graph, node: Node, spec: LayoutSpec, created_by: str) -> 
     cl, cf = P.channels_last(rank), P.channels_first(rank)
     in_perms: list[tuple | None] = [None] * len(node.inputs)
     for j in spec.activations:
+        if j >= len(node.inputs) or not node.inputs[j]:  # an optional input left out
+            continue
         graph.set_input(node, j, graph.add_transpose(node.inputs[j], cl, created_by=created_by))
         in_perms[j] = cl
     for j, kind in spec.weights.items():

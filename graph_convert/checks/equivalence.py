@@ -2,6 +2,7 @@
 (rewritten ONNX, TF, TFLite); inputs and outputs are mapped through the recorded layout perms."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -238,12 +239,16 @@ class Figures:
     ok: bool
     sqnr_db: float = 200.0
     reason: str = ""  # why it failed, in words
+    per_draw: tuple = ()  # ((draw label, Figures of that draw alone), ...) when checked on several draws
 
     def as_dict(self) -> dict[str, Any]:
         d = {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine, "sqnr_db": self.sqnr_db,
              "scale": self.scale, "ok": self.ok}
         if self.reason:
             d["reason"] = self.reason
+        if self.per_draw:  # report.html's table shows every draw, not only the worst
+            d["per_draw"] = [{"draw": label, "max_abs": f.max_abs, "max_rel": f.max_rel, "cosine": f.cosine, "sqnr_db": f.sqnr_db,
+                              "ok": f.ok} for label, f in self.per_draw]
         return d
 
 
@@ -373,6 +378,7 @@ class Verifier:
         """Run ``run`` (source-layout feeds -> source-layout outputs) on every draw and compare;
         raises VerificationError naming the output, the draw and what differs."""
         figures: dict[str, Figures] = {}
+        per_draw: dict[str, list] = {}
         for d, ref in zip(self.draws, self.references):
             got = run(d.feeds)
             missing = [n for n in ref if n not in got]
@@ -385,7 +391,8 @@ class Verifier:
                     raise VerificationError(f"{stage}: output {name!r} differs from the source model in ONNX Runtime "
                                             f"on the {d.label} inputs: {f.reason}", stage)
                 figures[name] = worst(figures.get(name), f)
-        return figures
+                per_draw.setdefault(name, []).append((d.label, f))
+        return {name: dataclasses.replace(f, per_draw=tuple(per_draw[name])) for name, f in figures.items()}
 
     def check_graph(self, graph: Graph, stage: str) -> dict[str, Figures]:
         """Lower ``graph``, run it in ORT on every draw, compare; raises VerificationError on mismatch."""

@@ -35,8 +35,10 @@ from graph_convert.errors import ConvertError
 MARKER = ".graph-convert.json"
 # what graph-convert writes into an output folder (an output made before the marker existed is
 # recognised by its report.json and these names)
+# (report.html and explorer/ came after the marker, but an output whose marker was lost still has them)
 KNOWN_ENTRIES = frozenset({"saved_model", "model.rewritten.onnx", "model.rewritten.onnx.data", "report.json", "model_float32.tflite",
-                           "model_float16.tflite", "model_dynamic_range_quant.tflite", "model_full_integer_quant.tflite", MARKER})
+                           "model_float16.tflite", "model_dynamic_range_quant.tflite", "model_full_integer_quant.tflite", MARKER,
+                           "report.html", "explorer"})
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
 
@@ -324,19 +326,16 @@ class OutputDir:
 
 def protected_paths(source, plugins: Iterable[str]) -> list[tuple[str, str]]:
     """Files an output folder must never swallow: the source file and the plugins' modules."""
-    import importlib.util
-
     out = []
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         path = text.rpartition(":")[0] if text.rpartition(":")[0].endswith(".py") else text
         if os.path.exists(path):
             out.append(("the source", os.path.abspath(path)))
+    from graph_convert.plugin_import import plugin_location
+
     for mod in plugins:
-        try:
-            spec = importlib.util.find_spec(mod)
-        except Exception:  # a broken plugin is reported when it is loaded, not here
-            continue
-        if spec is not None and spec.origin and os.path.exists(spec.origin):
-            out.append((f"plugin {mod!r} at", os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin))
+        where = plugin_location(mod)
+        if where is not None:
+            out.append((f"plugin {mod!r} at", where))
     return out

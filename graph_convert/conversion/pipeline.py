@@ -36,6 +36,7 @@ from graph_convert.plugins import builtin_registry
 from graph_convert.conversion.rewrite import Rewritten, rewrite
 from graph_convert.conversion.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.conversion.report import figures_dict, json_safe
+from graph_convert.conversion.report_html import render_report
 from graph_convert.checks.equivalence import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz
 
 @dataclass
@@ -259,7 +260,7 @@ def _choose_backend(c: Conversion) -> None:
             break
         tried.append((name, missing))
     else:
-        raise UnsupportedOpsError(tried[0][1])
+        raise UnsupportedOpsError(tried[0][1], _auto_hint(wanted, tried[0][1]))
     if wanted != B.AUTO:
         c.backend_why = "default" if wanted == B.DEFAULT else f"--backend {wanted}"
     elif tried:
@@ -269,6 +270,16 @@ def _choose_backend(c: Conversion) -> None:
     else:
         c.backend_why = f"--backend auto: {c.backend.label} handles every op"
     c.backend.prepare(c)
+
+
+def _auto_hint(wanted: str, missing: list[tuple[str, str]]) -> str:
+    """With the default back end: point at ``--backend auto`` when onnx2tf converts every op
+    ours lacks (never for an op of a custom domain, which no converter knows)."""
+    if wanted != B.DEFAULT:
+        return ""
+    from graph_convert.backends.onnx2tf.runner import auto_hint
+
+    return auto_hint([op for op, _ in missing])
 
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
@@ -314,12 +325,23 @@ REWRITE_STAGES: tuple[Stage, ...] = (
 )
 
 
+def write_explorer(c: Conversion) -> None:
+    from graph_convert.checks.explorer import write_for_conversion
+
+    write_for_conversion(c)
+
+
+# --explorer: Model Explorer node data from what the stages before it kept (checks/explorer.py)
+EXPLORER_STAGE = Stage("write Model Explorer node data", "explorer", write_explorer, lambda c: c.options.explorer)
+
+
 def stages(c: Conversion):
     """The stages of ``c`` in order; the back end (chosen while checking the source) adds its own."""
     yield from SOURCE_STAGES
     if c.backend.from_rewritten:
         yield from REWRITE_STAGES
     yield from c.backend.stages
+    yield EXPLORER_STAGE
 
 
 def run_stages(c: Conversion) -> None:
@@ -381,11 +403,14 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
         c.report["weights"] = _weights_report(c)
         with open(os.path.join(work, "report.json"), "w") as f:
             json.dump(json_safe(c.report), f, indent=2, allow_nan=False)
+        with open(os.path.join(work, "report.html"), "w", encoding="utf-8") as f:  # the same report as a page, for people
+            f.write(render_report(json_safe(c.report)))
         shutil.rmtree(os.path.join(work, EXPORT_DIR), ignore_errors=True)  # a large export's weights, read until now
         out.commit(os.listdir(work))
         where = os.path.abspath(os.fspath(output_dir))
         paths = {k: os.path.join(where, os.path.basename(v)) for k, v in c.paths.items()}
         paths["report"] = os.path.join(where, "report.json")
+        paths["report_html"] = os.path.join(where, "report.html")
         return ConvertResult(os.fspath(output_dir), c.report, paths)
     finally:
         out.discard()
