@@ -70,8 +70,9 @@ def _number(value: Any, kind: type) -> float | int | None:
     return float(value) if isinstance(value, (int, float, np.integer, np.floating)) else None
 
 
-def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int, ...]]:
-    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
+def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int | str, ...]]:
+    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims). A dim may be a name
+    (``x=1,3,H,W``): that axis is a free dim of that name (see Dynamic shapes in the README)."""
     name = None
     spec = text.strip()
     if "=" in spec:
@@ -79,14 +80,19 @@ def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, t
         name = name.strip()
         if not name:
             raise ConvertError(f"{option} {text!r}: empty input name before '='")
-    parts = [p.strip() for p in spec.replace("x", ",").split(",")]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ConvertError(f"{option} {text!r}: every dimension must be a positive integer")
-    return name, dims
+    parts = [p.strip() for p in (spec.split(",") if "," in spec else spec.split("x"))]
+    dims: list[int | str] = []
+    for p in parts:
+        if p.isdigit() and int(p) > 0:
+            dims.append(int(p))
+        elif p.isidentifier():
+            dims.append(p)
+        else:
+            raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers or dim names, "
+                               f"e.g. 1,3,224,224 or 1,3,H,W")
+    if not dims:
+        raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,3,224,224")
+    return name, tuple(dims)
 
 
 def _tuple(value, option: str) -> tuple:
@@ -106,10 +112,11 @@ class ConvertOptions:
     .npz path or ``{input name: array}`` (source layout); ``quantize`` and the options after it:
     see :mod:`graph_convert.quantize` (checked against each other into ``quant``)."""
 
-    input_shapes: Sequence[tuple[str | None, tuple[int, ...]]] = ()
+    input_shapes: Sequence[tuple[str | None, tuple[int | str, ...]]] = ()  # a str dim: a free dim of that name
     inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None
     keep_io_layout: bool = False
     dynamic_batch: bool = False
+    dims: Sequence[str] = ()  # --dim NAME=VALUE (fix) / NAME=MIN..MAX[/MULTIPLE] (free within), see graph_convert.dims
     heads_first: bool = False
     plugins: Sequence[str] = ()
     disable_passes: Sequence[str] = ()
@@ -155,14 +162,16 @@ class ConvertOptions:
         if self.backend not in backends.names():
             raise ConvertError(f"--backend {self.backend!r}: expected one of {', '.join(backends.names())}")
         if self.backend != backends.DEFAULT:
-            for clash, what in ((self.quantize, "--quantize"), (self.dynamic_batch, "--dynamic-batch"),
+            for clash, what in ((self.quantize, "--quantize"), (self.dynamic_batch, "--dynamic-batch"), (self.dims, "--dim"),
                                 (not self.tflite, "--no-tflite"), (self.keep_io_layout, "--keep-io-layout")):
                 if clash:
                     raise ConvertError(f"--backend {self.backend} cannot be combined with {what} yet")
         set_ = object.__setattr__.__get__(self)
         set_("atol", check_tolerance(self.atol))
         set_("seed", check_seed(self.seed))
-        set_("input_shapes", tuple((n, tuple(int(d) for d in dims)) for n, dims in _tuple(self.input_shapes, "--input-shape")))
+        set_("input_shapes", tuple((n, tuple(d if isinstance(d, str) else int(d) for d in dims))
+                                   for n, dims in _tuple(self.input_shapes, "--input-shape")))
+        set_("dims", _tuple(self.dims, "--dim"))
         set_("plugins", _tuple(self.plugins, "--plugin"))
         set_("disable_passes", _tuple(self.disable_passes, "--disable-pass"))
         for flag in ("keep_io_layout", "dynamic_batch", "heads_first", "tflite", "overwrite", "int8_io", "quant_debug",

@@ -130,7 +130,7 @@ def test_unsupported_ops_all_listed_up_front(tmp_path, capsys):
     assert_clean_failure(code, err, tmp_path, out, EXIT_USAGE, "acme::Foo (node 'first_foo')", "acme::Bar (node 'the_bar')", "acme::Foo (node 'second_foo')")
 
 
-@pytest.mark.parametrize("shape", ["1,a,3", "0,3,8,8", "", "1,,3", "=1,3"])
+@pytest.mark.parametrize("shape", ["1,a-b,3", "1,3.5,3", "0,3,8,8", "", "1,,3", "=1,3"])  # a bare name (1,H,3) is a dim name
 def test_malformed_input_shape(shape, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = run(["convert", f"{ROOT}/models/resnet_style.py:make", "-o", out, "--input-shape", shape], capsys)

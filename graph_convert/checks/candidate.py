@@ -342,11 +342,15 @@ def resolve_layouts(c: Candidate, ins: list[Pair], outs: list[Pair], verifier: V
     if all(len(p.perms) == 1 for p in ins + outs):
         return
     feeds, ref = verifier.draws[0].feeds, verifier.references[0]
-    best = None
+    best, error = None, None
     for combo in itertools.islice(itertools.product(*[p.perms for p in ins]), limit):
         for p, q in zip(ins, combo):
             p.perm = q
-        got = c.run(feed_candidate(c, ins, feeds))
+        try:
+            got = c.run(feed_candidate(c, ins, feeds))
+        except Exception as e:  # a wrong layout of a free-size input can make the candidate fail: not this one
+            error = e
+            continue
         choice, figs = [], []
         for p in outs:
             tried = [(compare(ref[p.source.name], _inverse(got[p.cand.name], q), verifier.atol), q) for q in p.perms]
@@ -354,6 +358,8 @@ def resolve_layouts(c: Candidate, ins: list[Pair], outs: list[Pair], verifier: V
             choice.append(q), figs.append(f)
         if best is None or _score(figs) > best[0]:
             best = (_score(figs), combo, choice)
+    if best is None:
+        raise error
     _, combo, choice = best
     for p, q in list(zip(ins, combo)) + list(zip(outs, choice)):
         p.perm = q

@@ -63,11 +63,27 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
     user = _user_feeds(graph, inputs)
     cand = load_candidate(os.fspath(candidate), signature)
     in_map, out_map = _maps(maps, cand)
-    overrides = batch_from_candidate(graph, cand, overrides) if user is None else overrides
+    if user is not None or not any(isinstance(d, str) or d is None or d <= 0 for x in graph.inputs for d in (graph.shape(x) or ())):
+        result = _verify_once(model, graph, cand, overrides, user, in_map, out_map, info, atol, seed, say, locate)
+    else:  # symbolic dims: fixed where the candidate (or --input-shape) fixes them, else checked at several sizes
+        result = _verify_sizes(model, cand, overrides, in_map, out_map, info, atol, seed, say, locate)
+    if report_path is not None:
+        write_report(result.report, os.fspath(report_path))
+    return result
+
+
+class _SourceFails(ConvertError):
+    pass
+
+
+def _verify_once(model, graph, cand, overrides, user, in_map, out_map, info, atol, seed, say, locate) -> VerifyResult:
     shapes_of = {n: (user[n].shape if user is not None else None) or overrides.get(n) for n in graph.inputs}
     ins = match("input", source_specs(graph, graph.inputs, {k: v for k, v in shapes_of.items() if v}), cand.inputs, in_map)
     draws = make_draws(graph, seed, overrides, user)
-    verifier = Verifier(model, draws, atol, optional=tuple(range(1, len(draws))) if user is not None else ())
+    try:
+        verifier = Verifier(model, draws, atol, optional=tuple(range(1, len(draws))) if user is not None else ())
+    except ConvertError as e:
+        raise _SourceFails(str(e)) from None
     ref = verifier.references[0]
     out_specs = [Spec(n, tuple(np.shape(ref[n])), np.asarray(ref[n]).dtype) for n in graph.outputs]
     outs = match("output", out_specs, cand.outputs, out_map)
@@ -82,24 +98,42 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
         say("outputs differ: looking for the first diverging operation ...")
         result.divergence = _locate(model, cand, ins, failed.feeds, atol)
         result.report["divergence"] = result.divergence
-    if report_path is not None:
-        write_report(result.report, os.fspath(report_path))
     return result
 
 
-def batch_from_candidate(graph: Graph, cand: Candidate, overrides: Mapping[str, tuple]) -> dict[str, tuple]:
-    """A source input whose dim 0 is symbolic (and not set by --input-shape) takes the batch of
-    the candidate's input of that name (or of its only input) when that one is fixed; the other
-    symbolic dims stay 1 (--input-shape sets them)."""
-    out = dict(overrides)
-    for n in graph.inputs:
-        shape = graph.shape(n)
-        if n in out or not shape or (isinstance(shape[0], int) and shape[0] > 0):
+def _verify_sizes(model, cand, overrides, in_map, out_map, info, atol, seed, say, locate) -> VerifyResult:
+    """Every symbolic dim fixed by the candidate is checked at its size; every dim the candidate
+    leaves free at several sizes, each with its verdict in the report (``sizes_checked``)."""
+    from graph_convert.checks import candidate_dims as CD
+
+    dims, plan = CD.plan(model, cand.inputs, overrides, sanitise)
+    free = [n for n, d in dims.items() if d.free]
+    checks, result = [], None
+    for sizes in plan:
+        shapes = CD.shapes_at(model, dims, sizes)
+        fixed = CD.with_shapes(model, shapes)
+        try:
+            r = _verify_once(fixed, from_onnx(fixed), cand, shapes, None, in_map, out_map, info, atol, seed, say, locate)
+        except _SourceFails as e:
+            if not free:
+                raise ConvertError(str(e)) from None
+            checks.append(CD.source_fails(sizes, free, e))
             continue
-        same = [c for c in cand.inputs if sanitise(c.name) == sanitise(n)] or (cand.inputs if len(cand.inputs) == 1 else [])
-        if same and same[0].shape and len(same[0].shape) == len(shape) and same[0].shape[0]:
-            out[n] = (same[0].shape[0], *(d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]))
-    return out
+        checks.append({"sizes": sizes, "verdict": r.report["verdict"], **r.report["verification"]})
+        if result is None or not r.equivalent:
+            result = r
+        if not r.equivalent:
+            break
+    if result is None:
+        raise ConvertError(f"the source model fails in ONNX Runtime at every size tried for its free dims "
+                           f"{', '.join(free)} ({'; '.join(c['verdict'] for c in checks)[:400]}); give sizes with --input-shape")
+    result.report["dims"] = CD.summary(dims, checks)
+    result.report["sizes_checked"] = checks
+    few = CD.too_few(dims, checks) if result.equivalent else None
+    if few:
+        result.notes.append(few)
+        result.report["verification"]["notes"].append(few)
+    return result
 
 
 def _user_feeds(graph: Graph, inputs) -> dict[str, np.ndarray] | None:

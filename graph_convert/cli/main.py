@@ -85,7 +85,10 @@ def _convert_options(c) -> None:
     c.add_argument("--inputs", metavar="DATA.npz", help="verify on these arrays (keyed by input name, source layout)")
     c.add_argument("--keep-io-layout", action="store_true", help="keep inputs/outputs in the source layout (default: channels-last)")
     c.add_argument("--dynamic-batch", action="store_true",
-                   help="SavedModel/.tflite take any batch size (verified at batch 1, 2 and 3); automatic when the ONNX model's batch dim is symbolic")
+                   help="SavedModel/.tflite take any batch size (shorthand for a free dim 0 named 'batch', checked at 5 sizes); "
+                        "automatic when the ONNX model's batch dim is symbolic")
+    c.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE|NAME=MIN..MAX[/MULT]",
+                   help="fix a named (symbolic) input dim, or keep it free within a range and multiple (see Dynamic shapes)")
     c.add_argument("--heads-first", action="store_true",
                    help="attention with head-major weights and no TRANSPOSE (for GPU/NPU delegates; slower on XNNPACK CPU)")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py", help=PLUGIN_HELP)
@@ -254,6 +257,8 @@ def _verify(args) -> int:
             print(f"warning: output {w['output']!r}: {w['warning']}")
         if res.divergence is not None:
             print(f"where: {res.divergence['summary']}")
+        for e in r.get("sizes_checked", []):  # symbolic source dims: the sizes the candidate was run at
+            print(f"at {', '.join(f'{n}={v}' for n, v in e['sizes'].items())}: {e['verdict'][:200]}")
         if res.equivalent:
             print(f"equivalent: {args.candidate} computes what {args.source} computes")
     if res.equivalent:
@@ -292,12 +297,18 @@ def _summary(result) -> str:
     lines.append(f"checked on {len(r['verification']['draws'])} input draws: {'; '.join(r['verification']['draws'])}")
     for w in r["verification"].get("warnings", []):
         lines.append(f"warning: output {w['output']!r}: {w['warning']}")
-    dyn = r.get("dynamic_batch", {})
-    if dyn.get("kept"):
-        worst = max((f["max_abs"] for v in dyn["verification"].values() for st in v.values() for f in st.values()), default=0.0)
-        lines.append(f"dynamic batch ({', '.join(dyn['inputs'])}): verified at batch {dyn['converted_at'][0]} (table), "
-                     f"{', '.join(b.split()[1] for b in dyn['verification'])} (max abs {worst:.2e})")
-    elif "reason" in dyn and dyn.get("requested"):
+    dyn = r.get("dynamic", {})
+    free = {n: d for n, d in dyn.get("dims", {}).items() if d.get("kept")}
+    if free:
+        checks = dyn.get("checks", [])
+        ok = [e for e in checks if e["verdict"] == "ok"]
+        worst = max((f["max_abs"] for e in ok for k in ("tensorflow", "tflite_float32") for f in e.get(k, {}).values()), default=0.0)
+        shown = "; ".join(", ".join(f"{n}={v}" for n, v in e["sizes"].items() if n in free) for e in ok)
+        lines.append(f"dynamic dims {', '.join(free)}: verified at {len(ok)} size(s): {shown} (max abs {worst:.2e})")
+        for e in checks:
+            if e["verdict"] != "ok":
+                lines.append(f"  not taken by the source at {', '.join(f'{n}={v}' for n, v in e['sizes'].items() if n in free)}")
+    elif dyn.get("reason"):
         lines.append(f"dynamic batch not kept: {dyn['reason']}")
     quant = ""
     if "quantization" in r:
@@ -411,7 +422,7 @@ def options_from_args(args) -> ConvertOptions:
     """The same validated options object the Python API builds."""
     return ConvertOptions(
         input_shapes=[gc.parse_shape(s) for s in args.input_shape], inputs=args.inputs, keep_io_layout=args.keep_io_layout,
-        dynamic_batch=args.dynamic_batch, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
+        dynamic_batch=args.dynamic_batch, dims=args.dim, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
         verify=args.verify, atol=args.atol, seed=args.seed, tflite=not args.no_tflite,
         overwrite=args.overwrite, quantize=args.quantize, calibration=args.calibration, eval_data=args.eval_data,
         int8_io=args.int8_io, quant_debug=args.quant_debug,

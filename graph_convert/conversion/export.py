@@ -98,9 +98,12 @@ def _fingerprints(module) -> dict[str, str]:
     return out
 
 
-def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None, dynamic_batch: bool = False) -> str:
+def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None, dynamic_batch: bool = False,
+           dynamic_dims: dict[int, dict[int, tuple[str, int, int | None]]] | None = None) -> str:
     """Export to ``path``; returns which exporter produced the file ("dynamo" or "legacy").
-    ``dynamic_batch``: dim 0 of every tensor input of rank >= 1 is exported symbolic."""
+    ``dynamic_batch``: dim 0 of every tensor input of rank >= 1 is exported symbolic.
+    ``dynamic_dims``: input index -> axis -> (dim name, min, max): exported symbolic with that
+    name (torch.export dims with the dynamo exporter, ``dynamic_axes`` with TorchScript)."""
     import torch
 
     args = tuple(example_inputs)
@@ -117,7 +120,18 @@ def export(module, example_inputs: Sequence[Any], path: str, opset: int | None =
                     kw["opset_version"] = opset
                 elif kind == "legacy":
                     kw["opset_version"] = 17
-                if dynamic_batch and kind == "dynamo":
+                if dynamic_dims and kind == "dynamo":
+                    made: dict[str, Any] = {}
+                    for i, axes in dynamic_dims.items():
+                        for _, (n, lo, hi) in axes.items():
+                            made.setdefault(n, torch.export.Dim(n, min=lo, max=hi if hi is not None else 1 << 20))
+                    kw["dynamic_shapes"] = tuple({a: made[n] for a, (n, _, _) in dynamic_dims[i].items()} if i in dynamic_dims
+                                                 else None for i in range(len(args)))
+                elif dynamic_dims:
+                    names = [f"input_{i}" for i in range(len(args))]
+                    kw["input_names"] = names
+                    kw["dynamic_axes"] = {names[i]: {a: n for a, (n, _, _) in axes.items()} for i, axes in dynamic_dims.items()}
+                elif dynamic_batch and kind == "dynamo":
                     batch = torch.export.Dim("batch")
                     kw["dynamic_shapes"] = tuple({0: batch} if b else None for b in batched)
                 elif dynamic_batch:

@@ -24,7 +24,8 @@ import onnx
 
 from graph_convert import backends as B
 from graph_convert.backends.base import Backend, Stage
-from graph_convert.conversion import dynamic as D
+from graph_convert.conversion import dims as DM
+from graph_convert.conversion import dynamic_run as DR
 from graph_convert.errors import ConvertError, GraphConvertError, PassError, StageError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, to_onnx
 from graph_convert.ir.onnx_io import save_with_external_data
@@ -87,11 +88,12 @@ class Conversion:
     shape_overrides: dict[str, tuple] = field(default_factory=dict)
     user_feeds: dict[str, np.ndarray] | None = None
     quant_plan: Any = None
-    batch_names: list[str] = field(default_factory=list)
-    dynamic: bool = False  # convert with a dynamic batch (asked for, or the source's symbolic batch)
+    dims: dict[str, Any] = field(default_factory=dict)  # dims.Dim by name: every named size of the inputs
+    dynamic: bool = False  # some dims stay free: converted at two sizes, checked at more
+    size_plan: list[dict[str, int]] = field(default_factory=list)  # sizes converted at (first two) and checked at
     rewritten: Rewritten | None = None
-    view: Any = None  # dynamic.BatchView when the batch is dynamic
-    other_batches: list[tuple[int, Verifier]] = field(default_factory=list)
+    view: Any = None  # dynamic.DimView when some dims are dynamic
+    other_sizes: list[tuple[dict[str, int], Verifier]] = field(default_factory=list)
     dyn_info: dict[str, Any] | None = None
     traced: Any = None  # what the back end built (the TF back end: emitter.Traced)
     io_names: tuple[list[str], list[str]] | None = None  # the artifacts' names of the graph's inputs and outputs
@@ -105,16 +107,25 @@ class Conversion:
 
     def check(self, key: str, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
               steps: dict[str, tuple[float | None, float | None]] | None = None) -> None:
-        """Judge one artifact against ONNX Runtime on every draw (and at the other batch sizes of a
-        dynamic batch): ``run`` maps source-layout feeds keyed by ONNX input names to outputs keyed
+        """Judge one artifact against ONNX Runtime on every draw (and at the other sizes of its
+        dynamic dims): ``run`` maps source-layout feeds keyed by ONNX input names to outputs keyed
         by ONNX output names. Figures go to ``figures[key]``; a mismatch raises VerificationError.
         ``steps``: judge by the int8 rule (``checks.equivalence.compare_int8``), per output."""
         def go(feeds):
             with stage(f"run {label}"):
                 return run(feeds)
         self.figures[key] = self.verifier.check(go, label, steps)
-        for b, ver in self.other_batches:
-            self.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}", steps))
+        DR.check_other_sizes(self, key, label, go, steps)
+
+    def dynamic_verdicts(self, stages: list[str]) -> None:
+        """Once the artifacts of ``stages`` were checked: each size's verdict, and each free dim
+        refused unless checked at enough sizes (see :mod:`graph_convert.conversion.dynamic_run`)."""
+        DR.finish_checks(self, stages)
+
+    def dynamic_dims_hint(self) -> str:
+        """``h, w; fix them with --input-shape x=1,3,H,W``: the free dims and how to fix them."""
+        free = [n for n, d in self.dims.items() if d.free]
+        return f"{', '.join(free)}; fix them with {DM.fix_hint(self.model, self.dims, free)}"
 
     @property
     def graph(self) -> Graph:
@@ -154,6 +165,7 @@ def load_plugins(c: Conversion) -> None:
 
 def load_source(c: Conversion) -> None:
     c.model, c.source_info = resolve_source(c.source, c.example_inputs, c.options.input_shapes, c.work, c.options.dynamic_batch,
+                                            dim_specs=c.options.dims,
                                             free_built=c.options.free_source_model)
     check_weights(c.model)
     c.source_graph = from_onnx(c.model)
@@ -179,19 +191,62 @@ def check_source(c: Conversion) -> None:
         c.user_feeds = check_user_inputs(graph, read_npz(path, "--inputs"), f"--inputs {path}")
     elif opts.inputs is not None:
         c.user_feeds = check_user_inputs(graph, opts.inputs, "inputs")
+    _plan_dims(c)
     if opts.quant is not None:  # quantization data and names are checked before any conversion work
-        c.quant_plan = Q.prepare(opts.quant, graph, c.shape_overrides, opts.seed)
-    # dynamic batch: asked for, or the source's own symbolic batch dim (then kept when it can be)
-    c.batch_names = D.batch_inputs(c.model, force=opts.dynamic_batch)
-    if opts.dynamic_batch:
-        if not c.batch_names:
-            raise ConvertError("--dynamic-batch: the model has no input with a batch dim (every input is a scalar)")
-        for clash, what in ((c.user_feeds is not None, "--inputs"), (opts.quant is not None, "--quantize")):
-            if clash:
-                raise ConvertError(f"--dynamic-batch cannot be combined with {what} (verification runs on generated batches "
-                                   f"of {D.B1} and {D.B2}; quantized models are written with a static batch)")
-    c.dynamic = bool(opts.dynamic_batch or (c.batch_names and c.user_feeds is None and opts.quant is None
-                                            and not any(n in c.shape_overrides for n in c.batch_names)))
+        c.quant_plan = Q.prepare(opts.quant, c.source_graph, c.shape_overrides, opts.seed)
+
+
+def _plan_dims(c: Conversion) -> None:
+    """Which input dims are fixed (``--input-shape``, ``--dim N=V``, ``--inputs``) and which stay
+    free (a symbolic dim of the source, ``--dynamic-batch``, ``--dim N=MIN..MAX``): a model whose
+    every dim is fixed is converted once with every shape static; free dims make the conversion
+    dynamic (converted at two sizes, checked at more, see :mod:`graph_convert.conversion.dynamic`)."""
+    opts = c.options
+    overrides = c.shape_overrides
+    named = {(x, a): d for x, shape in overrides.items() for a, d in enumerate(shape) if isinstance(d, str)}
+    c.dims = DM.find_dims(c.model, force_batch=opts.dynamic_batch, named=named)
+    # from here on, every input shape comes from the model at the sizes of each conversion
+    c.shape_overrides = {}
+    if opts.dynamic_batch and not any(d.role == "batch" for d in c.dims.values()):
+        raise ConvertError("--dynamic-batch: the model has no input with a batch dim (every input is a scalar)")
+    if c.source_info["kind"] == "pytorch":  # dims --input-shape named: exported symbolic under those names
+        for n in {d for _, shape in opts.input_shapes for d in shape if isinstance(d, str)} & set(c.dims):
+            c.dims[n].requested = "--input-shape"
+    DM.apply_fixes(c.dims, overrides, opts.dims)
+    asked = {n for n, d in c.dims.items() if d.free and d.requested != "symbolic dim in the source model"}
+    for clash, what in ((c.user_feeds is not None, "--inputs"), (opts.quant is not None, "--quantize")):
+        if clash and asked:
+            raise ConvertError(f"{'--dynamic-batch' if opts.dynamic_batch else 'a free --dim'} cannot be combined with {what} "
+                               f"(verification runs on generated inputs at several sizes; quantized models are written with "
+                               f"static shapes)")
+    if c.user_feeds is not None:  # the user's arrays fix every dim they carry
+        for n, d in c.dims.items():
+            if d.free:
+                x, a = d.axes[0]
+                DM.fix_dim(d, int(np.asarray(c.user_feeds[x]).shape[a]), "--inputs")
+    if opts.quant is not None:  # quantized files are static: a free batch is 1, other dims must be given
+        for d in c.dims.values():
+            if d.free and d.role == "batch":
+                DM.fix_dim(d, 1, "--quantize (static batch)")
+        free = [n for n, d in c.dims.items() if d.free]
+        if free:
+            raise ConvertError(f"--quantize writes static files: {DM.describe(c.dims, free)} "
+                               f"{'is' if len(free) == 1 else 'are'} symbolic; fix {'it' if len(free) == 1 else 'them'} with "
+                               f"{DM.fix_hint(c.model, c.dims, free)}")
+    if not c.backend.from_rewritten:  # another back end converts the source as it is, at static sizes
+        for d in c.dims.values():
+            if d.free and d.role == "batch":
+                DM.fix_dim(d, 1, f"--backend {c.backend.name} (static batch)")
+        free = [n for n, d in c.dims.items() if d.free]
+        if free:
+            raise ConvertError(f"--backend {c.backend.name} converts static shapes: {DM.describe(c.dims, free)} "
+                               f"{'is' if len(free) == 1 else 'are'} symbolic; fix them with {DM.fix_hint(c.model, c.dims, free)}")
+    c.dynamic = any(d.free for d in c.dims.values())
+    fixed = {n: d.fixed for n, d in c.dims.items() if not d.free}
+    if fixed and not c.dynamic:  # every symbolic dim has its value: every shape is static from here on
+        c.model = DM.with_shapes(c.model, DM.input_shapes(c.model, c.dims, fixed))
+        c.source_graph = from_onnx(c.model)
+        c.dyn_info = DR.report_dims(c)
 
 
 def _choose_backend(c: Conversion) -> None:
@@ -238,43 +293,10 @@ def rewrite_graph(c: Conversion) -> None:
     if not c.dynamic:
         c.rewritten = _rewrite(c, c.model, c.user_feeds, c.source_graph)
     else:
-        _rewrite_dynamic(c)
+        DR.rewrite_dynamic(c, lambda c, m: _rewrite(c, m))
     missing = c.backend.unsupported(c, c.graph)
     if missing:  # a pass made an op the back end does not know
         raise UnsupportedOpsError(missing)
-
-
-def _rewrite_dynamic(c: Conversion) -> None:
-    """Convert at batch B1 and B2 and compare the two graphs (see :mod:`graph_convert.conversion.dynamic`);
-    a source whose symbolic batch cannot be kept stays at batch 1 unless --dynamic-batch."""
-    names, asked = c.batch_names, c.options.dynamic_batch
-
-    def at_batch(b: int) -> Rewritten:
-        try:
-            return _rewrite(c, D.with_batch(c.model, names, b, c.shape_overrides))
-        except (VerificationError, PassError, UnsupportedOpsError):
-            raise
-        except ConvertError as e:  # the source itself fails at this batch size
-            raise D.DynamicBatchError(f"at batch {b}: {e} (is the batch size fixed inside the model, e.g. a Reshape "
-                                      f"to a constant shape? export it with a dynamic batch)") from None
-
-    requested = "--dynamic-batch" if asked else "symbolic batch dim in the source model"
-    try:
-        c.rewritten = at_batch(D.B1)
-        second = at_batch(D.B2)
-        c.view = D.batch_view(c.graph, second.graph, names)
-    except D.DynamicBatchError as e:
-        if asked:
-            raise
-        c.say(f"warning: the batch stays static (1): {e}")
-        c.dyn_info = {"inputs": names, "requested": requested, "kept": False, "reason": str(e)}
-        c.rewritten, c.view = _rewrite(c, D.with_batch(c.model, names, 1, c.shape_overrides)), None
-        return
-    c.dyn_info = {"inputs": names, "requested": requested, "kept": True, "converted_at": [D.B1, D.B2], **c.view.stats,
-                  "verification": {}}
-    # the dynamic model is proven at the other batch sizes too: B2 (the second conversion) and 1
-    draws1 = [Draw(d.label, {k: (v[:1] if k in names else v) for k, v in d.feeds.items()}) for d in c.verifier.draws]
-    c.other_batches = [(D.B2, second.verifier), (1, Verifier(D.with_batch(c.model, names, 1, c.shape_overrides), draws1, c.options.atol))]
 
 
 def write_rewritten(c: Conversion) -> None:

@@ -22,7 +22,7 @@ def build_report(c) -> None:
         c.say(f"warning: output {w['output']!r}: {w['warning']}")
 
     def io(names, tf_names):
-        return [{"name": x, "tf_name": n, "shape": _io_shape(g, c.view, x), "layout_perm": list(g.io_perms.get(x, [])) or None}
+        return [{"name": x, "tf_name": n, "shape": io_dim_names(c, x, c.view.shape(x) if c.view is not None else g.shape(x)), "layout_perm": list(g.io_perms.get(x, [])) or None}
                 for x, n in zip(names, tf_names)]
 
     verification = {"rule": VERIFY_RULE, "atol": c.options.atol, "draws": v.draw_labels, "notes": v.notes, "warnings": warnings}
@@ -36,7 +36,7 @@ def build_report(c) -> None:
         "rewritten_graph": {"nodes": len(g), "transposes": g.count("Transpose"), "transposes_left": transposes_left(g, c.registry.transpose_handlers)},
         "verification": verification,
         "tflite_gaps": c.gaps,
-        "dynamic_batch": c.dyn_info if c.dyn_info is not None else {"kept": False, "reason": "static batch (no --dynamic-batch, no symbolic batch dim)"},
+        "dynamic": c.dyn_info if c.dyn_info is not None else {"dims": {}, "note": "every input shape is static in the source"},
         **c.report,  # the TFLite op counts and the quantization report, filled by their stages
     }
 
@@ -52,11 +52,6 @@ def json_safe(x):
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else repr(float(x))
     return x
-
-
-def _io_shape(graph: Graph, view, name: str) -> list:
-    shape = view.shape(name) if view is not None else graph.shape(name)
-    return ["batch" if d is None else d for d in (shape or [])]
 
 
 def figures_dict(figs) -> dict[str, Any]:
@@ -100,3 +95,27 @@ def _why_kept(graph: Graph, transpose, reader, handlers: Mapping[str, Any]) -> d
     if moved:
         return {**row, "reason": "its handler would move it; the optimizer's fixed point stopped before"}
     return {**row, "reason": getattr(moved, "reason", None) or "declined (the handler gave no reason)"}
+
+
+def io_dim_names(c, tensor: str, shape) -> list:
+    """A report I/O shape: a dynamic dim by its name (an output's by the input dim it follows)."""
+    if shape is None:
+        return []
+    g = c.graph
+    perm = g.io_perms.get(tensor)
+    out = []
+    for i, d in enumerate(shape):
+        if d is not None:
+            out.append(d)
+            continue
+        src = perm[i] if perm else i
+        name = next((n for n, dd in c.dims.items() if dd.free and (tensor, src) in dd.axes), None)
+        if name is None and c.view is not None:
+            s1, s2 = c.view.graph.shape(tensor), c.other_sizes[0][1].references[0].get(tensor) if c.other_sizes else None
+            v2 = s2.shape[src] if s2 is not None else None
+            for n, dd in c.dims.items():
+                if dd.free and (c.size_plan[0][n], c.size_plan[1][n]) == (s1[i], v2):
+                    name = n
+                    break
+        out.append(name or "dynamic")
+    return out

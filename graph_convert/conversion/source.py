@@ -20,7 +20,7 @@ EXPORT_DIR = ".export"
 
 
 def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batch: bool = False,
-                   free_built: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                   free_built: bool = False, dim_specs: Sequence[str] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Any accepted source -> (ONNX model, provenance facts for the report). ``free_built``: a
     PyTorch model built here from a spec string has its weights freed once exported (see
     ``ConvertOptions.free_source_model``)."""
@@ -40,6 +40,7 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         return model, info
     import torch
 
+    dynamic_dims = None
     if isinstance(source, str):
         module = ex.load_torch_model(source)
         info.update(kind="pytorch", spec=source)
@@ -54,6 +55,7 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         unnamed = [s for n, s in input_shapes if n is None]
         if len(unnamed) != len(input_shapes):
             raise ConvertError("--input-shape for a PyTorch model: give shapes in argument order without names")
+        dynamic_dims, unnamed = _named_dims(unnamed, dim_specs)
         example_inputs = tuple(torch.randn(*s) for s in unnamed)
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -63,7 +65,7 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
     t0 = time.perf_counter()
     keep = False
     try:
-        info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch)
+        info["exporter"] = ex.export(module, example_inputs, path, dynamic_batch=dynamic_batch, dynamic_dims=dynamic_dims)
         info["export_seconds"] = round(time.perf_counter() - t0, 3)
         # a large model's weights stay in the exporter's data file (read when needed, never the
         # whole file at once); the folder then lives until the conversion ends (see EXPORT_DIR)
@@ -76,6 +78,44 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         if free_built and isinstance(source, str):
             _free_weights(module)
     return model, info
+
+
+def _named_dims(shapes: list[tuple], dim_specs: Sequence[str]) -> tuple[dict | None, list[tuple[int, ...]]]:
+    """``--input-shape 1,3,H,W`` for a PyTorch model: the named axes are exported as dynamic
+    dims (within ``--dim H=MIN..MAX/MULTIPLE``), the model traced at the first size the
+    conversion uses for them. Returns (input index -> axis -> (name, min, max), example shapes)."""
+    from graph_convert.conversion import dims as DM
+
+    ranges = {}
+    for text in dim_specs:
+        n, value, rng = DM.parse_dim(text)
+        if value is not None:
+            raise ConvertError(f"--dim {text}: for a PyTorch model, give the size in --input-shape itself")
+        ranges[n] = rng
+    made: dict[str, DM.Dim] = {}
+    out: dict[int, dict[int, tuple]] = {}
+    examples = []
+    for i, shape in enumerate(shapes):
+        ex_shape = []
+        spatial = 0
+        for a, d in enumerate(shape):
+            if isinstance(d, int):
+                ex_shape.append(d)
+                continue
+            role = "batch" if a == 0 else "spatial" if len(shape) >= 4 and a >= 2 else "sequence"
+            if role == "spatial":
+                role = "spatial2" if spatial % 2 else "spatial"
+                spatial += 1
+            dim = made.setdefault(d, DM.Dim(d, role, requested="--input-shape"))
+            if d in ranges:
+                dim.lo, dim.hi, dim.multiple = ranges[d]
+            out.setdefault(i, {})[a] = (d, dim.lo, dim.hi)
+            ex_shape.append(dim.sizes(dim.role)[0])
+        examples.append(tuple(ex_shape))
+    unknown = sorted(set(ranges) - set(made))
+    if unknown:
+        raise ConvertError(f"--dim {unknown[0]}: no --input-shape names a dim {unknown[0]!r} (named: {', '.join(made) or 'none'})")
+    return (out or None), examples
 
 
 def _free_weights(module) -> None:
@@ -172,7 +212,9 @@ def input_shape_overrides(graph: Graph, input_shapes: Sequence[tuple[str | None,
         if target is None or target not in graph.inputs:
             raise ConvertError(f"--input-shape: {'name the input' if target is None else f'no model input named {target!r}'} (inputs: {graph.inputs})")
         have = graph.shape(target)
-        if have is not None and (len(have) != len(dims) or any(isinstance(h, int) and h > 0 and h != d for h, d in zip(have, dims))):
+        # a name (``H``) keeps that axis free under that name, a static one too (see conversion.dims)
+        if have is not None and (len(have) != len(dims) or any(isinstance(h, int) and h > 0 and isinstance(d, int) and h != d
+                                                                for h, d in zip(have, dims))):
             shown = ",".join(str(h) if isinstance(h, int) and h > 0 else str(h or "?") for h in have)
             raise ConvertError(f"--input-shape {target}={','.join(map(str, dims))}: the model's input {target!r} has shape "
                                f"[{shown}]; only its symbolic dims can be set")

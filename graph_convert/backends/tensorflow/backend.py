@@ -11,7 +11,7 @@ import numpy as np
 
 from graph_convert.backends.base import Backend, Stage
 from graph_convert.checks.equivalence import external_data_threshold, to_rewritten_layout, to_source_layout
-from graph_convert.errors import ConvertError
+from graph_convert.errors import ConvertError, UnsupportedOpsError
 
 # TensorFlow's converter holds about this many copies of the weights at its peak (frozen
 # constants, MLIR constants, the flatbuffer; the whole run peaked at 5.4-5.5x the weights on
@@ -88,7 +88,12 @@ def emit(c) -> None:
     from graph_convert.backends.tensorflow.emitter import build_function
 
     emitters, scopes = emitter_table(c)
-    t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
+    try:
+        t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
+    except ConvertError as e:
+        if c.view is None or isinstance(e, UnsupportedOpsError):
+            raise
+        raise ConvertError(f"{e}, with the dynamic dims {c.dynamic_dims_hint()}") from None  # a form emitted for static sizes only
     c.traced = t._replace(scopes=scopes)
     c.io_names = (t.in_names, t.out_names)
     c.graph.drop_decoded()  # the TF variables hold the weights now
@@ -234,6 +239,7 @@ def quantize(c) -> None:
 def report(c) -> None:
     from graph_convert.conversion.report import build_report
 
+    c.dynamic_verdicts(["tensorflow"] + (["tflite_float32"] if tflite_wanted(c) else []))
     build_report(c)
 
 

@@ -64,7 +64,7 @@ class EmitContext:
     graph: Graph
     opset: int
     env: dict[str, Any] = field(default_factory=dict)
-    batch: Any = None  # graph_convert.conversion.dynamic.BatchView when the batch is dynamic
+    batch: Any = None  # graph_convert.conversion.dynamic.DimView when some dims are dynamic
     variables: list = field(default_factory=list)  # weights made tf.Variables (see ``weight``)
     probe: Any = None  # a graph input with at least one element (see ``exact_constant``)
     _n_weights: int = 0
@@ -80,7 +80,6 @@ class EmitContext:
     grids: dict = field(default_factory=dict)  # tensor -> quant_grid.Grid of a dequantized weight read by ``const``
     emitters: dict = field(default_factory=dict)  # the handler table (control flow traces bodies with it)
     layout_aware: Collection[str] = ()
-    batch_size: Any = None  # the run-time batch size when ``batch`` is set
 
     def value(self, tensor: str):
         """The TF tensor of ``tensor`` in this scope: emitted already, or a constant made now."""
@@ -91,7 +90,7 @@ class EmitContext:
         env, batch = self.env, self.batch
         if tensor not in env and batch is not None and batch.is_dynamic_const(tensor):
             v = batch.minus_one_target(tensor)
-            env[tensor] = tf.constant(v) if v is not None else batch.tensor(tensor, self.batch_size)
+            env[tensor] = tf.constant(v) if v is not None else batch.tensor(tensor, env, self.weight)
         if tensor not in env:
             v = self.graph.constant_value(tensor)
             if v is None:
@@ -110,7 +109,7 @@ class EmitContext:
         graph, the same weights, table and probe. Call :meth:`adopt` after tracing it."""
         from dataclasses import replace
 
-        return replace(self, graph=graph, env={}, batch=None, batch_size=None, const_reads=set(), _true=None)
+        return replace(self, graph=graph, env={}, batch=None, const_reads=set(), _true=None)
 
     def adopt(self, child: "EmitContext") -> None:
         """Take over the weights a nested context made (their count orders the variables)."""
@@ -355,7 +354,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
     """Trace the graph into a ``tf.function``. ``layout_aware``: op types whose emitters read the
     layout marks themselves (a registry's ``layout_aware``); every other layout-marked node gets
     its inputs transposed back to the source layout and its outputs forward. ``batch`` (a
-    :class:`graph_convert.conversion.dynamic.BatchView`) makes the batch dim dynamic. ``placeholders`` (a
+    :class:`graph_convert.conversion.dynamic.DimView`) makes its dims dynamic. ``placeholders`` (a
     :class:`graph_convert.backends.tensorflow.large_tflite.Placeholders`): every weight that would be a variable
     is a constant instead, the large ones splat stand-ins (see that module)."""
     import tensorflow as tf
@@ -384,12 +383,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
         for x, a in zip(graph.inputs, args):
             env[x] = a
         ctx.probe = _probe(args)
-        batch_size = None
-        if batch is not None:
-            src, axis = batch.batch_source
-            batch_size = tf.shape(env[src])[axis]
 
-        ctx.batch_size = batch_size
         emit_nodes(nodes, ctx)
         return {nm: tf.identity(ctx.value(y), name=nm) for y, nm in zip(graph.outputs, out_names)}
 

@@ -52,10 +52,13 @@ def _spatial_pads(node: Node, in_spatial: list, kernel: list, strides: list, dil
 
 def _is_tf_same(pads, in_spatial, kernel, strides, dilations) -> bool:
     for i, (b, e) in enumerate(pads):
-        if in_spatial[i] is None:
-            return False
         eff = (kernel[i] - 1) * dilations[i] + 1
-        total = max((math.ceil(in_spatial[i] / strides[i]) - 1) * strides[i] + eff - in_spatial[i], 0)
+        if in_spatial[i] is None:  # a dynamic size: SAME pads eff - 1 in all at stride 1, whatever the size
+            if strides[i] != 1:
+                return False
+            total = eff - 1
+        else:
+            total = max((math.ceil(in_spatial[i] / strides[i]) - 1) * strides[i] + eff - in_spatial[i], 0)
         if (b, e) != (total // 2, total - total // 2):
             return False
     return True

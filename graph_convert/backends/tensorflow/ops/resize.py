@@ -210,10 +210,9 @@ def emit_resize(node, x, ctx):
         raise unsupported(node, "unknown input shape")
     shape = [shape_t[where_is.index(a)] for a in range(rank)]
     mode, coord, nearest, axes = _resize_params(node, ctx, x, shape)
-    for i in dynamic:
-        size, out, scale, roi = axes[where_is[i]]
-        if out != size or not math.isclose(scale, 1.0) or (roi is not None and roi != (0.0, 1.0)):
-            raise unsupported(node, "resizing the batch axis with a dynamic batch")
+    resized = [i for i in dynamic if _is_resized(*axes[where_is[i]])]
+    if resized and not (cl and rank == 4 and all(where_is[i] in (2, 3) for i in resized)):
+        raise unsupported(node, "resizing a dynamic axis other than the height/width of a channels-last image")
     if mode not in ("nearest", "linear", "cubic"):
         raise unsupported(node, f"mode {mode!r}")
     old_form = nearest is None
@@ -232,7 +231,11 @@ def emit_resize(node, x, ctx):
         (t,), dt = to_lite(node, "gather", t)
     else:
         t, dt = lite_float(node, t)
-    y = _native_resize(node, t, mode, taps, axes, cl) if cl and rank == 4 else None
+    out_rt = _run_time_size(node, ctx, x, t, axes_of(node, rank), mode) if resized else None
+    y = _native_resize(node, t, mode, taps, axes, cl, out_rt) if cl and rank == 4 else None
+    if y is None and resized:  # the per-axis gathers are built for one size
+        raise unsupported(node, "this resize of a dynamic height/width (only TFLite's RESIZE kernels follow a run-time size: "
+                                 "modes nearest/linear with align_corners, half_pixel or asymmetric coordinates)")
     if y is None:
         for a, (idx, w, extrap) in taps.items():
             y_axis = where_is.index(a)
@@ -257,9 +260,10 @@ def _resize_axis(t, axis: int, idx: np.ndarray, w: np.ndarray, extrap, extrap_va
     return y
 
 
-def _native_resize(node: Node, t, mode: str, taps: dict, axes: list, cl: bool):
+def _native_resize(node: Node, t, mode: str, taps: dict, axes: list, cl: bool, out_rt=None):
     """TFLite's RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR on an NHWC tensor, when its arithmetic
-    gives exactly the taps of this node on H and W; else None."""
+    gives exactly the taps of this node on H and W; else None. ``out_rt``: the output H, W as a
+    run-time tensor (dynamic dims; the taps were matched at the sizes of the first conversion)."""
     if mode not in ("nearest", "linear") or not set(taps) <= {2, 3} or any(e is not None and e.any() for _, _, e in taps.values()):
         return None
     size = [axes[2][0], axes[3][0]]
@@ -269,7 +273,39 @@ def _native_resize(node: Node, t, mode: str, taps: dict, axes: list, cl: bool):
         got = [_tf_resize_matrix(mode, flags, size[i], out[i]) for i in range(2)]
         if all(g.shape == w_.shape and np.allclose(g, w_, atol=1e-6) for g, w_ in zip(got, want)):
             align, half = flags
+            out = out if out_rt is None else out_rt
             if mode == "nearest":
                 return tf.compat.v1.image.resize_nearest_neighbor(t, out, align_corners=align, half_pixel_centers=half)
             return tf.compat.v1.image.resize_bilinear(t, out, align_corners=align, half_pixel_centers=half)
     return None
+
+
+def _is_resized(size: int, out: int, scale: float, roi) -> bool:
+    return out != size or not math.isclose(scale, 1.0) or (roi is not None and roi != (0.0, 1.0))
+
+
+def axes_of(node: Node, rank: int) -> list[int]:
+    """The ONNX axes a Resize's scales/sizes entries are for."""
+    return [a % rank for a in node.attr("axes", list(range(rank)))]
+
+
+def _run_time_size(node: Node, ctx: EmitContext, x: list, t, axes_attr: list[int], mode: str):
+    """Output height and width of an NHWC resize whose input H/W are dynamic, as an int32 tensor:
+    the ``sizes`` input as computed at run time (a dynamic constant), or floor(input * scale)."""
+    hw = tf.shape(t, out_type=tf.int32)[1:3]
+    if len(node.inputs) > 3 and node.inputs[3]:
+        sizes = tf.cast(tf.reshape(x[3], [-1]), tf.int32)
+        return tf.stack([sizes[axes_attr.index(a)] if a in axes_attr else hw[i] for i, a in enumerate((2, 3))])
+    if node.op_type == "Upsample" and ctx.opset < 9:
+        scales = [float(v) for v in node.attr("scales")]
+    else:
+        v = input_value(node, ctx, x, 1 if node.op_type == "Upsample" else 2)
+        if v is None:
+            raise unsupported(node, "run-time scales with a dynamic height/width")
+        scales = [float(s) for s in v.reshape(-1)]
+        if node.op_type == "Resize":
+            full = [1.0] * 4
+            for i, a in enumerate(axes_attr):
+                full[a] = scales[i]
+            scales = full
+    return tf.cast(tf.floor(tf.cast(hw, tf.float32) * tf.constant([scales[2], scales[3]], tf.float32)), tf.int32)

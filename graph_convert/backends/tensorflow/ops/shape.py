@@ -307,10 +307,18 @@ def emit_gather_elements(node, x, ctx):
     rank = len(data.shape)
     axis = node.attr("axis", 0) % rank
     ishape, dshape = static_shape(idx), static_shape(data)
-    if ishape is None or dshape is None:
-        raise unsupported(node, "unknown input shapes")
-    cols = _coords(ishape, idx.dtype, skip=axis)
-    cols[axis] = _nonneg_index(idx, dshape[axis])
+    if ishape is None or dshape is None:  # dynamic dims: the coordinates made at run time
+        if ctx.batch is None:
+            raise unsupported(node, "unknown input shapes")
+        idx = tf.cast(idx, tf.int32)
+        ish = tf.shape(idx)
+        cols = [None if a == axis else tf.broadcast_to(tf.reshape(tf.range(ish[a]), [-1 if i == a else 1 for i in range(rank)]), ish)
+                for a in range(rank)]
+        bound = dshape[axis] if dshape is not None else tf.shape(data)[axis]
+        cols[axis] = _nonneg_index(idx, bound)
+    else:
+        cols = _coords(ishape, idx.dtype, skip=axis)
+        cols[axis] = _nonneg_index(idx, dshape[axis])
     (t,), dt = to_lite(node, "gather", data)
     return cast_back(tf.gather_nd(t, tf.stack(cols, axis=-1)), dt)
 
