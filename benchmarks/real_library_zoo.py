@@ -220,6 +220,7 @@ def _both_exporters(out: str, stem: str, model, args: tuple, names: list[str], *
                     note: str = "") -> list[dict]:
     """Export with TorchScript (opset ``ts_opset``) and dynamo; an exporter that fails is a failure row."""
     res = []
+    model.eval()  # wrappers too: the dynamo path exports in the mode the top module is in
     ex = {n: a.detach().numpy() for n, a in zip(names, args)}
     for kind in ("ts", "dynamo"):
         path = os.path.join(out, f"{stem}_{kind}.onnx")
@@ -650,7 +651,8 @@ def b_stn(out):
     randomize(m, 13)
     return _both_exporters(out, "stn_affine_grid_sample", m, (_img((1, 3, 64, 64), 13),), ["x"],
                            library="torch.nn.functional affine_grid + grid_sample (bilinear, zeros)",
-                           how="spatial transformer on a 64x64 image", output_names=["y"], dyn_axes=None, dyn_shapes=None)
+                           how="spatial transformer on a 64x64 image", output_names=["y"], dyn_axes=None, dyn_shapes=None,
+                           ts_opset=20)  # aten::affine_grid_generator exports from opset 20 on
 
 
 @builder("deform_conv", "22")
@@ -1152,11 +1154,19 @@ def convert_one(conv: str, src: str, row: dict, work: str, a) -> dict:
         env = _ours_env()
     else:
         py = a.onnx2tf1_python if conv.endswith("1.28.8") else a.onnx2tf2_python
-        cmd = [py, "-m", "onnx2tf", "-i", src, "-o", out, "-n"]
+        # onnx2tf runs onnxsim on its input IN PLACE (the file is overwritten with the simplified,
+        # input-shape-fixed graph): it gets a copy, never the zoo's file
+        copy = os.path.join(work, os.path.basename(src))
+        shutil.copyfile(src, copy)
+        cmd = [py, "-m", "onnx2tf", "-i", copy, "-o", out, "-n"]
         if fixed:  # onnx2tf's own answer to symbolic dims: the input-shape override
             cmd += ["-ois", *[f"{n}:{','.join(map(str, d))}" for n, d in fixed.items()]]
         env = _theirs_env(py)
-    rc, secs, text = _run(cmd, work, env, a.timeout)
+    try:
+        rc, secs, text = _run(cmd, work, env, a.timeout)
+    finally:
+        if conv != "graph_convert":
+            os.remove(copy)
     tfl = _tflite_in(out, conv == "graph_convert")
     res = {"rc": rc, "secs": secs, "tflite": tfl, "ok": rc == 0 and tfl is not None}
     if not res["ok"]:
@@ -1237,10 +1247,14 @@ def latencies(models: list[_Timed], rounds: int, per: int) -> list[float]:
 def cmd_run(a) -> int:
     with open(os.path.join(a.zoo, "manifest.json")) as f:
         man = json.load(f)
-    rows = [r for r in man["models"] if (not a.set or r["issue"] == a.set) and (not a.only or any(
-        o in r["file"] for o in a.only.split(",")))]
+    only = [o for o in (a.only or "").split(",") if o]
+    rows = [r for r in man["models"] if (not a.set or r["issue"] == a.set) and (not only or any(o in r["file"] for o in only))]
+    if only:  # in the order given (the most wanted first on a busy machine)
+        rows.sort(key=lambda r: min(k for k, o in enumerate(only) if o in r["file"]))
     convs = ["graph_convert"] + ([] if a.skip_onnx2tf else [c for c, p in (("onnx2tf 1.28.8", a.onnx2tf1_python),
                                                                           ("onnx2tf 2.6.9", a.onnx2tf2_python)) if p])
+    if a.converters:  # e.g. convert with onnx2tf ahead of time into --cache, graph_convert later with --reuse
+        convs = [c for c in convs if c in a.converters]
     work_root = tempfile.mkdtemp(prefix="zoo_run_")
     np.save(os.path.join(work_root, CALIB_NAME), np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
     results: dict[str, dict] = {}
@@ -1249,27 +1263,38 @@ def cmd_run(a) -> int:
             src = os.path.join(a.zoo, r["file"])
             res = results[r["file"]] = {}
             for c in convs:
-                work = os.path.join(work_root, re.sub(r"\W", "_", c))
+                tag = re.sub(r"\W", "_", c)
+                work = os.path.join(work_root, tag)
                 os.makedirs(work, exist_ok=True)
                 calib = os.path.join(work, CALIB_NAME)
                 if not os.path.exists(calib):
                     os.symlink(os.path.join(work_root, CALIB_NAME), calib)
-                cr = convert_one(c, src, r, work, a)
+                keep = os.path.join(a.cache or os.path.join(work_root, "tfl"), tag)
+                os.makedirs(keep, exist_ok=True)
+                dst = os.path.join(keep, r["file"].replace(".onnx", ".tflite"))
+                cached = os.path.join(keep, r["file"].replace(".onnx", ".json"))
+                reuse = a.cache and os.path.exists(cached) and (c in a.reuse or "all" in a.reuse)
+                if reuse:  # onnx2tf's result does not depend on graph_convert: converted once, reused
+                    with open(cached) as f:
+                        cr = json.load(f)
+                    cr["reused"] = True
+                else:
+                    cr = convert_one(c, src, r, work, a)
+                    if cr["ok"]:
+                        shutil.copy(cr["tflite"], dst)
+                        cr["tflite"] = dst
+                        cr["verified"], cr["verify_why"] = verify_one(src, dst, r, work, a)
+                    with open(cached, "w") as f:
+                        json.dump(cr, f)
                 if cr["ok"]:
-                    keep = os.path.join(work_root, "tfl", re.sub(r"\W", "_", c))
-                    os.makedirs(keep, exist_ok=True)
-                    dst = os.path.join(keep, r["file"].replace(".onnx", ".tflite"))
-                    shutil.copy(cr["tflite"], dst)
-                    cr["tflite"] = dst
-                    cr["verified"], cr["verify_why"] = verify_one(src, dst, r, work, a)
                     try:
-                        cr["timed"] = _Timed(dst, r, a.seed)
+                        cr["timed"] = _Timed(cr["tflite"], r, a.seed)
                     except Exception as e:
                         cr["run_why"] = f"LiteRT: {_first_line(e)[:160]}"
                 res[c] = cr
                 print(f"[run] {r['file']:42s} {c:15s} " + ("converts" if cr["ok"] else "FAILS  ") +
                       (f", verifies" if cr.get("verified") else (f", verify {cr.get('verify_why', '')}" if cr["ok"] else
-                       f" {cr.get('why', '')}")) + f" ({cr['secs']:.1f}s)", flush=True)
+                       f" {cr.get('why', '')}")) + f" ({cr['secs']:.1f}s{', cached' if reuse else ''})", flush=True)
             timed = [(c, res[c]["timed"]) for c in convs if res[c].get("timed")]
             if timed:
                 for (c, _), ms in zip(timed, latencies([t for _, t in timed], a.rounds, a.per_round)):
@@ -1327,7 +1352,7 @@ def render_table(rows: list[dict], results: dict, convs: list[str]) -> str:
             tally[c][0] += res[c]["ok"]
             tally[c][1] += bool(res[c].get("verified"))
         cells += [ms(res[c]) for c in convs]
-        o = res[convs[0]].get("ms")
+        o = res[convs[0]].get("ms") if convs[0] == "graph_convert" else None
         for c in convs[1:]:
             t = res[c].get("ms")
             cells.append(f"{o / t:.2f}" if o and t else "—")
@@ -1365,9 +1390,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", help="write the raw results here")
     r.add_argument("--index", action="store_true", help="record graph-convert's refusals in the zoo's INDEX.md")
-    r.add_argument("--keep", action="store_true", help="keep the work folder (converted files)")
+    r.add_argument("--keep", action="store_true", help="keep the work folder")
+    r.add_argument("--converters", default="", help="comma-separated subset of: " + ", ".join(CONVERTERS))
+    r.add_argument("--cache", help="keep each converter's .tflite and result here (one folder per converter)")
+    r.add_argument("--reuse", default="", help="comma-separated converters whose cached results to reuse "
+                   "(e.g. 'onnx2tf 1.28.8,onnx2tf 2.6.9' or all)")
     a = ap.parse_args(argv)
     if a.cmd == "run":
+        a.reuse = [x.strip() for x in a.reuse.split(",") if x.strip()]
+        a.converters = [x.strip() for x in a.converters.split(",") if x.strip()]
         return cmd_run(a)
     if a.cmd == "build":
         return cmd_build(a)
