@@ -217,12 +217,12 @@ def _img(shape, seed=0):
 
 def _both_exporters(out: str, stem: str, model, args: tuple, names: list[str], *, library: str, how: str,
                     dyn_axes: dict | None, dyn_shapes: Any, output_names=None, ts_opset=17, dynamo_opset=None,
-                    note: str = "") -> list[dict]:
+                    note: str = "", kinds: tuple[str, ...] = ("ts", "dynamo")) -> list[dict]:
     """Export with TorchScript (opset ``ts_opset``) and dynamo; an exporter that fails is a failure row."""
     res = []
     model.eval()  # wrappers too: the dynamo path exports in the mode the top module is in
     ex = {n: a.detach().numpy() for n, a in zip(names, args)}
-    for kind in ("ts", "dynamo"):
+    for kind in kinds:
         path = os.path.join(out, f"{stem}_{kind}.onnx")
         try:
             if kind == "ts":
@@ -827,12 +827,8 @@ def b_audio(out):
         randomize(m, 17)
         r = _both_exporters(out, "audio_stft_mel", m, (wav,), ["wav"], library="torch.stft (Hann 256, hop 128) + mel filterbank (40) + log + Conv1d",
                             how="1 x 4096 samples", output_names=["feat"], dyn_axes={"wav": {1: "samples"}, "feat": {2: "frames"}},
-                            dyn_shapes=({1: torch_dim("samples", 512, 64000)},))
-        res += [e for e in r if e["file"].endswith(f"_{kind}.onnx")]
-        other = "dynamo" if kind == "ts" else "ts"
-        p = os.path.join(out, f"audio_stft_mel_{other}.onnx")
-        if kind == "ts" and os.path.exists(p):
-            os.remove(p)  # the dynamo file comes from the complex-valued model in the next round
+                            dyn_shapes=({1: torch_dim("samples", 512, 64000)},), kinds=(kind,))
+        res += r
     return res
 
 
@@ -1047,6 +1043,21 @@ def _shape_str(v: dict) -> str:
     return f"{v['name']}[{','.join(str(d) for d in v['shape'])}] {v['dtype']}"
 
 
+# issue 22 names these ops; with torch 2.14.1 / onnxscript 0.7.2 no exporter used here emits them
+NOT_PRODUCED = [
+    "MaxUnpool: nn.MaxUnpool2d exports (dynamo) as ScatterND into a zero tensor; the TorchScript exporter fails "
+    "on it (`cond must be a bool, but got a Tensor`, with or without output_size)",
+    "LpPool: nn.LPPool2d exports (both exporters) as Pow -> AveragePool -> Sign/Abs/Relu/Mul -> Pow",
+    "CumProd: torch.cumprod fails in both exporters (TorchScript: no symbolic at opset 17; dynamo: no ONNX "
+    "function for prims.prod, at opsets 20 and 23-26)",
+    "ReverseSequence, Scan, Unique, Compress, CenterCropPad: no torch op exports to them",
+    "RotaryEmbedding: dynamo at opset 23 emits Attention and RMSNormalization for HF Llama but leaves RoPE as "
+    "Slice/Neg/Concat/Mul; onnxscript's onnx_fusions.fuse() finds no rotary pattern in it either",
+    "HannWindow / MelWeightMatrix: torch.hann_window and a mel matrix are constants in the export (STFT gets "
+    "the window as an initializer)",
+]
+
+
 def write_index(out: str, man: dict, unsupported: dict[str, str] | None = None) -> None:
     """INDEX.md: one row per file (library+config, exporter, opset, inputs, ops of note, how made)."""
     note_ops = {"NonMaxSuppression", "RoiAlign", "If", "Loop", "Scan", "TopK", "NonZero", "GridSample", "AffineGrid",
@@ -1068,6 +1079,7 @@ def write_index(out: str, man: dict, unsupported: dict[str, str] | None = None) 
         how = r["how"] + (f"; {r['note']}" if r.get("note") else "")
         lines.append(f"| {r['file']} | {r['issue']} | {r['library']} | {r['exporter']} | {r['opset'].get('ai.onnx')} | "
                      f"{'; '.join(_shape_str(v) for v in r['inputs'])} | {', '.join(ops) or '—'} | {r['ort']} | {uns} | {how} |")
+    lines += ["", "## Ops the exporters here do not produce", ""] + [f"- {t}" for t in NOT_PRODUCED]
     if man["failed"]:
         lines += ["", "## Failed to build", "", "| file | why |", "|---|---|"]
         for r in man["failed"]:
@@ -1137,8 +1149,12 @@ def _tflite_in(out: str, ours: bool) -> str | None:
 
 
 def _unsupported(text: str) -> str:
+    """The op types graph-convert's 'unsupported ops ...: Op (node 'n'), ...' line names, each once."""
     m = re.search(r"unsupported ops?[^:]*:\s*(.+)", text)
-    return m.group(1).strip()[:200] if m else ""
+    if not m:
+        return ""
+    ops = re.findall(r"([A-Za-z][\w.:]*) \(node", m.group(1))
+    return ", ".join(dict.fromkeys(ops)) if ops else m.group(1).strip()[:200]
 
 
 def convert_one(conv: str, src: str, row: dict, work: str, a) -> dict:
@@ -1309,7 +1325,9 @@ def cmd_run(a) -> int:
             with open(a.json, "w") as f:
                 json.dump({"results": results, "convs": convs}, f, indent=1, default=str)
         if a.index:  # record what graph_convert refused in the zoo's INDEX.md
-            uns = {f: (res["graph_convert"].get("unsupported") or "") for f, res in results.items()}
+            uns = {f: _unsupported("unsupported ops: " + res["graph_convert"]["unsupported"])
+                   if "(node" in (res["graph_convert"].get("unsupported") or "") else (res["graph_convert"].get("unsupported") or "")
+                   for f, res in results.items() if "graph_convert" in res}
             old = {}
             if os.path.exists(os.path.join(a.zoo, "unsupported.json")):
                 with open(os.path.join(a.zoo, "unsupported.json")) as f:
