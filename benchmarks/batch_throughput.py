@@ -30,7 +30,7 @@ def export_models(names: list[str], folder: str) -> list[str]:
     """One self-contained .onnx file per bundled model (TorchScript exporter, opset 17)."""
     import torch
 
-    from graph_convert.pass_manager import load_checkout_package
+    from graph_convert.plugins import load_checkout_package
 
     load_checkout_package("graph_convert_models", "models")
     import graph_convert_models as gm

@@ -39,7 +39,7 @@ for p in (REPO, os.path.join(REPO, "benchmarks")):
         sys.path.insert(0, p)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from graph_convert.pass_manager import load_checkout_package  # noqa: E402
+from graph_convert.plugins import load_checkout_package  # noqa: E402
 
 load_checkout_package("graph_convert_passes", "passes")
 load_checkout_package("graph_convert_models", "models")

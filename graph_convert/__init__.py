@@ -8,7 +8,7 @@ and the error types, each of which the CLI maps to one exit code.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from graph_convert.version import __version__  # noqa: E402,F401
 
 from graph_convert.errors import (  # noqa: E402
     ConvertError,
@@ -72,7 +72,8 @@ def stage_progress(quiet: bool = False, stream=None):
 def pass_pipeline(plugins=()) -> list[dict]:
     """The pass pipeline with ``plugins`` loaded, in run order: one dict per pass with its
     ``phase``, ``name``, fixed-point ``group`` (or None) and ``source`` (the plugin it came from)."""
-    from graph_convert.pass_manager import PassManager, builtin_registry
+    from graph_convert.pass_manager import PassManager
+    from graph_convert.plugins import builtin_registry
 
     reg = builtin_registry(list(plugins))
     out = []

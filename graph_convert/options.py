@@ -9,10 +9,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from graph_convert import backends
 from graph_convert.errors import ConvertError
 
 VERIFY_MODES = ("end", "phase", "each", "none")
-BACKENDS = ("graph-convert", "onnx2tf", "auto")
 
 
 def check_tolerance(atol: Any) -> float:
@@ -80,9 +80,9 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
             raise ConvertError(f"--verify {self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
-        if self.backend not in BACKENDS:
-            raise ConvertError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
-        if self.backend != "graph-convert":
+        if self.backend not in backends.names():
+            raise ConvertError(f"--backend {self.backend!r}: expected one of {', '.join(backends.names())}")
+        if self.backend != backends.DEFAULT:
             for clash, what in ((self.quantize, "--quantize"), (self.dynamic_batch, "--dynamic-batch"),
                                 (not self.tflite, "--no-tflite"), (self.keep_io_layout, "--keep-io-layout")):
                 if clash:

@@ -8,7 +8,6 @@ later win, so a plugin can replace a built-in pass, transpose handler or TF emit
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -19,7 +18,6 @@ from graph_convert.errors import ConvertError, PassError
 from graph_convert.ir import Graph, GraphError
 
 PHASES = ("canonicalize", "layout", "optimize", "cleanup")
-ENTRY_POINT_GROUP = "graph_convert.plugins"
 MAX_FIXED_POINT_ROUNDS = 50
 
 
@@ -122,7 +120,7 @@ class Registry:
             try:
                 module = importlib.import_module(module_name)
             except (Exception, SystemExit) as e:
-                raise ConvertError(f"plugin {module_name!r}: cannot import it ({_one_line(e)})") from e
+                raise ConvertError(f"plugin {module_name!r}: cannot import it ({one_line(e)})") from e
             register = getattr(module, "register", None)
             if not callable(register):
                 raise ConvertError(f"plugin {module_name!r}: module has no register(registry) function")
@@ -132,77 +130,20 @@ class Registry:
         except ConvertError as e:
             if str(e).startswith(f"plugin {module_name!r}"):
                 raise  # the registry's own refusals already name the plugin
-            raise ConvertError(f"plugin {module_name!r}: register() raised {_one_line(e)}") from e
+            raise ConvertError(f"plugin {module_name!r}: register() raised {one_line(e)}") from e
         except (Exception, SystemExit) as e:
-            raise ConvertError(f"plugin {module_name!r}: register() raised {_one_line(e)}") from e
+            raise ConvertError(f"plugin {module_name!r}: register() raised {one_line(e)}") from e
         finally:
             self._current = prev
         self.sources.append(module_name)
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     """``Type: message`` on one line (a SyntaxError's message already names the file and line)."""
     text = " ".join(str(e).split())
     if len(text) > 300:
         text = text[:300] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _load_entry_point(ep) -> Callable[[Registry], None]:
-    try:
-        return ep.load()
-    except (Exception, SystemExit) as e:
-        raise ConvertError(f"plugin {ep.value!r} (entry point {ep.name!r}): cannot import it ({_one_line(e)})") from e
-
-
-def _source_tree_passes():
-    """The built-in passes: in a source checkout ``passes/`` beside ``graph_convert/`` (imported
-    under its installed name, so a worktree uses its own), else the installed
-    ``graph_convert_passes``; never a ``passes`` module from the user's path."""
-    import sys
-
-    if "graph_convert_passes" not in sys.modules:
-        load_checkout_package("graph_convert_passes", "passes")
-    return importlib.import_module("graph_convert_passes")
-
-
-def load_checkout_package(name: str, folder_name: str) -> None:
-    """Import ``folder_name/`` of the checkout holding this ``graph_convert`` as package ``name``
-    (nothing when this is an installed copy without that folder)."""
-    import importlib.util
-    import os
-    import sys
-
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), folder_name)
-    init = os.path.join(folder, "__init__.py")
-    if name in sys.modules or not os.path.isfile(init):
-        return
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-
-
-def builtin_registry(plugins: list[str] | tuple[str, ...] = (), *, entry_points: bool = True) -> Registry:
-    """Registry with the built-in passes, installed entry-point plugins, then ``plugins``."""
-    reg = Registry()
-    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if entry_points else []
-    # the built-ins always come from our own package (the "builtin" entry point names it for
-    # discovery; loading it by that name could pick up a stale install or another checkout)
-    reg.load("graph_convert_passes", _source_tree_passes().register)
-    from graph_convert.backends.tensorflow import ops as tf_ops  # the TF emitters register from the TF package
-
-    reg.load("graph_convert.backends.tensorflow.ops", tf_ops.register)
-    for ep in eps:
-        if ep.name != "builtin":
-            reg.load(f"{ep.value} (entry point {ep.name})", _load_entry_point(ep))
-    for mod in plugins:
-        reg.load(mod)
-    return reg
 
 
 class PassManager:

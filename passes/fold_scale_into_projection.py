@@ -22,7 +22,7 @@ import numpy as np
 
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
-from graph_convert_passes.heads_first import _projection, _scale, _weight
+from graph_convert_passes.heads_first import find_projection, scalar_scale, constant_weight
 from graph_convert_passes.lib.movement import plain
 
 _MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
@@ -43,7 +43,7 @@ def _source_projection(graph: Graph, t: str):
             p = next((graph.producer(x) for x in p.inputs if plain(graph.producer(x), "MatMul")), None)
         if not plain(p, "MatMul", "Gemm"):
             return None
-        proj = _projection(graph, p)
+        proj = find_projection(graph, p)
         if proj is None or proj.y != t or any(graph.num_uses(n.outputs[0]) != 1 for n in proj.nodes[:-1]):
             return None
         return proj
@@ -52,7 +52,7 @@ def _source_projection(graph: Graph, t: str):
 def _scaled(graph: Graph, node: Node, j: int, s, by: str, rows: bool = False) -> None:
     """Input ``j`` of ``node`` (a constant) becomes a new initializer holding it times ``s`` (a
     scalar, or a vector over its last axis; ``rows``: over its first axis)."""
-    v = _weight(graph, node.inputs[j])
+    v = constant_weight(graph, node.inputs[j])
     s = np.asarray(s, v.dtype)
     if rows:
         s = s.reshape(-1, *([1] * (v.ndim - 1)))
@@ -89,7 +89,7 @@ class FoldScaleIntoProjection(Pass):
             proj = _source_projection(graph, data) if data is not None else None
             if proj is None:
                 continue
-            s = _scale(graph, node, data)
+            s = scalar_scale(graph, node, data)
             if s is None and proj.y == data:
                 s = _channel_scale(graph, node, data, proj.w.shape[1])
             if s is None or not np.all(np.isfinite(s)):

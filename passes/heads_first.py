@@ -42,14 +42,14 @@ _UNARY = ("Gelu", "Relu", "Erf", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", 
 _LOCAL_UNARY = ("Gelu", "GeluTanh", "Swish", "HardSwish", "Mish")
 
 
-class _Projection:
+class Projection:
     """``y = x @ w + b`` found at a MatMul (+ constant Add) or Gemm; ``nodes`` compute it."""
 
     def __init__(self, x: str, w: np.ndarray, b: np.ndarray | None, y: str, nodes: list[Node]):
         self.x, self.w, self.b, self.y, self.nodes = x, w, b, y, nodes
 
 
-def _conv_1x1(graph: Graph, node: Node) -> _Projection | None:
+def _conv_1x1(graph: Graph, node: Node) -> Projection | None:
     """A channels-last 1x1 Conv (stride 1, no padding, one group): a projection over the NHWC rows."""
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
         return None
@@ -66,10 +66,10 @@ def _conv_1x1(graph: Graph, node: Node) -> _Projection | None:
     b = graph.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     if len(node.inputs) > 2 and node.inputs[2] and b is None:
         return None
-    return _Projection(node.inputs[0], w[0, 0], None if b is None else b.reshape(-1), node.outputs[0], [node])
+    return Projection(node.inputs[0], w[0, 0], None if b is None else b.reshape(-1), node.outputs[0], [node])
 
 
-def _weight(graph: Graph, t: str) -> np.ndarray | None:
+def constant_weight(graph: Graph, t: str) -> np.ndarray | None:
     """A constant, also behind Identity (exporters share one weight between layers that way)."""
     p = graph.producer(t)
     while plain(p, "Identity"):
@@ -77,10 +77,10 @@ def _weight(graph: Graph, t: str) -> np.ndarray | None:
     return graph.constant_value(t)
 
 
-def _projection(graph: Graph, node: Node) -> _Projection | None:
+def find_projection(graph: Graph, node: Node) -> Projection | None:
     if node.op_type == "Conv":
         return _conv_1x1(graph, node)
-    w = _weight(graph, node.inputs[1]) if len(node.inputs) > 1 else None
+    w = constant_weight(graph, node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or w.ndim != 2 or w.dtype.kind != "f" or graph.constant_value(node.inputs[0]) is not None:
         return None
     b = None
@@ -100,10 +100,10 @@ def _projection(graph: Graph, node: Node) -> _Projection | None:
         bv = graph.constant_value(other[0]) if len(other) == 1 else None
         if bv is not None and bv.size == w.shape[1] and bv.shape[-1] == w.shape[1] and bv.dtype == w.dtype:
             b, y, nodes = bv.reshape(-1), users[0].outputs[0], [node, users[0]]
-    return _Projection(node.inputs[0], w, b, y, nodes)
+    return Projection(node.inputs[0], w, b, y, nodes)
 
 
-def _scale(graph: Graph, node: Node, t: str) -> float | None:
+def scalar_scale(graph: Graph, node: Node, t: str) -> float | None:
     """The factor of ``Mul(t, s)`` / ``Mul(s, t)`` / ``Div(t, s)`` with ``s`` a one-element constant."""
     if not plain(node, "Mul", "Div") or len(node.inputs) != 2 or node.inputs.count(t) != 1:
         return None
@@ -136,7 +136,7 @@ def _tree(graph: Graph, y: str, shape: tuple) -> _Tree | None:
             return None
         leaf = False
         for c in graph.consumers(t):
-            f = _scale(graph, c, t)
+            f = scalar_scale(graph, c, t)
             data_only = c.inputs[0] == t and t not in c.inputs[1:]  # t is what c moves, not its indices or shape
             outs = follow(graph, c, idx) if f is None and data_only else None
             if f is not None:
@@ -165,7 +165,7 @@ class _LeafPlan:
         self.swapped, self.grid, self.xa_shape, self.wa, self.ba, self.shape = swapped, grid, xa_shape, wa, ba, shape
 
 
-def _plan_leaf(proj: _Projection, idx: np.ndarray, scale: float, grid: tuple) -> _LeafPlan | None:
+def _plan_leaf(proj: Projection, idx: np.ndarray, scale: float, grid: tuple) -> _LeafPlan | None:
     n = proj.w.shape[1]
     if idx.ndim < 2:
         return None
@@ -222,7 +222,7 @@ def _rows(graph: Graph, x: str, gp: tuple, shape: list[int], by: str, cache: dic
     return cache[key]
 
 
-def _emit_leaf(graph: Graph, proj: _Projection, plan: _LeafPlan, xa: str, by: str) -> str:
+def _emit_leaf(graph: Graph, proj: Projection, plan: _LeafPlan, xa: str, by: str) -> str:
     dtype = graph.dtype(proj.y)
     y = graph.add_node("MatMul", [xa, _const(graph, f"{proj.y}_w_heads", plan.wa)], created_by=by).outputs[0]
     graph.set_info(y, dtype, plan.shape)
@@ -237,7 +237,7 @@ def _emit_leaf(graph: Graph, proj: _Projection, plan: _LeafPlan, xa: str, by: st
 
 def _into_heads(graph: Graph, node: Node, by: str) -> int:
     """Rewrite the projection at ``node`` leaf by leaf; the number of leaves rewritten (0: none)."""
-    proj = _projection(graph, node)
+    proj = find_projection(graph, node)
     if proj is None:
         return 0
     xs, ys = static(graph, proj.x), static(graph, proj.y)
@@ -270,7 +270,7 @@ def _into_heads(graph: Graph, node: Node, by: str) -> int:
 
 def _consumer(graph: Graph, node: Node) -> tuple[str, np.ndarray, np.ndarray | None] | None:
     """(input, weight (C, N), Gemm's bias) of a projection reading a rearranged tensor."""
-    proj = _projection(graph, node)
+    proj = find_projection(graph, node)
     if proj is None:
         return None
     if node.op_type == "MatMul":  # a following bias Add stays where it is

@@ -10,15 +10,15 @@ from __future__ import annotations
 from graph_convert.ir import perm as P
 from graph_convert.ir import Graph
 from graph_convert.pass_manager import Pass, PassContext, PassResult
-from graph_convert_passes.lib.transpose_handlers import HANDLERS
 
-# layout-agnostic ops the transpose pusher moves through without reshaping
-_PASS_THROUGH = set(HANDLERS) - {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+# ops with a transpose handler that change the rank or the layout itself: the walk stops there
+_RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 
 
-def _next_to_marked(graph: Graph, tensor: str, downstream: bool) -> bool:
+def _next_to_marked(graph: Graph, tensor: str, downstream: bool, handlers) -> bool:
     """Whether ``tensor`` is connected to a layout-marked node through Transposes and
-    layout-agnostic ops only (a Conv1d front-end, a Conv1d -> Relu -> residual Add output)."""
+    layout-agnostic ops only (a Conv1d front-end, a Conv1d -> Relu -> residual Add output): ops
+    the conversion's transpose handlers move a Transpose through (a plugin's included)."""
     frontier, seen = [tensor], set()
     while frontier:
         t = frontier.pop()
@@ -29,18 +29,18 @@ def _next_to_marked(graph: Graph, tensor: str, downstream: bool) -> bool:
         for n in nodes:
             if n.is_layout_marked:
                 return True
-            if n.op_type == "Transpose" or n.op_type in _PASS_THROUGH:
+            if n.op_type == "Transpose" or (n.op_type in handlers and n.op_type not in _RESHAPING):
                 # only along tensors of the same rank: a reduction over C leaves no channel axis
                 nxt = n.outputs if downstream else n.inputs
                 frontier.extend(u for u in nxt if u and graph.rank(u) == graph.rank(tensor))
     return False
 
 
-def image_like(graph: Graph, tensor: str, downstream: bool) -> bool:
+def image_like(graph: Graph, tensor: str, downstream: bool, handlers) -> bool:
     rank = graph.rank(tensor)
     if rank in (4, 5):
         return True
-    return rank == 3 and _next_to_marked(graph, tensor, downstream)
+    return rank == 3 and _next_to_marked(graph, tensor, downstream, handlers)
 
 
 class IoChannelsLast(Pass):
@@ -53,7 +53,7 @@ class IoChannelsLast(Pass):
             return PassResult(False)
         changed = []
         for x in graph.inputs:
-            if x in graph.io_perms or x in graph.outputs or not image_like(graph, x, True):
+            if x in graph.io_perms or x in graph.outputs or not image_like(graph, x, True, ctx.registry.transpose_handlers):
                 continue  # (an input passed straight through to an output keeps its layout)
             rank = graph.rank(x)
             cl = P.channels_last(rank)
@@ -71,7 +71,7 @@ class IoChannelsLast(Pass):
             changed.append(x)
         for y in list(graph.outputs):
             prod = graph.producer(y)
-            if y in graph.io_perms or prod is None or not image_like(graph, y, False):
+            if y in graph.io_perms or prod is None or not image_like(graph, y, False, ctx.registry.transpose_handlers):
                 continue
             rank = graph.rank(y)
             cl = P.channels_last(rank)

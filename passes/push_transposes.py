@@ -1,4 +1,4 @@
-"""Push Transposes down through layout-agnostic ops and cancel inverse pairs (step 2 of DESIGN.md).
+"""Push Transposes down through layout-agnostic ops and cancel inverse pairs (step 2 of *wrap, then cancel*; README, "What the layout pass guarantees").
 
 Pushing is table-driven (``registry.transpose_handlers``, built-ins in
 :mod:`passes.transpose_handlers`) and happens only when the handler's cost strictly drops:

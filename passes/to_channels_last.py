@@ -1,4 +1,4 @@
-"""Switch layout-sensitive ops to channels-last: step 1 of *wrap, then cancel* (DESIGN.md).
+"""Switch layout-sensitive ops to channels-last: step 1 of *wrap, then cancel* (README, "What the layout pass guarantees").
 
 Each such node gets its activations in N...C (explicit Transposes inserted before and after, so
 the graph computes exactly what it did) and its weights rewritten in place to the TF layout

@@ -8,7 +8,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graph_convert.ir import Graph, from_onnx, to_onnx
-from graph_convert.pass_manager import PassManager, Registry, builtin_registry
+from graph_convert.pass_manager import PassManager, Registry
+from graph_convert.plugins import builtin_registry
 from graph_convert.checks.equivalence import compare, ort_session, to_rewritten_layout, to_source_layout
 
 _REGISTRY: Registry | None = None

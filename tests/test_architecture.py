@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import threading
 
 import numpy as np
@@ -17,13 +18,21 @@ from tests.helpers import Builder
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def imports_of(path: str) -> list[tuple[int, str]]:
+def imports_of(path: str, *, annotations: bool = True) -> list[tuple[int, str]]:
     """(line, module) of every import in the file, wherever it is (module level or in a function);
-    ``from X import Y`` counts as both X and X.Y (Y may be a submodule)."""
+    ``from X import Y`` counts as both X and X.Y (Y may be a submodule). ``annotations=False``
+    leaves out imports under ``if TYPE_CHECKING:`` (never run)."""
     with open(path) as f:
         tree = ast.parse(f.read(), path)
+    skip: set[int] = set()
+    if not annotations:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     out = []
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -43,7 +52,7 @@ def python_files(folder: str) -> list[str]:
 def hits(folder: str, banned: tuple[str, ...]) -> list[str]:
     found = []
     for path in python_files(folder):
-        for line, mod in imports_of(path):
+        for line, mod in imports_of(path, annotations=False):
             if any(mod == b or mod.startswith(b + ".") for b in banned):
                 found.append(f"{os.path.relpath(path, ROOT)}:{line} imports {mod}")
     return found
@@ -56,40 +65,114 @@ def test_imports_are_read_lazy_ones_too(tmp_path):
     assert "tensorflow" in mods and "graph_convert.backends.tensorflow" in mods and "graph_convert.backends.tensorflow.ops" in mods
 
 
-def test_ir_imports_no_runtime():
-    assert hits("graph_convert/ir", ("tensorflow", "onnxruntime", "torch", "graph_convert.backends.tensorflow")) == []
+# -- the rules table of docs/ARCHITECTURE.md, enforced row by row ---------------------------------
+
+OURS = ("graph_convert", "graph_convert_passes", "graph_convert_models")
+HEAVY = ("tensorflow", "ai_edge_litert", "onnxruntime", "torch", "networkx", "rich", "ray", "onnx2tf")
 
 
-def test_builtin_passes_import_no_networkx_or_tensorflow():
-    assert hits("passes", ("networkx", "tensorflow", "graph_convert.backends.tensorflow", "onnxruntime", "torch")) == []
+def rules() -> list[tuple[list[str], list[str]]]:
+    """(places, allowed import prefixes) per row of the table between the ``rules`` markers."""
+    text = open(os.path.join(ROOT, "docs", "ARCHITECTURE.md")).read()
+    table = text.split("<!-- rules -->")[1].split("<!-- /rules -->")[0]
+    rows = []
+    for line in table.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows.append((re.findall(r"`([^`]+)`", cells[0]), re.findall(r"`([^`]+)`", cells[2])))
+    return rows
 
 
-def test_tf_emitter_never_imports_the_passes():
-    assert hits("graph_convert/backends/tensorflow", ("passes", "graph_convert_passes", "graph_convert.conversion.pipeline")) == []
+def row_of(rel: str, table) -> tuple[str, list[str]] | None:
+    """The longest place of the table that holds ``rel`` (a path from the repo root), and its row."""
+    best = None
+    for places, allowed in table:
+        for place in places:
+            if (rel == place or (place.endswith("/") and rel.startswith(place))) and (best is None or len(place) > len(best[0])):
+                best = (place, allowed)
+    return best
 
 
-def test_quantizer_never_imports_the_stages():
-    """The stages call the quantizer, never the reverse: ``options`` imports it to validate, so an
-    import back would be a cycle."""
-    stages = ("graph_convert.conversion.pipeline", "graph_convert.options", "graph_convert.conversion.rewrite", "graph_convert.conversion.source", "graph_convert.cli")
-    assert hits("graph_convert/quantize", stages) == []
+def test_the_rules_table_covers_every_module():
+    table = rules()
+    assert len(table) >= 15
+    missing = [os.path.relpath(p, ROOT) for p in python_files("graph_convert") + python_files("passes")
+               if row_of(os.path.relpath(p, ROOT), table) is None]
+    assert missing == []
+    places = [pl for places, _ in table for pl in places]
+    gone = [pl for pl in places if not os.path.exists(os.path.join(ROOT, pl))]
+    assert gone == [], "the table names places that no longer exist"
+
+
+def test_every_import_is_allowed_by_its_row_of_the_table():
+    table = rules()
+    public = set(graph_convert.__all__)
+    bad = []
+    for path in python_files("graph_convert") + python_files("passes"):
+        rel = os.path.relpath(path, ROOT)
+        place, allowed = row_of(rel, table)
+        for line, mod in imports_of(path, annotations=False):
+            top = mod.split(".")[0]
+            if top not in OURS + HEAVY or mod in OURS:
+                continue  # the standard library, numpy, onnx; a bare package name
+            if place == "graph_convert/cli/" and mod.startswith("graph_convert.") and mod.split(".")[1] in public:
+                continue
+            if not any(mod == a or mod.startswith(a + ".") for a in allowed):
+                bad.append(f"{rel}:{line} imports {mod} (row {place}: {', '.join(allowed) or 'nothing of ours'})")
+    assert bad == []
+
+
+def test_the_conversion_never_imports_the_verify_command():
+    assert hits("graph_convert/conversion", ("graph_convert.checks.foreign",)) == []
+    assert hits("graph_convert/backends", ("graph_convert.checks.foreign", "graph_convert.conversion.pipeline")) == []
 
 
 def test_batch_never_converts_in_its_own_process():
     """A batch runs each model's convert in a process of its own (a crash or a hang costs that
     model only): it never imports the stages, TensorFlow, torch or ONNX Runtime."""
-    banned = ("graph_convert.conversion.pipeline", "graph_convert.conversion.source", "graph_convert.conversion.rewrite", "graph_convert.backends.tensorflow", "tensorflow",
-              "torch", "onnxruntime", "graph_convert.cli")
+    banned = ("graph_convert.conversion.pipeline", "graph_convert.conversion.source", "graph_convert.conversion.rewrite",
+              "graph_convert.backends", "tensorflow", "torch", "onnxruntime", "graph_convert.cli")
     assert hits("graph_convert/batch", banned) == []
 
 
-def test_cli_uses_only_the_public_api():
+def module_of(rel: str) -> str:
+    """``graph_convert/ir/graph.py`` -> ``graph_convert.ir.graph``; ``passes/x.py`` -> ``graph_convert_passes.x``."""
+    mod = rel[:-3].replace(os.sep, ".")
+    mod = mod[: -len(".__init__")] if mod.endswith(".__init__") else mod
+    return "graph_convert_passes" + mod[len("passes"):] if mod.startswith("passes") else mod
+
+
+def test_no_import_loops_lazy_imports_included():
+    import networkx as nx
+
+    files = {module_of(os.path.relpath(p, ROOT)): p for p in python_files("graph_convert") + python_files("passes")}
+    g = nx.DiGraph()
+    for mod, path in files.items():
+        g.add_node(mod)
+        for _, imp in imports_of(path, annotations=False):
+            target = imp if imp in files else None
+            if target is None and imp.rsplit(".", 1)[0] in files:
+                target = imp.rsplit(".", 1)[0]  # ``from pkg.mod import name``
+            if target and target != mod and not mod.startswith(target + "."):  # a package's own parent runs first anyway
+                g.add_edge(mod, target)
+    loops = [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1]
+    assert loops == []
+
+
+def test_no_import_of_another_modules_underscore_names():
     bad = []
-    for path in python_files("graph_convert/cli"):
-        for line, mod in imports_of(path):
-            if mod.startswith("graph_convert.") and not mod.startswith("graph_convert.cli") and mod.split(".", 1)[1] not in graph_convert.__all__:
-                bad.append(f"{os.path.relpath(path, ROOT)}:{line} imports {mod}")
+    for path in python_files("graph_convert") + python_files("passes") + python_files("tests"):
+        tree = ast.parse(open(path).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
+                bad += [f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
     assert bad == []
+
+
+def test_no_module_over_600_lines():
+    big = [f"{os.path.relpath(p, ROOT)} ({n})" for p in python_files("graph_convert") + python_files("passes")
+           if (n := sum(1 for _ in open(p))) > 600]
+    assert big == []
 
 
 def test_no_function_over_80_lines():
@@ -131,7 +214,7 @@ def conv_model() -> onnx.ModelProto:
 def test_a_plugin_emitter_that_replaces_a_layout_aware_one_sees_the_source_layout(tmp_path):
     """A plugin's Conv emitter does not inherit the built-in's layout-awareness: it is handed NCHW
     data and an OIHW weight, as the ONNX op defines them, and the conversion verifies."""
-    from graph_convert.pass_manager import builtin_registry
+    from graph_convert.plugins import builtin_registry
 
     seen = {}
 
@@ -185,6 +268,75 @@ def test_two_conversions_in_two_threads_do_not_interfere(tmp_path):
     assert errors == {}
     assert results["gap"].report["tflite_gaps"] and results["clean"].report["tflite_gaps"] == []
     assert results["clean"].report["tflite"]["transpose_ops"] == 0
+
+
+def _process_state() -> tuple:
+    """What graph_convert.process says a conversion may change for a while: fds 1 and 2, Python's
+    output streams, the exporters' logger levels, the warnings filters."""
+    import logging
+    import sys
+    import warnings
+
+    from graph_convert.process import EXPORT_LOGGERS
+
+    fds = tuple((os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2))
+    return fds, sys.stdout, sys.stderr, tuple(logging.getLogger(n).level for n in EXPORT_LOGGERS), tuple(warnings.filters)
+
+
+def test_process_wide_changes_overlapping_in_two_threads_are_undone_by_the_last_one_out():
+    """Thread A enters, B enters, A leaves, B leaves: with save-and-restore per user, B would put
+    back A's redirection (fd 1 left on /dev/null, stdout left on a sink, loggers left at ERROR)."""
+    from graph_convert.process import quiet_fds, quiet_python_output
+
+    before = _process_state()
+    for counted in (quiet_fds, quiet_python_output):
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def a():
+            with counted():
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def b():
+            a_in.wait(10)
+            with counted():
+                b_in.set()
+                a_out.wait(10)
+
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert a_out.is_set() and _process_state() == before
+
+
+def test_two_conversions_from_pytorch_in_two_threads_leave_the_process_as_it_was(tmp_path):
+    """A PyTorch source (the exporter's quiet section) beside an ONNX one (TensorFlow's): both
+    verify, and fds, streams, logger levels and warning filters are back as they were."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    before = _process_state()
+    results, errors = {}, {}
+
+    def run(name, source, example):
+        try:
+            results[name] = graph_convert.convert(source, example, tmp_path / name)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors[name] = e
+
+    threads = [threading.Thread(target=run, args=("torch", net, (torch.randn(1, 3, 8, 8),))),
+               threading.Thread(target=run, args=("onnx", conv_model(), None))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == {}
+    assert all(f["ok"] for r in results.values() for f in r.report["verification"]["tflite_float32"].values())
+    assert _process_state() == before
 
 
 # -- transpose handlers say why they decline ----------------------------------------------------

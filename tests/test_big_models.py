@@ -17,8 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graph_convert.errors import ConvertError
 from graph_convert.ir import from_onnx
-from graph_convert.ir.onnx_io import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES, load_model
-from graph_convert.checks.equivalence import _line, ort_session
+from graph_convert.ir.onnx_io import load_model
+from graph_convert.ir.tensors import EXTERNAL_DATA_ENV, PLACEHOLDER_BYTES
+from graph_convert.checks.equivalence import ort_error_line, ort_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORCED = "1000"  # bytes: every test model here is "large"
@@ -96,7 +97,7 @@ def test_ort_session_of_a_large_model_gets_ortvalues(external_file, monkeypatch)
 
 
 def test_protobuf_limit_is_not_called_a_broken_model():
-    msg = _line(ValueError("Failed to serialize proto"))
+    msg = ort_error_line(ValueError("Failed to serialize proto"))
     assert "too large for one protobuf message" in msg and "not broken" in msg
 
 
@@ -183,11 +184,11 @@ def test_tflite_past_the_flatbuffer_limit_without_the_memory_is_refused_up_front
     conversion work with one line naming --no-tflite (exit 0 means every requested artifact was
     written), and --no-tflite writes and verifies the SavedModel."""
     import graph_convert as gc
-    from graph_convert.conversion import pipeline as pipeline
+    from graph_convert.backends.tensorflow import backend as tf_backend
     from graph_convert.backends.tensorflow import writer
 
     monkeypatch.setattr(writer, "FLATBUFFER_LIMIT", 1000)
-    monkeypatch.setattr(pipeline, "_available_memory", lambda: 1024)
+    monkeypatch.setattr(tf_backend, "available_memory", lambda: 1024)
     said = []
     with pytest.raises(gc.ConvertError, match=r"no \.tflite can be written here: the weights .* \(--no-tflite writes the SavedModel only\)"):
         gc.convert(conv_mlp(), None, tmp_path / "out", log=said.append)
@@ -202,7 +203,7 @@ def test_pass_checks_hold_for_weights_left_in_their_file(external_file, monkeypa
     """A weight read from its file is a new (read-only) mapping on every read: reading is not a
     change, an in-place edit fails where it happens, a replaced weight is still caught."""
     from graph_convert.errors import PassError
-    from graph_convert.passes import PassManager, PassResult
+    from graph_convert.pass_manager import PassManager, PassResult
     from tests.test_pass_manager import make_pass, registry_of
 
     monkeypatch.setenv(EXTERNAL_DATA_ENV, FORCED)
@@ -598,14 +599,22 @@ def test_a_full_disk_is_said_as_such(tmp_path, monkeypatch):
     """A large model's files can fill a disk: one line saying so (not an internal error), nothing left."""
     import errno
 
+    import dataclasses
+
     import graph_convert as gc
-    from graph_convert.conversion import pipeline as pipeline
+    from graph_convert import backends
+    from graph_convert.backends.tensorflow import backend as tf_backend
+
     def full(c):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pipeline, "STAGES", tuple((n, k, full if k == "saved_model" else f, w) for n, k, f, w in pipeline.STAGES))
-    with pytest.raises(gc.ConvertError, match=r"^write SavedModel: no space left on the device \(No space left on device\)"):
-        gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False)
+    stages = tuple(dataclasses.replace(s, run=full) if s.key == "saved_model" else s for s in tf_backend.BACKEND.stages)
+    before = backends.register("graph-convert", dataclasses.replace(tf_backend.BACKEND, stages=stages))
+    try:
+        with pytest.raises(gc.ConvertError, match=r"^write SavedModel: no space left on the device \(No space left on device\)"):
+            gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False)
+    finally:
+        backends.register("graph-convert", before)
     assert os.listdir(tmp_path) == []
 
 

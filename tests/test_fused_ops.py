@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from graph_convert import convert
 from graph_convert.ir import from_onnx
-from graph_convert_passes import fused_ops
+from graph_convert_passes.lib import fused_ops
 from graph_convert_passes.lib.expr import Poly, expand
 from tests.helpers import Builder, assert_equivalent, run_ort, run_pipeline
 

@@ -10,7 +10,8 @@ from onnx import helper
 
 from graph_convert.ir import perm as P
 from graph_convert.ir import Graph, from_onnx
-from graph_convert.pass_manager import PassManager, builtin_registry
+from graph_convert.pass_manager import PassManager
+from graph_convert.plugins import builtin_registry
 from tests.helpers import Builder, assert_equivalent, registry, run_pipeline
 
 I64 = np.int64

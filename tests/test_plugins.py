@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from graph_convert import convert
 from graph_convert.errors import ConvertError, VerificationError
-from graph_convert.pass_manager import builtin_registry
+from graph_convert.plugins import builtin_registry
 from tests.helpers import Builder, finish_model
 
 PLUGIN_DIR = os.path.join(os.path.dirname(__file__), "plugin_demo")

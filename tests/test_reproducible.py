@@ -157,7 +157,7 @@ def test_two_runs_in_two_processes_give_identical_files(kind, tmp_path):
 def test_a_large_model_in_two_processes_gives_identical_files(tmp_path, monkeypatch):
     """The large-model path (threshold lowered): the .tflite made from stand-ins and filled from
     the SavedModel, with its buffers after the flatbuffer, is byte for byte the same in two runs."""
-    from graph_convert.ir.onnx_io import EXTERNAL_DATA_ENV
+    from graph_convert.ir.tensors import EXTERNAL_DATA_ENV
     from tests.test_big_models import square_net
 
     onnx.save(square_net(), tmp_path / "big.onnx")

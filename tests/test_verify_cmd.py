@@ -17,7 +17,7 @@ from onnx import TensorProto, numpy_helper
 
 import graph_convert
 from graph_convert import ConvertError
-from graph_convert.checks.foreign import Spec, layout_perms, match, parse_map, sanitise
+from graph_convert.checks.candidate import Spec, layout_perms, match, parse_map, sanitise
 from tests.helpers import Builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from graph_convert.ir import perm as P
+from graph_convert.checks.candidate import feed_candidate, layout_perms, load_tflite, quiet, run_tflite_keeping_tensors
 from graph_convert.checks.equivalence import FLOAT32_FLOOR, compare, ort_session
 
 
@@ -85,7 +86,6 @@ def tflite_tensors(it) -> list[Tensor]:
 
 
 def _perms(a: Tensor, b: Tensor) -> list[tuple[int, ...]]:
-    from graph_convert.checks.foreign import layout_perms
 
     if a.value.size != b.value.size:
         return []
@@ -192,7 +192,7 @@ def _last_agreeing_ancestor(name: str, parents: dict[str, list[str]], agree: Map
 
 
 def locate(model: onnx.ModelProto, cand, ins, feeds: Mapping[str, np.ndarray], atol: float) -> dict[str, Any]:
-    """The divergence report for ``cand`` (a :class:`graph_convert.checks.foreign.Candidate`) on ``feeds``."""
+    """The divergence report for ``cand`` (a :class:`graph_convert.checks.candidate.Candidate`) on ``feeds``."""
     tol = max(10 * atol, 1e-3)  # intermediate values drift more than outputs' figures allow; a wrong op is far off
     try:
         if cand.kind == "tflite":
@@ -203,7 +203,6 @@ def locate(model: onnx.ModelProto, cand, ins, feeds: Mapping[str, np.ndarray], a
 
 
 def _search(model: onnx.ModelProto, cand, ins, feeds: Mapping[str, np.ndarray], tol: float) -> dict[str, Any]:
-    from graph_convert.checks.foreign import feed_candidate, run_tflite_keeping_tensors
 
     src, parents, children = onnx_tensors(model, feeds)
     _, it = run_tflite_keeping_tensors(cand, feed_candidate(cand, ins, feeds))
@@ -218,12 +217,11 @@ def _search_saved_model(model: onnx.ModelProto, cand, ins, feeds: Mapping[str, n
     it into a .tflite that does: searched when that file gives the SavedModel's outputs."""
     import tensorflow as tf
 
-    from graph_convert.checks.foreign import _quiet, feed_candidate, load_tflite
 
     with tempfile.TemporaryDirectory(prefix="graph-convert-verify-") as d:
         path = os.path.join(d, "from_saved_model.tflite")
         try:
-            with _quiet():
+            with quiet():
                 data = tf.lite.TFLiteConverter.from_saved_model(cand.path, signature_keys=[cand.signature]).convert()
             with open(path, "wb") as f:
                 f.write(data)

@@ -13,7 +13,8 @@ from onnx import helper
 from graph_convert.ir import perm as P
 from graph_convert.errors import ConvertError, VerificationError
 from graph_convert.ir import Graph, to_onnx
-from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES, external_data_threshold, file_location, model_shell, placeholder_tensor, tensor_array
+from graph_convert.ir.onnx_io import model_shell, placeholder_tensor
+from graph_convert.ir.tensors import PLACEHOLDER_BYTES, external_data_threshold, file_location, tensor_array
 
 
 def tensor_bytes(t: onnx.TensorProto) -> int:
@@ -329,7 +330,7 @@ class Verifier:
         try:
             sess = ort_session(source)
         except Exception as e:  # the source itself is the reference: without it nothing can be proven
-            raise ConvertError(f"source model does not load in ONNX Runtime, so it cannot serve as the reference: {_line(e)}") from None
+            raise ConvertError(f"source model does not load in ONNX Runtime, so it cannot serve as the reference: {ort_error_line(e)}") from None
         # how every ORT session of this verifier got its weights (report.json "big_model")
         self.sessions: list[str] = [f"source: {sess.graph_convert_weights}"]
         names = [o.name for o in sess.get_outputs()]
@@ -341,10 +342,10 @@ class Verifier:
                 self.draws.append(d)
             except Exception as e:
                 if i in optional:
-                    self.notes.append(f"draw {d.label!r} dropped: the source model fails on it in ONNX Runtime ({_line(e)[:200]})")
+                    self.notes.append(f"draw {d.label!r} dropped: the source model fails on it in ONNX Runtime ({ort_error_line(e)[:200]})")
                     continue
                 raise ConvertError(f"source model does not run in ONNX Runtime on the {d.label} inputs, so it cannot serve "
-                                   f"as the reference: {_line(e)[:400]}") from None
+                                   f"as the reference: {ort_error_line(e)[:400]}") from None
         del sess  # its copy of the weights (decoded for it alone when the model is large) goes now
         self.failed_draw: Draw | None = None
 
@@ -393,19 +394,20 @@ class Verifier:
             names = [o.name for o in sess.get_outputs()]
             self.sessions.append(f"{stage}: {sess.graph_convert_weights}")
         except Exception as e:
-            raise VerificationError(f"{stage}: rewritten graph does not load in ONNX Runtime: {_line(e)}", stage) from None
+            raise VerificationError(f"{stage}: rewritten graph does not load in ONNX Runtime: {ort_error_line(e)}", stage) from None
 
         def run(feeds):
             try:
                 got = dict(zip(names, sess.run(names, to_rewritten_layout(feeds, graph.io_perms))))
             except Exception as e:
-                raise VerificationError(f"{stage}: rewritten graph does not run in ONNX Runtime: {_line(e)}", stage) from None
+                raise VerificationError(f"{stage}: rewritten graph does not run in ONNX Runtime: {ort_error_line(e)}", stage) from None
             return to_source_layout(got, graph.io_perms)
 
         return self.check(run, stage)
 
 
-def _line(e: BaseException) -> str:
+def ort_error_line(e: BaseException) -> str:
+    """An ONNX Runtime error on one line; protobuf's own 2 GB limit said as such (not a broken model)."""
     text = " ".join(str(e).split()) or type(e).__name__
     if any(k in text for k in ("Failed to serialize proto", "exceeds maximum protobuf size", "2GB", "2 GB")):
         # protobuf's own limit, not a fault of the model

@@ -71,7 +71,7 @@ class Runner:
     tests that look at them."""
 
     def __init__(self, registry=None, options: dict | None = None, freeze: bool = True, disable: Sequence[str] = ()):
-        from graph_convert.pass_manager import builtin_registry
+        from graph_convert.plugins import builtin_registry
 
         self.registry = registry if registry is not None else builtin_registry()
         self.options = {**(options or {}), "keep_io_layout": True}

@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = run_cases(cases, jobs=args.jobs, isolate=True, progress=progress)
     seconds = time.perf_counter() - t0
-    from graph_convert.pass_manager import builtin_registry
+    from graph_convert.plugins import builtin_registry
 
     emitter_ops = onnx_ops(builtin_registry().emitters)
     show = set(STATUSES) if args.show == "all" else set(args.show.split(","))

@@ -2,20 +2,17 @@
 with torch.onnx's default (dynamo) exporter, falling back to the legacy TorchScript exporter."""
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import io
-import logging
 import os
 import re
 import sys
-import warnings
 from typing import Any, Sequence
 
 import onnx
 
 from graph_convert.errors import ConvertError
+from graph_convert.process import quiet_python_output
 
 
 def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int, ...]]:
@@ -98,35 +95,25 @@ def export(module, example_inputs: Sequence[Any], path: str, opset: int | None =
         # a batch of 1 would be specialised away by torch.export: trace with 2 (same samples)
         args = tuple(a.expand(2, *a.shape[1:]).contiguous() if b and a.shape[0] == 1 else a for a, b in zip(args, batched))
     errors = []
-    sink = io.StringIO()
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
-    try:
-        for kind in ("dynamo", "legacy"):
-            try:
-                with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                    warnings.simplefilter("ignore")
-                    kw = {"dynamo": kind == "dynamo"}
-                    if opset is not None:
-                        kw["opset_version"] = opset
-                    elif kind == "legacy":
-                        kw["opset_version"] = 17
-                    if dynamic_batch and kind == "dynamo":
-                        batch = torch.export.Dim("batch")
-                        kw["dynamic_shapes"] = tuple({0: batch} if b else None for b in batched)
-                    elif dynamic_batch:
-                        names = [f"input_{i}" for i in range(len(args))]
-                        kw["input_names"] = names
-                        kw["dynamic_axes"] = {n: {0: "batch"} for n, b in zip(names, batched) if b}
-                    with torch.no_grad():
-                        torch.onnx.export(module, args, path, **kw)
-                onnx.checker.check_model(path)
-                return kind
-            except Exception as e:  # the fallback exists exactly for exporter failures
-                errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    finally:
-        for lg, lv in zip(quiet, levels):
-            lg.setLevel(lv)
+    for kind in ("dynamo", "legacy"):
+        try:
+            with quiet_python_output():
+                kw = {"dynamo": kind == "dynamo"}
+                if opset is not None:
+                    kw["opset_version"] = opset
+                elif kind == "legacy":
+                    kw["opset_version"] = 17
+                if dynamic_batch and kind == "dynamo":
+                    batch = torch.export.Dim("batch")
+                    kw["dynamic_shapes"] = tuple({0: batch} if b else None for b in batched)
+                elif dynamic_batch:
+                    names = [f"input_{i}" for i in range(len(args))]
+                    kw["input_names"] = names
+                    kw["dynamic_axes"] = {n: {0: "batch"} for n, b in zip(names, batched) if b}
+                with torch.no_grad():
+                    torch.onnx.export(module, args, path, **kw)
+            onnx.checker.check_model(path)
+            return kind
+        except Exception as e:  # the fallback exists exactly for exporter failures
+            errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     raise ConvertError("torch.onnx.export failed with both exporters (" + "; ".join(errors) + ")")

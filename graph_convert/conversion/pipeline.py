@@ -10,7 +10,6 @@ artifact was written and verified (:mod:`graph_convert.conversion.output`), so a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -23,17 +22,20 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from graph_convert import backends as B
+from graph_convert.backends.base import Backend, Stage
 from graph_convert.conversion import dynamic as D
 from graph_convert.errors import ConvertError, GraphConvertError, PassError, StageError, UnsupportedOpsError, VerificationError
 from graph_convert.ir import Graph, from_onnx, to_onnx
 from graph_convert.ir.onnx_io import save_with_external_data
 from graph_convert.options import ConvertOptions
 from graph_convert.conversion.output import OutputDir, protected_paths
-from graph_convert.pass_manager import Registry, builtin_registry
+from graph_convert.pass_manager import Registry
+from graph_convert.plugins import builtin_registry
 from graph_convert.conversion.rewrite import Rewritten, rewrite
 from graph_convert.conversion.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
-from graph_convert.conversion.report import build_report, figures_dict, json_safe
-from graph_convert.checks.equivalence import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz, to_rewritten_layout, to_source_layout
+from graph_convert.conversion.report import figures_dict, json_safe
+from graph_convert.checks.equivalence import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz
 
 @dataclass
 class ConvertResult:
@@ -64,18 +66,6 @@ class ConvertResult:
 
 
 @dataclass
-class Traced:
-    """The emitted TensorFlow: the module holding the weights, its concrete function, the TF
-    names of the graph inputs/outputs, and (when quantizing) the TF scope of every node."""
-
-    module: Any
-    concrete: Any
-    in_names: list[str]
-    out_names: list[str]
-    scopes: dict[str, str]
-
-
-@dataclass
 class Conversion:
     """One conversion's state: the stages read and fill it in order. Nothing here is shared
     with another conversion (two may run in one process)."""
@@ -102,18 +92,26 @@ class Conversion:
     view: Any = None  # dynamic.BatchView when the batch is dynamic
     other_batches: list[tuple[int, Verifier]] = field(default_factory=list)
     dyn_info: dict[str, Any] | None = None
-    traced: Traced | None = None
+    traced: Any = None  # what the back end built (the TF back end: emitter.Traced)
+    io_names: tuple[list[str], list[str]] | None = None  # the artifacts' names of the graph's inputs and outputs
     gaps: list[dict[str, str]] = field(default_factory=list)
     figures: dict[str, dict[str, Figures]] = field(default_factory=dict)  # stage -> output -> figures
     paths: dict[str, str] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
-    backend: str = "graph-convert"  # the back end that makes the files (``auto`` resolves to one)
+    backend: Backend | None = None  # the back end that makes the files (``auto`` resolves to one)
     backend_why: str = ""
     progress: Callable[[str, str], None] | None = None  # told ("start" | "end", stage name) around each stage
 
-    @property
-    def ours(self) -> bool:
-        return self.backend == "graph-convert"
+    def check(self, key: str, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
+        """Judge one artifact against ONNX Runtime on every draw (and at the other batch sizes of a
+        dynamic batch): ``run`` maps source-layout feeds keyed by ONNX input names to outputs keyed
+        by ONNX output names. Figures go to ``figures[key]``; a mismatch raises VerificationError."""
+        def go(feeds):
+            with stage(f"run {label}"):
+                return run(feeds)
+        self.figures[key] = self.verifier.check(go, label)
+        for b, ver in self.other_batches:
+            self.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}"))
 
     @property
     def graph(self) -> Graph:
@@ -167,11 +165,10 @@ def load_source(c: Conversion) -> None:
 def check_source(c: Conversion) -> None:
     """Everything that can be refused is refused here, before any conversion work."""
     from graph_convert import quantize as Q
-    from graph_convert.backends.tensorflow.emitter import missing_emitters
 
     graph, opts = c.source_graph, c.options
     check_input_types(graph)
-    _choose_backend(c, missing_emitters(graph, c.registry.emitters))
+    _choose_backend(c)
     if c.source_info["kind"] != "pytorch":
         c.shape_overrides = input_shape_overrides(graph, opts.input_shapes)
     if isinstance(opts.inputs, (str, os.PathLike)):
@@ -179,7 +176,6 @@ def check_source(c: Conversion) -> None:
         c.user_feeds = check_user_inputs(graph, read_npz(path, "--inputs"), f"--inputs {path}")
     elif opts.inputs is not None:
         c.user_feeds = check_user_inputs(graph, opts.inputs, "inputs")
-    _check_tflite_size(c)
     if opts.quant is not None:  # quantization data and names are checked before any conversion work
         c.quant_plan = Q.prepare(opts.quant, graph, c.shape_overrides, opts.seed)
     # dynamic batch: asked for, or the source's own symbolic batch dim (then kept when it can be)
@@ -195,97 +191,29 @@ def check_source(c: Conversion) -> None:
                                             and not any(n in c.shape_overrides for n in c.batch_names)))
 
 
-def _choose_backend(c: Conversion, missing) -> None:
-    """``--backend``: ours refuses unsupported ops up front; ``auto`` hands them to onnx2tf."""
-    from graph_convert.backends.onnx2tf import runner as O
+def _choose_backend(c: Conversion) -> None:
+    """``--backend``: the named back end refuses what it cannot take up front; ``auto`` takes the
+    first back end (in the table's order) that takes every op."""
     wanted = c.options.backend
-    c.backend = "onnx2tf" if wanted == "onnx2tf" else "graph-convert"
-    if wanted == "onnx2tf":
-        c.backend_why = "--backend onnx2tf"
-    elif missing and wanted == "auto":
-        c.backend = "onnx2tf"
-        c.backend_why = f"our emitter has no translation for {UnsupportedOpsError(missing)}".replace("unsupported ops for the TF emitter: ", "")
-        c.say(f"backend: onnx2tf ({c.backend_why})")
-    elif missing:
-        raise UnsupportedOpsError(missing)
+    tried: list[tuple[str, list]] = []
+    for name in (B.BACKENDS if wanted == B.AUTO else (wanted,)):
+        backend = B.get(name)
+        missing = backend.unsupported(c, c.source_graph)
+        if not missing:
+            c.backend = backend
+            break
+        tried.append((name, missing))
     else:
-        c.backend_why = "default" if wanted == "graph-convert" else "--backend auto: our emitter handles every op"
-    if c.backend == "onnx2tf":
-        c.source_info["onnx2tf_python"] = O.find_interpreter(c.options.onnx2tf_python)
-
-
-def convert_onnx2tf(c: Conversion) -> None:
-    """onnx2tf makes the SavedModel and the .tflite from the source ONNX; both are verified
-    against ONNX Runtime on the same draws as our emitter's files, or nothing is written."""
-    from graph_convert import __version__
-    from graph_convert.backends.onnx2tf import runner as O
-    from graph_convert.checks.equivalence import make_draws
-
-    draws = make_draws(c.source_graph, c.options.seed, c.shape_overrides, c.user_feeds)
-    verifier = Verifier(c.model, draws, c.options.atol, optional=tuple(range(1, len(draws))) if c.user_feeds is not None else ())
-    shapes = {n: v.shape for n, v in verifier.draws[0].feeds.items()}
-    paths, figures, io = O.convert_and_gate(c.source_info["onnx2tf_python"], c.model, c.source_graph, verifier, shapes, c.work,
-                                            c.options.seed, c.say)
-    c.paths.update(paths)
-    c.figures.update(figures)
-    c.report = {"graph_convert_version": __version__, "source": c.source_info,
-                "backend": {"used": "onnx2tf", "why": c.backend_why}, "io": io,
-                "verification": {"atol": c.options.atol, "draws": verifier.draw_labels, "notes": verifier.notes,
-                                 **{k: figures_dict(f) for k, f in figures.items()}}}
-
-# TensorFlow's converter holds about this many copies of the weights at its peak (frozen
-# constants, MLIR constants, the flatbuffer; the whole run peaked at 5.4-5.5x the weights on
-# 1.6 and 2.4 GB MLPs): erring high, since running out of memory there loses minutes of work
-TFLITE_CONVERTER_COPIES = 6
-# ... and this many when it converts splat stand-ins (tf/large_tflite.py): the converter then holds
-# no weight (its large stand-ins come back as FILL ops), the run's peak is the stages before it,
-# about the weights once on top of the process (whole runs measured at 1.3x the weights at 4 GB,
-# 1.5x at 2.4 GB): one copy, erring high
-TFLITE_STANDIN_COPIES = 1
-
-
-def _check_tflite_size(c: Conversion) -> None:
-    """A .tflite past the flatbuffer's 2 GiB: written with buffer offsets when this TensorFlow's
-    converter has them and the machine has the memory the converter needs; otherwise the run
-    stops now with one line saying why (exit 2; --no-tflite writes the SavedModel only) rather
-    than failing (or being killed) after minutes of work."""
-    from graph_convert.backends.tensorflow.writer import FLATBUFFER_LIMIT, buffer_offsets_supported
-
-    size = c.source_graph.weight_bytes
-    if not c.options.tflite or size < FLATBUFFER_LIMIT:
-        return
-    if not buffer_offsets_supported():
-        why = "this TensorFlow's converter cannot place weights after the flatbuffer (buffer offsets)"
-    elif not _converter_memory_ok(TFLITE_STANDIN_COPIES, size):
-        why = (f"writing it needs about {(TFLITE_STANDIN_COPIES + 1) * size / 1e9:.0f} GB for them and "
-               f"{_available_memory() / 1e9:.0f} GB is available")
+        raise UnsupportedOpsError(tried[0][1])
+    if wanted != B.AUTO:
+        c.backend_why = "default" if wanted == B.DEFAULT else f"--backend {wanted}"
+    elif tried:
+        c.backend_why = f"{B.get(tried[0][0]).label} has no translation for {UnsupportedOpsError(tried[0][1])}".replace(
+            "unsupported ops for the TF emitter: ", "")
+        c.say(f"backend: {c.backend.name} ({c.backend_why})")
     else:
-        return
-    # refused up front like a TFLite gap: exit 0 means every requested artifact was written
-    raise ConvertError(f"no .tflite can be written here: the weights ({size / 1e9:.2f} GB) exceed the 2 GiB of one "
-                       f"flatbuffer and {why} (--no-tflite writes the SavedModel only)")
-
-
-def _converter_memory_ok(copies: int, size: int) -> bool:
-    """Whether the machine has memory for ``copies`` + 1 times ``size`` bytes (unknown: yes)."""
-    avail = _available_memory()
-    return avail is None or (copies + 1) * size <= avail
-
-
-def _available_memory() -> int | None:
-    """MemAvailable in bytes (Linux), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _tflite_wanted(c: Conversion) -> bool:
-    return c.options.tflite and c.tflite_note is None
+        c.backend_why = f"--backend auto: {c.backend.label} handles every op"
+    c.backend.prepare(c)
 
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:
@@ -298,10 +226,8 @@ def rewrite_graph(c: Conversion) -> None:
         c.rewritten = _rewrite(c, c.model, c.user_feeds, c.source_graph)
     else:
         _rewrite_dynamic(c)
-    from graph_convert.backends.tensorflow.emitter import missing_emitters
-
-    missing = missing_emitters(c.graph, c.registry.emitters)
-    if missing:  # a pass made an op no emitter knows
+    missing = c.backend.unsupported(c, c.graph)
+    if missing:  # a pass made an op the back end does not know
         raise UnsupportedOpsError(missing)
 
 
@@ -354,166 +280,30 @@ def write_rewritten(c: Conversion) -> None:
     c.figures["rewritten_onnx"] = c.rewritten.figures or c.verifier.check_graph(c.graph, "rewritten ONNX")
 
 
-def _emitters(c: Conversion) -> tuple[dict[str, Any], dict[str, str]]:
-    """The emitter table (and the TF scope of every node when quantizing: TF op names then carry
-    their node's name, so TFLite layers map back to nodes)."""
-    from graph_convert import quantize as Q
-
-    if c.quant_plan is not None:
-        return Q.scoped_emitters(c.registry.emitters, c.graph)
-    return c.registry.emitters, {}
-
-
-def emit(c: Conversion) -> None:
-    from graph_convert.backends.tensorflow.emitter import build_function
-
-    emitters, scopes = _emitters(c)
-    t = build_function(c.graph, emitters, batch=c.view, layout_aware=c.registry.layout_aware)
-    c.traced = Traced(t.module, t.concrete, t.in_names, t.out_names, scopes)
-    c.graph.drop_decoded()  # the TF variables hold the weights now
-    # forms TF runs but TFLite has no builtin kernel for: named now, not as a converter crash later
-    c.gaps = [{"node": n, "op_type": op, "reason": why} for n, op, why in t.gaps]
-    if c.gaps and _tflite_wanted(c):
-        shown = "; ".join(f"node {g['node']!r} ({g['op_type']}): {g['reason']}" for g in c.gaps[:10])
-        more = f" and {len(c.gaps) - 10} more" if len(c.gaps) > 10 else ""
-        raise ConvertError(f"TFLite has no builtin kernel for {len(c.gaps)} node(s): {shown}{more} "
-                           f"(--no-tflite writes the SavedModel only)")
-
-
-def _runner(c: Conversion, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
-    """Source-layout feeds -> source-layout outputs, keyed by ONNX names, for ``run`` that takes
-    and gives rewritten-layout arrays keyed by TF names."""
-    g, t = c.graph, c.traced
-
-    def go(feeds):
-        rw = to_rewritten_layout(feeds, g.io_perms)
-        with stage(label):
-            out = run({n: rw[x] for x, n in zip(g.inputs, t.in_names)})
-        return to_source_layout({y: out[n] for y, n in zip(g.outputs, t.out_names)}, g.io_perms)
-    return go
-
-
-def _verify(c: Conversion, key: str, label: str, run) -> None:
-    go = _runner(c, f"run {label}", run)
-    c.figures[key] = c.verifier.check(go, label)
-    for b, ver in c.other_batches:
-        c.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}"))
-
-
-def verify_tf(c: Conversion) -> None:
-    from graph_convert.backends.tensorflow.runner import run_tf
-
-    t = c.traced
-    _verify(c, "tensorflow", "TensorFlow", lambda feeds: run_tf(t.concrete, t.in_names, feeds, t.in_names))
-
-
-def write_saved_model(c: Conversion) -> None:
-    from graph_convert.backends.tensorflow.writer import save_saved_model
-
-    path = os.path.join(c.work, "saved_model")
-    save_saved_model(c.traced.module, c.traced.concrete, path)
-    c.paths["saved_model"] = path
-
-
-def _release_memory() -> None:
-    """Collect garbage and hand the C heap's free memory back to the system (glibc keeps it)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
-def write_tflite(c: Conversion) -> None:
-    from graph_convert.backends.tensorflow.writer import convert_tflite
-
-    path = os.path.join(c.work, "model_float32.tflite")
-    if c.graph.weight_bytes < external_data_threshold():
-        convert_tflite(c.traced.concrete, c.traced.module, path)
-    else:
-        # a large model: nothing after this stage runs the traced function (quantization reads
-        # the SavedModel), so its TF variables go before TensorFlow's converter starts
-        c.traced = dataclasses.replace(c.traced, module=None, concrete=None)
-        _release_memory()
-        _write_large_tflite(c, path)
-    c.paths["tflite_float32"] = path
-
-
-def _write_large_tflite(c: Conversion, path: str) -> None:
-    """Converted with splat stand-ins for the large weights, then filled from the SavedModel
-    (:mod:`graph_convert.backends.tensorflow.large_tflite`); when the stand-ins cannot be matched with certainty,
-    TensorFlow's converter converts the SavedModel itself (several copies of the weights). Either
-    way the buffers are written in buffer order (the converter's order changes from run to run)."""
-    from graph_convert.backends.tensorflow import large_tflite as L
-    from graph_convert.backends.tensorflow.writer import tflite_flatbuffer_checked
-
-    emitters = _emitters(c)[0]
-    try:
-        done = L.convert(c.graph, emitters, path, c.paths["saved_model"], batch=c.view, layout_aware=c.registry.layout_aware)
-        c.tflite_weights = f"converted with stand-ins, {done.filled} buffers filled from the SavedModel's variables"
-        if done.kept:
-            c.tflite_weights += (f", {len(done.kept)} weight(s) that the converter folds converted as they are "
-                                 f"({sum(done.kept.values()) / 1e6:.2f} MB)")
-        return
-    except L.NotPlaceable as e:
-        c.tflite_weights = f"converted from the SavedModel with its weights (stand-ins not usable: {e})"
-    _release_memory()
-    if not _converter_memory_ok(TFLITE_CONVERTER_COPIES, c.graph.weight_bytes):
-        raise ConvertError(f"no .tflite can be written here: {c.tflite_weights}, and TensorFlow's converter needs about "
-                           f"{(TFLITE_CONVERTER_COPIES + 1) * c.graph.weight_bytes / 1e9:.0f} GB for the weights "
-                           f"(--no-tflite writes the SavedModel only)")
-    L.write(tflite_flatbuffer_checked(None, None, large=True, saved_model=c.paths["saved_model"]), path)
-
-
-def verify_tflite(c: Conversion) -> None:
-    from graph_convert.backends.tensorflow.runner import run_tflite, tflite_op_counts
-
-    path = c.paths["tflite_float32"]
-    # a large model's file runs on LiteRT's builtin kernels: XNNPACK would pack a second copy of
-    # every weight (the stage's peak), and the builtin kernels read the same file
-    delegate = c.graph.weight_bytes < external_data_threshold()
-    if not delegate:
-        c.tflite_weights = f"{c.tflite_weights}; verified on LiteRT's builtin kernels (without XNNPACK)"
-    _verify(c, "tflite_float32", "TFLite float32", lambda feeds: run_tflite(path, feeds, delegate=delegate))
-    ops = tflite_op_counts(path)
-    c.report["tflite"] = {"path": "model_float32.tflite", "bytes": os.path.getsize(path), "transpose_ops": ops.get("TRANSPOSE", 0),
-                          "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
-
-
-def quantize(c: Conversion) -> None:
-    from graph_convert import quantize as Q
-
-    t = c.traced
-    c.report["quantization"], qpaths = Q.run(c.quant_plan, out_dir=c.work, sm_dir=c.paths["saved_model"],
-                                             float_tflite=c.paths["tflite_float32"], source_model=c.model, graph=c.graph,
-                                             in_names=t.in_names, out_names=t.out_names, scopes=t.scopes, say=c.say)
-    c.paths.update(qpaths)
-
-
-# (name in the error message, key in report.json's timings, function, runs when)
-STAGES: tuple[tuple[str, str, Callable[[Conversion], None], Callable[[Conversion], bool]], ...] = (
-    ("load plugins", "load_plugins", load_plugins, lambda c: True),
-    ("load source", "load", load_source, lambda c: True),
-    ("check source", "check", check_source, lambda c: True),
-    ("rewrite", "rewrite", rewrite_graph, lambda c: c.ours),
-    ("write model.rewritten.onnx", "verify_rewritten", write_rewritten, lambda c: c.ours),
-    ("emit TensorFlow", "tf_trace", emit, lambda c: c.ours),
-    ("verify TensorFlow", "verify_tf", verify_tf, lambda c: c.ours),
-    ("write SavedModel", "saved_model", write_saved_model, lambda c: c.ours),
-    ("convert to TFLite", "tflite_convert", write_tflite, lambda c: c.ours and _tflite_wanted(c)),
-    ("verify TFLite", "verify_tflite", verify_tflite, lambda c: c.ours and _tflite_wanted(c)),
-    ("quantize", "quantize", quantize, lambda c: c.ours and _tflite_wanted(c) and c.quant_plan is not None),
-    ("convert with onnx2tf", "onnx2tf", convert_onnx2tf, lambda c: not c.ours),
-    ("report", "report", build_report, lambda c: c.ours),
+# (the stages every back end shares; the back end's own follow: graph_convert.backends)
+SOURCE_STAGES: tuple[Stage, ...] = (
+    Stage("load plugins", "load_plugins", load_plugins),
+    Stage("load source", "load", load_source),
+    Stage("check source", "check", check_source),
+)
+REWRITE_STAGES: tuple[Stage, ...] = (
+    Stage("rewrite", "rewrite", rewrite_graph),
+    Stage("write model.rewritten.onnx", "verify_rewritten", write_rewritten),
 )
 
 
+def stages(c: Conversion):
+    """The stages of ``c`` in order; the back end (chosen while checking the source) adds its own."""
+    yield from SOURCE_STAGES
+    if c.backend.from_rewritten:
+        yield from REWRITE_STAGES
+    yield from c.backend.stages
+
+
 def run_stages(c: Conversion) -> None:
-    for name, key, fn, wanted in STAGES:
-        if not wanted(c):
+    for st in stages(c):
+        name, key, fn = st.name, st.key, st.run
+        if not st.when(c):
             continue
         t = time.perf_counter()
         if c.progress is not None:
@@ -562,8 +352,7 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
     try:
         c = Conversion(source, example_inputs, options, work, log or (lambda msg: None), progress=progress)
         run_stages(c)
-        if c.ours:
-            c.report["backend"] = {"used": "graph-convert", "why": c.backend_why}
+        c.report["backend"] = {"used": c.backend.name, "why": c.backend_why}
         c.timings["total"] = time.perf_counter() - t_start
         c.report["timings_seconds"] = {k: round(v, 4) for k, v in c.timings.items()}
         c.report["peak_rss_gb_after_stage"] = dict(c.peak_rss)

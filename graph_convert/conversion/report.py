@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from graph_convert import __version__
+from graph_convert.version import __version__
 from graph_convert.ir import Graph
 
 VERIFY_RULE = ("per output and input draw: NaN/+-inf in the same places; max |got - source| <= atol x max |source| "

@@ -96,7 +96,7 @@ def _weights_kept(model: onnx.ModelProto) -> dict[str, Any]:
 def check_weights(model: onnx.ModelProto) -> None:
     """A NaN in a weight or constant makes every check meaningless: refused up front, named.
     (+-inf stays legal: attention masks hold it.)"""
-    from graph_convert.ir.onnx_io import tensor_array
+    from graph_convert.ir.tensors import tensor_array
 
     def tensors(graph):
         for t in graph.initializer:

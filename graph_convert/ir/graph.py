@@ -7,8 +7,7 @@ The API keeps the graph valid: one producer per tensor, edges always match node 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -16,73 +15,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graph_convert.ir import perm as P
-@dataclass
-class TensorInfo:
-    """Static facts about a tensor: element type (onnx.TensorProto enum) and shape (int, str or None per dim)."""
-
-    dtype: int = 0
-    shape: tuple | None = None
-
-    @property
-    def rank(self) -> int | None:
-        return None if self.shape is None else len(self.shape)
-
-
-@dataclass
-class Node:
-    """One operator.
-
-    ``in_perms``/``out_perms`` make a node *layout-marked*: ``in_perms[j] = p`` says input ``j`` is
-    stored as ``transpose(original_input_j, p)`` (``None`` = as ONNX defines it); ``out_perms``
-    likewise for outputs. Lowering to ONNX wraps such a node in Transposes, so ONNX Runtime checks
-    the claim; the TF emitter reads it and emits the channels-last kernel directly.
-    """
-
-    name: str
-    op_type: str
-    inputs: list[str]
-    outputs: list[str]
-    attrs: dict[str, onnx.AttributeProto] = field(default_factory=dict)
-    domain: str = ""
-    doc_string: str = ""
-    in_perms: list[tuple | None] | None = None
-    out_perms: list[tuple | None] | None = None
-    created_by: str | None = None  # name of the pass that created the node, if any
-    # (tensor names read inside subgraph attributes that come from the outer scope)
-    implicit_inputs: list[str] = field(default_factory=list)
-
-    # -- attributes -------------------------------------------------------------------------
-    def attr(self, name: str, default: Any = None) -> Any:
-        a = self.attrs.get(name)
-        if a is None:
-            return default
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            return v.decode("utf-8")
-        if isinstance(v, list) and v and isinstance(v[0], bytes):
-            return [x.decode("utf-8") for x in v]
-        return v
-
-    def set_attr(self, name: str, value: Any) -> None:
-        self.attrs[name] = helper.make_attribute(name, value)
-
-    def del_attr(self, name: str) -> None:
-        self.attrs.pop(name, None)
-
-    @property
-    def is_layout_marked(self) -> bool:
-        return any(p is not None for p in (self.in_perms or []) + (self.out_perms or []))
-
-    def in_perm(self, j: int) -> tuple | None:
-        return self.in_perms[j] if self.in_perms and j < len(self.in_perms) else None
-
-    def out_perm(self, k: int) -> tuple | None:
-        return self.out_perms[k] if self.out_perms and k < len(self.out_perms) else None
-
-    def __repr__(self) -> str:
-        return f"<{self.op_type} {self.name!r} {self.inputs}->{self.outputs}>"
-
-
+from graph_convert.ir.node import Node, TensorInfo
+from graph_convert.ir.snapshot import GraphSnapshot, attr_key, first_difference, perms_key
+from graph_convert.ir.tensors import constant_node_value, file_location, rename_in_subgraphs, tensor_array
 class GraphError(Exception):
     """The API refused an edit that would break the graph (names the node/tensor)."""
 
@@ -210,7 +145,6 @@ class Graph:
         if name not in self._init_array:
             if name not in self._init_proto:
                 raise GraphError(f"{name!r} is not an initializer")
-            from graph_convert.ir.onnx_io import file_location, tensor_array
 
             proto = self._init_proto[name]
             if file_location(proto) is not None:
@@ -230,7 +164,6 @@ class Graph:
             return self._init_array[name]
         if name not in self._init_proto:
             raise GraphError(f"{name!r} is not an initializer")
-        from graph_convert.ir.onnx_io import tensor_array
 
         return tensor_array(self._init_proto[name])
 
@@ -295,7 +228,6 @@ class Graph:
             return self.initializer(tensor)
         prod = self.producer(tensor)
         if prod is not None and prod.op_type == "Constant" and prod.domain in ("", "ai.onnx"):
-            from graph_convert.ir.onnx_io import constant_node_value
 
             return constant_node_value(prod)
         return None
@@ -423,7 +355,6 @@ class Graph:
                 if t == old:
                     self.set_input(c, j, new)
             if old in c.implicit_inputs:
-                from graph_convert.ir.onnx_io import rename_in_subgraphs
 
                 rename_in_subgraphs(c, old, new)
                 c.implicit_inputs = [new if t == old else t for t in c.implicit_inputs]
@@ -478,14 +409,17 @@ class Graph:
                 self.remove_initializer(name)
         return len(dead)
 
+    # ONNX shape inference runs on the lowered graph, which :mod:`graph_convert.ir.onnx_io` builds;
+    # that module installs it here when imported (``graph_convert.ir`` always imports it), so the
+    # graph itself imports no lowering and the two modules form no import loop
+    infer_shapes: Callable[[Graph], None] | None = None
+
     def refresh_shapes(self) -> None:
         """Fill in shapes that became inferable (ONNX shape inference; known facts are kept)."""
-        from graph_convert.ir.onnx_io import refresh_shapes
-
-        refresh_shapes(self)
+        self.infer_shapes(self)
 
     # -- change detection (a pass's ``changed`` flag is checked against these) -------------
-    def snapshot(self) -> "GraphSnapshot":
+    def snapshot(self) -> GraphSnapshot:
         """What :meth:`changes_since` compares: everything that defines the computation.
 
         Nodes (name, op type, domain, inputs, outputs, attributes, layout marks), graph inputs,
@@ -500,42 +434,15 @@ class Graph:
         for name, d in self._g.nodes(data=True):
             n = d["node"]
             nodes[name] = (n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs), tuple(n.implicit_inputs),
-                           tuple(sorted((k, _attr_key(a)) for k, a in n.attrs.items())),
-                           _perms_key(n.in_perms), _perms_key(n.out_perms))
+                           tuple(sorted((k, attr_key(a)) for k, a in n.attrs.items())),
+                           perms_key(n.in_perms), perms_key(n.out_perms))
         inits = {k: self._init_proto.get(k, self._init_array.get(k)) for k in self.initializer_names}
         return GraphSnapshot(nodes, tuple(self.inputs), tuple(self.outputs),
                              tuple(sorted((k, tuple(v)) for k, v in self.io_perms.items())), inits)
 
-    def changes_since(self, snap: "GraphSnapshot") -> str | None:
+    def changes_since(self, snap: GraphSnapshot) -> str | None:
         """The first difference between the graph now and ``snap``, in words; None when equal."""
-        now = self.snapshot()
-        for name in sorted(set(now.nodes) - set(snap.nodes)):
-            return f"node {name!r} ({now.nodes[name][0]}) added"
-        for name in sorted(set(snap.nodes) - set(now.nodes)):
-            return f"node {name!r} ({snap.nodes[name][0]}) removed"
-        for name in sorted(now.nodes):
-            a, b = snap.nodes[name], now.nodes[name]
-            if a == b:
-                continue
-            for field_name, x, y in zip(_NODE_FIELDS, a, b):
-                if x != y:
-                    if field_name == "attributes":
-                        keys = sorted({k for k, v in set(x) ^ set(y)})
-                        return f"node {name!r} ({b[0]}): attribute(s) {', '.join(keys)} changed"
-                    return f"node {name!r} ({b[0]}): {field_name} {x!r} -> {y!r}"
-        for what, x, y in (("graph inputs", snap.inputs, now.inputs), ("graph outputs", snap.outputs, now.outputs),
-                           ("graph I/O layouts", snap.io_perms, now.io_perms)):
-            if x != y:
-                return f"{what} {list(x)!r} -> {list(y)!r}"
-        for name in sorted(set(snap.inits) | set(now.inits)):
-            if name not in now.inits:
-                return f"initializer {name!r} removed"
-            if name not in snap.inits:
-                return f"initializer {name!r} added"
-            x, y = snap.inits[name], now.inits[name]
-            if x is not y and not _same_tensor(x, y):
-                return f"initializer {name!r} replaced by a different value"
-        return None
+        return first_difference(snap, self.snapshot())
 
     def freeze_initializers(self) -> tuple:
         """Make every initializer array read-only (also those decoded until the matching
@@ -623,61 +530,6 @@ def _copy_node(node: Node) -> Node:
         if extra in vars(node):
             setattr(n, extra, _copy.copy(getattr(node, extra)))
     return n
-
-
-_NODE_FIELDS = ("op_type", "domain", "inputs", "outputs", "implicit inputs", "attributes", "in_perms", "out_perms")
-
-
-# an attribute larger than this (a Constant node's weight) is not serialized after every pass:
-# the snapshot keeps the object and its size; the same object at the same size is taken as
-# unchanged, another object is compared by content (only then is the weight read)
-_ATTR_SERIALIZE_LIMIT = 1 << 16
-
-
-class _LargeAttr:
-    __slots__ = ("a", "size")
-
-    def __init__(self, a: onnx.AttributeProto, size: int):
-        self.a, self.size = a, size
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _LargeAttr) and self.size == other.size and (self.a is other.a or self.a == other.a)
-
-    def __hash__(self) -> int:
-        return hash(self.size)
-
-
-def _attr_key(a: onnx.AttributeProto) -> Any:
-    size = a.ByteSize()
-    return a.SerializeToString() if size <= _ATTR_SERIALIZE_LIMIT else _LargeAttr(a, size)
-
-
-def _perms_key(perms) -> tuple | None:
-    return None if perms is None else tuple(None if p is None else tuple(p) for p in perms)
-
-
-def _same_tensor(x, y) -> bool:
-    """Equal dtype, shape and bytes (NaN payloads included) for initializers stored as array or proto."""
-    from graph_convert.ir.onnx_io import tensor_array
-
-    a = tensor_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
-    b = tensor_array(y) if isinstance(y, onnx.TensorProto) else np.asarray(y)
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.dtype == object:
-        return bool(np.array_equal(a, b))
-    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
-
-
-@dataclass
-class GraphSnapshot:
-    """The state :meth:`Graph.snapshot` records (opaque to passes)."""
-
-    nodes: dict[str, tuple]
-    inputs: tuple
-    outputs: tuple
-    io_perms: tuple
-    inits: dict[str, Any]
 
 
 def node_summary(graph: Graph) -> dict[str, int]:

@@ -10,7 +10,7 @@ from graph_convert.errors import ConvertError
 
 @contextlib.contextmanager
 def quiet():
-    from graph_convert.backends.tensorflow.writer import quiet_fds
+    from graph_convert.process import quiet_fds
 
     with warnings.catch_warnings(), quiet_fds():
         warnings.simplefilter("ignore")

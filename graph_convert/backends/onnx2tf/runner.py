@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from graph_convert.errors import ConvertError, StageError, VerificationError
-from graph_convert.checks.foreign import Candidate, judge, load_candidate, match, resolve_layouts, source_specs, Spec
+from graph_convert.checks.candidate import Candidate, judge, load_candidate, match, resolve_layouts, source_specs, Spec
 from graph_convert.checks.equivalence import Verifier
 
 PIP = "pip install 'graph-convert[onnx2tf]'"

@@ -213,13 +213,15 @@ def _emit_node(node: Node, inputs: list, ctx: EmitContext, emitters: dict[str, A
 class Traced(NamedTuple):
     """The traced graph: a module holding the weights, its concrete function, the TF names of
     the graph inputs and outputs, and the TFLite gaps the emitters recorded while tracing it
-    (``(node, op_type, reason)`` of every form TFLite has no builtin kernel for)."""
+    (``(node, op_type, reason)`` of every form TFLite has no builtin kernel for), and when
+    quantizing the TF name scope of every node."""
 
     module: Any
     concrete: Any
     in_names: list[str]
     out_names: list[str]
     gaps: list[tuple[str, str, str]]
+    scopes: dict[str, str] = {}  # node -> TF name scope, when quantizing (TFLite layers map back to nodes)
 
 
 # the gap record of the trace running in this thread (see ``record_tflite_gap``)

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graph_convert.ir.onnx_io import PLACEHOLDER_BYTES
+from graph_convert.ir.tensors import PLACEHOLDER_BYTES
 
 # stand-in i holds float32(base + (i + 1) * step), (base, step) one of _BASES: the first set in
 # [1.5, 2), the second in [1.25, 1.5), so that neither holds 0 or 1 (which the converter may treat

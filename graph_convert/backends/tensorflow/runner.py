@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from graph_convert.backends.tensorflow.writer import quiet_fds
+from graph_convert.process import quiet_fds
 
 
 def run_tf(concrete, in_names: list[str], feeds: Mapping[str, np.ndarray], graph_inputs: list[str]) -> dict[str, np.ndarray]:

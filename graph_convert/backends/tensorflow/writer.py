@@ -1,26 +1,10 @@
 """SavedModel and TFLite: write and convert (running them is :mod:`graph_convert.backends.tensorflow.runner`)."""
 from __future__ import annotations
 
-import contextlib
-import os
+from graph_convert.process import quiet_fds  # noqa: F401  (re-used by the runner and the quantizer)
+
 
 from graph_convert.errors import ConvertError
-
-
-@contextlib.contextmanager
-def quiet_fds():
-    """Silence C++ logging (TFLite converter, MLIR) written straight to fd 1/2."""
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
 
 
 def save_saved_model(module, concrete, path: str) -> None:

@@ -3,7 +3,7 @@
 One traced ``tf.function`` serves both the SavedModel and the .tflite file, so emitters use TF ops
 that the TFLite converter maps to *builtin* kernels (GATHER rather than GatherV2 with batch dims,
 shifted slices rather than dilated pooling, ...). TFLite kernels take fewer dtypes than TF:
-``core._lite`` computes such a dtype in the narrowest wider one that holds every value (exact),
+``core.to_lite`` computes such a dtype in the narrowest wider one that holds every value (exact),
 and when none exists (float64, uint64, ...) records a *TFLite gap* (``Traced.gaps``): TF
 runs the graph, the TFLite converter would refuse it (or, for +-inf constants, change them).
 Emitters whose inputs are all known at conversion time are evaluated then (shape arithmetic

@@ -1,5 +1,15 @@
 """The emitter table and what every emitter shares: conversion-time constant folding, the
-TFLite dtype table and legalization (:func:`_lite`), the record of TFLite gaps, shape helpers."""
+TFLite dtype table and legalization (:func:`to_lite`), the record of TFLite gaps, shape helpers.
+
+The helpers a plugin's emitter (``fn(node, inputs, ctx)``) may use, public and stable:
+:func:`input_value` (an input's value when known at conversion time), :func:`axes_input` and
+:func:`scalar_operand` (axes / a scalar from an attribute or a constant input), :func:`unsupported`
+(the ConvertError for a form the emitter declines, naming the node), :func:`make_constant` (a
+``tf.constant`` that keeps +-inf exact), :func:`to_lite` / :func:`cast_back` / :func:`lite_float`
+(compute in a dtype TFLite's builtin kernels take, then cast back; :data:`LITE_DTYPES` says which
+kernel takes which dtype), :func:`tflite_gap` (record a form TFLite has no builtin kernel for),
+:func:`dims_of` / :func:`shape_tensor` / :func:`dims_product` / :func:`static_shape` (static ints
+where known, tensors where not), and the dtype names ``I8`` ... ``F64``, ``BOOL``."""
 from __future__ import annotations
 
 from typing import Callable
@@ -38,7 +48,7 @@ def _folding(fn):
     TFLite kernel. The values come from the same TF kernels, run eagerly."""
 
     def emit(node, x, ctx):
-        static = lambda t: _small_static_value(t, ctx)  # noqa: E731
+        static = lambda t: small_static_value(t, ctx)  # noqa: E731
         if hasattr(x, "peek"):  # the emitter's lazy inputs: look without making weights
             given = [x.has(j) for j in range(len(x))]
             vals = [x.peek(j, static) if g else None for j, g in enumerate(given)]
@@ -61,7 +71,7 @@ def _folding(fn):
             if gaps is not None:  # evaluated at conversion time: no TFLite kernel is needed
                 del gaps[mark:]
             if outs is not None and all(o.size <= _FOLD_LIMIT for o in outs):
-                consts = [_constant(node, o, ctx) for o in outs]
+                consts = [make_constant(node, o, ctx) for o in outs]
                 return consts if many else consts[0]
         ctx.const_reads.clear()
         outs = fn(node, x, ctx)
@@ -71,7 +81,7 @@ def _folding(fn):
             if v is not None and v.dtype.kind == "f" and np.isinf(v).any():
                 t = x.made(j) if hasattr(x, "made") else x[j]
                 if t is None or ctx.exact_value(t) is None or node.inputs[j] in ctx.const_reads:
-                    _gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
+                    tflite_gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
                     break
         return outs
 
@@ -80,7 +90,7 @@ def _folding(fn):
     return emit
 
 
-def _small_static_value(t, ctx: EmitContext | None = None) -> np.ndarray | None:
+def small_static_value(t, ctx: EmitContext | None = None) -> np.ndarray | None:
     """The value of ``t`` if known while tracing and not larger than the folding limit (big weights
     are never folded, and copying them per use would only cost time)."""
     n = t.shape.num_elements()
@@ -90,7 +100,7 @@ def _small_static_value(t, ctx: EmitContext | None = None) -> np.ndarray | None:
     return v if v is not None else tf.get_static_value(t)
 
 
-def _constant(node: Node, value: np.ndarray, ctx: EmitContext | None = None):
+def make_constant(node: Node, value: np.ndarray, ctx: EmitContext | None = None):
     """``tf.constant``; one holding +-inf is built by ``ctx.exact_constant`` (TFLite would store
     +-FLT_MAX, which can change results: -FLT_MAX + -FLT_MAX overflows where -inf + -inf does
     not), or noted as a TFLite gap when that cannot be done."""
@@ -98,114 +108,114 @@ def _constant(node: Node, value: np.ndarray, ctx: EmitContext | None = None):
         exact = ctx.exact_constant(value) if ctx is not None else None
         if exact is not None:
             return exact
-        _gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
+        tflite_gap(node, "TFLite stores +-inf constants as +-FLT_MAX")
     return tf.constant(value)
 
 
-def _input_value(node: Node, ctx: EmitContext, x: list, j: int) -> np.ndarray | None:
+def input_value(node: Node, ctx: EmitContext, x: list, j: int) -> np.ndarray | None:
     """Input ``j`` as numpy when known at conversion time (an ONNX constant or a folded tensor)."""
     if len(node.inputs) <= j or not node.inputs[j]:
         return None
     v = ctx.const(node.inputs[j])
     if v is None and j < len(x) and x[j] is not None:
-        v = _small_static_value(x[j], ctx)
+        v = small_static_value(x[j], ctx)
         v = tf.get_static_value(x[j]) if v is None else v
     return None if v is None else np.asarray(v)
 
 
-def _unsupported(node: Node, what: str) -> ConvertError:
+def unsupported(node: Node, what: str) -> ConvertError:
     return ConvertError(f"node {node.name!r} ({node.op_type}): {what} is not supported by the TF emitter")
 
 
-_I8, _U8, _I16, _U16, _I32, _U32, _I64, _U64 = tf.int8, tf.uint8, tf.int16, tf.uint16, tf.int32, tf.uint32, tf.int64, tf.uint64
-_F16, _F32, _F64, _B = tf.float16, tf.float32, tf.float64, tf.bool
-_MOVE = frozenset({_I8, _U8, _I16, _I32, _U32, _I64, _F32, _B})  # data movement: strided slice, concat, broadcast
+I8, U8, I16, U16, I32, U32, I64, U64 = tf.int8, tf.uint8, tf.int16, tf.uint16, tf.int32, tf.uint32, tf.int64, tf.uint64
+F16, F32, F64, BOOL = tf.float16, tf.float32, tf.float64, tf.bool
+_MOVE = frozenset({I8, U8, I16, I32, U32, I64, F32, BOOL})  # data movement: strided slice, concat, broadcast
 
 # Dtypes the TFLite builtin kernel behind each TF primitive takes (non-quantized), found by
 # converting and running every primitive for every dtype (TF 2.21, LiteRT 2.3). uint8 EQUAL even
 # aborts the interpreter, so the table is the only safe way to choose.
-_LITE_DTYPES: dict[str, frozenset] = {
-    "add": frozenset({_I16, _I32, _U32, _I64, _F32}),
-    "sub": frozenset({_I32, _I64, _F32}),
-    "mul": frozenset({_I16, _I32, _U32, _I64, _F32}),
-    "div": frozenset({_F32}),
-    "truncatediv": frozenset({_I32}),
-    "floormod": frozenset({_I8, _I16, _I32, _I64, _F32}),
-    "pow": frozenset({_I32, _F32}),
-    "maximum": frozenset({_I32, _I64, _F32}),
-    "minimum": frozenset({_I32, _I64, _F32}),
-    "equal": frozenset({_I16, _I32, _I64, _F32, _B}),
-    "not_equal": frozenset({_I32, _I64, _F32, _B}),
-    "less": frozenset({_I16, _I32, _I64, _F32}),
-    "less_equal": frozenset({_I32, _I64, _F32}),
-    "greater": frozenset({_I32, _I64, _F32}),
-    "greater_equal": frozenset({_I16, _I32, _I64, _F32}),
-    "abs": frozenset({_I16, _I32, _F32}),
-    "neg": frozenset({_I32, _I64, _F32}),
-    "sign": frozenset({_I32, _F32}),
-    "relu": frozenset({_I32, _I64, _F32}),
-    "float": frozenset({_F32}),  # exp, log, sqrt, sin, tanh, logistic, floor, matmul, pooling, ...
-    "reduce": frozenset({_I32, _I64, _F32}),  # sum, prod, max, min
-    "argmax": frozenset({_I8, _U8, _I32, _F32, _B}),
-    "topk": frozenset({_I8, _U8, _I16, _I32, _I64, _F32}),
-    "cumsum": frozenset({_I32, _I64, _F32}),
-    "select": frozenset({_I8, _I16, _I32, _U32, _I64, _F32, _B}),
-    "gather": frozenset({_I8, _U8, _I16, _I32, _I64, _F32, _B}),
+LITE_DTYPES: dict[str, frozenset] = {
+    "add": frozenset({I16, I32, U32, I64, F32}),
+    "sub": frozenset({I32, I64, F32}),
+    "mul": frozenset({I16, I32, U32, I64, F32}),
+    "div": frozenset({F32}),
+    "truncatediv": frozenset({I32}),
+    "floormod": frozenset({I8, I16, I32, I64, F32}),
+    "pow": frozenset({I32, F32}),
+    "maximum": frozenset({I32, I64, F32}),
+    "minimum": frozenset({I32, I64, F32}),
+    "equal": frozenset({I16, I32, I64, F32, BOOL}),
+    "not_equal": frozenset({I32, I64, F32, BOOL}),
+    "less": frozenset({I16, I32, I64, F32}),
+    "less_equal": frozenset({I32, I64, F32}),
+    "greater": frozenset({I32, I64, F32}),
+    "greater_equal": frozenset({I16, I32, I64, F32}),
+    "abs": frozenset({I16, I32, F32}),
+    "neg": frozenset({I32, I64, F32}),
+    "sign": frozenset({I32, F32}),
+    "relu": frozenset({I32, I64, F32}),
+    "float": frozenset({F32}),  # exp, log, sqrt, sin, tanh, logistic, floor, matmul, pooling, ...
+    "reduce": frozenset({I32, I64, F32}),  # sum, prod, max, min
+    "argmax": frozenset({I8, U8, I32, F32, BOOL}),
+    "topk": frozenset({I8, U8, I16, I32, I64, F32}),
+    "cumsum": frozenset({I32, I64, F32}),
+    "select": frozenset({I8, I16, I32, U32, I64, F32, BOOL}),
+    "gather": frozenset({I8, U8, I16, I32, I64, F32, BOOL}),
     "slice": _MOVE,
     "concat": _MOVE,
     "broadcast_to": _MOVE,
-    "split": frozenset({_I8, _U8, _I16, _I32, _I64, _F32}),
-    "tile": frozenset({_U8, _I32, _I64, _F32, _B}),
-    "transpose": frozenset({_I8, _U8, _I32, _I64, _F32, _B}),
-    "pad": frozenset({_I32, _I64, _F32, _B}),
-    "mirror_pad": frozenset({_I8, _U8, _I32, _I64, _F32}),
-    "reverse": frozenset({_U8, _I16, _I32, _I64, _F32, _B}),
+    "split": frozenset({I8, U8, I16, I32, I64, F32}),
+    "tile": frozenset({U8, I32, I64, F32, BOOL}),
+    "transpose": frozenset({I8, U8, I32, I64, F32, BOOL}),
+    "pad": frozenset({I32, I64, F32, BOOL}),
+    "mirror_pad": frozenset({I8, U8, I32, I64, F32}),
+    "reverse": frozenset({U8, I16, I32, I64, F32, BOOL}),
     "fill": _MOVE,
-    "scatter": frozenset({_I32, _I64, _F32, _B}),
-    "scatter_add": frozenset({_I32, _I64, _F32}),
-    "segment": frozenset({_I32, _F32}),
-    "one_hot": frozenset({_I8, _U8, _I32, _I64, _F32}),
-    "range": frozenset({_I32, _I64, _F32}),
-    "depth_to_space": frozenset({_I8, _U8, _I32, _I64, _F32}),
-    "space_to_depth": frozenset({_I32, _I64, _F32}),
-    "cast": frozenset({_I8, _U8, _I16, _U16, _I32, _U32, _I64, _F16, _F32, _F64, _B}),
+    "scatter": frozenset({I32, I64, F32, BOOL}),
+    "scatter_add": frozenset({I32, I64, F32}),
+    "segment": frozenset({I32, F32}),
+    "one_hot": frozenset({I8, U8, I32, I64, F32}),
+    "range": frozenset({I32, I64, F32}),
+    "depth_to_space": frozenset({I8, U8, I32, I64, F32}),
+    "space_to_depth": frozenset({I32, I64, F32}),
+    "cast": frozenset({I8, U8, I16, U16, I32, U32, I64, F16, F32, F64, BOOL}),
 }
 # Dtypes that hold every value of a dtype, narrowest first: computing there is exact.
-_CONTAINERS: dict = {
-    _I8: (_I8, _I16, _I32, _I64), _U8: (_U8, _I16, _I32, _I64), _I16: (_I16, _I32, _I64),
-    _U16: (_U16, _I32, _I64), _I32: (_I32, _I64), _U32: (_U32, _I64), _F16: (_F16, _F32),
-    _B: (_B, _I8, _I32),
+CONTAINERS: dict = {
+    I8: (I8, I16, I32, I64), U8: (U8, I16, I32, I64), I16: (I16, I32, I64),
+    U16: (U16, I32, I64), I32: (I32, I64), U32: (U32, I64), F16: (F16, F32),
+    BOOL: (BOOL, I8, I32),
 }
 
-def _gap(node: Node, reason: str) -> None:
+def tflite_gap(node: Node, reason: str) -> None:
     record_tflite_gap(node, reason)
 
 
-def _lite(node: Node, kinds: str | tuple[str, ...], *xs):
+def to_lite(node: Node, kinds: str | tuple[str, ...], *xs):
     """``xs`` (one dtype) cast to the narrowest dtype that every TFLite kernel in ``kinds`` takes and
-    that holds all their values; returns ``(tensors, original dtype)`` (see :func:`_back`). Records
+    that holds all their values; returns ``(tensors, original dtype)`` (see :func:`cast_back`). Records
     a TFLite gap when there is none; the tensors are then returned as they are."""
     kinds = (kinds,) if isinstance(kinds, str) else kinds
     dt = xs[0].dtype
-    ok = frozenset.intersection(*(_LITE_DTYPES[k] for k in kinds))
-    for c in _CONTAINERS.get(dt, (dt,)):
+    ok = frozenset.intersection(*(LITE_DTYPES[k] for k in kinds))
+    for c in CONTAINERS.get(dt, (dt,)):
         if c in ok:
             return [x if x.dtype == c else tf.cast(x, c) for x in xs], dt
-    _gap(node, f"TFLite has no {'/'.join(kinds)} kernel for {dt.name}")
+    tflite_gap(node, f"TFLite has no {'/'.join(kinds)} kernel for {dt.name}")
     return list(xs), dt
 
 
-def _back(y, dt):
+def cast_back(y, dt):
     return y if y.dtype == dt else tf.cast(y, dt)
 
 
-def _float(node: Node, x):
+def lite_float(node: Node, x):
     """``x`` in a dtype TFLite's float kernels take (float16 -> float32), and its own dtype."""
-    (x,), dt = _lite(node, "float", x)
+    (x,), dt = to_lite(node, "float", x)
     return x, dt
 
 
-def _dims(x) -> list:
+def dims_of(x) -> list:
     """Per-dim static ints where known, else scalar tensors."""
     static = x.shape.as_list()
     dyn = None
@@ -219,37 +229,37 @@ def _dims(x) -> list:
     return out
 
 
-def _shape_tensor(dims: list):
+def shape_tensor(dims: list):
     if all(isinstance(d, int) for d in dims):
         return dims
     return tf.stack([tf.cast(d, tf.int32) if not isinstance(d, int) else tf.constant(d, tf.int32) for d in dims])
 
 
-def _prod(dims: list):
+def dims_product(dims: list):
     if all(isinstance(d, int) for d in dims):
         return int(np.prod(dims)) if dims else 1
     return tf.reduce_prod(tf.stack([tf.cast(d, tf.int32) for d in dims]))
 
 
-def _static(x) -> list[int] | None:
+def static_shape(x) -> list[int] | None:
     s = x.shape.as_list() if x.shape.rank is not None else None
     return None if s is None or any(d is None for d in s) else s
 
 
-def _axes_input(node: Node, ctx: EmitContext, x: list, j: int = 1, attr: str = "axes") -> list[int] | None:
+def axes_input(node: Node, ctx: EmitContext, x: list, j: int = 1, attr: str = "axes") -> list[int] | None:
     """Axes from the opset<13 attribute or constant input ``j`` (None when absent)."""
     if len(node.inputs) > j and node.inputs[j]:
-        v = _input_value(node, ctx, x, j)
+        v = input_value(node, ctx, x, j)
         if v is None:
-            raise _unsupported(node, f"non-constant {attr}")
+            raise unsupported(node, f"non-constant {attr}")
         return [int(a) for a in v.reshape(-1)]
     a = node.attr(attr)
     return None if a is None else [int(v) for v in a]
 
 
-def _scalar_operand(node: Node, ctx: EmitContext, x: list, j: int):
+def scalar_operand(node: Node, ctx: EmitContext, x: list, j: int):
     """Input ``j`` as a Python float when constant, the tensor when not, None when absent."""
-    v = _input_value(node, ctx, x, j)
+    v = input_value(node, ctx, x, j)
     if v is None:
         return None if len(node.inputs) <= j or not node.inputs[j] else tf.reshape(x[j], [])
     return v.reshape(-1)[0].item()

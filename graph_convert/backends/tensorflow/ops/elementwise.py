@@ -10,23 +10,23 @@ import tensorflow as tf
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.emitter import tf_dtype
 from graph_convert.backends.tensorflow.ops.core import (
-    _CONTAINERS,
-    _F32,
-    _F64,
-    _I16,
-    _I32,
-    _I64,
-    _I8,
-    _LITE_DTYPES,
-    _U16,
-    _U8,
-    _back,
-    _float,
-    _gap,
-    _input_value,
-    _lite,
-    _scalar_operand,
-    _unsupported,
+    CONTAINERS,
+    F32,
+    F64,
+    I16,
+    I32,
+    I64,
+    I8,
+    LITE_DTYPES,
+    U16,
+    U8,
+    cast_back,
+    lite_float,
+    tflite_gap,
+    input_value,
+    to_lite,
+    scalar_operand,
+    unsupported,
     emitter,
 )
 
@@ -37,8 +37,8 @@ _ARITH = {"Add": ("add", tf.math.add), "Sub": ("sub", tf.math.subtract), "Mul": 
 @emitter(*_ARITH)
 def emit_arith(node, x, ctx):
     kind, fn = _ARITH[node.op_type]
-    (a, b), dt = _lite(node, kind, x[0], x[1])
-    return _back(fn(a, b), dt)
+    (a, b), dt = to_lite(node, kind, x[0], x[1])
+    return cast_back(fn(a, b), dt)
 
 
 _COMPARE = {
@@ -50,7 +50,7 @@ _COMPARE = {
 @emitter(*_COMPARE)
 def emit_compare(node, x, ctx):
     kind, fn = _COMPARE[node.op_type]
-    (a, b), _ = _lite(node, kind, x[0], x[1])
+    (a, b), _ = to_lite(node, kind, x[0], x[1])
     return fn(a, b)
 
 
@@ -85,18 +85,18 @@ def _trunc_div_int64(a, b):
 def emit_div(node, x, ctx):
     if x[0].dtype.is_integer:  # ONNX integer Div truncates toward zero
         dt = x[0].dtype
-        if any(c == _I32 for c in _CONTAINERS.get(dt, (dt,))):
-            (a, b), dt = _lite(node, "truncatediv", x[0], x[1])
-            return _back(tf.truncatediv(a, b), dt)
-        (a, b), dt = _lite(node, ("floormod", "sub", "mul", "cast", "select", "not_equal", "less"), x[0], x[1])
-        return _back(_trunc_div_int64(a, b) if a.dtype == _I64 else tf.truncatediv(a, b), dt)
-    (a, b), dt = _lite(node, "div", x[0], x[1])
-    return _back(tf.math.divide(a, b), dt)
+        if any(c == I32 for c in CONTAINERS.get(dt, (dt,))):
+            (a, b), dt = to_lite(node, "truncatediv", x[0], x[1])
+            return cast_back(tf.truncatediv(a, b), dt)
+        (a, b), dt = to_lite(node, ("floormod", "sub", "mul", "cast", "select", "not_equal", "less"), x[0], x[1])
+        return cast_back(_trunc_div_int64(a, b) if a.dtype == I64 else tf.truncatediv(a, b), dt)
+    (a, b), dt = to_lite(node, "div", x[0], x[1])
+    return cast_back(tf.math.divide(a, b), dt)
 
 
-def _abs(t):
+def lite_abs(t):
     """|t| with ops every integer TFLite dtype has (ABS lacks int64)."""
-    if t.dtype in _LITE_DTYPES["abs"]:
+    if t.dtype in LITE_DTYPES["abs"]:
         return tf.math.abs(t)
     return tf.where(t < tf.zeros_like(t), -t, t)
 
@@ -106,11 +106,11 @@ def emit_mod(node, x, ctx):
     if node.attr("fmod", 0):
         # C fmod (sign of the dividend) = sign(a) * (|a| mod |b|); FLOOR_MOD of non-negative
         # operands is exact, also for floats
-        (a, b), dt = _lite(node, ("floormod", "less", "neg", "select"), x[0], x[1])
-        r = tf.math.floormod(_abs(a), _abs(b))
-        return _back(tf.where(a < tf.zeros_like(a), -r, r), dt)
-    (a, b), dt = _lite(node, "floormod", x[0], x[1])  # sign of the divisor, as Python/numpy
-    return _back(tf.math.floormod(a, b), dt)
+        (a, b), dt = to_lite(node, ("floormod", "less", "neg", "select"), x[0], x[1])
+        r = tf.math.floormod(lite_abs(a), lite_abs(b))
+        return cast_back(tf.where(a < tf.zeros_like(a), -r, r), dt)
+    (a, b), dt = to_lite(node, "floormod", x[0], x[1])  # sign of the divisor, as Python/numpy
+    return cast_back(tf.math.floormod(a, b), dt)
 
 
 def _int_pow(base, exp, bits: int):
@@ -130,30 +130,30 @@ def _int_pow(base, exp, bits: int):
 @emitter("Pow")
 def emit_pow(node, x, ctx):
     base, ex = x
-    e = _input_value(node, ctx, x, 1)
+    e = input_value(node, ctx, x, 1)
     if base.dtype.is_floating:
-        b, dt = _float(node, base)
+        b, dt = lite_float(node, base)
         if e is not None and e.size == 1:
             v = float(e.reshape(-1)[0])
             if v == 1.0:
                 return tf.identity(base)
             if v == 2.0:
-                return _back(b * b, dt)
+                return cast_back(b * b, dt)
             if v == 0.5:
-                return _back(tf.math.sqrt(b), dt)
-        return _back(tf.math.pow(b, _cast(node, ex, b.dtype)), dt)
+                return cast_back(tf.math.sqrt(b), dt)
+        return cast_back(tf.math.pow(b, _cast(node, ex, b.dtype)), dt)
     if ex.dtype.is_floating:  # ORT/numpy: pow in double, truncated to the base's integer type
-        _gap(node, "integer Pow with a floating exponent needs float64")
-        return tf.cast(tf.math.pow(tf.cast(base, _F64), tf.cast(ex, _F64)), base.dtype)
-    if base.dtype in (_I8, _U8, _I16, _U16, _I32):  # TFLite's POW takes int32, which holds these
-        (b,), dt = _lite(node, "pow", base)
-        return _back(tf.math.pow(b, _cast(node, ex, b.dtype)), dt)
-    (b,), dt = _lite(node, ("mul", "floormod", "greater_equal", "select"), base)
+        tflite_gap(node, "integer Pow with a floating exponent needs float64")
+        return tf.cast(tf.math.pow(tf.cast(base, F64), tf.cast(ex, F64)), base.dtype)
+    if base.dtype in (I8, U8, I16, U16, I32):  # TFLite's POW takes int32, which holds these
+        (b,), dt = to_lite(node, "pow", base)
+        return cast_back(tf.math.pow(b, _cast(node, ex, b.dtype)), dt)
+    (b,), dt = to_lite(node, ("mul", "floormod", "greater_equal", "select"), base)
     if e is not None and e.size == 1 and int(e.reshape(-1)[0]) >= 0:
         bits = max(int(e.reshape(-1)[0]).bit_length(), 1)
     else:
         bits = ex.dtype.size * 8 - 1
-    return _back(_int_pow(b, ex, bits), dt)
+    return cast_back(_int_pow(b, ex, bits), dt)
 
 
 _VARIADIC = {"Max": ("maximum", tf.math.maximum), "Min": ("minimum", tf.math.minimum),
@@ -163,13 +163,13 @@ _VARIADIC = {"Max": ("maximum", tf.math.maximum), "Min": ("minimum", tf.math.min
 @emitter(*_VARIADIC)
 def emit_variadic(node, x, ctx):
     kind, fn = _VARIADIC[node.op_type]
-    xs, dt = _lite(node, kind, *[t for t in x if t is not None])
+    xs, dt = to_lite(node, kind, *[t for t in x if t is not None])
     y = xs[0]
     for t in xs[1:]:
         y = fn(y, t)
     if node.op_type == "Mean":
         y = y / tf.cast(len(xs), y.dtype)
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 @emitter("Clip")
@@ -177,17 +177,17 @@ def emit_clip(node, x, ctx):
     if ctx.opset < 11:
         lo, hi = node.attr("min"), node.attr("max")
     else:
-        lo, hi = _scalar_operand(node, ctx, x, 1), _scalar_operand(node, ctx, x, 2)
-    (y,), dt = _lite(node, ("maximum", "minimum"), x[0])
-    if dt == _F32 and isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi == 6.0:
+        lo, hi = scalar_operand(node, ctx, x, 1), scalar_operand(node, ctx, x, 2)
+    (y,), dt = to_lite(node, ("maximum", "minimum"), x[0])
+    if dt == F32 and isinstance(lo, float) and lo == 0.0 and isinstance(hi, float) and hi == 6.0:
         return tf.nn.relu6(y)
-    if dt == _F32 and isinstance(lo, float) and lo == 0.0 and hi is None:
+    if dt == F32 and isinstance(lo, float) and lo == 0.0 and hi is None:
         return tf.nn.relu(y)
     if lo is not None:
         y = tf.math.maximum(y, tf.cast(lo, y.dtype))
     if hi is not None:
         y = tf.math.minimum(y, tf.cast(hi, y.dtype))
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 # --- elementwise: unary math ----------------------------------------------------------------------
@@ -279,42 +279,42 @@ _FLOAT_UNARY: dict[str, Callable] = {
 
 @emitter(*_FLOAT_UNARY)
 def emit_float_unary(node, x, ctx):
-    t, dt = _float(node, x[0])
-    return _back(_FLOAT_UNARY[node.op_type](t), dt)
+    t, dt = lite_float(node, x[0])
+    return cast_back(_FLOAT_UNARY[node.op_type](t), dt)
 
 
 @emitter("Abs")
 def emit_abs(node, x, ctx):
     if x[0].dtype.is_unsigned:
         return tf.identity(x[0])
-    (t,), dt = _lite(node, ("less", "neg", "select"), x[0])
-    return _back(_abs(t), dt)
+    (t,), dt = to_lite(node, ("less", "neg", "select"), x[0])
+    return cast_back(lite_abs(t), dt)
 
 
 @emitter("Neg")
 def emit_neg(node, x, ctx):
-    (t,), dt = _lite(node, "neg", x[0])
-    return _back(tf.math.negative(t), dt)
+    (t,), dt = to_lite(node, "neg", x[0])
+    return cast_back(tf.math.negative(t), dt)
 
 
 @emitter("Sign")
 def emit_sign(node, x, ctx):
     if x[0].dtype.is_floating:
-        t, dt = _float(node, x[0])
-        return _back(tf.math.sign(t), dt)
-    if x[0].dtype in _LITE_DTYPES["sign"]:
+        t, dt = lite_float(node, x[0])
+        return cast_back(tf.math.sign(t), dt)
+    if x[0].dtype in LITE_DTYPES["sign"]:
         return tf.math.sign(x[0])
-    (t,), dt = _lite(node, ("greater", "less", "select", "neg"), x[0])  # no SIGN kernel: compare
+    (t,), dt = to_lite(node, ("greater", "less", "select", "neg"), x[0])  # no SIGN kernel: compare
     zero, one = tf.zeros_like(t), tf.ones_like(t)
     if t.dtype.is_unsigned:  # no container (uint64): nothing is negative
         return tf.where(t > zero, one, zero)
-    return _back(tf.where(t > zero, one, tf.where(t < zero, -one, zero)), dt)
+    return cast_back(tf.where(t > zero, one, tf.where(t < zero, -one, zero)), dt)
 
 
 @emitter("Relu")
 def emit_relu(node, x, ctx):
-    (t,), dt = _lite(node, "relu", x[0])
-    return _back(tf.nn.relu(t), dt)
+    (t,), dt = to_lite(node, "relu", x[0])
+    return cast_back(tf.nn.relu(t), dt)
 
 
 @emitter("Identity")
@@ -324,13 +324,13 @@ def emit_identity(node, x, ctx):
 
 @emitter("IsNaN")
 def emit_isnan(node, x, ctx):
-    t, _ = _float(node, x[0])
+    t, _ = lite_float(node, x[0])
     return tf.math.not_equal(t, t)
 
 
 @emitter("IsInf")
 def emit_isinf(node, x, ctx):
-    t, _ = _float(node, x[0])
+    t, _ = lite_float(node, x[0])
     pos, neg = node.attr("detect_positive", 1), node.attr("detect_negative", 1)
     big = float(t.dtype.max)  # beyond the largest finite value: only +-inf (NaN compares false)
     hit = tf.zeros_like(t, dtype=tf.bool)
@@ -344,8 +344,8 @@ def emit_isinf(node, x, ctx):
 # --- activations -----------------------------------------------------------------------------------
 def _activation(fn):
     def emit(node, x, ctx):
-        t, dt = _float(node, x[0])
-        return _back(fn(node, t), dt)
+        t, dt = lite_float(node, x[0])
+        return cast_back(fn(node, t), dt)
 
     return emit
 
@@ -404,24 +404,24 @@ for _op, _fn in _ACTIVATIONS.items():
 def emit_shrink(node, x, ctx):
     lambd, bias = node.attr("lambd", 0.5), node.attr("bias", 0.0)
     if not x[0].dtype.is_floating:
-        (t,), dt = _lite(node, ("less", "greater", "sub", "add", "select"), x[0])
+        (t,), dt = to_lite(node, ("less", "greater", "sub", "add", "select"), x[0])
         lo, hi = tf.cast(-lambd, t.dtype), tf.cast(lambd, t.dtype)
         b = tf.cast(bias, t.dtype)
-        return _back(tf.where(t < lo, t + b, tf.where(t > hi, t - b, tf.zeros_like(t))), dt)
-    t, dt = _float(node, x[0])
-    return _back(tf.where(t < -lambd, t + bias, tf.where(t > lambd, t - bias, tf.zeros_like(t))), dt)
+        return cast_back(tf.where(t < lo, t + b, tf.where(t > hi, t - b, tf.zeros_like(t))), dt)
+    t, dt = lite_float(node, x[0])
+    return cast_back(tf.where(t < -lambd, t + bias, tf.where(t > lambd, t - bias, tf.zeros_like(t))), dt)
 
 
 @emitter("PRelu")
 def emit_prelu(node, x, ctx):
-    (t, s), dt = _lite(node, ("mul", "less", "select"), x[0], x[1])
-    return _back(tf.where(t < tf.zeros_like(t), t * s, t), dt)
+    (t, s), dt = to_lite(node, ("mul", "less", "select"), x[0], x[1])
+    return cast_back(tf.where(t < tf.zeros_like(t), t * s, t), dt)
 
 
 @emitter("Where")
 def emit_where(node, x, ctx):
-    (a, b), dt = _lite(node, "select", x[1], x[2])
-    return _back(tf.where(x[0], a, b), dt)
+    (a, b), dt = to_lite(node, "select", x[1], x[2])
+    return cast_back(tf.where(x[0], a, b), dt)
 
 
 def _cast(node: Node, t, to):
@@ -430,8 +430,8 @@ def _cast(node: Node, t, to):
     if t.dtype == to:
         return tf.identity(t)
     for d in (t.dtype, to):
-        if d not in _LITE_DTYPES["cast"]:
-            _gap(node, f"TFLite has no CAST kernel for {d.name}")
+        if d not in LITE_DTYPES["cast"]:
+            tflite_gap(node, f"TFLite has no CAST kernel for {d.name}")
     return tf.cast(t, to)
 
 
@@ -448,9 +448,9 @@ def emit_cast_like(node, x, ctx):
 @emitter("Dropout")
 def emit_dropout(node, x, ctx):
     if len(node.inputs) > 2 and node.inputs[2]:
-        mode = _input_value(node, ctx, x, 2)
+        mode = input_value(node, ctx, x, 2)
         if mode is None or bool(mode.reshape(-1)[0]):
-            raise _unsupported(node, "training mode (a random mask)")
+            raise unsupported(node, "training mode (a random mask)")
     outs = [tf.identity(x[0])]
     if len(node.outputs) > 1:
         outs.append(tf.ones_like(x[0], dtype=tf.bool))

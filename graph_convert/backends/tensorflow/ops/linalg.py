@@ -1,25 +1,24 @@
 """MatMul, Gemm and Einsum (as batch matmuls, with adjoint flags instead of transposes)."""
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.ops.core import (
-    _back,
-    _dims,
-    _input_value,
-    _lite,
-    _prod,
-    _shape_tensor,
-    _unsupported,
+    cast_back,
+    dims_of,
+    input_value,
+    to_lite,
+    dims_product,
+    shape_tensor,
+    unsupported,
     emitter,
 )
 
 
 @emitter("MatMul")
 def emit_matmul(node, x, ctx):
-    (a, b), dt = _lite(node, "float", x[0], x[1])
+    (a, b), dt = to_lite(node, "float", x[0], x[1])
     if len(a.shape) == 1 or len(b.shape) == 1:
         a2 = a[None, :] if len(a.shape) == 1 else a
         b2 = b[:, None] if len(b.shape) == 1 else b
@@ -28,23 +27,23 @@ def emit_matmul(node, x, ctx):
             y = tf.squeeze(y, -2)
         if len(b.shape) == 1:
             y = tf.squeeze(y, -1)
-        return _back(y, dt)
-    return _back(tf.linalg.matmul(a, b), dt)
+        return cast_back(y, dt)
+    return cast_back(tf.linalg.matmul(a, b), dt)
 
 
 @emitter("Gemm")
 def emit_gemm(node, x, ctx):
     alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
     ta, tb = node.attr("transA", 0), node.attr("transB", 0)
-    (a,), dt = _lite(node, "float", x[0])
-    bv = _input_value(node, ctx, x, 1)
+    (a,), dt = to_lite(node, "float", x[0])
+    bv = input_value(node, ctx, x, 1)
     if bv is not None:  # fold transB and alpha into the constant: one FULLY_CONNECTED in TFLite
         bv = bv.T if tb else bv
         if alpha != 1.0:
             bv, alpha = bv * alpha, 1.0
         b, tb = ctx.weight(bv, a.dtype), 0  # a transposed view: the variable copies it once, a stand-in never
     else:
-        (b,), _ = _lite(node, "float", x[1])
+        (b,), _ = to_lite(node, "float", x[1])
     y = tf.linalg.matmul(a, b, transpose_a=bool(ta), transpose_b=bool(tb))
     if alpha != 1.0:
         y = y * alpha
@@ -53,16 +52,16 @@ def emit_gemm(node, x, ctx):
         # given as (N,): TF's grappler remapper fuses MatMul(transpose_a) + Add into _FusedMatMul
         # without checking the addend's rank, which then fails at run time with "bias must be
         # 1-dimensional" (ONNX test_gemm_transposeA).
-        cv = _input_value(node, ctx, x, 2)
+        cv = input_value(node, ctx, x, 2)
         if cv is not None:
             cv = cv.reshape(-1) if cv.ndim == 2 and cv.shape[0] == 1 else cv
             c = tf.constant((cv * beta) if beta != 1.0 else cv, dtype=y.dtype)
         else:
-            (c,), _ = _lite(node, "float", x[2])
+            (c,), _ = to_lite(node, "float", x[2])
             c = tf.squeeze(c, 0) if c.shape.rank == 2 and c.shape[0] == 1 else c
             c = c * beta if beta != 1.0 else c
         y = y + c
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -74,7 +73,7 @@ def _einsum_terms(node: Node, equation: str, ranks: list[int]) -> tuple[list[str
     lhs, arrow, rhs = eq.partition("->")
     terms = lhs.split(",")
     if len(terms) != len(ranks):
-        raise _unsupported(node, f"equation {equation!r} for {len(ranks)} operands")
+        raise unsupported(node, f"equation {equation!r} for {len(ranks)} operands")
     spare = [c for c in _LETTERS if c not in eq]
     n_ell = max([r - (len(t) - 3) for t, r in zip(terms, ranks) if "..." in t] or [0])
     ell = "".join(spare[:n_ell])
@@ -86,7 +85,7 @@ def _einsum_terms(node: Node, equation: str, ranks: list[int]) -> tuple[list[str
         out = ell + "".join(sorted(c for c in set(seen) if seen.count(c) == 1 and c not in ell))
     for t, r in zip(terms, ranks):
         if len(t) != r:
-            raise _unsupported(node, f"equation {equation!r}: term {t!r} for an operand of rank {r}")
+            raise unsupported(node, f"equation {equation!r}: term {t!r} for an operand of rank {r}")
     return terms, out
 
 
@@ -97,9 +96,9 @@ def _einsum_diagonal(t, term: str):
         p, q = term.index(c), term.index(c, term.index(c) + 1)
         rest = [i for i in range(len(term)) if i not in (p, q)]
         t = tf.transpose(t, rest + [p, q])
-        dims = _dims(t)
+        dims = dims_of(t)
         n = dims[-1]
-        t = tf.reshape(t, _shape_tensor(dims[:-2] + [n * n]))[..., :: n + 1]  # the diagonal of an n x n block
+        t = tf.reshape(t, shape_tensor(dims[:-2] + [n * n]))[..., :: n + 1]  # the diagonal of an n x n block
         term = "".join(term[i] for i in rest) + c
     return t, term
 
@@ -117,12 +116,12 @@ def _transpose_to(t, term: str, order: str):
 
 @emitter("Einsum")
 def emit_einsum(node, x, ctx):
-    xs, dt = _lite(node, "float", *x)
+    xs, dt = to_lite(node, "float", *x)
     terms, out = _einsum_terms(node, node.attr("equation"), [len(t.shape) for t in xs])
     items = [_einsum_diagonal(t, term) for t, term in zip(xs, terms)]
     sizes: dict[str, object] = {}
     for t, term in items:
-        for c, d in zip(term, _dims(t)):
+        for c, d in zip(term, dims_of(t)):
             if not isinstance(sizes.get(c), int) or sizes.get(c) == 1:
                 sizes[c] = d
     while len(items) > 1:
@@ -140,15 +139,15 @@ def emit_einsum(node, x, ctx):
         adj_b = tb == batch + right + contract and bool(contract) and bool(right)
         a = _transpose_to(a, ta, batch + (contract + left if adj_a else left + contract))
         b = _transpose_to(b, tb, batch + (right + contract if adj_b else contract + right))
-        da, db = _dims(a), _dims(b)
+        da, db = dims_of(a), dims_of(b)
         nb = len(batch)
-        la, ca, rb = _prod([sizes[c] for c in left]), _prod([sizes[c] for c in contract]), _prod([sizes[c] for c in right])
-        a = tf.reshape(a, _shape_tensor(da[:nb] + ([ca, la] if adj_a else [la, ca])))
-        b = tf.reshape(b, _shape_tensor(db[:nb] + ([rb, ca] if adj_b else [ca, rb])))
+        la, ca, rb = dims_product([sizes[c] for c in left]), dims_product([sizes[c] for c in contract]), dims_product([sizes[c] for c in right])
+        a = tf.reshape(a, shape_tensor(da[:nb] + ([ca, la] if adj_a else [la, ca])))
+        b = tf.reshape(b, shape_tensor(db[:nb] + ([rb, ca] if adj_b else [ca, rb])))
         y = tf.linalg.matmul(a, b, adjoint_a=adj_a, adjoint_b=adj_b)
         term = batch + left + right
-        y = tf.reshape(y, _shape_tensor([sizes[c] for c in term]))
+        y = tf.reshape(y, shape_tensor([sizes[c] for c in term]))
         items = [(y, term)] + items[2:]
     t, term = items[0]
     t, term = _einsum_sum_out(t, term, set(out))
-    return _back(_transpose_to(t, term, out), dt)
+    return cast_back(_transpose_to(t, term, out), dt)

@@ -12,20 +12,20 @@ from graph_convert.errors import ConvertError
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.emitter import EmitContext
 from graph_convert.backends.tensorflow.ops.core import (
-    _F16,
-    _F32,
-    _I16,
-    _I8,
-    _U16,
-    _U8,
-    _back,
-    _dims,
-    _float,
-    _gap,
-    _input_value,
-    _lite,
-    _shape_tensor,
-    _unsupported,
+    F16,
+    F32,
+    I16,
+    I8,
+    U16,
+    U8,
+    cast_back,
+    dims_of,
+    lite_float,
+    tflite_gap,
+    input_value,
+    to_lite,
+    shape_tensor,
+    unsupported,
     emitter,
 )
 
@@ -88,7 +88,7 @@ def _kernel_tf(node: Node, ctx: EmitContext, x, j: int = 1):
     wp = (*range(2, rank), 1, 0)
     if node.in_perm(j) is not None:
         if tuple(node.in_perm(j)) != wp:
-            raise _unsupported(node, f"weight layout {node.in_perm(j)}")
+            raise unsupported(node, f"weight layout {node.in_perm(j)}")
         return w
     if w is not None:
         return np.ascontiguousarray(np.transpose(w, wp))
@@ -113,7 +113,7 @@ def emit_conv(node, x, ctx):
     n = rank - 2
     w = _kernel_tf(node, ctx, xc)
     if not isinstance(w, np.ndarray):
-        raise _unsupported(node, "a non-constant weight")
+        raise unsupported(node, "a non-constant weight")
     kernel = list(w.shape[:n])
     strides = list(node.attr("strides") or [1] * n)
     dilations = list(node.attr("dilations") or [1] * n)
@@ -121,7 +121,7 @@ def emit_conv(node, x, ctx):
     in_spatial = xc.shape.as_list()[1:-1]
     pads = _spatial_pads(node, in_spatial, kernel, strides, dilations)
     if pads is None:
-        raise _unsupported(node, "auto_pad SAME with unknown spatial size")
+        raise unsupported(node, "auto_pad SAME with unknown spatial size")
     squeeze = n == 1
     if squeeze:  # NWC conv as an NHWC conv over a height-1 image: TFLite's 2-D kernels, no splitting
         xc, w = tf.expand_dims(xc, 1), w[None]
@@ -170,7 +170,7 @@ def emit_conv_transpose(node, x, ctx):
     n = rank - 2
     w = _kernel_tf(node, ctx, xc)  # (k..., C_out/group, C_in)
     if not isinstance(w, np.ndarray):
-        raise _unsupported(node, "a non-constant weight")
+        raise unsupported(node, "a non-constant weight")
     strides = list(node.attr("strides") or [1] * n)
     dilations = list(node.attr("dilations") or [1] * n)
     group = node.attr("group", 1)
@@ -178,7 +178,7 @@ def emit_conv_transpose(node, x, ctx):
     kernel = list(w.shape[:n])
     in_spatial = xc.shape.as_list()[1:-1]
     if any(d is None for d in in_spatial):
-        raise _unsupported(node, "unknown spatial size")
+        raise unsupported(node, "unknown spatial size")
     out_pad = list(node.attr("output_padding") or [0] * n)
     full = [(in_spatial[i] - 1) * strides[i] + kernel[i] for i in range(n)]
     out_shape = node.attr("output_shape")
@@ -229,11 +229,11 @@ def _pool_geometry(node, xc):
     in_spatial = xc.shape.as_list()[1:-1]
     pads = _spatial_pads(node, in_spatial, kernel, strides, dilations)
     if pads is None:
-        raise _unsupported(node, "auto_pad SAME with unknown spatial size")
+        raise unsupported(node, "auto_pad SAME with unknown spatial size")
     extra = [0] * n
     if node.attr("ceil_mode", 0):
         if any(d is None for d in in_spatial):
-            raise _unsupported(node, "ceil_mode with unknown spatial size")
+            raise unsupported(node, "ceil_mode with unknown spatial size")
         for i in range(n):
             eff = (kernel[i] - 1) * dilations[i] + 1
             span = in_spatial[i] + pads[i][0] + pads[i][1] - eff
@@ -290,18 +290,18 @@ def _window_max(x, kernel: list, strides: list, dilations: list):
 def emit_max_pool(node, x, ctx):
     xc = _to_cl(node, x[0])
     dt = xc.dtype
-    if dt in (_I8, _U8, _I16, _U16, _F16):  # float32 holds every value; TFLite pools only float32
-        xc = tf.cast(xc, _F32)
-    elif dt != _F32:
-        _gap(node, f"TFLite has no MAX_POOL_2D kernel for {dt.name}")
+    if dt in (I8, U8, I16, U16, F16):  # float32 holds every value; TFLite pools only float32
+        xc = tf.cast(xc, F32)
+    elif dt != F32:
+        tflite_gap(node, f"TFLite has no MAX_POOL_2D kernel for {dt.name}")
     n, kernel, strides, dilations, in_spatial, pads, extra = _pool_geometry(node, xc)
     if len(node.outputs) > 1 and node.outputs[1] and ctx.graph.num_uses(node.outputs[1]):
-        raise _unsupported(node, "the Indices output")
+        raise unsupported(node, "the Indices output")
     total = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
     low = xc.dtype.min
     if any(d > 1 for d in dilations):
         if any(v is None for v in in_spatial):
-            raise _unsupported(node, "dilation with unknown spatial size")
+            raise unsupported(node, "dilation with unknown spatial size")
         y = _window_max(_pad_cl(xc, total, low), kernel, strides, dilations)
     elif n == 2 and not any(extra) and any(p != (0, 0) for p in total) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
         y = tf.nn.max_pool(xc, kernel, strides, "SAME")
@@ -318,7 +318,7 @@ def emit_max_pool(node, x, ctx):
                         kernel, strides, "MAX")
     else:
         y = _pool_valid(_pad_cl(xc, total, low), kernel, strides, "MAX")
-    return _from_cl(node, _back(y, dt))
+    return _from_cl(node, cast_back(y, dt))
 
 
 _NON_NEGATIVE = {"Relu", "Sigmoid", "Softplus", "Abs", "Exp", "HardSigmoid"}
@@ -347,14 +347,14 @@ def emit_avg_pool(node, x, ctx):
     total = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
     dilated = any(d > 1 for d in dilations)
     if dilated and any(d is None for d in in_spatial):
-        raise _unsupported(node, "dilation with unknown spatial size")
+        raise unsupported(node, "dilation with unknown spatial size")
     if not dilated and all(p == (0, 0) for p in total):
         y = _pool_valid(xc, kernel, strides, "AVG")
     elif not dilated and n == 2 and not include and not any(extra) and _is_tf_same(pads, in_spatial, kernel, strides, dilations):
         y = tf.nn.avg_pool(xc, kernel, strides, "SAME")  # TF SAME excludes padding from the count
     else:
         if any(d is None for d in in_spatial):
-            raise _unsupported(node, "explicit padding with unknown spatial size")
+            raise unsupported(node, "explicit padding with unknown spatial size")
         # windows sum over the zero-padded input; divide by how many counted cells each window saw
         mask = np.zeros([in_spatial[i] + total[i][0] + total[i][1] for i in range(n)], np.float32)
         if include:  # the declared pads count, the extra ceil_mode cells do not
@@ -384,29 +384,29 @@ def emit_global_pool(node, x, ctx):
 
 @emitter("DepthToSpace", layout_aware=True)
 def emit_depth_to_space(node, x, ctx):
-    (xc,), dt = _lite(node, "depth_to_space", _to_cl(node, x[0]))
+    (xc,), dt = to_lite(node, "depth_to_space", _to_cl(node, x[0]))
     b = node.attr("blocksize")
     if node.attr("mode", "DCR") == "DCR":
         y = tf.nn.depth_to_space(xc, b)
     else:  # CRD: channels ordered (c, b1, b2)
-        nb, h, w, c = _dims(xc)
-        t = tf.reshape(xc, _shape_tensor([nb, h, w, c // (b * b), b, b]))
+        nb, h, w, c = dims_of(xc)
+        t = tf.reshape(xc, shape_tensor([nb, h, w, c // (b * b), b, b]))
         t = tf.transpose(t, [0, 1, 4, 2, 5, 3])
-        y = tf.reshape(t, _shape_tensor([nb, h * b, w * b, c // (b * b)]))
-    return _from_cl(node, _back(y, dt))
+        y = tf.reshape(t, shape_tensor([nb, h * b, w * b, c // (b * b)]))
+    return _from_cl(node, cast_back(y, dt))
 
 
 @emitter("SpaceToDepth", layout_aware=True)
 def emit_space_to_depth(node, x, ctx):
     b = node.attr("blocksize")
     if node.attr("mode", "DCR") == "DCR":  # output channels ordered (b1, b2, c), as TF's
-        (xc,), dt = _lite(node, "space_to_depth", _to_cl(node, x[0]))
-        return _from_cl(node, _back(tf.nn.space_to_depth(xc, b), dt))
-    (xc,), dt = _lite(node, "transpose", _to_cl(node, x[0]))  # CRD: (c, b1, b2)
-    nb, h, w, c = _dims(xc)
-    t = tf.reshape(xc, _shape_tensor([nb, h // b, b, w // b, b, c]))
+        (xc,), dt = to_lite(node, "space_to_depth", _to_cl(node, x[0]))
+        return _from_cl(node, cast_back(tf.nn.space_to_depth(xc, b), dt))
+    (xc,), dt = to_lite(node, "transpose", _to_cl(node, x[0]))  # CRD: (c, b1, b2)
+    nb, h, w, c = dims_of(xc)
+    t = tf.reshape(xc, shape_tensor([nb, h // b, b, w // b, b, c]))
     t = tf.transpose(t, [0, 1, 3, 5, 2, 4])
-    return _from_cl(node, _back(tf.reshape(t, _shape_tensor([nb, h // b, w // b, c * b * b])), dt))
+    return _from_cl(node, cast_back(tf.reshape(t, shape_tensor([nb, h // b, w // b, c * b * b])), dt))
 
 
 # --- Col2Im (F.fold) ---------------------------------------------------------------------------
@@ -435,37 +435,37 @@ def col2im_geometry(image: list[int], block: list[int], dilations: list[int], pa
 
 @emitter("Col2Im")
 def emit_col2im(node, x, ctx):
-    t, dt = _float(node, x[0])
-    image, block = _input_value(node, ctx, x, 1), _input_value(node, ctx, x, 2)
+    t, dt = lite_float(node, x[0])
+    image, block = input_value(node, ctx, x, 1), input_value(node, ctx, x, 2)
     if image is None or block is None:
-        raise _unsupported(node, "a run-time image_shape or block_shape")
+        raise unsupported(node, "a run-time image_shape or block_shape")
     image, block = [int(v) for v in image.reshape(-1)], [int(v) for v in block.reshape(-1)]
     n = len(image)
     if n not in (1, 2, 3) or len(block) != n:
-        raise _unsupported(node, f"{n}-D images")
+        raise unsupported(node, f"{n}-D images")
     dil = list(node.attr("dilations") or [1] * n)
     strides = list(node.attr("strides") or [1] * n)
     pads = list(node.attr("pads") or [0] * (2 * n))
-    dims = _dims(t)
+    dims = dims_of(t)
     ck, k = dims[1], int(np.prod(block))
     if not isinstance(ck, int) or ck % k:
-        raise _unsupported(node, "an unknown or non-divisible column count")
+        raise unsupported(node, "an unknown or non-divisible column count")
     c = ck // k
     grid, _ = col2im_geometry(image, block, dil, pads, strides)
     if isinstance(dims[2], int) and dims[2] != int(np.prod(grid)):
         raise ConvertError(f"node {node.name!r} (Col2Im): {dims[2]} columns, but the geometry gives {int(np.prod(grid))}")
-    cols = tf.reshape(t, _shape_tensor([dims[0], ck, *grid]))
+    cols = tf.reshape(t, shape_tensor([dims[0], ck, *grid]))
     cols = tf.transpose(cols, [0, *range(2, n + 2), 1])  # channels-last for TF's conv_transpose
     w = col2im_kernel(c, block, dil)  # (CK, C, k...) -> TF (k..., C, CK)
     w = np.ascontiguousarray(np.transpose(w, [*range(2, n + 2), 1, 0]))
     kd = list(w.shape[:n])
     full = [(grid[i] - 1) * strides[i] + kd[i] for i in range(n)]
     batch = dims[0]
-    oshape = _shape_tensor([batch, *full, c])
+    oshape = shape_tensor([batch, *full, c])
     conv = {1: tf.nn.conv1d_transpose, 2: tf.nn.conv2d_transpose, 3: tf.nn.conv3d_transpose}[n]
     y = conv(cols, tf.constant(w, cols.dtype), oshape, strides=strides, padding="VALID")
     y = y[(slice(None), *[slice(pads[i], min(pads[i] + image[i], full[i])) for i in range(n)], slice(None))]
     extra = [max(pads[i] + image[i] - full[i], 0) for i in range(n)]  # cells no block reaches
     if any(extra):
         y = tf.pad(y, [(0, 0), *[(0, e) for e in extra], (0, 0)])
-    return _back(tf.transpose(y, [0, n + 1, *range(1, n + 1)]), dt)
+    return cast_back(tf.transpose(y, [0, n + 1, *range(1, n + 1)]), dt)

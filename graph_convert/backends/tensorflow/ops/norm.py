@@ -6,11 +6,11 @@ import tensorflow as tf
 
 from graph_convert.backends.tensorflow.emitter import EmitContext, tf_dtype
 from graph_convert.backends.tensorflow.ops.core import (
-    _back,
-    _dims,
-    _float,
-    _shape_tensor,
-    _unsupported,
+    cast_back,
+    dims_of,
+    lite_float,
+    shape_tensor,
+    unsupported,
     emitter,
 )
 
@@ -27,17 +27,17 @@ def _out_dtype(ctx: EmitContext, tensor: str, default):
 @emitter("BatchNormalization")
 def emit_batchnorm(node, x, ctx):
     if node.attr("training_mode", 0):
-        raise _unsupported(node, "training mode (running statistics)")
-    t, dt = _float(node, x[0])
+        raise unsupported(node, "training mode (running statistics)")
+    t, dt = lite_float(node, x[0])
     shape = _channel_shape(len(t.shape), False)
     eps = node.attr("epsilon", 1e-5)
     scale, bias, mean, var = (tf.reshape(tf.cast(v, t.dtype), shape) for v in x[1:5])
-    return _back((t - mean) * (scale / tf.math.sqrt(var + eps)) + bias, dt)
+    return cast_back((t - mean) * (scale / tf.math.sqrt(var + eps)) + bias, dt)
 
 
 @emitter("InstanceNormalization", layout_aware=True)
 def emit_instance_norm(node, x, ctx):
-    t, dt = _float(node, x[0])  # N...C when the layout pass marked the node, else NC...
+    t, dt = lite_float(node, x[0])  # N...C when the layout pass marked the node, else NC...
     rank = len(t.shape)
     cl = node.in_perm(0) is not None
     axes = list(range(1, rank - 1)) if cl else list(range(2, rank))
@@ -46,7 +46,7 @@ def emit_instance_norm(node, x, ctx):
     d = t - mean
     var = tf.math.reduce_mean(d * d, axis=axes, keepdims=True)
     scale, bias = (tf.reshape(tf.cast(v, t.dtype), shape) for v in x[1:3])
-    return _back(d * tf.math.rsqrt(var + node.attr("epsilon", 1e-5)) * scale + bias, dt)
+    return cast_back(d * tf.math.rsqrt(var + node.attr("epsilon", 1e-5)) * scale + bias, dt)
 
 
 def _shift(b, rank: int, ctx):
@@ -61,7 +61,7 @@ def _shift(b, rank: int, ctx):
 
 @emitter("LayerNormalization", "graph_convert::LayerNormalization")  # and its local function
 def emit_layer_norm(node, x, ctx):
-    t, dt = _float(node, x[0])
+    t, dt = lite_float(node, x[0])
     rank = len(t.shape)
     axes = list(range(node.attr("axis", -1) % rank, rank))
     mean = tf.math.reduce_mean(t, axis=axes, keepdims=True)
@@ -72,22 +72,22 @@ def emit_layer_norm(node, x, ctx):
         y = y * tf.cast(x[1], t.dtype)
     if len(x) > 2 and x[2] is not None:
         y = y + _shift(tf.cast(x[2], t.dtype), rank, ctx)
-    outs = [_back(y, dt)]
+    outs = [cast_back(y, dt)]
     for k, v in ((1, mean), (2, inv)):
         if len(node.outputs) > k and node.outputs[k]:
-            outs.append(_back(v, _out_dtype(ctx, node.outputs[k], v.dtype)))
+            outs.append(cast_back(v, _out_dtype(ctx, node.outputs[k], v.dtype)))
     return outs
 
 
 @emitter("GroupNormalization")
 def emit_group_norm(node, x, ctx):
-    t, dt = _float(node, x[0])
+    t, dt = lite_float(node, x[0])
     g = node.attr("num_groups")
-    dims = _dims(t)
+    dims = dims_of(t)
     c = dims[1]
     if not isinstance(c, int):
-        raise _unsupported(node, "an unknown channel count")
-    grouped = tf.reshape(t, _shape_tensor([dims[0], g, -1]))
+        raise unsupported(node, "an unknown channel count")
+    grouped = tf.reshape(t, shape_tensor([dims[0], g, -1]))
     mean = tf.math.reduce_mean(grouped, axis=2, keepdims=True)
     d = grouped - mean
     var = tf.math.reduce_mean(d * d, axis=2, keepdims=True)
@@ -96,50 +96,50 @@ def emit_group_norm(node, x, ctx):
     if ctx.opset < 21:  # GroupNormalization-18: scale and bias per group
         scale, bias = (tf.reshape(tf.broadcast_to(tf.reshape(v, [g, 1]), [g, c // g]), [c]) for v in (scale, bias))
     shape = _channel_shape(len(t.shape), False)
-    return _back(y * tf.reshape(scale, shape) + tf.reshape(bias, shape), dt)
+    return cast_back(y * tf.reshape(scale, shape) + tf.reshape(bias, shape), dt)
 
 
 @emitter("RMSNormalization", "graph_convert::RMSNormalization")
 def emit_rms_norm(node, x, ctx):
-    t, dt = _float(node, x[0])
+    t, dt = lite_float(node, x[0])
     rank = len(t.shape)
     axes = list(range(node.attr("axis", -1) % rank, rank))
     y = t * tf.math.rsqrt(tf.math.reduce_mean(t * t, axis=axes, keepdims=True) + node.attr("epsilon", 1e-5))
-    return _back(y * tf.cast(x[1], t.dtype), dt)
+    return cast_back(y * tf.cast(x[1], t.dtype), dt)
 
 
 @emitter("MeanVarianceNormalization")
 def emit_mvn(node, x, ctx):
-    t, dt = _float(node, x[0])
+    t, dt = lite_float(node, x[0])
     rank = len(t.shape)
     axes = sorted({a % rank for a in node.attr("axes", [0, 2, 3])})
     mean = tf.math.reduce_mean(t, axis=axes, keepdims=True)
     var = tf.math.reduce_mean(t * t, axis=axes, keepdims=True) - mean * mean  # as ONNX's function body
-    return _back((t - mean) / (tf.math.sqrt(var) + 1e-9), dt)
+    return cast_back((t - mean) / (tf.math.sqrt(var) + 1e-9), dt)
 
 
 @emitter("LpNormalization")
 def emit_lp_norm(node, x, ctx):
-    t, dt = _float(node, x[0])
+    t, dt = lite_float(node, x[0])
     axis, p = node.attr("axis", -1), node.attr("p", 2)
     if p == 1:
         norm = tf.math.reduce_sum(tf.math.abs(t), axis=axis, keepdims=True)
     elif p == 2:
         norm = tf.math.sqrt(tf.math.reduce_sum(t * t, axis=axis, keepdims=True))
     else:
-        raise _unsupported(node, f"p={p}")
-    return _back(tf.where(tf.math.equal(norm, 0.0), tf.zeros_like(t), t / norm), dt)  # 0/0 gives 0
+        raise unsupported(node, f"p={p}")
+    return cast_back(tf.where(tf.math.equal(norm, 0.0), tf.zeros_like(t), t / norm), dt)  # 0/0 gives 0
 
 
 @emitter("LRN", layout_aware=True)
 def emit_lrn(node, x, ctx):
-    t, dt = _float(node, x[0])  # N...C when marked, else NC...
+    t, dt = lite_float(node, x[0])  # N...C when marked, else NC...
     size = node.attr("size")
     alpha, beta, bias = node.attr("alpha", 1e-4), node.attr("beta", 0.75), node.attr("bias", 1.0)
     rank = len(t.shape)
     cl = node.in_perm(0) is not None
     if cl and rank == 4 and size % 2 == 1:  # TFLite's LOCAL_RESPONSE_NORMALIZATION, a symmetric window
-        return _back(tf.nn.local_response_normalization(t, depth_radius=size // 2, bias=bias, alpha=alpha / size, beta=beta), dt)
+        return cast_back(tf.nn.local_response_normalization(t, depth_radius=size // 2, bias=bias, alpha=alpha / size, beta=beta), dt)
     # the channel window [c - floor((size-1)/2), c + ceil((size-1)/2)] as a sum of shifted slices
     c_axis = rank - 1 if cl else 1
     lo = (size - 1) // 2
@@ -148,9 +148,9 @@ def emit_lrn(node, x, ctx):
     sq = tf.pad(t * t, pads)
     n = t.shape[c_axis]
     if n is None:
-        raise _unsupported(node, "an unknown channel count")
+        raise unsupported(node, "an unknown channel count")
     window = None
     for k in range(size):
         part = sq[tuple(slice(k, k + n) if a == c_axis else slice(None) for a in range(rank))]
         window = part if window is None else window + part
-    return _back(t / tf.math.pow(bias + (alpha / size) * window, beta), dt)
+    return cast_back(t / tf.math.pow(bias + (alpha / size) * window, beta), dt)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from graph_convert.errors import ConvertError
-from graph_convert.backends.tensorflow.ops.core import _input_value, emitter
+from graph_convert.backends.tensorflow.ops.core import input_value, emitter
 
 # name -> (function of (x, alpha, beta), default alpha, default beta); None: the activation takes none
 _ACTIVATIONS = {
@@ -134,7 +134,7 @@ def _directions(node) -> list[bool]:
 
 def _check_sequence_lens(node, ctx, x, T: int) -> None:
     if len(node.inputs) > 4 and node.inputs[4]:
-        seq = _input_value(node, ctx, x, 4)
+        seq = input_value(node, ctx, x, 4)
         if seq is None or np.any(np.asarray(seq) != T):
             raise ConvertError(f"node {node.name!r} ({node.op_type}): sequence_lens other than the full length {T} everywhere "
                                f"(or known only at run time) is not supported by the TF emitter")

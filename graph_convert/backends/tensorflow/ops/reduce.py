@@ -7,27 +7,27 @@ import tensorflow as tf
 from graph_convert.ir import perm as P
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.ops.core import (
-    _CONTAINERS,
-    _LITE_DTYPES,
-    _axes_input,
-    _back,
-    _constant,
-    _dims,
-    _float,
-    _input_value,
-    _lite,
-    _prod,
-    _shape_tensor,
-    _static,
-    _unsupported,
+    CONTAINERS,
+    LITE_DTYPES,
+    axes_input,
+    cast_back,
+    make_constant,
+    dims_of,
+    lite_float,
+    input_value,
+    to_lite,
+    dims_product,
+    shape_tensor,
+    static_shape,
+    unsupported,
     emitter,
 )
-from graph_convert.backends.tensorflow.ops.elementwise import _abs
+from graph_convert.backends.tensorflow.ops.elementwise import lite_abs
 
 
 def _reduce_axes(node, x, ctx):
     rank = len(x[0].shape)
-    axes = _axes_input(node, ctx, x)
+    axes = axes_input(node, ctx, x)
     if not axes:
         return None if node.attr("noop_with_empty_axes", 0) else list(range(rank))
     return sorted({a % rank for a in axes})
@@ -48,7 +48,7 @@ _REDUCE: dict[str, tuple] = {
     "ReduceMin": ("reduce", False, tf.math.reduce_min),
     "ReduceMean": ("float", True, tf.math.reduce_mean),
     "ReduceSumSquare": (("reduce", "mul"), False, lambda t, axis, keepdims: tf.math.reduce_sum(t * t, axis, keepdims)),
-    "ReduceL1": (("reduce", "less", "neg", "select"), False, lambda t, axis, keepdims: tf.math.reduce_sum(_abs(t), axis, keepdims)),
+    "ReduceL1": (("reduce", "less", "neg", "select"), False, lambda t, axis, keepdims: tf.math.reduce_sum(lite_abs(t), axis, keepdims)),
     "ReduceL2": ("float", True, lambda t, axis, keepdims: tf.math.sqrt(tf.math.reduce_sum(t * t, axis, keepdims))),
     "ReduceLogSum": ("float", True, lambda t, axis, keepdims: tf.math.log(tf.math.reduce_sum(t, axis, keepdims))),
     "ReduceLogSumExp": ("float", True, _log_sum_exp),
@@ -81,38 +81,38 @@ def emit_reduce(node, x, ctx):
         return tf.identity(x[0])
     keep = bool(node.attr("keepdims", 1))
     kinds, float_only, fn = _REDUCE[node.op_type]
-    s = _static(x[0])
+    s = static_shape(x[0])
     if s is not None and any(s[a] == 0 for a in axes):  # nothing to reduce: the result is a constant
         out = [1 if i in axes else d for i, d in enumerate(s)] if keep else [d for i, d in enumerate(s) if i not in axes]
-        return _constant(node, np.full(out, _empty_reduction(node.op_type, x[0].dtype)), ctx)
+        return make_constant(node, np.full(out, _empty_reduction(node.op_type, x[0].dtype)), ctx)
     if float_only and not x[0].dtype.is_floating:
-        raise _unsupported(node, f"{x[0].dtype.name} input")
-    (t,), dt = _lite(node, kinds, x[0])
-    return _back(fn(t, axes, keep), dt)
+        raise unsupported(node, f"{x[0].dtype.name} input")
+    (t,), dt = to_lite(node, kinds, x[0])
+    return cast_back(fn(t, axes, keep), dt)
 
 
 @emitter("Softmax", "LogSoftmax")
 def emit_softmax(node, x, ctx):
     fn = tf.nn.softmax if node.op_type == "Softmax" else tf.nn.log_softmax
-    t, dt = _float(node, x[0])
+    t, dt = lite_float(node, x[0])
     rank = len(t.shape)
     if ctx.opset >= 13:
         axis = node.attr("axis", -1) % rank
         if axis == rank - 1:
-            return _back(fn(t, axis=-1), dt)
+            return cast_back(fn(t, axis=-1), dt)
         # TFLite's SOFTMAX works on the last axis only (TF would wrap it in two TRANSPOSEs):
         # spell it out with reductions over the axis instead
         z = t - tf.math.reduce_max(t, axis=axis, keepdims=True)
         if node.op_type == "Softmax":
             e = tf.math.exp(z)
-            return _back(e / tf.math.reduce_sum(e, axis=axis, keepdims=True), dt)
-        return _back(z - tf.math.log(tf.math.reduce_sum(tf.math.exp(z), axis=axis, keepdims=True)), dt)
+            return cast_back(e / tf.math.reduce_sum(e, axis=axis, keepdims=True), dt)
+        return cast_back(z - tf.math.log(tf.math.reduce_sum(tf.math.exp(z), axis=axis, keepdims=True)), dt)
     axis = node.attr("axis", 1) % rank  # opset < 13: softmax over the flattened trailing dims
     if axis == rank - 1:
-        return _back(fn(t, axis=-1), dt)
-    dims = _dims(t)
-    flat = tf.reshape(t, _shape_tensor([*dims[:axis], -1]))
-    return _back(tf.reshape(fn(flat, axis=-1), tf.shape(t)), dt)
+        return cast_back(fn(t, axis=-1), dt)
+    dims = dims_of(t)
+    flat = tf.reshape(t, shape_tensor([*dims[:axis], -1]))
+    return cast_back(tf.reshape(fn(flat, axis=-1), tf.shape(t)), dt)
 
 
 @emitter("Hardmax")
@@ -123,32 +123,32 @@ def emit_hardmax(node, x, ctx):
         axis = node.attr("axis", -1) % rank
         return _one_hot_of(node, _arg_index(node, t, axis, "max", last=False), t.shape[axis], axis, t.dtype)
     axis = node.attr("axis", 1) % rank
-    dims = _dims(t)
-    flat = tf.reshape(t, _shape_tensor([_prod(dims[:axis]), _prod(dims[axis:])]))
+    dims = dims_of(t)
+    flat = tf.reshape(t, shape_tensor([dims_product(dims[:axis]), dims_product(dims[axis:])]))
     y = _one_hot_of(node, _arg_index(node, flat, 1, "max", last=False), flat.shape[1], -1, t.dtype)
     return tf.reshape(y, tf.shape(t))
 
 
 def _one_hot_of(node: Node, idx, depth: int, axis: int, dtype):
-    (vals,), dt = _lite(node, "one_hot", tf.constant([0, 1], dtype))
-    return _back(tf.one_hot(idx, depth, on_value=vals[1], off_value=vals[0], axis=axis), dt)
+    (vals,), dt = to_lite(node, "one_hot", tf.constant([0, 1], dtype))
+    return cast_back(tf.one_hot(idx, depth, on_value=vals[1], off_value=vals[0], axis=axis), dt)
 
 
 def _arg_index(node: Node, t, axis: int, which: str, last: bool):
     """int64 index of the first (or last) max/min along ``axis`` (axis removed)."""
     dt = t.dtype
     if not last:
-        for c in _CONTAINERS.get(dt, (dt,)):
-            if c in _LITE_DTYPES["argmax"]:
+        for c in CONTAINERS.get(dt, (dt,)):
+            if c in LITE_DTYPES["argmax"]:
                 t = t if c == dt else tf.cast(t, c)
                 return (tf.math.argmax if which == "max" else tf.math.argmin)(t, axis=axis, output_type=tf.int64)
     # no ARG_MAX kernel for the dtype (int64), or the last index wanted: mark where the extreme
     # value sits and take the smallest/largest position among the marks
-    (t,), _ = _lite(node, ("reduce", "equal"), t)
+    (t,), _ = to_lite(node, ("reduce", "equal"), t)
     ext = (tf.math.reduce_max if which == "max" else tf.math.reduce_min)(t, axis=axis, keepdims=True)
     n = t.shape[axis]
     if n is None:
-        raise _unsupported(node, "an unknown reduced dimension")
+        raise unsupported(node, "an unknown reduced dimension")
     pos = tf.constant(np.arange(n, dtype=np.int32).reshape([n if i == axis else 1 for i in range(len(t.shape))]))
     hit = tf.math.equal(t, ext)
     if last:
@@ -161,7 +161,7 @@ def emit_arg(node, x, ctx):
     t = x[0]
     rank = len(t.shape)
     axis = node.attr("axis", 0) % rank
-    t = _float(node, t)[0] if t.dtype.is_floating else t
+    t = lite_float(node, t)[0] if t.dtype.is_floating else t
     y = _arg_index(node, t, axis, "max" if node.op_type == "ArgMax" else "min", bool(node.attr("select_last_index", 0)))
     if node.attr("keepdims", 1):
         y = tf.expand_dims(y, axis)
@@ -176,9 +176,9 @@ def emit_top_k(node, x, ctx):
     if ctx.opset < 10:
         k = node.attr("k")
     else:
-        kv = _input_value(node, ctx, x, 1)
+        kv = input_value(node, ctx, x, 1)
         k = int(kv.reshape(-1)[0]) if kv is not None else tf.cast(tf.reshape(x[1], []), tf.int32)
-    (t,), dt = _lite(node, ("topk", "neg", "sub"), t)
+    (t,), dt = to_lite(node, ("topk", "neg", "sub"), t)
     perm = [i for i in range(rank) if i != axis] + [axis]
     moved = axis != rank - 1
     if moved:
@@ -199,14 +199,14 @@ def emit_top_k(node, x, ctx):
     if moved:
         inv = P.invert(perm)
         vals, idx = tf.transpose(vals, inv), tf.transpose(idx, inv)
-    return [_back(vals, dt), idx]
+    return [cast_back(vals, dt), idx]
 
 
 @emitter("CumSum")
 def emit_cumsum(node, x, ctx):
-    av = _input_value(node, ctx, x, 1)
+    av = input_value(node, ctx, x, 1)
     if av is None:
-        raise _unsupported(node, "a non-constant axis")
-    (t,), dt = _lite(node, "cumsum", x[0])
+        raise unsupported(node, "a non-constant axis")
+    (t,), dt = to_lite(node, "cumsum", x[0])
     y = tf.math.cumsum(t, axis=int(av.reshape(-1)[0]), exclusive=bool(node.attr("exclusive", 0)), reverse=bool(node.attr("reverse", 0)))
-    return _back(y, dt)
+    return cast_back(y, dt)

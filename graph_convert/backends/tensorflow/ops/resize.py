@@ -11,14 +11,14 @@ from graph_convert.ir import perm as P
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.emitter import EmitContext
 from graph_convert.backends.tensorflow.ops.core import (
-    _back,
-    _dims,
-    _float,
-    _input_value,
-    _lite,
-    _shape_tensor,
-    _static,
-    _unsupported,
+    cast_back,
+    dims_of,
+    lite_float,
+    input_value,
+    to_lite,
+    shape_tensor,
+    static_shape,
+    unsupported,
     emitter,
 )
 
@@ -150,9 +150,9 @@ def _resize_params(node: Node, ctx: EmitContext, x: list, shape: list[int]):
         if node.op_type == "Upsample" and ctx.opset < 9:
             scales = [float(s) for s in node.attr("scales")]
         else:
-            sv = _input_value(node, ctx, x, 1)
+            sv = input_value(node, ctx, x, 1)
             if sv is None:
-                raise _unsupported(node, "non-constant scales")
+                raise unsupported(node, "non-constant scales")
             scales = [float(s) for s in sv.reshape(-1)]
         axes = [(shape[a], int(np.floor(scales[a] * shape[a])), scales[a], None) for a in range(rank)]
         return mode, "asymmetric", None, axes
@@ -162,11 +162,11 @@ def _resize_params(node: Node, ctx: EmitContext, x: list, shape: list[int]):
     consts = []
     for j in (1, 2, 3):
         if len(node.inputs) > j and node.inputs[j]:
-            v = _input_value(node, ctx, x, j)
+            v = input_value(node, ctx, x, j)
             if v is None and ctx.batch is not None and ctx.batch.is_dynamic_const(node.inputs[j]):
                 v = ctx.graph.constant_value(node.inputs[j])  # sizes with the batch in: its entry is checked unresized
             if v is None:
-                raise _unsupported(node, "non-constant roi/scales/sizes")
+                raise unsupported(node, "non-constant roi/scales/sizes")
             consts.append(v.reshape(-1) if v.size else None)
         else:
             consts.append(None)
@@ -191,7 +191,7 @@ def _resize_params(node: Node, ctx: EmitContext, x: list, shape: list[int]):
             scales[a] = float(scales_v[i])
             outs[a] = int(np.floor(scales[a] * shape[a]))
     else:
-        raise _unsupported(node, "neither scales nor sizes")
+        raise unsupported(node, "neither scales nor sizes")
     return mode, coord, nearest, [(shape[a], outs[a], scales[a], roi[a] if coord == "tf_crop_and_resize" else None) for a in range(rank)]
 
 
@@ -201,21 +201,21 @@ def emit_resize(node, x, ctx):
     rank = len(t.shape)
     cl = node.in_perm(0) is not None
     where_is = list(P.channels_last(rank)) if cl else list(range(rank))  # ONNX axis -> position in t
-    shape_t = _static(t)
+    shape_t = static_shape(t)
     dynamic = []  # positions of the batch dim (dynamic batch): the IR's size there, never resized
     if shape_t is None and ctx.batch is not None and ctx.graph.shape(node.inputs[0]) is not None:
         dynamic = [i for i, d in enumerate(t.shape.as_list()) if d is None]
         shape_t = [d if d is not None else ctx.graph.shape(node.inputs[0])[i] for i, d in enumerate(t.shape.as_list())]
     if shape_t is None or any(not isinstance(d, int) for d in shape_t):
-        raise _unsupported(node, "unknown input shape")
+        raise unsupported(node, "unknown input shape")
     shape = [shape_t[where_is.index(a)] for a in range(rank)]
     mode, coord, nearest, axes = _resize_params(node, ctx, x, shape)
     for i in dynamic:
         size, out, scale, roi = axes[where_is[i]]
         if out != size or not math.isclose(scale, 1.0) or (roi is not None and roi != (0.0, 1.0)):
-            raise _unsupported(node, "resizing the batch axis with a dynamic batch")
+            raise unsupported(node, "resizing the batch axis with a dynamic batch")
     if mode not in ("nearest", "linear", "cubic"):
-        raise _unsupported(node, f"mode {mode!r}")
+        raise unsupported(node, f"mode {mode!r}")
     old_form = nearest is None
     taps = {}
     for a, (size, out, scale, roi) in enumerate(axes):
@@ -228,16 +228,16 @@ def emit_resize(node, x, ctx):
         return tf.identity(t)
     if not t.dtype.is_floating:
         if mode != "nearest":  # no agreed rounding: ONNX's reference rounds half to even, ONNX Runtime truncates
-            raise _unsupported(node, f"{mode} interpolation of {t.dtype.name} values")
-        (t,), dt = _lite(node, "gather", t)
+            raise unsupported(node, f"{mode} interpolation of {t.dtype.name} values")
+        (t,), dt = to_lite(node, "gather", t)
     else:
-        t, dt = _float(node, t)
+        t, dt = lite_float(node, t)
     y = _native_resize(node, t, mode, taps, axes, cl) if cl and rank == 4 else None
     if y is None:
         for a, (idx, w, extrap) in taps.items():
             y_axis = where_is.index(a)
             y = _resize_axis(t if y is None else y, y_axis, idx, w, extrap, node.attr("extrapolation_value", 0.0), mode)
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 def _resize_axis(t, axis: int, idx: np.ndarray, w: np.ndarray, extrap, extrap_value: float, mode: str):
@@ -247,8 +247,8 @@ def _resize_axis(t, axis: int, idx: np.ndarray, w: np.ndarray, extrap, extrap_va
         y = tf.gather(t, idx[np.arange(out), np.argmax(w, axis=1)].astype(np.int32), axis=axis)
     else:
         g = tf.gather(t, idx.reshape(-1).astype(np.int32), axis=axis)  # (..., out * n, ...)
-        dims = _dims(g)
-        g = tf.reshape(g, _shape_tensor(dims[:axis] + [out, n] + dims[axis + 1:]))
+        dims = dims_of(g)
+        g = tf.reshape(g, shape_tensor(dims[:axis] + [out, n] + dims[axis + 1:]))
         wt = tf.constant(w.reshape([1] * axis + [out, n] + [1] * (rank - axis - 1)).astype(t.dtype.as_numpy_dtype))
         y = tf.math.reduce_sum(g * wt, axis=axis + 1)
     if extrap is not None and extrap.any():

@@ -11,27 +11,27 @@ import tensorflow as tf
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.emitter import tf_dtype
 from graph_convert.backends.tensorflow.ops.core import (
-    _CONTAINERS,
-    _LITE_DTYPES,
-    _axes_input,
-    _back,
-    _constant,
-    _dims,
-    _gap,
-    _input_value,
-    _lite,
-    _prod,
-    _scalar_operand,
-    _shape_tensor,
-    _static,
-    _unsupported,
+    CONTAINERS,
+    LITE_DTYPES,
+    axes_input,
+    cast_back,
+    make_constant,
+    dims_of,
+    tflite_gap,
+    input_value,
+    to_lite,
+    dims_product,
+    scalar_operand,
+    shape_tensor,
+    static_shape,
+    unsupported,
     emitter,
 )
 
 
 @emitter("Reshape")
 def emit_reshape(node, x, ctx):
-    target = _input_value(node, ctx, x, 1)
+    target = input_value(node, ctx, x, 1)
     if target is None:
         t = tf.cast(x[1], tf.int64)
         n = t.shape[0]
@@ -43,9 +43,9 @@ def emit_reshape(node, x, ctx):
         return tf.reshape(x[0], t)
     target = [int(v) for v in target.reshape(-1)]
     if not node.attr("allowzero", 0) and 0 in target:
-        dims = _dims(x[0])
+        dims = dims_of(x[0])
         target = [dims[i] if v == 0 else v for i, v in enumerate(target)]
-    return tf.reshape(x[0], _shape_tensor(target))
+    return tf.reshape(x[0], shape_tensor(target))
 
 
 @emitter("Flatten")
@@ -53,8 +53,8 @@ def emit_flatten(node, x, ctx):
     rank = len(x[0].shape)
     axis = node.attr("axis", 1)
     axis = axis + rank if axis < 0 else axis
-    dims = _dims(x[0])
-    return tf.reshape(x[0], _shape_tensor([_prod(dims[:axis]), _prod(dims[axis:])]))
+    dims = dims_of(x[0])
+    return tf.reshape(x[0], shape_tensor([dims_product(dims[:axis]), dims_product(dims[axis:])]))
 
 
 @emitter("Transpose")
@@ -62,8 +62,8 @@ def emit_transpose(node, x, ctx):
     p = node.attr("perm")
     if p is None:
         p = list(reversed(range(len(x[0].shape))))
-    (t,), dt = _lite(node, "transpose", x[0])
-    return _back(_transpose(t, p), dt)
+    (t,), dt = to_lite(node, "transpose", x[0])
+    return cast_back(_transpose(t, p), dt)
 
 
 def _merged(shape: list, p: list) -> tuple[list, list]:
@@ -105,38 +105,38 @@ def _transpose(t, p: list):
 
 @emitter("Concat")
 def emit_concat(node, x, ctx):
-    xs, dt = _lite(node, "concat", *[t for t in x if t is not None])
-    return _back(tf.concat(xs, axis=node.attr("axis")), dt)
+    xs, dt = to_lite(node, "concat", *[t for t in x if t is not None])
+    return cast_back(tf.concat(xs, axis=node.attr("axis")), dt)
 
 
 @emitter("Squeeze")
 def emit_squeeze(node, x, ctx):
-    axes = _axes_input(node, ctx, x)
+    axes = axes_input(node, ctx, x)
     rank = len(x[0].shape)
-    dims = _dims(x[0])
+    dims = dims_of(x[0])
     if axes is None:
         if any(not isinstance(d, int) for d in dims):
             return tf.squeeze(x[0])
         axes = [i for i, d in enumerate(dims) if d == 1]
     drop = {a % rank for a in axes}
-    return tf.reshape(x[0], _shape_tensor([d for i, d in enumerate(dims) if i not in drop]))
+    return tf.reshape(x[0], shape_tensor([d for i, d in enumerate(dims) if i not in drop]))
 
 
 @emitter("Unsqueeze")
 def emit_unsqueeze(node, x, ctx):
-    axes = _axes_input(node, ctx, x)
+    axes = axes_input(node, ctx, x)
     if axes is None:
-        raise _unsupported(node, "missing axes")
+        raise unsupported(node, "missing axes")
     out_rank = len(x[0].shape) + len(axes)
     new = {a % out_rank for a in axes}
-    rest = iter(_dims(x[0]))
-    return tf.reshape(x[0], _shape_tensor([1 if i in new else next(rest) for i in range(out_rank)]))
+    rest = iter(dims_of(x[0]))
+    return tf.reshape(x[0], shape_tensor([1 if i in new else next(rest) for i in range(out_rank)]))
 
 
 @emitter("Shape")
 def emit_shape(node, x, ctx):
     start, end = node.attr("start", 0), node.attr("end")
-    s = _static(x[0])
+    s = static_shape(x[0])
     if s is not None:
         return tf.constant(np.array(s[start:end], dtype=np.int64))
     return tf.shape(x[0], out_type=tf.int64)[start:end]
@@ -144,7 +144,7 @@ def emit_shape(node, x, ctx):
 
 @emitter("Size")
 def emit_size(node, x, ctx):
-    s = _static(x[0])
+    s = static_shape(x[0])
     if s is not None:
         return tf.constant(np.int64(np.prod(s)))
     return tf.size(x[0], out_type=tf.int64)
@@ -154,24 +154,24 @@ def emit_size(node, x, ctx):
 def emit_split(node, x, ctx):
     axis = node.attr("axis", 0)
     if ctx.opset >= 13 and len(node.inputs) > 1 and node.inputs[1]:
-        split = _input_value(node, ctx, x, 1)
+        split = input_value(node, ctx, x, 1)
         if split is None:
-            raise _unsupported(node, "non-constant split sizes")
+            raise unsupported(node, "non-constant split sizes")
         split = [int(v) for v in split]
     else:
         split = node.attr("split")
     n = len(node.outputs)
-    (t,), dt = _lite(node, "split", x[0])
+    (t,), dt = to_lite(node, "split", x[0])
     if split is None:
         dim = t.shape[axis]
         if dim is None:
-            return [_back(y, dt) for y in tf.split(t, n, axis=axis)]
+            return [cast_back(y, dt) for y in tf.split(t, n, axis=axis)]
         chunk = -(-dim // n)  # opset 18 num_outputs: the last chunk may be smaller
         split = [chunk] * (dim // chunk) + ([dim % chunk] if dim % chunk else [])
     if len(set(split)) == 1 and t.shape[axis] == sum(split):
         # equal parts as a count: TFLite SPLIT, which XNNPACK takes (SPLIT_V cuts the delegate graph)
-        return [_back(y, dt) for y in tf.split(t, len(split), axis=axis)]
-    return [_back(y, dt) for y in tf.split(t, split, axis=axis)]
+        return [cast_back(y, dt) for y in tf.split(t, len(split), axis=axis)]
+    return [cast_back(y, dt) for y in tf.split(t, split, axis=axis)]
 
 
 def _slice_bounds(start: int, end: int, step: int, dim: int) -> tuple[int, int | None]:
@@ -195,17 +195,17 @@ def emit_slice(node, x, ctx):
         axes = node.attr("axes", list(range(len(starts))))
         steps = [1] * len(starts)
     else:
-        vals = [_input_value(node, ctx, x, j) for j in range(1, 5)]
+        vals = [input_value(node, ctx, x, j) for j in range(1, 5)]
         if (len(node.inputs) > 3 and node.inputs[3] and vals[2] is None) or (len(node.inputs) > 4 and node.inputs[4] and vals[3] is None):
-            raise _unsupported(node, "non-constant axes/steps")
+            raise unsupported(node, "non-constant axes/steps")
         n = (x[1].shape[0] if vals[0] is None else vals[0].size)
         if n is None:
-            raise _unsupported(node, "starts of unknown length")
+            raise unsupported(node, "starts of unknown length")
         axes = [int(v) for v in vals[2]] if vals[2] is not None else list(range(n))
         steps = [int(v) for v in vals[3]] if vals[3] is not None else [1] * n
         if vals[0] is None or vals[1] is None:
-            (t,), dt = _lite(node, "slice", x[0])
-            return _back(_slice_runtime(t, x[1], x[2], [a % rank for a in axes], steps), dt)
+            (t,), dt = to_lite(node, "slice", x[0])
+            return cast_back(_slice_runtime(t, x[1], x[2], [a % rank for a in axes], steps), dt)
         starts, ends = [int(v) for v in vals[0]], [int(v) for v in vals[1]]
     sl = [slice(None)] * rank
     shape = x[0].shape.as_list()
@@ -219,10 +219,10 @@ def emit_slice(node, x, ctx):
             s = None if (st > 0 and s <= -big) or (st < 0 and s >= big) else max(min(s, big), -big)
             e = None if abs(e) >= big else e
         sl[a] = slice(s, e, st)
-    (t,), dt = _lite(node, "slice", x[0])
+    (t,), dt = to_lite(node, "slice", x[0])
     if rank > 5 and None not in shape:
-        return _back(_slice_high_rank(node, t, shape, sl), dt)
-    return _back(t[tuple(sl)], dt)
+        return cast_back(_slice_high_rank(node, t, shape, sl), dt)
+    return cast_back(t[tuple(sl)], dt)
 
 
 def _slice_runtime(t, starts, ends, axes: list[int], steps: list[int]):
@@ -255,7 +255,7 @@ def _slice_high_rank(node: Node, t, shape: list[int], sl: list[slice]):
         else:
             groups.append([a])
     if len(groups) > 5:
-        _gap(node, "TFLite's STRIDED_SLICE takes at most 5-D tensors")
+        tflite_gap(node, "TFLite's STRIDED_SLICE takes at most 5-D tensors")
         return t[tuple(sl)]
     merged = tf.reshape(t, [int(np.prod([shape[a] for a in g])) for g in groups])
     y = merged[tuple(sl[g[0]] if len(g) == 1 else slice(None) for g in groups)]
@@ -271,7 +271,7 @@ def _nonneg_index(idx, dim):
 def emit_gather(node, x, ctx):
     axis = node.attr("axis", 0) % max(len(x[0].shape), 1)
     dim = x[0].shape[axis]
-    iv = _input_value(node, ctx, x, 1)
+    iv = input_value(node, ctx, x, 1)
     if iv is not None and dim is not None:
         iv = np.where(iv < 0, iv + dim, iv).astype(iv.dtype)
         if iv.ndim <= 1 and iv.size and (iv.size == 1 or np.all(np.diff(iv) == 1)) and 0 <= iv.min() and iv.max() < dim:
@@ -281,17 +281,17 @@ def emit_gather(node, x, ctx):
             begin[axis] = int(iv.flat[0])
             size = [-1 if d is None else d for d in x[0].shape.as_list()]  # XNNPACK refuses -1 sizes
             size[axis] = int(iv.size)
-            (t,), dt = _lite(node, "slice", x[0])
+            (t,), dt = to_lite(node, "slice", x[0])
             y = tf.slice(t, begin, size)
             if iv.ndim == 0:
-                out = [d for a, d in enumerate(_dims(y)) if a != axis]
-                y = tf.reshape(y, _shape_tensor(out))
-            return _back(y, dt)
+                out = [d for a, d in enumerate(dims_of(y)) if a != axis]
+                y = tf.reshape(y, shape_tensor(out))
+            return cast_back(y, dt)
         idx = tf.constant(iv)
     else:
         idx = _nonneg_index(x[1], dim if dim is not None else tf.shape(x[0], out_type=x[1].dtype)[axis])
-    (t,), dt = _lite(node, "gather", x[0])
-    return _back(tf.gather(t, idx, axis=axis), dt)
+    (t,), dt = to_lite(node, "gather", x[0])
+    return cast_back(tf.gather(t, idx, axis=axis), dt)
 
 
 def _coords(shape: list[int], dtype, skip: int | None = None) -> list:
@@ -305,13 +305,13 @@ def emit_gather_elements(node, x, ctx):
     data, idx = x
     rank = len(data.shape)
     axis = node.attr("axis", 0) % rank
-    ishape, dshape = _static(idx), _static(data)
+    ishape, dshape = static_shape(idx), static_shape(data)
     if ishape is None or dshape is None:
-        raise _unsupported(node, "unknown input shapes")
+        raise unsupported(node, "unknown input shapes")
     cols = _coords(ishape, idx.dtype, skip=axis)
     cols[axis] = _nonneg_index(idx, dshape[axis])
-    (t,), dt = _lite(node, "gather", data)
-    return _back(tf.gather_nd(t, tf.stack(cols, axis=-1)), dt)
+    (t,), dt = to_lite(node, "gather", data)
+    return cast_back(tf.gather_nd(t, tf.stack(cols, axis=-1)), dt)
 
 
 @emitter("GatherND")
@@ -320,44 +320,44 @@ def emit_gather_nd(node, x, ctx):
     b = node.attr("batch_dims", 0)
     k = idx.shape[-1]
     if k is None:
-        raise _unsupported(node, "an unknown index depth (last dim of indices)")
+        raise unsupported(node, "an unknown index depth (last dim of indices)")
     # only the k indexed dims bound negative indices; other data dims (a run-time batch) may be unknown
-    bounds = _dims(data)[b:b + k]
+    bounds = dims_of(data)[b:b + k]
     if all(isinstance(d, int) for d in bounds):
         bounds = tf.constant(np.array(bounds, dtype=idx.dtype.as_numpy_dtype))
     else:
         bounds = tf.stack([tf.cast(d, idx.dtype) for d in bounds])
     idx = _nonneg_index(idx, bounds)
     if b:  # prepend the batch coordinates, so one plain GATHER_ND does it
-        ishape = _static(idx)
+        ishape = static_shape(idx)
         if ishape is None:
-            raise _unsupported(node, "batch_dims > 0 with unknown index shape")
+            raise unsupported(node, "batch_dims > 0 with unknown index shape")
         grid = _coords(ishape[:-1], idx.dtype)[:b]
         idx = tf.concat([tf.expand_dims(g, -1) for g in grid] + [idx], axis=-1)
-    (t,), dt = _lite(node, "gather", data)
-    return _back(tf.gather_nd(t, idx), dt)
+    (t,), dt = to_lite(node, "gather", data)
+    return cast_back(tf.gather_nd(t, idx), dt)
 
 
 def _scatter_rows(node: Node, data2, rows, upd2, reduction: str):
     """Scatter ``upd2`` (M, R) into rows ``rows`` (M,) of ``data2`` (N, R) with an ONNX reduction."""
     n = data2.shape[0]
     if reduction == "none":
-        (d, u), dt = _lite(node, "scatter", data2, upd2)
-        return _back(tf.tensor_scatter_nd_update(d, rows[:, None], u), dt)
+        (d, u), dt = to_lite(node, "scatter", data2, upd2)
+        return cast_back(tf.tensor_scatter_nd_update(d, rows[:, None], u), dt)
     if reduction == "add":
-        (d, u), dt = _lite(node, "scatter_add", data2, upd2)
-        return _back(tf.tensor_scatter_nd_add(d, rows[:, None], u), dt)
+        (d, u), dt = to_lite(node, "scatter_add", data2, upd2)
+        return cast_back(tf.tensor_scatter_nd_add(d, rows[:, None], u), dt)
     # duplicates must combine: reduce the updates per row first (TFLite UNSORTED_SEGMENT_*)
-    (d, u), dt = _lite(node, ("segment", "select", "maximum", "minimum", "mul"), data2, upd2)
+    (d, u), dt = to_lite(node, ("segment", "select", "maximum", "minimum", "mul"), data2, upd2)
     seg_ids = tf.cast(rows, tf.int32)
     if reduction == "mul":
-        return _back(d * tf.math.unsorted_segment_prod(u, seg_ids, n), dt)
+        return cast_back(d * tf.math.unsorted_segment_prod(u, seg_ids, n), dt)
     if reduction not in ("max", "min"):
-        raise _unsupported(node, f"reduction {reduction!r}")
+        raise unsupported(node, f"reduction {reduction!r}")
     seg = (tf.math.unsorted_segment_max if reduction == "max" else tf.math.unsorted_segment_min)(u, seg_ids, n)
     touched = tf.math.unsorted_segment_max(tf.ones_like(u[:, :1], dtype=tf.float32), seg_ids, n) > 0.0
     both = tf.math.maximum(d, seg) if reduction == "max" else tf.math.minimum(d, seg)
-    return _back(tf.where(touched, both, d), dt)
+    return cast_back(tf.where(touched, both, d), dt)
 
 
 def _row_index(idx, dims: list[int]):
@@ -369,9 +369,9 @@ def _row_index(idx, dims: list[int]):
 @emitter("ScatterND")
 def emit_scatter_nd(node, x, ctx):
     data, idx, upd = x
-    dshape, ishape = _static(data), _static(idx)
+    dshape, ishape = static_shape(data), static_shape(idx)
     if dshape is None or ishape is None:
-        raise _unsupported(node, "unknown input shapes")
+        raise unsupported(node, "unknown input shapes")
     k = ishape[-1]
     idx = _nonneg_index(idx, tf.constant(np.array(dshape[:k], dtype=idx.dtype.as_numpy_dtype)))
     n, r = int(np.prod(dshape[:k])), int(np.prod(dshape[k:]))
@@ -384,9 +384,9 @@ def emit_scatter_nd(node, x, ctx):
 @emitter("ScatterElements", "Scatter")
 def emit_scatter_elements(node, x, ctx):
     data, idx, upd = x
-    dshape, ishape = _static(data), _static(idx)
+    dshape, ishape = static_shape(data), static_shape(idx)
     if dshape is None or ishape is None:
-        raise _unsupported(node, "unknown input shapes")
+        raise unsupported(node, "unknown input shapes")
     axis = node.attr("axis", 0) % len(dshape)
     cols = _coords(ishape, tf.int64, skip=axis)
     cols[axis] = tf.cast(_nonneg_index(idx, dshape[axis]), tf.int64)
@@ -400,31 +400,31 @@ def emit_scatter_elements(node, x, ctx):
 def emit_constant_of_shape(node, x, ctx):
     v = node.attr("value")
     value = np.zeros(1, np.float32) if v is None else onnx.numpy_helper.to_array(v).reshape(-1)
-    shape = _input_value(node, ctx, x, 0)
+    shape = input_value(node, ctx, x, 0)
     if shape is not None:
-        return _constant(node, np.full([int(d) for d in shape.reshape(-1)], value[0], dtype=value.dtype), ctx)
+        return make_constant(node, np.full([int(d) for d in shape.reshape(-1)], value[0], dtype=value.dtype), ctx)
     dt = tf.as_dtype(value.dtype)
     if value.dtype.kind == "f" and np.isinf(value[0]):
         exact = ctx.exact_constant(value[:1].reshape(()))
-        if exact is not None and dt in _LITE_DTYPES["fill"]:
+        if exact is not None and dt in LITE_DTYPES["fill"]:
             return tf.fill(tf.cast(x[0], tf.int64), exact)
-    for c in _CONTAINERS.get(dt, (dt,)):
-        if c in _LITE_DTYPES["fill"]:
-            return _back(tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt) if c == dt else tf.cast(value[0], c)), dt)
-    _gap(node, f"TFLite has no FILL kernel for {dt.name}")
+    for c in CONTAINERS.get(dt, (dt,)):
+        if c in LITE_DTYPES["fill"]:
+            return cast_back(tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt) if c == dt else tf.cast(value[0], c)), dt)
+    tflite_gap(node, f"TFLite has no FILL kernel for {dt.name}")
     return tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt))
 
 
 @emitter("Constant")
 def emit_constant(node, x, ctx):
-    return _constant(node, np.asarray(ctx.const(node.outputs[0])), ctx)
+    return make_constant(node, np.asarray(ctx.const(node.outputs[0])), ctx)
 
 
 @emitter("Expand")
 def emit_expand(node, x, ctx):
-    target = _input_value(node, ctx, x, 1)
-    s = _static(x[0])
-    (t,), dt = _lite(node, "broadcast_to", x[0])
+    target = input_value(node, ctx, x, 1)
+    s = static_shape(x[0])
+    (t,), dt = to_lite(node, "broadcast_to", x[0])
     if target is not None and s is not None:
         out = list(np.broadcast_shapes(tuple(s), tuple(int(d) for d in target.reshape(-1))))
         if out == s:
@@ -435,63 +435,63 @@ def emit_expand(node, x, ctx):
         # the TFLite converter moves the cast pair across BROADCAST_TO (which then lacks the
         # narrow dtype): broadcast by adding zeros instead, exact in the wider dtype
         zeros = tf.zeros(out, t.dtype)
-        return _back(tf.math.logical_or(t, zeros) if t.dtype == tf.bool else t + zeros, dt)
+        return cast_back(tf.math.logical_or(t, zeros) if t.dtype == tf.bool else t + zeros, dt)
     return tf.broadcast_to(t, out)
 
 
 @emitter("Tile")
 def emit_tile(node, x, ctx):
-    reps = _input_value(node, ctx, x, 1)
-    (t,), dt = _lite(node, "tile", x[0])
-    return _back(tf.tile(t, [int(r) for r in reps.reshape(-1)] if reps is not None else tf.cast(x[1], tf.int64)), dt)
+    reps = input_value(node, ctx, x, 1)
+    (t,), dt = to_lite(node, "tile", x[0])
+    return cast_back(tf.tile(t, [int(r) for r in reps.reshape(-1)] if reps is not None else tf.cast(x[1], tf.int64)), dt)
 
 
 @emitter("Range")
 def emit_range(node, x, ctx):
-    vals = [_input_value(node, ctx, x, j) for j in range(3)]
+    vals = [input_value(node, ctx, x, j) for j in range(3)]
     if all(v is not None for v in vals):
         start, limit, delta = (v.reshape(-1)[0] for v in vals)
         n = max(int(math.ceil((float(limit) - float(start)) / float(delta))), 0)
         return tf.constant((start + np.arange(n) * delta).astype(vals[0].dtype))
-    xs, dt = _lite(node, "range", *x[:3])
-    return _back(tf.range(xs[0], xs[1], xs[2]), dt)
+    xs, dt = to_lite(node, "range", *x[:3])
+    return cast_back(tf.range(xs[0], xs[1], xs[2]), dt)
 
 
 @emitter("Trilu")
 def emit_trilu(node, x, ctx):
     k = 0
     if len(node.inputs) > 1 and node.inputs[1]:
-        kv = _input_value(node, ctx, x, 1)
+        kv = input_value(node, ctx, x, 1)
         if kv is None:
-            raise _unsupported(node, "a non-constant k")
+            raise unsupported(node, "a non-constant k")
         k = int(kv.reshape(-1)[0])
-    s = _static(x[0])
+    s = static_shape(x[0])
     if s is None:
-        raise _unsupported(node, "unknown input shape")
+        raise unsupported(node, "unknown input shape")
     i, j = np.indices(s[-2:])
     keep = (j - i >= k) if node.attr("upper", 1) else (j - i <= k)
-    (t,), dt = _lite(node, "select", x[0])
-    return _back(tf.where(tf.constant(np.broadcast_to(keep, s)), t, tf.zeros_like(t)), dt)
+    (t,), dt = to_lite(node, "select", x[0])
+    return cast_back(tf.where(tf.constant(np.broadcast_to(keep, s)), t, tf.zeros_like(t)), dt)
 
 
 @emitter("OneHot")
 def emit_one_hot(node, x, ctx):
     idx, depth, values = x
-    dv = _input_value(node, ctx, x, 1)
+    dv = input_value(node, ctx, x, 1)
     depth_v = int(dv.reshape(-1)[0]) if dv is not None else tf.cast(tf.reshape(depth, []), tf.int32)
     idx = tf.cast(idx, tf.int64)  # ONNX allows float indices (truncated)
     idx = tf.where(idx < 0, idx + tf.cast(depth_v, tf.int64), idx)
-    (vals,), dt = _lite(node, "one_hot", values)
+    (vals,), dt = to_lite(node, "one_hot", values)
     axis = node.attr("axis", -1) % (len(idx.shape) + 1)
     y = tf.one_hot(idx, depth_v, on_value=vals[1], off_value=vals[0], axis=axis)
-    return _back(y, dt)
+    return cast_back(y, dt)
 
 
 @emitter("EyeLike")
 def emit_eye_like(node, x, ctx):
-    s = _static(x[0])
+    s = static_shape(x[0])
     if s is None:
-        raise _unsupported(node, "unknown input shape")
+        raise unsupported(node, "unknown input shape")
     to = node.attr("dtype")
     dt = x[0].dtype if to is None else tf_dtype(to)
     return tf.constant(np.eye(s[0], s[1], k=node.attr("k", 0), dtype=dt.as_numpy_dtype))
@@ -512,9 +512,9 @@ def _pad_runtime(node: Node, t, pads, axes: list[int], value):
     end = tf.stack([pads[k + axes.index(a)] if a in axes else zero for a in range(rank)])
     start = tf.math.maximum(-begin, 0)
     t = tf.slice(t, start, tf.shape(t) - start - tf.math.maximum(-end, 0))
-    (t,), dt = _lite(node, "pad", t)
+    (t,), dt = to_lite(node, "pad", t)
     paddings = tf.stack([tf.math.maximum(begin, 0), tf.math.maximum(end, 0)], axis=1)
-    return _back(tf.pad(t, paddings, constant_values=tf.cast(value, t.dtype)), dt)
+    return cast_back(tf.pad(t, paddings, constant_values=tf.cast(value, t.dtype)), dt)
 
 
 @emitter("Pad")
@@ -524,19 +524,19 @@ def emit_pad(node, x, ctx):
     if ctx.opset < 11:
         pads, value = node.attr("pads"), node.attr("value", 0.0)
     else:
-        pv = _input_value(node, ctx, x, 1)
+        pv = input_value(node, ctx, x, 1)
         pads = None if pv is None else [int(v) for v in pv.reshape(-1)]
-        value = _scalar_operand(node, ctx, x, 2)
+        value = scalar_operand(node, ctx, x, 2)
         value = 0 if value is None else value
     axes = list(range(rank))
     if len(node.inputs) > 3 and node.inputs[3]:
-        av = _input_value(node, ctx, x, 3)
+        av = input_value(node, ctx, x, 3)
         if av is None:
-            raise _unsupported(node, "non-constant axes")
+            raise unsupported(node, "non-constant axes")
         axes = [int(a) % rank for a in av.reshape(-1)]
     if pads is None:
         if mode != "constant":
-            raise _unsupported(node, f"non-constant pads in {mode} mode")
+            raise unsupported(node, f"non-constant pads in {mode} mode")
         return _pad_runtime(node, x[0], tf.cast(x[1], tf.int32), axes, value)
     k = len(axes)
     full = [[0, 0] for _ in range(rank)]
@@ -549,21 +549,21 @@ def emit_pad(node, x, ctx):
     if not any(b or e for b, e in full):
         return tf.identity(y)
     if mode == "constant":
-        (t,), dt = _lite(node, "pad", y)
-        return _back(tf.pad(t, full, constant_values=tf.cast(value, t.dtype)), dt)
+        (t,), dt = to_lite(node, "pad", y)
+        return cast_back(tf.pad(t, full, constant_values=tf.cast(value, t.dtype)), dt)
     if mode == "reflect":
-        (t,), dt = _lite(node, "mirror_pad", y)
-        return _back(tf.pad(t, full, mode="REFLECT"), dt)
+        (t,), dt = to_lite(node, "mirror_pad", y)
+        return cast_back(tf.pad(t, full, mode="REFLECT"), dt)
     if mode in ("edge", "wrap"):  # one GATHER per padded axis with clamped / wrapped positions
-        (t,), dt = _lite(node, "gather", y)
+        (t,), dt = to_lite(node, "gather", y)
         for a, (b, e) in enumerate(full):
             n = t.shape[a]
             if not (b or e):
                 continue
             if n is None:
-                raise _unsupported(node, f"{mode} padding of an axis of unknown size")
+                raise unsupported(node, f"{mode} padding of an axis of unknown size")
             pos = np.arange(-b, n + e)
             pos = np.clip(pos, 0, n - 1) if mode == "edge" else np.mod(pos, n)
             t = tf.gather(t, pos.astype(np.int32), axis=a)
-        return _back(t, dt)
-    raise _unsupported(node, f"pad mode {mode!r}")
+        return cast_back(t, dt)
+    raise unsupported(node, f"pad mode {mode!r}")
