@@ -1186,7 +1186,11 @@ def convert_one(conv: str, src: str, row: dict, work: str, a) -> dict:
     tfl = _tflite_in(out, conv == "graph_convert")
     res = {"rc": rc, "secs": secs, "tflite": tfl, "ok": rc == 0 and tfl is not None}
     if not res["ok"]:
-        res["why"] = (f"exit {rc}: " if rc is not None else "") + _tail(text)
+        errs = [ln for ln in text.splitlines() if re.search(r"(Error|ERROR|Exception|error:)", ln)
+                and "absl::InitializeLog" not in ln]  # onnx2tf's last lines are often TF's log noise
+        res["why"] = (f"exit {rc}: " if rc is not None else "") + (_tail("\n".join(errs[-2:])) if errs else _tail(text))
+        if rc is None:
+            res["why"] += f" (timeout after {a.timeout:.0f}s)"
         if conv == "graph_convert":
             res["unsupported"] = _unsupported(text)
     if conv == "graph_convert" and rc == 0:
@@ -1294,6 +1298,9 @@ def cmd_run(a) -> int:
                     with open(cached) as f:
                         cr = json.load(f)
                     cr["reused"] = True
+                elif a.cached_only:
+                    res[c] = {"ok": False, "not_run": True, "secs": 0.0, "why": "not run (no cached result)"}
+                    continue
                 else:
                     cr = convert_one(c, src, r, work, a)
                     if cr["ok"]:
@@ -1348,6 +1355,8 @@ def render_table(rows: list[dict], results: dict, convs: list[str]) -> str:
     short = {"graph_convert": "ours", "onnx2tf 1.28.8": "o2t 1.28.8", "onnx2tf 2.6.9": "o2t 2.6.9"}
 
     def cell(res):
+        if res.get("not_run"):
+            return "not run"
         if not res["ok"]:
             return "no"
         if res.get("verified"):
@@ -1360,13 +1369,14 @@ def render_table(rows: list[dict], results: dict, convs: list[str]) -> str:
     hdr = ["file"] + [f"{short[c]} converts / verifies" for c in convs] + [f"{short[c]} ms" for c in convs]
     hdr += [f"ours/{short[c]}" for c in convs[1:]] + ["TRANSPOSE " + " / ".join(short[c] for c in convs)]
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
-    tally = {c: [0, 0] for c in convs}
+    tally = {c: [0, 0, 0] for c in convs}
     notes = []
     for r in rows:
         res = results[r["file"]]
         cells = [r["file"]]
         for c in convs:
             cells.append(cell(res[c]))
+            tally[c][2] += not res[c].get("not_run")
             tally[c][0] += res[c]["ok"]
             tally[c][1] += bool(res[c].get("verified"))
         cells += [ms(res[c]) for c in convs]
@@ -1378,11 +1388,11 @@ def render_table(rows: list[dict], results: dict, convs: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
         for c in convs:
             why = res[c].get("why") or res[c].get("verify_why") or res[c].get("run_why")
-            if why:
+            if why and not res[c].get("not_run"):
                 notes.append(f"- {r['file']}, {c}: {why}")
     lines.append("")
-    lines.append("Totals (converts / verifies of " + str(len(rows)) + "): " +
-                 "; ".join(f"{c} {tally[c][0]} / {tally[c][1]}" for c in convs))
+    lines.append("Totals (converts / verifies / files run): " +
+                 "; ".join(f"{c} {tally[c][0]} / {tally[c][1]} / {tally[c][2]}" for c in convs))
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -1409,6 +1419,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--json", help="write the raw results here")
     r.add_argument("--index", action="store_true", help="record graph-convert's refusals in the zoo's INDEX.md")
     r.add_argument("--keep", action="store_true", help="keep the work folder")
+    r.add_argument("--cached-only", action="store_true", help="convert nothing: table the cached results "
+                   "(a converter without one for a file is 'not run'); latency is still measured")
     r.add_argument("--converters", default="", help="comma-separated subset of: " + ", ".join(CONVERTERS))
     r.add_argument("--cache", help="keep each converter's .tflite and result here (one folder per converter)")
     r.add_argument("--reuse", default="", help="comma-separated converters whose cached results to reuse "
