@@ -22,6 +22,7 @@ CONSTANT_SLOTS: dict[str, tuple[int, ...]] = {
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
     "Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2, 3, 4),
     "CenterCropPad": (1,), "Col2Im": (1, 2),
+    "DFT": (1, 2), "STFT": (1, 3), "MelWeightMatrix": (0, 1, 2, 3, 4),
 }
 
 # Element types the case cannot be expressed with in TF/TFLite (reason per type).
@@ -39,7 +40,11 @@ for _name, _reason in (("FLOAT4E2M1", _NO_TF), ("FLOAT8E8M0", _NO_TF), ("UINT2",
 
 
 # Cases whose expected outputs TF/TFLite cannot reproduce for a reason verified case by case.
+_FFT32 = ("expected values carry numpy's complex64 FFT rounding: 10 imaginary parts that are exactly 0 "
+          "(float64 ifft: |y| < 1e-15; ours: 0) are 1.9e-7 there, past the case's atol 1e-7")
 KNOWN_EXCLUSIONS: dict[str, str] = {
+    "test_dft_inverse": _FFT32,
+    "test_dft_inverse_opset19": _FFT32,
     "test_attention_4d_causal_fp16_expanded": (
         "float16 rounding: the expected values keep float32 precision between the expanded ops "
         "(ONNX Runtime matches them only because its CPU kernels run float16 graphs in float32); "

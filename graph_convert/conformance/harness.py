@@ -151,8 +151,8 @@ class Runner:
         graph = from_onnx(m)
         PassManager(self.registry, disabled=self.disable, options=self.options).run(graph)
         self.last_graph = graph
-        module, concrete, in_names, out_names, gaps = build_function(graph, self.registry.emitters,
-                                                                     layout_aware=self.registry.layout_aware)
+        traced = build_function(graph, self.registry.emitters, layout_aware=self.registry.layout_aware)
+        module, concrete, gaps = traced.module, traced.concrete, traced.gaps
         expected = dict(zip([vi.name for vi in case.model.graph.output], outputs))
         tf_names = {tf_name(y): y for y in graph.outputs}
         return concrete, module, {tf_name(k): np.asarray(v) for k, v in feeds.items()}, expected, tf_names, gaps

@@ -84,7 +84,8 @@ def reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
         axes = [int(a) % rank for a in axes_v.reshape(-1)]
     else:
         axes = [int(a) % rank for a in (node.attr("axes") or [])]
-    if not axes:
+    every = not axes  # no axes: every axis is reduced, in any layout (nothing to rewrite)
+    if every:
         if node.attr("noop_with_empty_axes", 0):
             return simple(graph, node, perm, created_by)
         axes = list(range(rank))
@@ -97,6 +98,8 @@ def reduce(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
         out_perm = tuple(kept_x.index(perm[i]) for i in range(rank) if i not in axes)
 
     def update() -> None:
+        if every:  # (an axes attribute would be invalid where axes are an input, opset 13+ ReduceSum)
+            return
         if axes_from_input:
             graph.set_input(node, 1, graph.add_initializer(f"{node.name}_axes", np.array(new_axes, dtype=np.int64)))
         else:

@@ -38,12 +38,22 @@ def tf_name(name: str) -> str:
 
 
 def missing_emitters(graph: Graph, emitters: dict[str, Any]) -> list[tuple[str, str]]:
-    """(op_type, node name) of every node the emitter table cannot translate."""
+    """(op_type, node name) of every node the emitter table cannot translate, inside subgraph
+    bodies (If/Loop/Scan) too: those are traced with the same table (a body's node is named
+    ``outer node/attribute/name``, its op type when unnamed)."""
     out = []
-    for n in graph.nodes:
-        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-        if key not in emitters:
-            out.append((key, n.name))
+
+    def visit(nodes, where: str) -> None:
+        for n in nodes:
+            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+            name = where + (n.name or n.op_type)
+            if key not in emitters:
+                out.append((key, name))
+            for a in n.attribute if isinstance(n, onnx.NodeProto) else n.attrs.values():
+                for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    visit(g.node, f"{name}/{a.name}/")
+
+    visit(graph.nodes, "")
     return out
 
 
@@ -62,6 +72,52 @@ class EmitContext:
     const_reads: set = field(default_factory=set)  # tensors read through ``const`` by the node being emitted
     _exact: dict = field(default_factory=dict)  # id(tensor) -> (tensor, value) of run-time-built constants
     placeholders: Any = None  # tf.large_tflite.Placeholders: large weights become splat stand-ins
+    emitters: dict = field(default_factory=dict)  # the handler table (control flow traces bodies with it)
+    layout_aware: Collection[str] = ()
+    batch_size: Any = None  # the run-time batch size when ``batch`` is set
+
+    def value(self, tensor: str):
+        """The TF tensor of ``tensor`` in this scope: emitted already, or a constant made now."""
+        import tensorflow as tf
+
+        if not tensor:
+            return None
+        env, batch = self.env, self.batch
+        if tensor not in env and batch is not None and batch.is_dynamic_const(tensor):
+            v = batch.minus_one_target(tensor)
+            env[tensor] = tf.constant(v) if v is not None else batch.tensor(tensor, self.batch_size)
+        if tensor not in env:
+            v = self.graph.constant_value(tensor)
+            if v is None:
+                raise ConvertError(f"tensor {tensor!r} has no producer")
+            env[tensor] = self.weight(v)
+        return env[tensor]
+
+    def peek_const(self, tensor: str):
+        """``tensor``'s value when known at conversion time (without making a tensor)."""
+        if self.batch is not None and self.batch.is_dynamic_const(tensor):
+            return None
+        return self.graph.constant_value(tensor)
+
+    def nested(self, graph: Graph) -> "EmitContext":
+        """A context for tracing a subgraph body (``graph``) inside this one: its own tensors and
+        graph, the same weights, table and probe. Call :meth:`adopt` after tracing it."""
+        from dataclasses import replace
+
+        return replace(self, graph=graph, env={}, batch=None, batch_size=None, const_reads=set(), _true=None)
+
+    def adopt(self, child: "EmitContext") -> None:
+        """Take over the weights a nested context made (their count orders the variables)."""
+        self._n_weights = max(self._n_weights, child._n_weights)
+
+    def weight_count(self) -> int:
+        """How many weights were made so far (see :meth:`rewind`)."""
+        return self._n_weights
+
+    def rewind(self, count: int) -> None:
+        """Trace again from ``count`` weights on: the next weights made are the ones made then
+        (a body traced twice, e.g. a while loop retried with open shapes, reuses its variables)."""
+        self._n_weights = count
 
     def exact_constant(self, value):
         """A constant holding +-inf that TFLite keeps exact, or ``None`` when the graph has no input
@@ -210,6 +266,23 @@ def _emit_node(node: Node, inputs: list, ctx: EmitContext, emitters: dict[str, A
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
+def emit_nodes(nodes: list[Node], ctx: EmitContext) -> None:
+    """Emit ``nodes`` (in order) with ``ctx``'s table, each output into ``ctx.env``: the main
+    graph's trace, and a control-flow body's inside it."""
+    env = ctx.env
+    for node in nodes:
+        try:
+            outs = _emit_node(node, _Inputs(node.inputs, ctx.value, env, ctx.peek_const), ctx, ctx.emitters, ctx.layout_aware)
+        except (ConvertError, StageError):  # (a StageError: from a node inside a control-flow body, named)
+            raise
+        except Exception as e:  # an emitter bug, ours or a plugin's: not the user's input
+            raise StageError("emit TensorFlow", f"the {node.op_type} emitter raised {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}", node.name) from e
+        for t, y in zip(node.outputs, outs):
+            if t:
+                env[t] = y
+
+
 class Traced(NamedTuple):
     """The traced graph: a module holding the weights, its concrete function, the TF names of
     the graph inputs and outputs, and the TFLite gaps the emitters recorded while tracing it
@@ -281,7 +354,8 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
     variables: list = []
 
     def fn(*args):
-        ctx = EmitContext(graph, opset, batch=batch, variables=variables, placeholders=placeholders)
+        ctx = EmitContext(graph, opset, batch=batch, variables=variables, placeholders=placeholders,
+                          emitters=emitters, layout_aware=layout_aware)
         env = ctx.env
         for x, a in zip(graph.inputs, args):
             env[x] = a
@@ -291,36 +365,9 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
             src, axis = batch.batch_source
             batch_size = tf.shape(env[src])[axis]
 
-        def get(t: str):
-            if not t:
-                return None
-            if t not in env and batch is not None and batch.is_dynamic_const(t):
-                v = batch.minus_one_target(t)
-                env[t] = tf.constant(v) if v is not None else batch.tensor(t, batch_size)
-            if t not in env:
-                v = graph.constant_value(t)
-                if v is None:
-                    raise ConvertError(f"tensor {t!r} has no producer")
-                env[t] = ctx.weight(v)
-            return env[t]
-
-        def peek_const(t: str):
-            if batch is not None and batch.is_dynamic_const(t):
-                return None
-            return graph.constant_value(t)
-
-        for node in nodes:
-            try:
-                outs = _emit_node(node, _Inputs(node.inputs, get, env, peek_const), ctx, emitters, layout_aware)
-            except ConvertError:
-                raise
-            except Exception as e:  # an emitter bug, ours or a plugin's: not the user's input
-                raise StageError("emit TensorFlow", f"the {node.op_type} emitter raised {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}", node.name) from e
-            for t, y in zip(node.outputs, outs):
-                if t:
-                    env[t] = y
-        return {nm: tf.identity(get(y), name=nm) for y, nm in zip(graph.outputs, out_names)}
+        ctx.batch_size = batch_size
+        emit_nodes(nodes, ctx)
+        return {nm: tf.identity(ctx.value(y), name=nm) for y, nm in zip(graph.outputs, out_names)}
 
     module = tf.Module()
     module.serve = tf.function(fn, input_signature=specs, autograph=False)

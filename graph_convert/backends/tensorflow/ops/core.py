@@ -27,9 +27,12 @@ EMITTERS: dict[str, Callable] = {}
 LAYOUT_AWARE: set[str] = set()  # built-in emitters that read the layout marks themselves
 
 
-def emitter(*op_types: str, layout_aware: bool = False):
+def emitter(*op_types: str, layout_aware: bool = False, fold: bool = True):
+    """Register ``fn`` as the emitter of ``op_types``. ``fold=False``: never evaluated at
+    conversion time as a whole (control flow, whose bodies read more than the node's inputs)."""
+
     def deco(fn):
-        folding = _folding(fn)
+        folding = _folding(fn) if fold else fn
         for op in op_types:
             EMITTERS[op] = folding
             if layout_aware:

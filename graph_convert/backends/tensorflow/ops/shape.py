@@ -168,8 +168,9 @@ def emit_split(node, x, ctx):
             return [cast_back(y, dt) for y in tf.split(t, n, axis=axis)]
         chunk = -(-dim // n)  # opset 18 num_outputs: the last chunk may be smaller
         split = [chunk] * (dim // chunk) + ([dim % chunk] if dim % chunk else [])
-    if len(set(split)) == 1 and t.shape[axis] == sum(split):
-        # equal parts as a count: TFLite SPLIT, which XNNPACK takes (SPLIT_V cuts the delegate graph)
+    if len(set(split)) == 1 and t.shape[axis] == sum(split) and t.dtype != tf.int64:
+        # equal parts as a count: TFLite SPLIT, which XNNPACK takes (SPLIT_V cuts the delegate graph);
+        # SPLIT has no int64 kernel (the converter refuses it), SPLIT_V has
         return [cast_back(y, dt) for y in tf.split(t, len(split), axis=axis)]
     return [cast_back(y, dt) for y in tf.split(t, split, axis=axis)]
 
@@ -454,6 +455,7 @@ def emit_range(node, x, ctx):
         n = max(int(math.ceil((float(limit) - float(start)) / float(delta))), 0)
         return tf.constant((start + np.arange(n) * delta).astype(vals[0].dtype))
     xs, dt = to_lite(node, "range", *x[:3])
+    xs = [tf.reshape(v, []) for v in xs]  # ONNX Runtime takes 1-element vectors too (AffineGrid's expansion gives them)
     return cast_back(tf.range(xs[0], xs[1], xs[2]), dt)
 
 
