@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from graph_convert.version import __version__  # noqa: E402,F401
 
+import os  # noqa: E402
+
 from graph_convert.errors import (  # noqa: E402
     ConvertError,
     GraphConvertError,
@@ -19,11 +21,24 @@ from graph_convert.errors import (  # noqa: E402
     VerificationError,
 )
 from graph_convert.options import ConvertOptions  # noqa: E402
-from graph_convert.pass_manager import Pass, PassContext, PassResult, Registry  # noqa: E402
+
+# imported on first use: the plugin classes bring the graph (onnx, networkx), which a command
+# that fails on its arguments or paths must not wait for (that answer comes in well under a second)
+_LAZY = {"Pass": "graph_convert.pass_manager", "PassContext": "graph_convert.pass_manager",
+         "PassResult": "graph_convert.pass_manager", "Registry": "graph_convert.pass_manager",
+         "QuantizationThresholdError": "graph_convert.quantize"}
 
 
 def convert(source, example_inputs=None, output_dir="converted", options=None, **kwargs):
-    """Convert a model; see :func:`graph_convert.conversion.pipeline.convert` for the options."""
+    """Convert a model; see :func:`graph_convert.conversion.pipeline.convert` for the options.
+    Missing files (the source, ``inputs``, calibration data, a plugin file) are refused before
+    anything heavy is imported."""
+    from graph_convert.conversion.preflight import check_paths
+
+    if options is None:
+        options = ConvertOptions.from_kwargs(**kwargs)
+        kwargs = {}
+    check_paths(source, options)
     from graph_convert.conversion.pipeline import convert as _convert
 
     return _convert(source, example_inputs, output_dir, options, **kwargs)
@@ -33,6 +48,11 @@ def verify_file(source, candidate, **kwargs):
     """Check a .tflite or SavedModel made by any converter against its ONNX/PyTorch source; see
     :func:`graph_convert.checks.foreign.verify_file`. Returns a result with ``equivalent``, ``figures``,
     ``report`` and (on a mismatch with a .tflite) ``divergence``."""
+    from graph_convert.conversion.preflight import check_candidate, check_source
+
+    if isinstance(source, (str, os.PathLike)):
+        check_source(os.fspath(source))
+    check_candidate(os.fspath(candidate))
     from graph_convert.checks.foreign import verify_file as _verify_file
 
     return _verify_file(source, candidate, **kwargs)
@@ -71,7 +91,8 @@ def stage_progress(quiet: bool = False, stream=None):
 
 def pass_pipeline(plugins=()) -> list[dict]:
     """The pass pipeline with ``plugins`` loaded, in run order: one dict per pass with its
-    ``phase``, ``name``, fixed-point ``group`` (or None) and ``source`` (the plugin it came from)."""
+    ``phase``, ``name``, fixed-point ``group`` (or None), ``source`` (the plugin it came from) and
+    ``opt_in`` (the option it does nothing without, or None)."""
     from graph_convert.pass_manager import PassManager
     from graph_convert.plugins import builtin_registry
 
@@ -80,13 +101,13 @@ def pass_pipeline(plugins=()) -> list[dict]:
     for step in PassManager(reg).steps():
         for name in step:
             cls, src = reg.passes[name]
-            out.append({"phase": cls.phase, "name": name, "group": cls.group, "source": src})
+            out.append({"phase": cls.phase, "name": name, "group": cls.group, "source": src, "opt_in": cls.opt_in})
     return out
 
 
 def parse_shape(text: str, option: str = "--input-shape"):
     """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
-    from graph_convert.conversion.export import parse_shape as _parse
+    from graph_convert.options import parse_shape as _parse
 
     return _parse(text, option)
 
@@ -99,10 +120,12 @@ def quantization_tables(section) -> str:
 
 
 def __getattr__(name):
-    if name == "QuantizationThresholdError":  # defined with the quantizer, imported on first use
-        from graph_convert.quantize import QuantizationThresholdError
+    if name in _LAZY:
+        import importlib
 
-        return QuantizationThresholdError
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'graph_convert' has no attribute {name!r}")
 
 

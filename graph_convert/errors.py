@@ -13,11 +13,12 @@ class ConvertError(GraphConvertError):
 class UnsupportedOpsError(ConvertError):
     """The model holds ops the TF emitter cannot translate (all of them are listed)."""
 
-    def __init__(self, missing: list[tuple[str, str]]):
+    def __init__(self, missing: list[tuple[str, str]], hint: str = ""):
         self.missing = missing
+        self.hint = hint
         shown = ", ".join(f"{op} (node {name!r})" for op, name in missing[:50])
         more = f" and {len(missing) - 50} more" if len(missing) > 50 else ""
-        super().__init__(f"unsupported ops for the TF emitter: {shown}{more}")
+        super().__init__(f"unsupported ops for the TF emitter: {shown}{more}{'; ' + hint if hint else ''}")
 
 
 class PassError(GraphConvertError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
@@ -15,16 +16,77 @@ from graph_convert.errors import ConvertError
 VERIFY_MODES = ("end", "phase", "each", "none")
 
 
+# Every message below names an option by its command-line flag, the one spelling all messages
+# share. ``ConvertOptions`` raises them as an :class:`OptionError`, whose text names the keyword
+# instead (``atol 'abc': ...``, what a Python caller wrote) and whose ``cli_message`` keeps the
+# flag (``--atol 'abc': ...``, what the command line prints). The flags whose keyword is not the
+# flag's words joined by underscores:
+KEYWORD_OF_FLAG = {"--input-shape": "input_shapes", "--plugin": "plugins", "--disable-pass": "disable_passes",
+                   "--no-tflite": "tflite=False"}
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def keyword_spelling(message: str) -> str:
+    """``message`` with every ``--flag`` of ours written as the ``ConvertOptions`` keyword."""
+    return _FLAG.sub(lambda m: KEYWORD_OF_FLAG.get(m.group(0), m.group(1).replace("-", "_")), message)
+
+
+class OptionError(ConvertError):
+    """A bad option, named as the Python caller spells it (the keyword); ``cli_message`` names it
+    as the command line does (the flag)."""
+
+    def __init__(self, cli_message: str):
+        self.cli_message = cli_message
+        super().__init__(keyword_spelling(cli_message))
+
+
 def check_tolerance(atol: Any) -> float:
-    if isinstance(atol, bool) or not isinstance(atol, (int, float, np.floating)) or not math.isfinite(atol) or atol <= 0:
+    """A finite positive number (a numeric string too: that is how the command line has it)."""
+    value = _number(atol, float)
+    if value is None or not math.isfinite(value) or value <= 0:
         raise ConvertError(f"--atol {atol!r}: must be a finite positive number (a tolerance relative to each output's scale)")
-    return float(atol)
+    return value
 
 
 def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    value = _number(seed, int)
+    if value is None or value < 0:
         raise ConvertError(f"--seed {seed!r}: must be a non-negative integer")
-    return int(seed)
+    return value
+
+
+def _number(value: Any, kind: type) -> float | int | None:
+    """``value`` as ``kind`` when it is one (bools are not numbers here; an int seed never comes
+    from a float), or a string that parses as one; else None."""
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        return int(value) if isinstance(value, (int, np.integer)) else None
+    return float(value) if isinstance(value, (int, float, np.integer, np.floating)) else None
+
+
+def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int, ...]]:
+    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
+    name = None
+    spec = text.strip()
+    if "=" in spec:
+        name, spec = spec.split("=", 1)
+        name = name.strip()
+        if not name:
+            raise ConvertError(f"{option} {text!r}: empty input name before '='")
+    parts = [p.strip() for p in spec.replace("x", ",").split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ConvertError(f"{option} {text!r}: every dimension must be a positive integer")
+    return name, dims
 
 
 def _tuple(value, option: str) -> tuple:
@@ -78,6 +140,14 @@ class ConvertOptions:
     quant: Any = field(init=False, default=None, compare=False, repr=False)  # QuantOptions | None
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except OptionError:
+            raise
+        except ConvertError as e:  # one place spells every option: the caller's way (see OptionError)
+            raise OptionError(str(e)) from None
+
+    def _validate(self) -> None:
         if self.verify not in VERIFY_MODES:
             raise ConvertError(f"--verify {self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
         if self.backend not in backends.names():
@@ -96,6 +166,10 @@ class ConvertOptions:
         for flag in ("keep_io_layout", "dynamic_batch", "heads_first", "tflite", "overwrite", "int8_io", "quant_debug",
                      "free_source_model"):
             set_(flag, bool(getattr(self, flag)))
+        quant_fields = (self.quantize, self.calibration, self.eval_data, self.int8_io, self.quant_debug, self.float_ops,
+                        self.min_sqnr, self.min_top1, self.mean, self.std, self.size)
+        if all(v is None or v is False or (isinstance(v, (tuple, list, str)) and len(v) == 0) for v in quant_fields):
+            return  # nothing to quantize: the quantizer (and the onnx it imports, ~1 s) is not loaded
         from graph_convert.quantize import make_options
 
         set_("quant", make_options(self.quantize, calibration=self.calibration, eval_data=self.eval_data, int8_io=self.int8_io,

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 import networkx as nx
 
 from graph_convert.errors import ConvertError, PassError
+from graph_convert.plugin_import import import_plugin
 from graph_convert.ir import Graph, GraphError
 
 PHASES = ("canonicalize", "layout", "optimize", "cleanup")
@@ -23,10 +24,30 @@ MAX_FIXED_POINT_ROUNDS = 50
 
 @dataclass
 class PassResult:
-    """What a pass did. ``changed`` must be computed, never hard-coded."""
+    """What a pass did. ``changed`` must be computed, never hard-coded: ``True`` or ``False``
+    (a NumPy bool is taken as one); ``details`` a dict for the report. Anything else (the
+    README skeleton's ``changed = ...`` left in, a count, None) is refused here, so the pass
+    that returned it is named (exit 4) instead of being recorded as having changed the graph."""
 
     changed: bool
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problem = result_problem(self)
+        if problem:
+            raise TypeError(problem)
+        self.changed = bool(self.changed)
+
+
+def result_problem(result: PassResult) -> str | None:
+    """Why ``result`` is not a valid PassResult (None when it is)."""
+    import numpy as np
+
+    if not isinstance(result.changed, (bool, np.bool_)):
+        return f"PassResult.changed must be True or False, got {result.changed!r} ({type(result.changed).__name__})"
+    if not isinstance(result.details, dict):
+        return f"PassResult.details must be a dict, got {type(result.details).__name__}"
+    return None
 
 
 @dataclass
@@ -49,6 +70,9 @@ class Pass:
     before: ClassVar[tuple[str, ...]] = ()
     after: ClassVar[tuple[str, ...]] = ()
     group: ClassVar[str | None] = None
+    # the ConvertOptions flag this pass does nothing without (None: it always runs); the pass
+    # itself reads it from ``ctx.options``, and ``graph-convert passes`` shows it
+    opt_in: ClassVar[str | None] = None
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:  # pragma: no cover - interface
         raise NotImplementedError
@@ -118,7 +142,9 @@ class Registry:
         the original exception chained for a traceback on request."""
         if register is None:
             try:
-                module = importlib.import_module(module_name)
+                module = import_plugin(module_name)
+            except ConvertError:
+                raise
             except (Exception, SystemExit) as e:
                 raise ConvertError(f"plugin {module_name!r}: cannot import it ({one_line(e)})") from e
             register = getattr(module, "register", None)
@@ -270,6 +296,9 @@ class PassManager:
             graph.thaw_initializers(frozen)
         if not isinstance(result, PassResult):
             raise PassError(name, list(dict.fromkeys(ran)), f"run() returned {type(result).__name__}, expected PassResult")
+        problem = result_problem(result)  # fields set after construction are checked too
+        if problem:
+            raise PassError(name, list(dict.fromkeys(ran)), f"run() returned a bad result: {problem}")
         if not result.changed:
             what = graph.changes_since(before)
             if what is not None:

@@ -5,13 +5,16 @@ in several threads of one process at once.
   saver and LiteRT run (their C++ logs bypass Python). Counted: the first thread in redirects, the
   last one out restores; a thread's own writes to fd 1/2 in that window are silenced too.
 - :func:`quiet_python_output`: ``sys.stdout``/``sys.stderr`` swapped for a sink, Python warnings
-  ignored, and the exporters' loggers (``torch.onnx``, ``torch.export``, ``torch._dynamo``,
-  ``onnxscript``) at ERROR, while torch's exporter runs (``warnings.catch_warnings`` is not safe in
+  ignored, and the exporters' loggers (``torch.onnx``, ``torch.export``, ``torch._dynamo``, ...,
+  ``onnxscript``) silenced, while torch's exporter runs (``warnings.catch_warnings`` is not safe in
   threads, so this one counted change replaces it). Counted the same way, so levels and streams always come back as they were.
 - Importing the TensorFlow back end (:mod:`graph_convert.backends.tensorflow`): environment defaults
   ``TF_CPP_MIN_LOG_LEVEL=3`` and ``TF_ENABLE_ONEDNN_OPTS=0`` (``setdefault``: a user's own setting is
   kept), fd 2 pointed away during the import (Python's import lock makes it one thread's), and the
   ``tensorflow`` logger at ERROR (idempotent). ``GRAPH_CONVERT_TF_LOG=1`` leaves all of it alone.
+- The command line's own process (:mod:`graph_convert.cli.session`): ``TMPDIR`` and
+  ``tempfile.tempdir`` point at a private scratch folder for the run, and fd 2 at a file in it
+  while stderr is not a terminal; both restored when the command returns.
 - Signals: the command line installs SIGINT/SIGTERM/SIGHUP handlers (main thread only; the Python
   API installs none), and an output folder's final rename blocks them for the calling thread only
   (``pthread_sigmask``).
@@ -30,7 +33,7 @@ import threading
 import warnings
 from typing import Any, Callable, Iterator
 
-EXPORT_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+EXPORT_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", "onnxscript")
 
 
 class Counted:
@@ -80,8 +83,11 @@ def _python_output_to_sink() -> tuple:
     sink = io.StringIO()
     loggers = [logging.getLogger(n) for n in EXPORT_LOGGERS]
     saved = (sys.stdout, sys.stderr, [(lg, lg.level) for lg in loggers], list(warnings.filters))
+    # above CRITICAL: torch logs a failed export at ERROR through handlers bound at its import to
+    # the real stderr (the sink above does not catch them), then raises; the exception is what
+    # the user is told, in one line (a wrong-rank --input-shape printed two torch lines first)
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL + 1)
     warnings.simplefilter("ignore")
     sys.stdout = sys.stderr = sink
     return saved

@@ -423,6 +423,7 @@ def _sum(graph: Graph, y: str, axes: list[int], shape: tuple, by: str) -> str:
 
 class HeadsFirst(Pass):
     name = "heads_first"
+    opt_in = "heads_first"  # runs only with --heads-first / heads_first=True
     phase = "optimize"
     before = ("push_transposes",)  # on the exporter's own chains; pushing then cancels what is left
 

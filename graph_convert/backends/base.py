@@ -19,9 +19,10 @@ back end's; it knows no back end by name. The table of back ends is :mod:`graph_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from graph_convert.ir import Graph
+if TYPE_CHECKING:  # annotations only: importing the seam (options.py does) must not load onnx/networkx,
+    from graph_convert.ir import Graph  # so an argument error is answered at once
 
 # a back end's stages are handed the conversion's context, graph_convert.conversion.pipeline.Conversion
 # (not imported here: the conversion imports the back ends, never the reverse)

@@ -195,7 +195,7 @@ def convert_batch(inputs: list[str], output: str, *, args: list[str] | tuple = (
     from graph_convert.progress import BatchProgress
 
     if jobs < 1:
-        raise ConvertError(f"--jobs {jobs}: must be at least 1")
+        raise ConvertError(f"jobs {jobs!r}: must be at least 1")  # the CLI checks its --jobs itself (_positive_int)
     coll = Collector(list(args), check_args or (lambda argv, where: None), timeout, memory_limit, exclude=output)
     for item in inputs:
         coll.add(item)

@@ -32,7 +32,13 @@ class VerifyResult:
 
 
 def _load_source(source, input_shapes, work: str) -> tuple[onnx.ModelProto, dict, dict]:
-    model, info = resolve_source(source, None, input_shapes, work)
+    from graph_convert.conversion.export import is_torch_spec, load_twice
+
+    if isinstance(source, str) and is_torch_spec(source):  # a factory is built twice: its builds must agree
+        model, info = resolve_source(load_twice(source), None, input_shapes, work)
+        info["spec"] = source
+    else:
+        model, info = resolve_source(source, None, input_shapes, work)
     graph = from_onnx(model)
     check_input_types(graph)
     overrides = input_shape_overrides(graph, input_shapes) if info.get("kind") != "pytorch" else {}

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import re
 import signal
 import sys
 import traceback
 import warnings
 
 import graph_convert as gc
-from graph_convert import ConvertError, ConvertOptions, PassError, QuantizationThresholdError, StageError, VerificationError
+from graph_convert.cli.session import one_line_stderr, private_tmpdir
+from graph_convert import ConvertError, ConvertOptions, PassError, StageError, VerificationError
 
 EXIT_BATCH_FAILED = 1  # batch: at least one model did not convert (summary.json says which and why)
 EXIT_USAGE, EXIT_VERIFY, EXIT_PASS = 2, 3, 4
@@ -31,17 +32,18 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
-def _positive_finite(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not math.isfinite(v) or v <= 0:
-        raise ConvertError(f"--atol {text!r}: must be a finite positive number (a tolerance relative to each output's scale)")
-    return v
+PLUGIN_HELP = ("load passes/handlers/emitters from the plugin's register(registry): a module name (found on the "
+               "Python path or in the current folder, e.g. my_plugin for ./my_plugin.py) or a file path "
+               "(path/to/my_plugin.py); repeat for several")
 
 
-def _non_negative_int(text: str, option: str = "--seed") -> int:
+def _version() -> str:
+    """As pip says it: the version, where it is installed, and the Python running it."""
+    where = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return f"graph-convert {gc.__version__} from {where} (python {sys.version_info.major}.{sys.version_info.minor})"
+
+
+def _non_negative_int(text: str, option: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -53,6 +55,7 @@ def _non_negative_int(text: str, option: str = "--seed") -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graph-convert", description="PyTorch/ONNX -> verified TensorFlow SavedModel + TFLite")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="convert a model")
     c.add_argument("source", help="model.onnx, path/to/file.py:factory or package.module:attr")
@@ -65,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _batch_parser(sub)
     _verify_parser(sub)
     ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
-    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py", help=PLUGIN_HELP)
     ls.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     return p
 
@@ -80,7 +83,7 @@ def _convert_options(c) -> None:
                    help="SavedModel/.tflite take any batch size (verified at batch 1, 2 and 3); automatic when the ONNX model's batch dim is symbolic")
     c.add_argument("--heads-first", action="store_true",
                    help="attention with head-major weights and no TRANSPOSE (for GPU/NPU delegates; slower on XNNPACK CPU)")
-    c.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load passes/handlers/emitters from MODULE.register")
+    c.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py", help=PLUGIN_HELP)
     c.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="skip a pass by name")
     c.add_argument("--verify", choices=["end", "phase", "each", "none"], default="end",
                    help="ORT check of the rewritten graph (default; on a mismatch the passes are replayed with a check "
@@ -226,9 +229,10 @@ def _verify_parser(sub) -> None:
 
 
 def _verify(args) -> int:
+    checked = gc.ConvertOptions(atol=args.atol, seed=args.seed)  # validated where convert's are, spelled as flags here
     log = None if args.quiet else (lambda m: print(m, flush=True))
     res = gc.verify_file(args.source, args.candidate, input_shapes=[gc.parse_shape(s) for s in args.input_shape],
-                         inputs=args.inputs, atol=_positive_finite(args.atol), seed=_non_negative_int(args.seed),
+                         inputs=args.inputs, atol=checked.atol, seed=checked.seed,
                          signature=args.signature, maps=args.map, report_path=args.report, locate=not args.no_locate, log=log)
     r = res.report
     if not args.quiet:
@@ -307,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             handlers[sig] = signal.signal(sig, _raise_interrupted)
     try:
         _die_with_parent()
-        return _run(args)
+        with private_tmpdir() as scratch, one_line_stderr(scratch, keep=getattr(args, "debug", False)):
+            return _run(args)
     except Interrupted as e:
         print(f"graph-convert: stopped by {signal.Signals(e.signum).name}; nothing was written", file=sys.stderr)
         return 128 + e.signum
@@ -357,7 +362,8 @@ def _run(args) -> int:
         if args.command == "passes":
             for p in gc.pass_pipeline(args.plugin):
                 grp = f" [fixed-point group {p['group']}]" if p["group"] else ""
-                print(f"{p['phase']:13s} {p['name']}{grp}  (from {p['source']})")
+                off = f" [off unless --{p['opt_in'].replace('_', '-')}]" if p["opt_in"] else ""
+                print(f"{p['phase']:13s} {p['name']}{grp}{off}  (from {p['source']})")
             return 0
         if args.command == "verify":
             return _verify(args)
@@ -372,14 +378,14 @@ def _run(args) -> int:
         if not args.quiet:
             print(_summary(result))
         return 0
+    except ConvertError as e:  # first: a bad argument or path is answered without loading the quantizer below
+        return _fail(args, EXIT_USAGE, f"error: {_one_line(e)}", e)
     except VerificationError as e:
         return _fail(args, EXIT_VERIFY, f"verification failed: {_one_line(e)}", e)
-    except QuantizationThresholdError as e:
+    except gc.QuantizationThresholdError as e:  # looked up only when a later error gets this far
         return _fail(args, EXIT_QUANT_THRESHOLD, _one_line(e), e)
     except PassError as e:
         return _fail(args, EXIT_PASS, _one_line(e), e)
-    except ConvertError as e:
-        return _fail(args, EXIT_USAGE, f"error: {_one_line(e)}", e)
     except StageError as e:
         if e.stage == "convert with onnx2tf":  # onnx2tf's own failure, not ours: its last lines are in the message
             return _fail(args, EXIT_INTERNAL, f"onnx2tf could not convert the model: {_one_line(e)}", e)
@@ -396,7 +402,7 @@ def options_from_args(args) -> ConvertOptions:
     return ConvertOptions(
         input_shapes=[gc.parse_shape(s) for s in args.input_shape], inputs=args.inputs, keep_io_layout=args.keep_io_layout,
         dynamic_batch=args.dynamic_batch, heads_first=args.heads_first, plugins=args.plugin, disable_passes=args.disable_pass,
-        verify=args.verify, atol=_positive_finite(args.atol), seed=_non_negative_int(args.seed), tflite=not args.no_tflite,
+        verify=args.verify, atol=args.atol, seed=args.seed, tflite=not args.no_tflite,
         overwrite=args.overwrite, quantize=args.quantize, calibration=args.calibration, eval_data=args.eval_data,
         int8_io=args.int8_io, quant_debug=args.quant_debug,
         float_ops=args.float_ops.split(",") if args.float_ops is not None else (), min_sqnr=args.min_sqnr,
@@ -404,8 +410,15 @@ def options_from_args(args) -> ConvertOptions:
         onnx2tf_python=args.onnx2tf_python, free_source_model=True)
 
 
+# terminal control sequences (colour codes and the like) some libraries put in their messages
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+
+
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    """The message on one line, without terminal escape codes (torch colours parts of its export
+    errors; in a log file or a batch's summary they are noise)."""
+    text = getattr(e, "cli_message", None) or str(e)  # an option named as its flag (see ConvertOptions)
+    return " ".join(_ESCAPES.sub("", text).split()) or type(e).__name__
 
 
 def entry() -> int:

@@ -12,26 +12,8 @@ from typing import Any, Sequence
 import onnx
 
 from graph_convert.errors import ConvertError
+from graph_convert.options import parse_shape  # noqa: F401 - its old home
 from graph_convert.process import quiet_python_output
-
-
-def parse_shape(text: str, option: str = "--input-shape") -> tuple[str | None, tuple[int, ...]]:
-    """``"1,3,224,224"`` or ``"name=1,3,224,224"`` -> (name or None, dims)."""
-    name = None
-    spec = text.strip()
-    if "=" in spec:
-        name, spec = spec.split("=", 1)
-        name = name.strip()
-        if not name:
-            raise ConvertError(f"{option} {text!r}: empty input name before '='")
-    parts = [p.strip() for p in spec.replace("x", ",").split(",")]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ConvertError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ConvertError(f"{option} {text!r}: every dimension must be a positive integer")
-    return name, dims
 
 
 def is_torch_spec(source: str) -> bool:
@@ -82,6 +64,38 @@ def load_torch_model(spec: str):
     if not isinstance(obj, torch.nn.Module):
         raise ConvertError(f"{spec}: {attr}() returned {type(obj).__name__}, not an nn.Module")
     return obj.eval()
+
+
+def load_twice(spec: str):
+    """``load_torch_model(spec)`` built twice, the two builds' weights compared: the second build,
+    or one line (exit 2) when they differ. For ``graph-convert verify``: a factory that initialises
+    its weights at random without a seed gives another model at every call, so the candidate
+    (converted from an earlier build) could only be blamed for a difference that is the source's;
+    one build's fingerprints are kept, never two models at once."""
+    first = _fingerprints(load_torch_model(spec))
+    module = load_torch_model(spec)
+    second = _fingerprints(module)
+    differ = [name for name in first if first[name] != second.get(name)] + [n for n in second if n not in first]
+    if differ:
+        attr = spec.rpartition(":")[2]
+        raise ConvertError(f"{spec}: built twice, {attr} gave different weights ({len(differ)} of {len(first)} tensors differ, "
+                           f"first {differ[0]!r}): it initialises them at random without a seed, so no file converted from "
+                           f"an earlier build can match it; seed it (torch.manual_seed) or load trained weights in {attr}")
+    return module
+
+
+def _fingerprints(module) -> dict[str, str]:
+    """A digest of every parameter and buffer's bytes, by name."""
+    import hashlib
+
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for name, t in module.state_dict(keep_vars=False).items():
+            raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            out[name] = f"{t.dtype}{tuple(t.shape)}:{hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()}"
+    return out
 
 
 def export(module, example_inputs: Sequence[Any], path: str, opset: int | None = None, dynamic_batch: bool = False) -> str:

@@ -324,19 +324,16 @@ class OutputDir:
 
 def protected_paths(source, plugins: Iterable[str]) -> list[tuple[str, str]]:
     """Files an output folder must never swallow: the source file and the plugins' modules."""
-    import importlib.util
-
     out = []
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         path = text.rpartition(":")[0] if text.rpartition(":")[0].endswith(".py") else text
         if os.path.exists(path):
             out.append(("the source", os.path.abspath(path)))
+    from graph_convert.plugin_import import plugin_location
+
     for mod in plugins:
-        try:
-            spec = importlib.util.find_spec(mod)
-        except Exception:  # a broken plugin is reported when it is loaded, not here
-            continue
-        if spec is not None and spec.origin and os.path.exists(spec.origin):
-            out.append((f"plugin {mod!r} at", os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin))
+        where = plugin_location(mod)
+        if where is not None:
+            out.append((f"plugin {mod!r} at", where))
     return out

@@ -204,7 +204,7 @@ def _choose_backend(c: Conversion) -> None:
             break
         tried.append((name, missing))
     else:
-        raise UnsupportedOpsError(tried[0][1])
+        raise UnsupportedOpsError(tried[0][1], _auto_hint(wanted, tried[0][1]))
     if wanted != B.AUTO:
         c.backend_why = "default" if wanted == B.DEFAULT else f"--backend {wanted}"
     elif tried:
@@ -214,6 +214,16 @@ def _choose_backend(c: Conversion) -> None:
     else:
         c.backend_why = f"--backend auto: {c.backend.label} handles every op"
     c.backend.prepare(c)
+
+
+def _auto_hint(wanted: str, missing: list[tuple[str, str]]) -> str:
+    """With the default back end: point at ``--backend auto`` when onnx2tf converts every op
+    ours lacks (never for an op of a custom domain, which no converter knows)."""
+    if wanted != B.DEFAULT:
+        return ""
+    from graph_convert.backends.onnx2tf.runner import auto_hint
+
+    return auto_hint([op for op, _ in missing])
 
 
 def _rewrite(c: Conversion, model: onnx.ModelProto, user_feeds=None, graph: Graph | None = None) -> Rewritten:

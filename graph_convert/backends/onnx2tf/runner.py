@@ -22,21 +22,104 @@ CALIBRATION = "calibration_image_sample_data_20x128x128x3_float32.npy"  # else o
 SAVED_MODEL_FILES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
 
 
+# the ONNX ops (default domain) onnx2tf 1.28.8 has a converter for: the module names of its
+# ``onnx2tf/ops`` folder, read for the hint below when onnx2tf is not installed here
+ONNX2TF_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Bernoulli BitShift Cast Ceil
+Celu Clip Col2Im Compress Concat ConcatFromSequence Constant ConstantOfShape Conv ConvInteger ConvTranspose Cos Cosh
+CumSum DepthToSpace DequantizeLinear Det Div Dropout DynamicQuantizeLinear Einsum Elu Equal Erf Exp Expand EyeLike
+Flatten Floor FusedConv GRU Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
+Greater GreaterOrEqual GridSample GroupNorm HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If
+InstanceNormalization Inverse IsInf IsNaN LRN LSTM LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax
+LpNormalization MatMul MatMulInteger Max MaxPool MaxUnpool Mean MeanVarianceNormalization MelWeightMatrix Min Mish Mod
+Mul Multinomial Neg NonMaxSuppression NonZero Not OneHot OptionalGetElement OptionalHasElement Or PRelu Pad Pow
+QLinearAdd QLinearConcat QLinearConv QLinearLeakyRelu QLinearMatMul QLinearMul QLinearSigmoid QLinearSoftmax
+QuantizeLinear RNN RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2
+ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+ReverseSequence RoiAlign Round STFT ScaleAndTranslate Scatter ScatterElements ScatterND Selu SequenceAt
+SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Shape Shrink Sigmoid Sign Sin Sinh Size
+Slice Softmax Softplus Softsign SpaceToDepth Split SplitToSequence Sqrt Squeeze StringNormalizer Sub Sum Tan Tanh
+ThresholdedRelu Tile TopK Transpose Trilu Unique Unsqueeze Upsample Where Xor""".split())
+
+
+def onnx2tf_ops() -> frozenset[str]:
+    """The op types onnx2tf converts: those of the onnx2tf installed here (its ``ops`` folder,
+    read without importing it), else those of 1.28.8."""
+    spec = importlib.util.find_spec("onnx2tf")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "ops") if spec and spec.submodule_search_locations else None
+    if folder is None or not os.path.isdir(folder):
+        return ONNX2TF_OPS
+    # one module per op type, imported by name (``_Loop.py`` is not reachable as ``Loop``; ``Input`` is no op)
+    return frozenset(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_") and f != "Input.py")
+
+
+def auto_hint(op_types: list[str]) -> str:
+    """For an unsupported-ops error: point at ``--backend auto`` when onnx2tf converts every one
+    of them (a custom-domain op, ``domain::Op``, it never does)."""
+    if not op_types or not set(op_types) <= onnx2tf_ops():
+        return ""
+    ops = ", ".join(dict.fromkeys(op_types))
+    how = "" if importlib.util.find_spec("onnx2tf") is not None else f"; {PIP}"
+    return f"onnx2tf converts {ops}: --backend auto hands such a model to it and verifies its files as ours{how}"
+
+
+# what onnx2tf 1.28.8 imports when it starts (module -> the package that installs it); a missing
+# one would end its run with a ModuleNotFoundError after the model was loaded
+ONNX2TF_IMPORTS = {"onnx2tf": "onnx2tf==1.28.8", "tensorflow": "tensorflow-cpu", "tf_keras": "tf-keras", "onnx": "onnx",
+                   "onnx_graphsurgeon": "onnx-graphsurgeon", "sng4onnx": "sng4onnx", "psutil": "psutil",
+                   "requests": "requests", "flatbuffers": "flatbuffers", "ai_edge_litert": "ai-edge-litert"}
+# run in the interpreter that will run onnx2tf: the modules it lacks, and its TensorFlow's version
+_PROBE = """import importlib.metadata as m, importlib.util as u, json, sys
+def v(*names):
+    for n in names:
+        try:
+            return m.version(n)
+        except m.PackageNotFoundError:
+            pass
+print(json.dumps({"missing": [x for x in sys.argv[1:] if u.find_spec(x) is None], "tf": v("tensorflow-cpu", "tensorflow")}))
+"""
+
+
 def find_interpreter(python: str | None) -> str:
     """The interpreter that runs onnx2tf: ``python`` when given (its pins may clash with ours),
-    else this one; one line naming the pip command when it has no onnx2tf."""
-    if python is None:
-        if importlib.util.find_spec("onnx2tf") is None:
-            raise ConvertError(f"--backend onnx2tf: onnx2tf is not installed ({PIP}, or --onnx2tf-python PATH to an "
-                               f"interpreter that has it)")
-        return sys.executable
-    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+    else this one. One line naming the exact packages it lacks (and how to install them) when
+    onnx2tf or anything it imports at start is missing."""
+    import json
+
+    where = "this interpreter" if python is None else f"--onnx2tf-python {python}"
+    if python is not None and not (os.path.isfile(python) and os.access(python, os.X_OK)):
         raise ConvertError(f"--onnx2tf-python {python}: no such interpreter")
-    r = subprocess.run([python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('onnx2tf') is None)"],
-                       capture_output=True, text=True, env=_env(python), timeout=120)
-    if r.returncode != 0:
-        raise ConvertError(f"--onnx2tf-python {python}: that interpreter has no onnx2tf ({PIP} there)")
-    return python
+    exe = python or sys.executable
+    r = subprocess.run([exe, "-c", _PROBE, *ONNX2TF_IMPORTS], capture_output=True, text=True, env=_env(exe), timeout=120)
+    try:
+        probe = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ConvertError(f"{where}: could not ask it which packages it has ({' '.join(r.stderr.split())[:200]})") from None
+    missing = [ONNX2TF_IMPORTS[mod] for mod in probe["missing"]]
+    if not missing:
+        return exe
+    raise ConvertError(f"--backend onnx2tf: {where} lacks {', '.join(missing)} (what onnx2tf 1.28.8 imports): "
+                       f"{install_command(missing, probe['tf'], extra=python is None)}{' there' if python else ''}")
+
+
+# installed by the onnx2tf extra (pyproject.toml) besides what graph-convert itself needs
+EXTRA = ("onnx2tf==1.28.8", "onnx-graphsurgeon", "sng4onnx", "psutil")
+
+
+def install_command(missing: list[str], tf_version: str | None, extra: bool) -> str:
+    """The pip command(s) that install ``missing``: the extra where it holds them (``extra``:
+    graph-convert's own interpreter), else the packages by name. tf-keras declares a dependency
+    on the ``tensorflow`` package, which would be installed beside ``tensorflow-cpu`` (two
+    distributions writing one module tree), so it is installed without its dependencies, at the
+    installed TensorFlow's version (what the extra cannot say)."""
+    rest = [p for p in missing if p != "tf-keras"]
+    cmds = []
+    if rest:
+        cmds.append(PIP if extra and set(rest) <= set(EXTRA) else "pip install " + " ".join(f"'{p}'" if "=" in p else p for p in rest))
+    if "tf-keras" in missing:
+        major_minor = ".".join((tf_version or "2.21").split(".")[:2])
+        cmds.append(f"pip install --no-deps 'tf-keras=={major_minor}.*'")
+    return " && ".join(cmds)
 
 
 def _env(python: str) -> dict[str, str]:
