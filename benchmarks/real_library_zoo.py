@@ -1247,6 +1247,7 @@ class _Timed:
             x = (rng.random(d["shape"]).astype(dt) if dt.kind == "f" else rng.integers(0, 16, d["shape"]).astype(dt))
             self.interp.set_tensor(d["index"], x)
         self.ops = Counter(o["op_name"] for o in self.interp._get_ops_details())
+        self.interp.invoke()  # a file that loads but cannot run (a kernel error) fails here, not mid-timing
 
 
 def latencies(models: list[_Timed], rounds: int, per: int) -> list[float]:
