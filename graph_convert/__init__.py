@@ -89,6 +89,16 @@ def stage_progress(quiet: bool = False, stream=None):
     return StageProgress(mode_for(quiet, stream), stream)
 
 
+def view(output_dir, port: int = 8080, browser: bool = True) -> None:
+    """Open a conversion's models with their ``--explorer`` node data in Model Explorer (the
+    ``explorer`` extra), served on localhost until interrupted; see
+    :func:`graph_convert.checks.explorer.open_in_model_explorer`. Raises ConvertError when the
+    folder has no node data or Model Explorer is not installed."""
+    from graph_convert.checks.explorer import open_in_model_explorer
+
+    open_in_model_explorer(str(output_dir), port=port, browser=browser)
+
+
 def pass_pipeline(plugins=()) -> list[dict]:
     """The pass pipeline with ``plugins`` loaded, in run order: one dict per pass with its
     ``phase``, ``name``, fixed-point ``group`` (or None), ``source`` (the plugin it came from) and
@@ -129,7 +139,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'graph_convert' has no attribute {name!r}")
 
 
-__all__ = ["convert", "convert_batch", "verify_file", "ConvertOptions", "parse_size", "parse_timeout", "stage_progress",
+__all__ = ["convert", "convert_batch", "verify_file", "view", "ConvertOptions", "parse_size", "parse_timeout", "stage_progress",
            "pass_pipeline", "parse_shape", "quantization_tables", "ConvertError",
            "GraphConvertError", "PassError", "StageError", "UnsupportedOpsError", "VerificationError",
            "QuantizationThresholdError", "Pass", "PassContext", "PassResult", "Registry", "__version__"]

@@ -137,6 +137,8 @@ class ConvertOptions:
     # The command line sets it (the process is its own); from Python, only when nothing else
     # holds that model
     free_source_model: bool = False
+    # also write Model Explorer node-data files (explorer/): layout moves, per-op error, per-op SQNR
+    explorer: bool = False
     quant: Any = field(init=False, default=None, compare=False, repr=False)  # QuantOptions | None
 
     def __post_init__(self) -> None:
@@ -164,7 +166,7 @@ class ConvertOptions:
         set_("plugins", _tuple(self.plugins, "--plugin"))
         set_("disable_passes", _tuple(self.disable_passes, "--disable-pass"))
         for flag in ("keep_io_layout", "dynamic_batch", "heads_first", "tflite", "overwrite", "int8_io", "quant_debug",
-                     "free_source_model"):
+                     "free_source_model", "explorer"):
             set_(flag, bool(getattr(self, flag)))
         quant_fields = (self.quantize, self.calibration, self.eval_data, self.int8_io, self.quant_debug, self.float_ops,
                         self.min_sqnr, self.min_top1, self.mean, self.std, self.size)
@@ -175,6 +177,12 @@ class ConvertOptions:
         set_("quant", make_options(self.quantize, calibration=self.calibration, eval_data=self.eval_data, int8_io=self.int8_io,
                                    quant_debug=self.quant_debug, float_ops=self.float_ops, min_sqnr=self.min_sqnr,
                                    min_top1=self.min_top1, mean=self.mean, std=self.std, size=self.size, tflite=self.tflite))
+
+    @staticmethod
+    def choices(option: str) -> tuple[str, ...]:
+        """The allowed values of an option with a fixed set (what the command line offers):
+        ``backend`` (the registered back ends and ``auto``) and ``verify``."""
+        return {"backend": backends.names(), "verify": VERIFY_MODES}[option]
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "ConvertOptions":

@@ -7,7 +7,6 @@ later win, so a plugin can replace a built-in pass, transpose handler or TF emit
 """
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar

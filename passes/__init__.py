@@ -11,6 +11,7 @@ def register(registry) -> None:
         constants_to_initializers,
         drop_nan_guard,
         eliminate_identity,
+        expand_qoperators,
         fold_batchnorm,
         fold_channel_permutation,
         fold_constants,
@@ -26,12 +27,11 @@ def register(registry) -> None:
         split_group_norm,
         to_channels_last,
     )
-    from graph_convert_passes.lib import signal_attention_handlers, subgraph_handlers, transpose_handlers
-    for mod in (constants_to_initializers, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine, drop_nan_guard,
+    from graph_convert_passes.lib import indexing_handlers, quantized_layout, signal_attention_handlers, subgraph_handlers, transpose_handlers
+    for mod in (constants_to_initializers, expand_qoperators, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine, drop_nan_guard,
                 fuse_activations, fuse_normalizations, attention_scale_to_query, recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
                 push_transposes, heads_first, merge_slices, cancel_reshape_pair, fold_scale_into_projection, prune):
         registry.add_pass(mod.PASS)
-    for op_type, handler in {**transpose_handlers.HANDLERS, **subgraph_handlers.HANDLERS}.items():
-        registry.add_transpose_handler(op_type, handler)
-    for op_type, handler in signal_attention_handlers.HANDLERS.items():
+    for op_type, handler in {**transpose_handlers.HANDLERS, **indexing_handlers.HANDLERS, **subgraph_handlers.HANDLERS,
+                             **signal_attention_handlers.HANDLERS, **quantized_layout.HANDLERS}.items():
         registry.add_transpose_handler(op_type, handler)

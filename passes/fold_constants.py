@@ -17,7 +17,9 @@ from graph_convert.pass_manager import Pass, PassContext, PassResult
 MAX_ELEMENTS = 1 << 20
 # random, stateful or control-flow ops are never folded
 NEVER = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
-         "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty", "Optional", "Constant"}
+         "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty", "Optional", "Constant",
+         # a quantized model's Q/DQ carry the scales the int8 .tflite must keep (backends/tensorflow/ops/quantized.py)
+         "QuantizeLinear", "DequantizeLinear"}
 
 
 def _static_shape(graph: Graph, tensor: str) -> tuple[int, ...] | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from graph_convert.ir import perm as P
 from graph_convert.ir import Graph, Node
 from graph_convert.pass_manager import Pass, PassContext, PassResult
+from graph_convert_passes.lib.quantized_layout import transposed_dequantize
 
 
 def kernel_to_tf(rank: int) -> tuple[int, ...]:
@@ -38,6 +39,7 @@ _CONV = LayoutSpec(weights={1: "kernel"})
 CHANNELS_LAST_OPS: dict[str, LayoutSpec] = {
     "Conv": _CONV,
     "ConvTranspose": _CONV,
+    "ConvInteger": LayoutSpec(weights={1: "kernel"}, ranks=(4,)),  # dynamic quantization's conv
     "MaxPool": LayoutSpec(unused_outputs=(1,)),
     "AveragePool": LayoutSpec(),
     "GlobalAveragePool": LayoutSpec(),
@@ -49,6 +51,12 @@ CHANNELS_LAST_OPS: dict[str, LayoutSpec] = {
     "Upsample": LayoutSpec(),
     "InstanceNormalization": LayoutSpec(),
     "LRN": LayoutSpec(),
+    "LpPool": LayoutSpec(),
+    # sampling and RoI ops gather channel rows: channels-last is their natural layout (the grid,
+    # the RoIs and DeformConv's weight keep theirs; offset and mask are per-position like X)
+    "GridSample": LayoutSpec(ranks=(4, 5)),
+    "RoiAlign": LayoutSpec(ranks=(4,)),
+    "DeformConv": LayoutSpec(activations=(0, 2, 4), weights={1: "kernel"}, ranks=(4,)),
 }
 
 
@@ -62,6 +70,8 @@ def switch_node(graph: Graph, node: Node, spec: LayoutSpec, created_by: str) -> 
     cl, cf = P.channels_last(rank), P.channels_first(rank)
     in_perms: list[tuple | None] = [None] * len(node.inputs)
     for j in spec.activations:
+        if j >= len(node.inputs) or not node.inputs[j]:  # an optional input left out
+            continue
         graph.set_input(node, j, graph.add_transpose(node.inputs[j], cl, created_by=created_by))
         in_perms[j] = cl
     for j, kind in spec.weights.items():
@@ -71,6 +81,8 @@ def switch_node(graph: Graph, node: Node, spec: LayoutSpec, created_by: str) -> 
         w = node.inputs[j]
         if graph.constant_value(w) is not None:
             graph.set_input(node, j, graph.transposed_constant(w, wp))
+        elif (moved := transposed_dequantize(graph, w, wp, created_by)) is not None:  # its int8 constant moves
+            graph.set_input(node, j, moved)
         else:
             graph.set_input(node, j, graph.add_transpose(w, wp, created_by=created_by))
         in_perms[j] = wp

@@ -34,7 +34,7 @@ def test_onnx2tf_backend_writes_verified_files(tmp_path):
     r = cli(["convert", "m.onnx", "-o", "out", "--backend", "onnx2tf", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "backend: onnx2tf" in r.stdout
-    assert sorted(os.listdir(tmp_path / "out")) == [".graph-convert.json", "model_float32.tflite", "report.json", "saved_model"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".graph-convert.json", "model_float32.tflite", "report.html", "report.json", "saved_model"]
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["backend"]["used"] == "onnx2tf"
     assert all(f["ok"] for st in ("tensorflow", "tflite_float32") for f in rep["verification"][st].values())

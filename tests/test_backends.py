@@ -80,5 +80,13 @@ def test_auto_takes_the_first_back_end_that_takes_every_op(demo_backend, tmp_pat
 
 
 def test_an_unknown_back_end_is_refused_naming_the_choices():
-    with pytest.raises(gc.ConvertError, match=r"--backend 'tensorflow': expected one of graph-convert, onnx2tf, auto"):
+    with pytest.raises(gc.ConvertError, match=r"^backend 'tensorflow': expected one of graph-convert, onnx2tf, auto"):
         gc.ConvertOptions(backend="tensorflow")
+
+
+def test_the_command_lines_choices_are_the_registered_back_ends(demo_backend):
+    """The CLI reads --backend's choices from ConvertOptions, which reads the table: a registered
+    back end is a choice with no other edit."""
+    assert gc.ConvertOptions.choices("backend") == (*backends.BACKENDS, "auto")
+    assert "onnx-file" in gc.ConvertOptions.choices("backend")
+    gc.ConvertOptions(backend="onnx-file")  # accepted

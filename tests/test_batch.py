@@ -139,7 +139,7 @@ def test_local_batch_rows_outputs_and_rerun(zoo):
     assert cli(["convert", "zoo/conv_a.onnx", "-o", direct, "-q"], zoo).returncode == 0
     assert sorted(os.listdir(out / "conv_a")) == sorted(os.listdir(direct))
     assert tflite_matches_ort(zoo / "zoo" / "conv_b.onnx", out / "conv_b") < 1e-4
-    assert sorted(os.listdir(out)) == ["conv_a", "conv_b", "summary.json", "summary.md"]
+    assert sorted(os.listdir(out)) == ["conv_a", "conv_b", "summary.html", "summary.json", "summary.md"]
     assert not leftovers(zoo)  # no temporary folder of the killed runs
     # a second run skips the finished models and tries the others again
     mtime = os.stat(out / "conv_a" / "model_float32.tflite").st_mtime_ns
@@ -281,7 +281,7 @@ def test_ray_engine_same_rows_and_rerun(zoo, ray_cluster):
     check_rows(rows(out))
     assert summary(out)["engine"] == "ray"
     assert tflite_matches_ort(zoo / "zoo" / "conv_a.onnx", out / "conv_a") < 1e-4
-    assert sorted(os.listdir(out)) == ["conv_a", "conv_b", "summary.json", "summary.md"]
+    assert sorted(os.listdir(out)) == ["conv_a", "conv_b", "summary.html", "summary.json", "summary.md"]
     again = cli(["batch", "zoo", "list.txt", "-o", out, "--engine", "ray", "--ray-address", ray_cluster, "-q"], zoo)
     assert again.returncode == 1
     r = rows(out)

@@ -196,7 +196,7 @@ def test_tflite_past_the_flatbuffer_limit_without_the_memory_is_refused_up_front
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == []
     r = gc.convert(conv_mlp(), None, tmp_path / "out", tflite=False).report
     assert "tflite_float32" not in r["verification"] and r["verification"]["tensorflow"]["y"]["ok"]
-    assert sorted(os.listdir(tmp_path / "out")) == [".graph-convert.json", "model.rewritten.onnx", "report.json", "saved_model"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".graph-convert.json", "model.rewritten.onnx", "report.html", "report.json", "saved_model"]
 
 
 def test_pass_checks_hold_for_weights_left_in_their_file(external_file, monkeypatch):

@@ -230,7 +230,8 @@ def test_console_script_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TRANSPOSE 0" in proc.stdout
     # exactly the documented artifacts: nothing the exporter wrote (external data) is left over
-    assert sorted(os.listdir(out)) == [".graph-convert.json", "model.rewritten.onnx", "model_float32.tflite", "report.json", "saved_model"]
+    assert sorted(os.listdir(out)) == [".graph-convert.json", "model.rewritten.onnx", "model_float32.tflite", "report.html", "report.json",
+                                 "saved_model"]
     # the console script's fast exit leaves no XNNPACK/TF chatter behind -q
     proc = subprocess.run(cmd + ["convert", "models/resnet_style.py:make", "--input-shape", "1,3,64,64", "-o", str(out),
                                  "--overwrite", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=600)

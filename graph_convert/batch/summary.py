@@ -1,6 +1,6 @@
-"""A batch's summary: OUTROOT/summary.json (strict JSON, for machines), OUTROOT/summary.md and the
-same table on stdout (for people). Both files are written atomically and only ever replace a
-summary a batch wrote."""
+"""A batch's summary: OUTROOT/summary.json (strict JSON, for machines), OUTROOT/summary.md, the
+same table on stdout and OUTROOT/summary.html (charts; for people). The files are written
+atomically and only ever replace a summary a batch wrote."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,10 @@ from typing import Any
 
 from graph_convert.errors import ConvertError
 from graph_convert.conversion.output import current_umask
+from graph_convert.conversion.report_html import HTML_MARK, render_summary
 
 TOOL = "graph-convert batch"
-FILES = ("summary.json", "summary.md")
+FILES = ("summary.json", "summary.md", "summary.html")
 
 
 def previous(out_root: str) -> dict[str, dict]:
@@ -36,6 +37,12 @@ def previous(out_root: str) -> dict[str, dict]:
         with open(md, errors="replace") as f:
             if not f.readline().startswith(f"# {TOOL}"):
                 raise ConvertError(f"batch output {out_root}: summary.md there was not written by graph-convert batch; "
+                                   f"nothing was touched (choose another -o)")
+    page = os.path.join(out_root, "summary.html")
+    if os.path.lexists(page):
+        with open(page, errors="replace") as f:
+            if HTML_MARK not in f.read(4096):
+                raise ConvertError(f"batch output {out_root}: summary.html there was not written by graph-convert batch; "
                                    f"nothing was touched (choose another -o)")
     return rows
 
@@ -104,7 +111,8 @@ def markdown(summary: dict) -> str:
 
 def write(out_root: str, summary: dict) -> None:
     os.makedirs(out_root, exist_ok=True)
-    for name, text in (("summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"), ("summary.md", markdown(summary))):
+    for name, text in (("summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"), ("summary.md", markdown(summary)),
+                       ("summary.html", render_summary(summary))):
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out_root)
         try:
             with os.fdopen(fd, "w") as f:

@@ -2,6 +2,7 @@
 (rewritten ONNX, TF, TFLite); inputs and outputs are mapped through the recorded layout perms."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -238,12 +239,19 @@ class Figures:
     ok: bool
     sqnr_db: float = 200.0
     reason: str = ""  # why it failed, in words
+    per_draw: tuple = ()  # ((draw label, Figures of that draw alone), ...) when checked on several draws
+    steps: float | None = None  # max_abs in quantization steps of the output (the int8 rule)
 
     def as_dict(self) -> dict[str, Any]:
         d = {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine, "sqnr_db": self.sqnr_db,
              "scale": self.scale, "ok": self.ok}
+        if self.steps is not None:
+            d["max_steps"] = self.steps
         if self.reason:
             d["reason"] = self.reason
+        if self.per_draw:  # report.html's table shows every draw, not only the worst
+            d["per_draw"] = [{"draw": label, "max_abs": f.max_abs, "max_rel": f.max_rel, "cosine": f.cosine, "sqnr_db": f.sqnr_db,
+                              "ok": f.ok} for label, f in self.per_draw]
         return d
 
 
@@ -297,6 +305,42 @@ def compare(ref: np.ndarray, got: np.ndarray, tol: float) -> Figures:
     if not reason and cosine < 1 - tol:
         reason = f"points another way (cosine {cosine:.6f})"
     return Figures(max_abs, max_rel, cosine, scale, not reason, float(sqnr), reason)
+
+
+# The int8 rule, for an int8 .tflite made from a quantized ONNX model and judged against ONNX
+# Runtime running that quantized model: two int8 engines round their requantizations differently
+# (TFLite by fixed-point multipliers, ORT in float), so an element may land one step away. An
+# output the source quantizes (made by a DequantizeLinear with scale s) passes when every element
+# is within INT8_MAX_STEPS * s (plus the float32 floor) and the SQNR is at least INT8_MIN_SQNR_DB;
+# a float output of a quantized model (dynamic quantization, float ops after the last
+# DequantizeLinear) has no step and passes on the SQNR and cosine alone.
+# TFLite's int8 SOFTMAX fixes its output scale at 1/256 (ONNX Runtime's Q after a softmax uses the
+# model's, e.g. 1/255) and reads exp from a table: it is another function, whose differences the
+# layers after it sum up (2-3 steps measured on a small attention block), so a model holding a
+# softmax is judged on SQNR and cosine only, its max_steps reported (INT8_MAX_STEPS_SOFTMAX None).
+INT8_MAX_STEPS = 1.0
+INT8_MAX_STEPS_SOFTMAX: float | None = None
+INT8_MIN_SQNR_DB = 30.0
+INT8_MIN_COSINE = 0.999
+
+
+def compare_int8(ref: np.ndarray, got: np.ndarray, step: float | None, max_steps: float | None = INT8_MAX_STEPS) -> Figures:
+    """Figures for one output of an int8 .tflite by the int8 rule (``step``: the source's
+    quantization step of this output, None for a float output; ``max_steps``: the bound, None
+    for none)."""
+    f = compare(ref, got, float("inf"))
+    if f.reason and "abs" not in f.reason:  # shape, NaN/inf placement or integer mismatch
+        return f
+    steps = f.max_abs / step if step else None
+    reason = ""
+    # (1 + 1e-5): an element exactly one step away differs by the step's float32 rounding
+    if steps is not None and max_steps is not None and f.max_abs > max_steps * step * (1 + 1e-5) + FLOAT32_FLOOR:
+        reason = f"max abs {f.max_abs:.3g} = {steps:.2f} quantization steps of {step:.3g} (more than {max_steps:g})"
+    elif f.sqnr_db < INT8_MIN_SQNR_DB:
+        reason = f"SQNR {f.sqnr_db:.1f} dB < {INT8_MIN_SQNR_DB:g} dB"
+    elif f.cosine < INT8_MIN_COSINE:
+        reason = f"points another way (cosine {f.cosine:.6f} < {INT8_MIN_COSINE})"
+    return Figures(f.max_abs, f.max_rel, f.cosine, f.scale, not reason, f.sqnr_db, reason, steps)
 
 
 def compare_all(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], atol: float) -> dict[str, Figures]:
@@ -369,23 +413,27 @@ class Verifier:
                 out[name] = "the same on every draw (it does not depend on the inputs)"
         return out
 
-    def check(self, run: Run, stage: str) -> dict[str, Figures]:
+    def check(self, run: Run, stage: str, steps: Mapping[str, tuple[float | None, float | None]] | None = None) -> dict[str, Figures]:
         """Run ``run`` (source-layout feeds -> source-layout outputs) on every draw and compare;
-        raises VerificationError naming the output, the draw and what differs."""
+        raises VerificationError naming the output, the draw and what differs. ``steps``: judge
+        by the int8 rule (:func:`compare_int8`) with these (quantization step, bound in steps)
+        per output."""
         figures: dict[str, Figures] = {}
+        per_draw: dict[str, list] = {}
         for d, ref in zip(self.draws, self.references):
             got = run(d.feeds)
             missing = [n for n in ref if n not in got]
             if missing:
                 raise VerificationError(f"{stage}: outputs {missing} missing", stage)
             for name in ref:
-                f = compare(ref[name], got[name], self.atol)
+                f = compare(ref[name], got[name], self.atol) if steps is None else compare_int8(ref[name], got[name], *steps.get(name, (None, INT8_MAX_STEPS)))
                 if not f.ok:
                     self.failed_draw = d
                     raise VerificationError(f"{stage}: output {name!r} differs from the source model in ONNX Runtime "
                                             f"on the {d.label} inputs: {f.reason}", stage)
                 figures[name] = worst(figures.get(name), f)
-        return figures
+                per_draw.setdefault(name, []).append((d.label, f))
+        return {name: dataclasses.replace(f, per_draw=tuple(per_draw[name])) for name, f in figures.items()}
 
     def check_graph(self, graph: Graph, stage: str) -> dict[str, Figures]:
         """Lower ``graph``, run it in ORT on every draw, compare; raises VerificationError on mismatch."""

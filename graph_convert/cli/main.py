@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("passes", help="list the pass pipeline (with plugins)")
     ls.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py", help=PLUGIN_HELP)
     ls.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
+    v = sub.add_parser("view", help="open a conversion (made with --explorer) in Model Explorer, its evidence on the graphs")
+    v.add_argument("output", metavar="OUT", help="a convert output folder holding explorer/")
+    v.add_argument("--port", type=int, default=8080, help="the local port Model Explorer serves on (default 8080)")
+    v.add_argument("--no-browser", action="store_true", help="serve only; do not open a browser")
+    v.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     return p
 
 
@@ -85,7 +90,7 @@ def _convert_options(c) -> None:
                    help="attention with head-major weights and no TRANSPOSE (for GPU/NPU delegates; slower on XNNPACK CPU)")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py", help=PLUGIN_HELP)
     c.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="skip a pass by name")
-    c.add_argument("--verify", choices=["end", "phase", "each", "none"], default="end",
+    c.add_argument("--verify", choices=ConvertOptions.choices("verify"), default="end",
                    help="ORT check of the rewritten graph (default; on a mismatch the passes are replayed with a check "
                         "after each to name the first diverging pass), after each phase, after every pass, or only of the outputs")
     c.add_argument("--atol", default="1e-4",
@@ -93,7 +98,9 @@ def _convert_options(c) -> None:
                         "(plus a float32 floor), and cosine >= 1 - atol")
     c.add_argument("--seed", default="0", help="seed of the random verification inputs (a non-negative integer)")
     c.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
-    c.add_argument("--backend", choices=["graph-convert", "onnx2tf", "auto"], default="graph-convert",
+    c.add_argument("--explorer", action="store_true",
+                   help="also write Model Explorer node data (explorer/): layout moves, per-op error, per-op SQNR; see 'view'")
+    c.add_argument("--backend", choices=ConvertOptions.choices("backend"), default="graph-convert",
                    help="who writes the SavedModel/.tflite: our emitter (default), onnx2tf (verified by us exactly as ours; "
                         "pip install 'graph-convert[onnx2tf]'), or ours with onnx2tf only for models with ops we cannot emit")
     c.add_argument("--onnx2tf-python", metavar="PATH", help="the interpreter that runs onnx2tf (its pins may clash with ours; default: this one)")
@@ -369,6 +376,9 @@ def _run(args) -> int:
             return _verify(args)
         if args.command == "batch":
             return _batch(args)
+        if args.command == "view":
+            gc.view(args.output, port=args.port, browser=not args.no_browser)
+            return 0
         log = None if args.quiet else (lambda m: print(m, flush=True))
         progress = gc.stage_progress(args.quiet)
         try:
@@ -407,7 +417,7 @@ def options_from_args(args) -> ConvertOptions:
         int8_io=args.int8_io, quant_debug=args.quant_debug,
         float_ops=args.float_ops.split(",") if args.float_ops is not None else (), min_sqnr=args.min_sqnr,
         min_top1=args.min_top1, mean=args.mean, std=args.std, size=args.size, backend=args.backend,
-        onnx2tf_python=args.onnx2tf_python, free_source_model=True)
+        onnx2tf_python=args.onnx2tf_python, free_source_model=True, explorer=args.explorer)
 
 
 # terminal control sequences (colour codes and the like) some libraries put in their messages

@@ -35,8 +35,10 @@ from graph_convert.errors import ConvertError
 MARKER = ".graph-convert.json"
 # what graph-convert writes into an output folder (an output made before the marker existed is
 # recognised by its report.json and these names)
+# (report.html and explorer/ came after the marker, but an output whose marker was lost still has them)
 KNOWN_ENTRIES = frozenset({"saved_model", "model.rewritten.onnx", "model.rewritten.onnx.data", "report.json", "model_float32.tflite",
-                           "model_float16.tflite", "model_dynamic_range_quant.tflite", "model_full_integer_quant.tflite", MARKER})
+                           "model_float16.tflite", "model_dynamic_range_quant.tflite", "model_full_integer_quant.tflite", MARKER,
+                           "report.html", "explorer"})
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
 

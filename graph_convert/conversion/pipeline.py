@@ -35,6 +35,7 @@ from graph_convert.plugins import builtin_registry
 from graph_convert.conversion.rewrite import Rewritten, rewrite
 from graph_convert.conversion.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
 from graph_convert.conversion.report import figures_dict, json_safe
+from graph_convert.conversion.report_html import render_report
 from graph_convert.checks.equivalence import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz
 
 @dataclass
@@ -102,16 +103,18 @@ class Conversion:
     backend_why: str = ""
     progress: Callable[[str, str], None] | None = None  # told ("start" | "end", stage name) around each stage
 
-    def check(self, key: str, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
+    def check(self, key: str, label: str, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+              steps: dict[str, tuple[float | None, float | None]] | None = None) -> None:
         """Judge one artifact against ONNX Runtime on every draw (and at the other batch sizes of a
         dynamic batch): ``run`` maps source-layout feeds keyed by ONNX input names to outputs keyed
-        by ONNX output names. Figures go to ``figures[key]``; a mismatch raises VerificationError."""
+        by ONNX output names. Figures go to ``figures[key]``; a mismatch raises VerificationError.
+        ``steps``: judge by the int8 rule (``checks.equivalence.compare_int8``), per output."""
         def go(feeds):
             with stage(f"run {label}"):
                 return run(feeds)
-        self.figures[key] = self.verifier.check(go, label)
+        self.figures[key] = self.verifier.check(go, label, steps)
         for b, ver in self.other_batches:
-            self.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}"))
+            self.dyn_info["verification"].setdefault(f"batch {b}", {})[key] = figures_dict(ver.check(go, f"{label} at batch {b}", steps))
 
     @property
     def graph(self) -> Graph:
@@ -302,12 +305,23 @@ REWRITE_STAGES: tuple[Stage, ...] = (
 )
 
 
+def write_explorer(c: Conversion) -> None:
+    from graph_convert.checks.explorer import write_for_conversion
+
+    write_for_conversion(c)
+
+
+# --explorer: Model Explorer node data from what the stages before it kept (checks/explorer.py)
+EXPLORER_STAGE = Stage("write Model Explorer node data", "explorer", write_explorer, lambda c: c.options.explorer)
+
+
 def stages(c: Conversion):
     """The stages of ``c`` in order; the back end (chosen while checking the source) adds its own."""
     yield from SOURCE_STAGES
     if c.backend.from_rewritten:
         yield from REWRITE_STAGES
     yield from c.backend.stages
+    yield EXPLORER_STAGE
 
 
 def run_stages(c: Conversion) -> None:
@@ -369,11 +383,14 @@ def convert(source, example_inputs=None, output_dir: str | os.PathLike = "conver
         c.report["weights"] = _weights_report(c)
         with open(os.path.join(work, "report.json"), "w") as f:
             json.dump(json_safe(c.report), f, indent=2, allow_nan=False)
+        with open(os.path.join(work, "report.html"), "w", encoding="utf-8") as f:  # the same report as a page, for people
+            f.write(render_report(json_safe(c.report)))
         shutil.rmtree(os.path.join(work, EXPORT_DIR), ignore_errors=True)  # a large export's weights, read until now
         out.commit(os.listdir(work))
         where = os.path.abspath(os.fspath(output_dir))
         paths = {k: os.path.join(where, os.path.basename(v)) for k, v in c.paths.items()}
         paths["report"] = os.path.join(where, "report.json")
+        paths["report_html"] = os.path.join(where, "report.html")
         return ConvertResult(os.fspath(output_dir), c.report, paths)
     finally:
         out.discard()

@@ -51,11 +51,15 @@ def simple(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
 def broadcast(graph: Graph, node: Node, perm: tuple, created_by: str) -> bool:
     """Elementwise op over all inputs with numpy broadcasting (Add, Mul, Where, PRelu, ...)."""
     rank = len(perm)
-    for t in node.inputs:
+    data = []
+    for j, t in enumerate(node.inputs):
         r = graph.rank(t) if t else rank
+        if r == 0 and graph.constant_value(t) is None:
+            continue  # a run-time scalar (a dynamic quantization scale) broadcasts the same in any layout
         if r is None or (r < rank and graph.constant_value(t) is None) or r > rank:
             return decline("an input's rank is unknown, higher, or lower without being a constant (broadcasting would change)")
-    return push(graph, node, perm, list(range(len(node.inputs))), created_by)
+        data.append(j)
+    return push(graph, node, perm, data, created_by)
 
 
 def with_axis(attr: str = "axis", default: int = 0, all_inputs: bool = False) -> Handler:

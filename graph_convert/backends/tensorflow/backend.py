@@ -197,6 +197,30 @@ def verify_tflite(c) -> None:
                           "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
 
 
+def write_int8_tflite(c) -> None:
+    """A quantized source's int8 .tflite with the source's own scales, judged by the int8 rule."""
+    from graph_convert.backends.tensorflow import quantized_source as QS
+    from graph_convert.backends.tensorflow.emitter import build_function
+    from graph_convert.backends.tensorflow.runner import run_tflite
+    from graph_convert.backends.tensorflow.writer import tflite_flatbuffer_checked
+
+    # a trace of its own, where the emitters declare the source's scales as fake-quant ops
+    t = build_function(c.graph, emitter_table(c)[0], batch=c.view, layout_aware=c.registry.layout_aware,
+                       declare_quantization=True)
+    path = os.path.join(c.work, "model_int8.tflite")
+    with open(path, "wb") as f:
+        f.write(tflite_flatbuffer_checked(t.concrete, t.module, optimize=True))
+    c.paths["tflite_int8"] = path
+    c.check("tflite_int8", "TFLite int8", runner(c, lambda feeds: run_tflite(path, feeds)), steps=QS.output_steps(c.model))
+    c.report["tflite_int8"] = QS.describe(path, c.model)
+
+
+def int8_wanted(c) -> bool:
+    from graph_convert.backends.tensorflow.quantized_source import is_quantized
+
+    return tflite_wanted(c) and is_quantized(c.model)
+
+
 def quantize(c) -> None:
     from graph_convert import quantize as Q
 
@@ -225,6 +249,7 @@ BACKEND = Backend(
         Stage("write SavedModel", "saved_model", write_saved_model),
         Stage("convert to TFLite", "tflite_convert", write_tflite, tflite_wanted),
         Stage("verify TFLite", "verify_tflite", verify_tflite, tflite_wanted),
+        Stage("convert to int8 TFLite", "tflite_int8", write_int8_tflite, int8_wanted),
         Stage("quantize", "quantize", quantize, lambda c: tflite_wanted(c) and c.quant_plan is not None),
         Stage("report", "report", report),
     ),

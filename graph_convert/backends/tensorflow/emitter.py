@@ -72,6 +72,12 @@ class EmitContext:
     const_reads: set = field(default_factory=set)  # tensors read through ``const`` by the node being emitted
     _exact: dict = field(default_factory=dict)  # id(tensor) -> (tensor, value) of run-time-built constants
     placeholders: Any = None  # tf.large_tflite.Placeholders: large weights become splat stand-ins
+    # quantized tensor -> (float twin, scale, zero point, dtype) (graph_convert.tf.ops.quantized)
+    quantized: dict = field(default_factory=dict)
+    # declare a quantized source's scales to the TFLite converter as fake-quant ops (the trace of
+    # model_int8.tflite); off, Q/DQ are ONNX's arithmetic spelled out (SavedModel, float32 file)
+    declare_quantization: bool = False
+    grids: dict = field(default_factory=dict)  # tensor -> quant_grid.Grid of a dequantized weight read by ``const``
     emitters: dict = field(default_factory=dict)  # the handler table (control flow traces bodies with it)
     layout_aware: Collection[str] = ()
     batch_size: Any = None  # the run-time batch size when ``batch`` is set
@@ -164,11 +170,22 @@ class EmitContext:
             exact = self.exact_constant(arr)
             if exact is not None:
                 return exact
+        grids = [self.grids[t] for t in self.const_reads if t in self.grids]
+        if grids and self.declare_quantization and self.placeholders is None and arr.dtype == np.float32:  # a dequantized int8 kernel keeps its source scales
+            from graph_convert.backends.tensorflow.quant_grid import declare
+
+            made = tf.constant(arr) if arr.size < WEIGHT_MIN_ELEMENTS else self._variable(arr)
+            return declare(made, arr, grids)
         if arr.size < WEIGHT_MIN_ELEMENTS or arr.dtype.kind != "f":
             return tf.constant(arr)
         if self.placeholders is not None:  # the trace for a large .tflite: no variables at all
             self._n_weights += 1
             return self.placeholders.make(self._n_weights - 1, arr)
+        return self._variable(arr)
+
+    def _variable(self, arr: np.ndarray):
+        import tensorflow as tf
+
         # tf.function traces a function that creates variables twice; the second trace must get
         # the same variables back, in the same order
         i = self._n_weights
@@ -189,7 +206,14 @@ class EmitContext:
         self.const_reads.add(tensor)
         if self.batch is not None and self.batch.is_dynamic_const(tensor):
             return self.batch.minus_one_target(tensor)  # None: a run-time value
-        return self.graph.constant_value(tensor)
+        v = self.graph.constant_value(tensor)
+        if v is None:  # a DequantizeLinear of constants: its float value, its scales kept aside
+            from graph_convert.backends.tensorflow.quant_grid import dequantized
+
+            hit = dequantized(self.graph, tensor)
+            if hit is not None:
+                v, self.grids[tensor] = hit
+        return v
 
     def shape(self, tensor: str) -> tuple | None:
         return self.batch.shape(tensor) if self.batch is not None else self.graph.shape(tensor)
@@ -327,7 +351,7 @@ def _probe(args):
 
 
 def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aware: Collection[str] = (),
-                   placeholders=None) -> Traced:
+                   placeholders=None, declare_quantization: bool = False) -> Traced:
     """Trace the graph into a ``tf.function``. ``layout_aware``: op types whose emitters read the
     layout marks themselves (a registry's ``layout_aware``); every other layout-marked node gets
     its inputs transposed back to the source layout and its outputs forward. ``batch`` (a
@@ -355,7 +379,7 @@ def build_function(graph: Graph, emitters: dict[str, Any], batch=None, layout_aw
 
     def fn(*args):
         ctx = EmitContext(graph, opset, batch=batch, variables=variables, placeholders=placeholders,
-                          emitters=emitters, layout_aware=layout_aware)
+                          declare_quantization=declare_quantization, emitters=emitters, layout_aware=layout_aware)
         env = ctx.env
         for x, a in zip(graph.inputs, args):
             env[x] = a

@@ -37,7 +37,8 @@ def buffer_offsets_supported() -> bool:
 
 
 def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str | None = None,
-                     fuse_mul_and_fc: bool = True, unfold_splats: bool = False, inf_to_max: bool = True) -> bytes:
+                     fuse_mul_and_fc: bool = True, unfold_splats: bool = False, inf_to_max: bool = True,
+                     optimize: bool = False) -> bytes:
     """The float32 .tflite (builtin ops only) of a traced function. Converted from the concrete
     function itself (the same graph the SavedModel holds, with the same signature name and I/O
     names): reading the SavedModel back would load it twice more. Raises TensorFlow's error.
@@ -61,6 +62,8 @@ def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str
     else:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], _weights_only(module))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if optimize:  # a quantized source's int8 file: its fake-quant ops become int8 kernels with their ranges
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if large:
         converter._experimental_use_buffer_offset = True
         converter.exclude_conversion_metadata = True
@@ -75,11 +78,12 @@ def tflite_flatbuffer(concrete, module, *, large: bool = False, saved_model: str
 
 
 def tflite_flatbuffer_checked(concrete, module, *, large: bool = False, saved_model: str | None = None,
-                             fuse_mul_and_fc: bool = True, unfold_splats: bool = False, inf_to_max: bool = True) -> bytes:
+                             fuse_mul_and_fc: bool = True, unfold_splats: bool = False, inf_to_max: bool = True,
+                             optimize: bool = False) -> bytes:
     """:func:`tflite_flatbuffer`, TensorFlow's error as one ConvertError line."""
     try:
         return tflite_flatbuffer(concrete, module, large=large, saved_model=saved_model, fuse_mul_and_fc=fuse_mul_and_fc,
-                                 unfold_splats=unfold_splats, inf_to_max=inf_to_max)
+                                 unfold_splats=unfold_splats, inf_to_max=inf_to_max, optimize=optimize)
     except Exception as e:
         msg = " ".join(str(e).split())
         raise ConvertError(f"TFLite conversion failed: {msg[:600]}") from None

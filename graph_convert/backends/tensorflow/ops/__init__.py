@@ -16,13 +16,15 @@ unmarked node is transposed to channels-last, or handled in its own layout, here
 An emitter that cannot translate a form raises :class:`ConvertError` naming the node and the
 reason, never a silently different result. Where to add an op: the module of its family
 (``elementwise``, ``shape``, ``linalg``, ``reduce``, ``nn``, ``norm``, ``resize``, ``recurrent``,
-``signal``, ``attention``), with
+``signal``, ``attention``, ``sampling`` (GridSample, AffineGrid, DeformConv), ``detection`` (NonMaxSuppression, RoiAlign),
+``indexing`` (Compress, Unique, ReverseSequence, CenterCropPad, MaxUnpool, CumProd)), with
 ``@emitter("OpType")`` from ``core``.
 """
 from __future__ import annotations
 
-from graph_convert.backends.tensorflow.ops import control_flow, elementwise, linalg, nn, norm, recurrent, reduce, resize, shape  # noqa: F401  (they fill the table)
-from graph_convert.backends.tensorflow.ops import attention, signal  # noqa: F401
+from graph_convert.backends.tensorflow.ops import (  # noqa: F401  (they fill the table)
+    attention, control_flow, detection, elementwise, indexing, linalg, nn, norm, quantized, recurrent, reduce, resize, sampling,
+    shape, signal)
 from graph_convert.backends.tensorflow.ops.core import EMITTERS, LAYOUT_AWARE, emitter
 
 

@@ -286,6 +286,41 @@ def _window_max(x, kernel: list, strides: list, dilations: list):
     return y
 
 
+def _max_pool_with_indices(node: Node, padded, kernel: list, strides: list, dilations: list, total: list):
+    """MaxPool and its Indices output (channels-last): per window the first maximum in row-major
+    window order (ONNX Runtime keeps the first of equal values), as its flat position in the
+    (N, C, *spatial) input. One strided slice and compare per window tap."""
+    if node.attr("storage_order", 0):
+        raise unsupported(node, "the Indices output with storage_order=1")
+    dims = padded.shape.as_list()
+    if any(d is None for d in dims[1:]):
+        raise unsupported(node, "the Indices output with unknown spatial or channel size")
+    spatial = [d - b - e for d, (b, e) in zip(dims[1:-1], total)]
+    plane = int(np.prod(spatial))
+    taps = _window_slices(dims[1:-1], kernel, strides, dilations)
+    offsets = list(itertools.product(*[range(k) for k in kernel]))
+    out = [(dims[1 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(len(kernel))]
+    y = where = None
+    for sl, off in zip(taps, offsets):
+        v = padded[(slice(None), *sl, slice(None))]
+        # the input position this tap reads for every window (padding cells never win: -max fill)
+        coords = np.meshgrid(*[np.arange(o) * s + k * d - b for o, s, k, d, (b, _) in
+                               zip(out, strides, off, dilations, total)], indexing="ij")
+        flat = np.zeros(out, np.int64)
+        for c_, size in zip(coords, spatial):
+            flat = flat * size + c_
+        pos = tf.constant(flat[None, ..., None])
+        if y is None:
+            y, where = v, tf.broadcast_to(pos, tf.shape(v, out_type=tf.int32))
+        else:
+            better = v > y
+            y, where = tf.where(better, v, y), tf.where(better, pos, where)
+    c = dims[-1]
+    nc = tf.range(tf.shape(padded)[0], dtype=tf.int64)[:, None] * c + tf.range(c, dtype=tf.int64)[None, :]
+    nc = tf.reshape(nc * plane, [-1] + [1] * len(kernel) + [c])
+    return y, where + nc
+
+
 @emitter("MaxPool", layout_aware=True)
 def emit_max_pool(node, x, ctx):
     xc = _to_cl(node, x[0])
@@ -295,10 +330,11 @@ def emit_max_pool(node, x, ctx):
     elif dt != F32:
         tflite_gap(node, f"TFLite has no MAX_POOL_2D kernel for {dt.name}")
     n, kernel, strides, dilations, in_spatial, pads, extra = _pool_geometry(node, xc)
-    if len(node.outputs) > 1 and node.outputs[1] and ctx.graph.num_uses(node.outputs[1]):
-        raise unsupported(node, "the Indices output")
     total = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
     low = xc.dtype.min
+    if len(node.outputs) > 1 and node.outputs[1] and ctx.graph.num_uses(node.outputs[1]):
+        y, where = _max_pool_with_indices(node, _pad_cl(xc, total, low), kernel, strides, dilations, total)
+        return [_from_cl(node, cast_back(y, dt)), _from_cl(node, where, 1)]
     if any(d > 1 for d in dilations):
         if any(v is None for v in in_spatial):
             raise unsupported(node, "dilation with unknown spatial size")
@@ -372,6 +408,25 @@ def emit_avg_pool(node, x, ctx):
             s = _pool_valid(_pad_cl(xc, total), kernel, strides, "AVG") * float(np.prod(kernel))
         y = s / tf.constant(counts.astype(xc.dtype.as_numpy_dtype))
     return _from_cl(node, y)
+
+
+@emitter("LpPool", layout_aware=True)
+def emit_lp_pool(node, x, ctx):
+    """(sum over the window of |x|^p)^(1/p), padded cells counting as 0 (ONNX Runtime, PyTorch)."""
+    xc, dt = lite_float(node, _to_cl(node, x[0]))
+    n, kernel, strides, dilations, in_spatial, pads, extra = _pool_geometry(node, xc)
+    if any(d is None for d in in_spatial):
+        raise unsupported(node, "unknown spatial size")
+    p = float(node.attr("p", 2))
+    powered = xc * xc if p == 2 else tf.abs(xc) if p == 1 else tf.pow(tf.abs(xc), p)
+    padded = _pad_cl(powered, [(b, e + x_) for (b, e), x_ in zip(pads, extra)])
+    if any(d > 1 for d in dilations):
+        taps = _window_slices(padded.shape.as_list()[1:-1], kernel, strides, dilations)
+        s = tf.math.add_n([padded[(slice(None), *sl, slice(None))] for sl in taps])
+    else:
+        s = _pool_valid(padded, kernel, strides, "AVG") * float(np.prod(kernel))
+    y = tf.sqrt(s) if p == 2 else s if p == 1 else tf.pow(s, 1.0 / p)
+    return _from_cl(node, cast_back(y, dt))
 
 
 @emitter("GlobalAveragePool", "GlobalMaxPool", layout_aware=True)

@@ -329,6 +329,9 @@ def emit_gather_nd(node, x, ctx):
     else:
         bounds = tf.stack([tf.cast(d, idx.dtype) for d in bounds])
     idx = _nonneg_index(idx, bounds)
+    slice_dims = data.shape.as_list()[b + k:]
+    if 0 in slice_dims:  # empty slices (YOLO's mask columns when it has none): TF's kernel refuses them
+        return tf.zeros(tf.concat([tf.shape(idx)[:-1], slice_dims], 0), data.dtype)
     if b:  # prepend the batch coordinates, so one plain GATHER_ND does it
         ishape = static_shape(idx)
         if ishape is None:
@@ -342,9 +345,11 @@ def emit_gather_nd(node, x, ctx):
 def _scatter_rows(node: Node, data2, rows, upd2, reduction: str):
     """Scatter ``upd2`` (M, R) into rows ``rows`` (M,) of ``data2`` (N, R) with an ONNX reduction."""
     n = data2.shape[0]
-    if reduction == "none":
-        (d, u), dt = to_lite(node, "scatter", data2, upd2)
-        return cast_back(tf.tensor_scatter_nd_update(d, rows[:, None], u), dt)
+    if reduction == "none":  # duplicate rows: the last update wins, as ONNX Runtime applies them
+        # (TFLite's scatter adds duplicates: max-unpooling with overlapping windows writes some twice)
+        (d, u), dt = to_lite(node, ("gather", "select"), data2, upd2)
+        winner = tf.math.unsorted_segment_max(tf.range(tf.shape(u)[0]), tf.cast(rows, tf.int32), n)
+        return cast_back(tf.where((winner >= 0)[:, None], tf.gather(u, tf.maximum(winner, 0)), d), dt)
     if reduction == "add":
         (d, u), dt = to_lite(node, "scatter_add", data2, upd2)
         return cast_back(tf.tensor_scatter_nd_add(d, rows[:, None], u), dt)
