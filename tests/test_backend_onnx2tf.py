@@ -97,8 +97,8 @@ def test_an_onnx2tf_failure_is_named_as_onnx2tfs_and_leaves_nothing(tmp_path):
     b = Builder()
     x = b.input("x", [4, 2, 3])
     y = b.op("ReverseSequence", [x, b.const(np.array([4, 2], np.int64), dtype=np.int64)], time_axis=0, batch_axis=1)
-    b.output(b.op("Relu", [y]))  # onnx2tf 1.28.8 fails on this ReverseSequence; we have no emitter for it
+    b.output(b.op("Relu", [y]))  # onnx2tf 1.28.8 fails on this ReverseSequence (our emitter has it since issue 22)
     onnx.save(b.model(), tmp_path / "m.onnx")
-    r = cli(["convert", "m.onnx", "-o", "out", "--backend", "auto", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
+    r = cli(["convert", "m.onnx", "-o", "out", "--backend", "onnx2tf", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
     assert r.returncode == 6 and "onnx2tf could not convert the model" in r.stderr, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["m.onnx"]
