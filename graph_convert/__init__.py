@@ -35,13 +35,15 @@ def convert(source, example_inputs=None, output_dir="converted", options=None, *
     anything heavy is imported."""
     from graph_convert.conversion.preflight import check_paths
 
+    # ``log`` and ``progress`` are how the run reports, not options of the conversion
+    hooks = {k: kwargs.pop(k) for k in ("log", "progress") if k in kwargs}
     if options is None:
         options = ConvertOptions.from_kwargs(**kwargs)
         kwargs = {}
     check_paths(source, options)
     from graph_convert.conversion.pipeline import convert as _convert
 
-    return _convert(source, example_inputs, output_dir, options, **kwargs)
+    return _convert(source, example_inputs, output_dir, options, **kwargs, **hooks)
 
 
 def verify_file(source, candidate, **kwargs):
