@@ -1106,7 +1106,7 @@ def judge(job: dict[str, Any], res: dict[str, Any] | None, how: str | None) -> t
 
 # what an output folder may hold (README "Output directory"; .graph-convert.json: the marker that
 # lets --overwrite tell its own folders from the user's)
-OUTPUT_FILES = {"saved_model", "model_float32.tflite", "model.rewritten.onnx", "report.json", ".graph-convert.json"}
+OUTPUT_FILES = {"saved_model", "model_float32.tflite", "model.rewritten.onnx", "report.json", "report.html", ".graph-convert.json"}
 USER_FILE = b"the user's own file beside the output folder\n"
 USER_FILE_SHA = hashlib.sha256(USER_FILE).hexdigest()
 
