@@ -340,7 +340,7 @@ def compare_int8(ref: np.ndarray, got: np.ndarray, step: float | None, max_steps
         reason = f"SQNR {f.sqnr_db:.1f} dB < {INT8_MIN_SQNR_DB:g} dB"
     elif f.cosine < INT8_MIN_COSINE:
         reason = f"points another way (cosine {f.cosine:.6f} < {INT8_MIN_COSINE})"
-    return Figures(f.max_abs, f.max_rel, f.cosine, f.scale, not reason, f.sqnr_db, reason, steps)
+    return Figures(f.max_abs, f.max_rel, f.cosine, f.scale, not reason, f.sqnr_db, reason, steps=steps)
 
 
 def compare_all(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], atol: float) -> dict[str, Figures]:
