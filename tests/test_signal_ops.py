@@ -323,11 +323,14 @@ def test_audio_front_end_with_a_dynamic_batch(tmp_path):
     src = str(tmp_path / "model.onnx")
     export(module, (torch.randn(2, 400),), src, "torchscript", 17)
     result = convert(src, None, tmp_path / "out", dynamic_batch=True)
-    dyn = result.report["dynamic_batch"]
-    assert dyn["kept"], dyn
-    for batch, stages in dyn["verification"].items():
-        for stage, figs in stages.items():
-            assert all(f["ok"] for f in figs.values()), (batch, stage, figs)
+    dyn = result.report["dynamic"]
+    batch = [n for n, d in dyn["dims"].items() if d["role"] == "batch"]
+    assert batch and all(dyn["dims"][n]["kept"] for n in batch), dyn["dims"]
+    assert len(dyn["checks"]) >= 3
+    for entry in dyn["checks"]:
+        assert entry["verdict"] == "ok", entry
+        for stage in ("tensorflow", "tflite_float32"):
+            assert all(f["ok"] for f in entry[stage].values()), (entry["sizes"], stage)
     assert not flex_or_custom(result), result.report["tflite"]["ops"]
     x = (torch.randn(5, 400),)
     with torch.no_grad():
