@@ -149,11 +149,12 @@ def test_nothing_left_in_tmpdir_by_a_run_a_failed_run_or_a_killed_run(work):
     failed = run(["convert", "f64.onnx", "-o", "out64"], folder, tmp)
     assert failed.returncode == 2 and "TFLite has no builtin kernel" in one_line(failed)
     assert os.listdir(tmp) == []
-    # SIGTERM while the passes run (ONNX Runtime loaded: its .ses is in the run's scratch folder)
+    # SIGTERM while the passes run (ONNX Runtime loaded: the run's scratch folder holds what it
+    # wrote there, e.g. its telemetry .ses where telemetry is on)
     (folder / "slow_plugin.py").write_text(SLOW_PLUGIN)
     started = folder / "started"
     proc = _start(["convert", "m.onnx", "-o", "out2", "-q", "--plugin", "slow_plugin"], folder, tmp, started)
-    scratch = _wait_for_scratch(tmp, proc, ".ses")
+    scratch = _wait_for_scratch(tmp, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -161,7 +162,7 @@ def test_nothing_left_in_tmpdir_by_a_run_a_failed_run_or_a_killed_run(work):
     # SIGKILL leaves its scratch folder; the next run of any command removes it (its lock is free)
     started.unlink()
     proc = _start(["convert", "m.onnx", "-o", "out3", "-q", "--plugin", "slow_plugin"], folder, tmp, started)
-    scratch = _wait_for_scratch(tmp, proc, ".ses")
+    scratch = _wait_for_scratch(tmp, proc)
     proc.kill()
     proc.communicate(timeout=120)
     assert os.listdir(tmp) == [os.path.basename(scratch)]
@@ -182,10 +183,12 @@ def _start(args, folder, tmp, started) -> subprocess.Popen:
     return proc
 
 
-def _wait_for_scratch(tmp, proc, name: str, seconds: float = 300.0) -> str:
+def _wait_for_scratch(tmp, proc, seconds: float = 300.0) -> str:
+    """The run's scratch folder in ``tmp`` (not ONNX Runtime's telemetry .ses in it: a CI run
+    finished without one appearing)."""
     t0 = time.time()
     while True:
-        found = [os.path.join(tmp, d) for d in os.listdir(tmp) if os.path.exists(os.path.join(tmp, d, name))]
+        found = [os.path.join(tmp, d) for d in os.listdir(tmp) if os.path.isdir(os.path.join(tmp, d))]
         if found:
             return found[0]
         assert proc.poll() is None, proc.communicate()
