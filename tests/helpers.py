@@ -113,3 +113,16 @@ def run_pipeline(model: onnx.ModelProto, **options) -> tuple[Graph, list]:
     g = from_onnx(model)
     records = PassManager(registry(), options=options).run(g)
     return g, records
+
+
+def assert_batch_kept_and_checked(report: dict) -> None:
+    """report.json's ``dynamic`` section: every batch dim kept, checked at 3 sizes or more, and the
+    TF and TFLite outputs verified at each of them."""
+    dyn = report["dynamic"]
+    batch = [n for n, d in dyn["dims"].items() if d["role"] == "batch"]
+    assert batch and all(dyn["dims"][n]["kept"] for n in batch), dyn["dims"]
+    assert len(dyn["checks"]) >= 3
+    for entry in dyn["checks"]:
+        assert entry["verdict"] == "ok", entry
+        for stage in ("tensorflow", "tflite_float32"):
+            assert all(f["ok"] for f in entry[stage].values()), (entry["sizes"], stage)

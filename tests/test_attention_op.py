@@ -263,15 +263,10 @@ def test_rotary_then_causal_gqa_attention_with_a_dynamic_batch(tmp_path):
     onnx.checker.check_model(m)
     src = str(tmp_path / "model.onnx")
     onnx.save(m, src)
+    from tests.helpers import assert_batch_kept_and_checked
+
     result = convert(src, None, tmp_path / "out", dynamic_batch=True, keep_io_layout=True)
-    dyn = result.report["dynamic"]
-    batch = [n for n, d in dyn["dims"].items() if d["role"] == "batch"]
-    assert batch and all(dyn["dims"][n]["kept"] for n in batch), dyn["dims"]
-    assert len(dyn["checks"]) >= 3
-    for entry in dyn["checks"]:
-        assert entry["verdict"] == "ok", entry
-        for stage in ("tensorflow", "tflite_float32"):
-            assert all(f["ok"] for f in entry[stage].values()), (entry["sizes"], stage)
+    assert_batch_kept_and_checked(result.report)
     assert not flex_or_custom(result), result.report["tflite"]["ops"]
     feeds = {"q": _value((5, 4, 6, 8), FL), "k": _value((5, 2, 6, 8), FL), "v": _value((5, 2, 6, 8), FL),
              "pos": RNG.integers(0, 16, (5, 6)).astype(np.int64)}

@@ -19,7 +19,7 @@ from onnx.backend.test.case.test_case import TestCase
 
 from graph_convert import convert
 from graph_convert.conformance import Runner
-from tests.helpers import Builder, assert_equivalent, run_pipeline
+from tests.helpers import assert_batch_kept_and_checked, Builder, assert_equivalent, run_pipeline
 from tests.torch_io import export, flex_or_custom, max_error_over_scale, run_tflite
 
 RNG = np.random.default_rng(7)
@@ -323,14 +323,7 @@ def test_audio_front_end_with_a_dynamic_batch(tmp_path):
     src = str(tmp_path / "model.onnx")
     export(module, (torch.randn(2, 400),), src, "torchscript", 17)
     result = convert(src, None, tmp_path / "out", dynamic_batch=True)
-    dyn = result.report["dynamic"]
-    batch = [n for n, d in dyn["dims"].items() if d["role"] == "batch"]
-    assert batch and all(dyn["dims"][n]["kept"] for n in batch), dyn["dims"]
-    assert len(dyn["checks"]) >= 3
-    for entry in dyn["checks"]:
-        assert entry["verdict"] == "ok", entry
-        for stage in ("tensorflow", "tflite_float32"):
-            assert all(f["ok"] for f in entry[stage].values()), (entry["sizes"], stage)
+    assert_batch_kept_and_checked(result.report)
     assert not flex_or_custom(result), result.report["tflite"]["ops"]
     x = (torch.randn(5, 400),)
     with torch.no_grad():
