@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from graph_convert.ir import perm as P
-from graph_convert.checks.selection import find_key_column, judge as judge_selection, keys_of, trace as trace_selection
+from graph_convert.checks.selection import find_key_column, forced_selection, judge as judge_selection, keys_of, trace as trace_selection
 from graph_convert.errors import ConvertError, VerificationError
 from graph_convert.ir import Graph, to_onnx
 from graph_convert.ir.onnx_io import model_shell, placeholder_tensor
@@ -405,6 +405,30 @@ class Verifier:
                                    f"as the reference: {ort_error_line(e)[:400]}") from None
         del sess  # its copy of the weights (decoded for it alone when the model is large) goes now
         self.failed_draw: Draw | None = None
+        self._source = source if self.selection else None
+        self._forced: dict[str, Any] = {}
+
+    def _forced_rows(self, op, name: str, axis: int, col: int, keys, ids: np.ndarray, draw: int):
+        """Output ``name``'s rows for the candidates ``ids``, by the source in ONNX Runtime with the
+        NMS's selection fed instead of computed (as many rows at a time as the output holds), or why not."""
+        if op.node not in self._forced:
+            try:
+                self._forced[op.node] = source_session(self._source, edit=lambda m: forced_selection(m, op.outputs[0]))
+            except Exception as e:
+                self._forced[op.node] = f"the source with the selection fed does not load in ONNX Runtime: {ort_error_line(e)[:200]}"
+        sess = self._forced[op.node]
+        if isinstance(sess, str):
+            return sess
+        per_run = max(1, int(np.shape(self.references[draw][name])[axis]))
+        rows = []
+        for k in range(0, ids.size, per_run):
+            sel = keys.cand_rows[ids[k:k + per_run]].astype(np.int64)
+            out = sess.run([name], {**self.draws[draw].feeds, op.outputs[0]: sel})[0]
+            rows.append(np.moveaxis(np.asarray(out, np.float64), axis, 0).reshape(np.shape(out)[axis], -1)[:sel.shape[0]])
+        table = np.concatenate(rows) if rows else np.zeros((0, 1))
+        if table.shape[0] != ids.size or not np.allclose(table[:, col], keys.cand_keys[ids], rtol=1e-6, atol=FLOAT32_FLOOR):
+            return "the output's rows do not follow a fed selection row by row"
+        return table
 
     def compare_output(self, name: str, ref: np.ndarray, got: np.ndarray, draw: int) -> Figures:
         """One output on one draw by its rule: the selection rule for an output traced to a
@@ -422,8 +446,16 @@ class Verifier:
             return dataclasses.replace(f, rule="selection", selection=info, reason=f"{f.reason} (selection rule not applied: {why})")
         keys, axis, col = why
         integer = np.asarray(ref).dtype.kind in "biu"
-        v = judge_selection(ref, got, keys, axis, col, 0.0 if integer else self.atol * f.scale + FLOAT32_FLOOR)
+        if col is None:  # the selection tensor: a candidate's row is its index
+            rows_for = lambda ids: keys.cand_rows[ids].astype(np.float64)  # noqa: E731
+        elif ops[0].op_type == "NonMaxSuppression":
+            rows_for = lambda ids: self._forced_rows(ops[0], name, axis, col, keys, ids, draw)  # noqa: E731
+        else:
+            rows_for = None
+        v = judge_selection(ref, got, keys, axis, 0.0 if integer else self.atol * f.scale + FLOAT32_FLOOR, rows_for)
         info.update(permuted_rows=v.permuted, flipped_rows=v.flipped, row_axis=axis, score_tolerance=keys.tol)
+        if not v.reason and v.cosine < 1 - self.atol:
+            v.reason = f"matched rows point another way (cosine {v.cosine:.6f})"
         if v.reason:
             return dataclasses.replace(f, rule="selection", selection=info, reason=f"by the selection rule: {v.reason}")
         return Figures(v.max_abs, v.max_abs / f.scale if f.scale > 0 else 0.0, v.cosine, f.scale, True, v.sqnr_db,
@@ -507,7 +539,7 @@ def _selection_mapping(ops: list, name: str, ref: np.ndarray, tensors: Mapping[s
     if keys is None:
         return f"{op.op_type} {op.node} selects from more than one list"
     if name == op.selection:  # the selected indices themselves: a row names its candidate
-        return keys, keys.rows_of, None
+        return keys, keys.rows_axis, None
     found = find_key_column(ref, keys, FLOAT32_FLOOR)
     if found is None:
         return "no row axis of the output carries the selection's scores in selection order"

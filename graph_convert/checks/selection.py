@@ -66,17 +66,45 @@ def trace(model: onnx.ModelProto) -> dict[str, list[SelectionOp]]:
     return {o.name: [ops[i] for i in sorted(reach[o.name])] for o in g.output if reach.get(o.name)}
 
 
+def forced_selection(model: onnx.ModelProto, selected: str) -> onnx.ModelProto:
+    """``model`` with the node making ``selected`` removed and ``selected`` a graph input: the
+    reference's rows for any candidates, to tell a real candidate's row from a wrong one."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [n for n in m.graph.node if selected not in n.output]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    m.graph.input.append(onnx.helper.make_tensor_value_info(selected, onnx.TensorProto.INT64, [None, 3]))
+    return m
+
+
 @dataclass
 class Keys:
-    """The reference's selection: per selected row its sort key (larger first), its group (rows
-    are ordered within a group: NMS's (batch, class), TopK's one list) and the key tolerance."""
+    """The reference's selection: every candidate (as a row of the selection tensor: NMS's
+    (batch, class, box), TopK's (index,)), its sort key (larger first) and group (rows are ordered
+    within a group: NMS's (batch, class), TopK's one list); which candidates were selected, in
+    order; the key tolerance."""
 
-    keys: np.ndarray  # (n,) float64
-    groups: np.ndarray  # (n,) int64
+    cand_rows: np.ndarray  # (m, w) int64
+    cand_keys: np.ndarray  # (m,) float64
+    cand_groups: np.ndarray  # (m,) int64
+    sel_ids: np.ndarray  # (n,) candidate ids of the reference's selection, in its order
     tol: float  # how far one runtime's key may sit from the other's
     threshold: float | None = None  # NMS's score_threshold
-    lookup: object = None  # row of the selection tensor -> (key, group) or None when out of range
-    rows_of: object = None  # the selection tensor itself as (rows, row axis) for the indices output
+    rows_axis: int = 0  # the row axis of the selection tensor itself
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.cand_keys[self.sel_ids]
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.cand_groups[self.sel_ids]
+
+    def id_of(self, row: np.ndarray) -> int | None:
+        """The candidate a row of the selection tensor names, or None."""
+        hit = np.flatnonzero(np.all(self.cand_rows == np.asarray(row, np.float64)[None, :], axis=1))
+        return int(hit[0]) if hit.size else None
 
 
 def keys_of(op: SelectionOp, tensors: dict[str, np.ndarray], atol: float, floor: float) -> Keys | None:
@@ -84,33 +112,21 @@ def keys_of(op: SelectionOp, tensors: dict[str, np.ndarray], atol: float, floor:
     (a TopK over more than one list)."""
     if op.op_type == "NonMaxSuppression":
         scores = np.asarray(tensors[op.inputs[1]], np.float64)  # (batch, class, box)
+        nb, nc, nx = scores.shape
+        grid = np.stack(np.meshgrid(np.arange(nb), np.arange(nc), np.arange(nx), indexing="ij"), -1).reshape(-1, 3)
         sel = np.asarray(tensors[op.outputs[0]]).reshape(-1, 3).astype(np.int64)
-        n_cls = scores.shape[1]
-
-        def lookup(row):
-            b, c, i = (int(v) for v in row)
-            if not (0 <= b < scores.shape[0] and 0 <= c < n_cls and 0 <= i < scores.shape[2]):
-                return None
-            return float(scores[b, c, i]), b * n_cls + c
-
-        found = [lookup(r) for r in sel]
+        ids = (sel[:, 0] * nc + sel[:, 1]) * nx + sel[:, 2]
         thr = op.inputs[4] if len(op.inputs) > 4 and op.inputs[4] else None
-        return Keys(np.array([k for k, _ in found], np.float64), np.array([g for _, g in found], np.int64),
-                    atol * float(np.abs(scores).max(initial=0.0)) + floor,
-                    float(np.asarray(tensors[thr]).ravel()[0]) if thr else None, lookup, 0)
+        return Keys(grid, scores.ravel(), grid[:, 0] * nc + grid[:, 1], ids, atol * float(np.abs(scores).max(initial=0.0)) + floor,
+                    float(np.asarray(tensors[thr]).ravel()[0]) if thr else None, 0)
     x = np.asarray(tensors[op.inputs[0]], np.float64)
-    idx = np.asarray(tensors[op.outputs[1]])
     axis = op.axis % x.ndim
     if x.size == 0 or x.size != x.shape[axis]:  # one list only: the rows of the output are that list's
         return None
     xs = x.ravel() if op.largest else -x.ravel()
-
-    def lookup(row):
-        i = int(row[0])
-        return (float(xs[i]), 0) if 0 <= i < xs.size else None
-
-    flat = idx.ravel().astype(np.int64)
-    return Keys(xs[flat], np.zeros(flat.size, np.int64), atol * float(np.abs(x).max(initial=0.0)) + floor, None, lookup, axis)
+    ids = np.asarray(tensors[op.outputs[1]]).ravel().astype(np.int64)
+    return Keys(np.arange(xs.size)[:, None], xs, np.zeros(xs.size, np.int64), ids,
+                atol * float(np.abs(x).max(initial=0.0)) + floor, None, axis)
 
 
 @dataclass
@@ -124,6 +140,7 @@ class Verdict:
     max_abs: float = 0.0
     cosine: float = 1.0
     sqnr_db: float = 200.0
+    elem_tol: float = 0.0
 
 
 def _as_rows(a: np.ndarray, axis: int) -> np.ndarray:
@@ -149,11 +166,11 @@ def find_key_column(ref: np.ndarray, keys: Keys, floor: float) -> tuple[int, int
     return None if best is None else (best[1], best[2])
 
 
-def judge(ref: np.ndarray, got: np.ndarray, keys: Keys, axis: int, key_col: int | None, elem_tol: float) -> Verdict:
+def judge(ref: np.ndarray, got: np.ndarray, keys: Keys, axis: int, elem_tol: float, rows_for=None) -> Verdict:
     """Judge ``got`` against ``ref`` by the selection rule (README "Verification"): rows along
-    ``axis``; the keys of the reference rows from ``keys`` (row r of the selection), of the
-    candidate's from its own ``key_col`` (or, for the selection tensor itself, looked up in the
-    reference's scores by the row's index). ``elem_tol``: the ordinary per-element bound."""
+    ``axis``, row r of the reference from the r-th selected candidate; ``elem_tol``: the ordinary
+    per-element bound; ``rows_for``: candidate ids -> their rows as this output lays them (None
+    when they cannot be had: then no row may be only on one side)."""
     r_shape, g_shape = list(np.shape(ref)), list(np.shape(got))
     if len(r_shape) != len(g_shape) or r_shape[:axis] + r_shape[axis + 1:] != g_shape[:axis] + g_shape[axis + 1:]:
         return Verdict(f"shape {tuple(g_shape)}, the source gives {tuple(r_shape)}")
@@ -162,13 +179,13 @@ def judge(ref: np.ndarray, got: np.ndarray, keys: Keys, axis: int, key_col: int 
         return Verdict("non-finite values (the selection rule judges finite rows only)")
     n_sel = min(R.shape[0], keys.keys.size)
     match, used, is_pad = _match_rows(R, G, n_sel, elem_tol)
-    v = Verdict("", rows=int(G.shape[0]))
+    v = Verdict("", rows=int(G.shape[0]), elem_tol=elem_tol)
     js = np.flatnonzero(match >= 0)
     I = match[js]
     v.permuted = int(np.sum(I != js))
     v.reason = _order_reason(js, I, keys.keys[:n_sel], keys.groups[:n_sel], keys.tol)
     if not v.reason:
-        v.reason = _membership_reason(v, R, G, match, used, is_pad, keys, n_sel, key_col)
+        v.reason = _membership_reason(v, R, G, match, used, is_pad, keys, n_sel, rows_for)
     if js.size:
         diff = np.abs(G[js] - R[I])
         v.max_abs = float(diff.max()) if diff.size else 0.0
@@ -217,45 +234,62 @@ def _order_reason(js: np.ndarray, I: np.ndarray, kr: np.ndarray, gr: np.ndarray,
 
 
 def _membership_reason(v: Verdict, R: np.ndarray, G: np.ndarray, match: np.ndarray, used: np.ndarray, is_pad: np.ndarray,
-                       keys: Keys, n_sel: int, key_col: int | None) -> str:
-    """On the selection tensor itself (each row names its candidate), a row only one side has is one
-    of two tied candidates (the other kept instead: same group, keys within 2 tolerances) or sits
-    at the boundary of the kept set (the lowest kept score of its group, the score threshold). An
-    output gathered by the selection accepts no such row: its rows do not name their candidate, so
-    a wrong row could not be told from another candidate's."""
+                       keys: Keys, n_sel: int, rows_for) -> str:
+    """A row only one side has. One the candidate has must be a real candidate's row (``rows_for``:
+    candidate ids -> their rows as this output lays them, computed by the reference) and either the
+    other of two tied candidates (same group, keys within 2 tolerances of a row the reference has
+    and the candidate lacks: the kernel kept the other one) or at the boundary of the kept set
+    (within 2 tolerances of the reference's lowest kept key of its group, or of NMS's
+    score_threshold). One the reference has and the candidate lacks must be paired so, or sit at
+    the boundary of the candidate's kept set."""
     kr, gr = keys.keys[:n_sel], keys.groups[:n_sel]
-    slack = 2 * keys.tol
+    tol2 = 2 * keys.tol
     extra = [int(j) for j in np.flatnonzero((match < 0) & ~is_pad)]
     missing = [int(i) for i in np.flatnonzero(~used)]
-    if key_col is not None and (extra or missing):
+    if not extra and not missing:
+        return ""
+    if rows_for is None:
         which = (f"row {extra[0]} ({_row_text(G[extra[0]])}) matches no row of the source" if extra else
                  f"the source's row {missing[0]} ({_row_text(R[missing[0]])}) is missing")
-        return (f"{which}; an output gathered by the selection may only order tied rows differently "
-                f"({len(extra)} row(s) only here, {len(missing)} only in the source)")
-    ek = {j: (keys.lookup(G[j]) or (None, None)) for j in extra}
-    for j in extra:
-        if ek[j][0] is None:
-            return f"row {j} ({_row_text(G[j])}) matches no row of the source and names no candidate of the selection"
-    for j in list(extra):  # the other of two tied candidates
-        k, g = ek[j]
-        i = next((i for i in missing if (g is None or g == gr[i]) and abs(k - kr[i]) <= slack), None)
-        if i is not None:
-            extra.remove(j), missing.remove(i)
-            v.flipped += 2
-    matched = match[match >= 0]
-    kept_got = {int(g): float(kr[matched][gr[matched] == g].min()) for g in np.unique(gr[matched])} if matched.size else {}
-    kept_ref = {int(g): float(kr[gr == g].min()) for g in np.unique(gr)} if n_sel else {}
+        return f"{which}, and this output's rows cannot be traced to their candidates (only tied rows may be reordered)"
+    low_ref = {int(g): float(kr[gr == g].min()) for g in np.unique(gr)} if n_sel else {}
+    ck, cg = keys.cand_keys, keys.cand_groups
+    near = np.zeros(ck.size, bool)
     for i in missing:
-        if not any(abs(kr[i] - b) <= 2 * keys.tol for b in (kept_got.get(int(gr[i])), keys.threshold) if b is not None):
+        near |= (cg == gr[i]) & (np.abs(ck - kr[i]) <= tol2)
+    for g, low in low_ref.items():
+        near |= (cg == g) & (np.abs(ck - low) <= tol2)
+    if keys.threshold is not None:
+        near |= np.abs(ck - keys.threshold) <= tol2
+    near[keys.sel_ids[:n_sel]] = False
+    ids = np.flatnonzero(near)
+    table = rows_for(ids) if ids.size else np.zeros((0, G.shape[1]))
+    if isinstance(table, str):
+        return table
+    taken = np.zeros(ids.size, bool)
+    for j in extra:
+        d = np.max(np.abs(table - G[j]), axis=1) if ids.size else np.zeros(0)
+        ok = np.flatnonzero((d <= v.elem_tol) & ~taken)
+        if not ok.size:
+            return (f"row {j} ({_row_text(G[j])}) matches no row of the source nor any candidate whose score is tied "
+                    f"(within 2 x the score tolerance {keys.tol:.3g}) with a row it replaces or with the boundary of the kept set")
+        taken[ok[0]] = True
+        t = int(ids[ok[0]])
+        i = next((i for i in missing if cg[t] == gr[i] and abs(ck[t] - kr[i]) <= tol2), None)
+        if i is not None:
+            missing.remove(i)
+            v.flipped += 2
+            continue
+        if not any(abs(ck[t] - b) <= tol2 for b in (low_ref.get(int(cg[t])), keys.threshold) if b is not None):
+            return (f"row {j} ({_row_text(G[j])}, score {ck[t]:.7g}) is not in the source, and its score is not within "
+                    f"2 x the score tolerance {keys.tol:.3g} of the lowest kept score or of the score threshold")
+        v.flipped += 1
+    matched = match[match >= 0]
+    low_got = {int(g): float(kr[matched][gr[matched] == g].min()) for g in np.unique(gr[matched])} if matched.size else {}
+    for i in missing:
+        if not any(abs(kr[i] - b) <= tol2 for b in (low_got.get(int(gr[i])), keys.threshold) if b is not None):
             return (f"the source's row {i} ({_row_text(R[i])}, score {kr[i]:.7g}) is missing, and its score is not within "
                     f"2 x the score tolerance {keys.tol:.3g} of the lowest kept score of its group or of the score threshold")
-        v.flipped += 1
-    for j in extra:
-        k, g = ek[j]
-        low = kept_ref.get(g) if g is not None else (min(kept_ref.values()) if kept_ref else None)
-        if not any(abs(k - b) <= slack for b in (low, keys.threshold) if b is not None):
-            return (f"row {j} ({_row_text(G[j])}, score {k:.7g}) is not in the source, and its score is not within "
-                    f"2 x the score tolerance {keys.tol:.3g} of the source's lowest kept score or of the score threshold")
         v.flipped += 1
     return ""
 
