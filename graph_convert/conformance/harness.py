@@ -26,7 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from graph_convert.conformance.cases import case_arrays, case_dtypes, case_ops, exclusion, freeze_constant_inputs, load_cases
+from graph_convert.conformance.cases import (case_arrays, case_dtypes, case_ops, exclusion, expanded_constant_inputs,
+                                             freeze_constant_inputs, load_cases)
 
 CASE_TIMEOUT = 300  # seconds one case may take in a worker process
 
@@ -152,7 +153,7 @@ class Runner:
         inputs, outputs = (case_arrays(v) for v in case.data_sets[0])
         feeds = dict(zip([vi.name for vi in m.graph.input], inputs))
         if self.freeze:
-            m, feeds = freeze_constant_inputs(m, feeds)
+            m, feeds = freeze_constant_inputs(m, feeds, expanded_constant_inputs(case))
         graph = from_onnx(m)
         PassManager(self.registry, disabled=self.disable, options=self.options).run(graph)
         self.last_graph = graph
