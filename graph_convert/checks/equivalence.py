@@ -256,7 +256,7 @@ class Figures:
             d["reason"] = self.reason
         if self.per_draw:  # report.html's table shows every draw, not only the worst
             d["per_draw"] = [{"draw": label, "max_abs": f.max_abs, "max_rel": f.max_rel, "cosine": f.cosine, "sqnr_db": f.sqnr_db,
-                              "ok": f.ok} for label, f in self.per_draw]
+                              "ok": f.ok, **({"selection": f.selection} if f.selection else {})} for label, f in self.per_draw]
         return d
 
 
