@@ -39,7 +39,7 @@ def training_dropout_warning(info: dict[str, Any]) -> str | None:
         return None
     n = td["nodes"]
     return (f"warning: {len(n)} Dropout node(s) exported in training mode (training_mode=True, e.g. {n[0]!r}) are "
-            f"converted and checked as {TRAINING_DROPOUT_NOTE.split(', every')[0]}; export after model.eval() to avoid this")
+            f"converted and checked as {TRAINING_DROPOUT_NOTE.split('; every')[0]}; export after model.eval() to avoid this")
 
 
 def _resolve(source, example_inputs, input_shapes, work: str, dynamic_batch: bool, free_built: bool,
