@@ -488,13 +488,13 @@ class Verifier:
         per output."""
         figures: dict[str, Figures] = {}
         per_draw: dict[str, list] = {}
-        for d, ref in zip(self.draws, self.references):
+        for k, (d, ref) in enumerate(zip(self.draws, self.references)):
             got = run(d.feeds)
             missing = [n for n in ref if n not in got]
             if missing:
                 raise VerificationError(f"{stage}: outputs {missing} missing", stage)
             for name in ref:
-                f = self.compare_output(name, ref[name], got[name], self.draws.index(d)) if steps is None else compare_int8(ref[name], got[name], *steps.get(name, (None, INT8_MAX_STEPS)))
+                f = self.compare_output(name, ref[name], got[name], k) if steps is None else compare_int8(ref[name], got[name], *steps.get(name, (None, INT8_MAX_STEPS)))
                 if not f.ok:
                     self.failed_draw = d
                     raise VerificationError(f"{stage}: output {name!r} differs from the source model in ONNX Runtime "
