@@ -103,3 +103,21 @@ def test_functions_rounded_otherwise_by_numpy_are_left_to_run_time():
     src = run_ort(model, feeds)
     got = run_ort(to_onnx(g), feeds)
     assert all(np.array_equal(src[k], got[k]) for k in src)
+
+
+def test_empty_concat_operands_are_dropped():
+    """drop_empty_concat_inputs: a (n, 0) operand (YOLO's absent mask columns, gathered by data-
+    dependent indices) leaves the Concat, its gather goes with the dead code, the result is ORT-equal."""
+    b = Builder(opset=17)
+    x = b.input("x", [5, 4])
+    rows = b.op("Reshape", [b.op("NonZero", [b.op("Greater", [b.op("ReduceSum", [x, b.const(np.array([1]), dtype=np.int64)], keepdims=0),
+                                                           b.const(np.array(0.0, np.float32))])]),
+                            b.const(np.array([-1]), dtype=np.int64)])
+    boxes = b.op("Gather", [x, rows], axis=0)
+    empty = b.op("Gather", [b.const(np.random.default_rng(8).standard_normal((5, 0)).astype(np.float32)), rows], axis=0)
+    b.output(b.op("Concat", [boxes, empty], axis=1))
+    model = b.model()
+    g, records = run_pipeline(model, keep_io_layout=True)
+    assert [r for r in records if r.name == "drop_empty_concat_inputs"][0].details == {"dropped": 1}
+    assert g.count("Gather") == 1 and len([n for n in g.nodes if n.op_type == "Concat"][0].inputs) == 1
+    assert_equivalent(model, g)
