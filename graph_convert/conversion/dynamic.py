@@ -479,7 +479,8 @@ def _as_program(name: str, v1, v2, cands, matcher: _Matcher, sources: SP.Sources
     sentence, or ``""`` when there is nothing to say)."""
     if sources is None:
         return ""
-    prog = sources.trace(name) if name in sources.producer else "the rewritten graph made it (no tensor of the source has its name)"
+    origin = sources.origin(name)
+    prog = sources.trace(origin) if origin else "the rewritten graph made it (no tensor of the source has its name)"
     if isinstance(prog, str):
         return f"not replayable: {prog}"
     at = [sources.leaf_values(prog, k) for k in (0, 1)]

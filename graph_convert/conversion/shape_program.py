@@ -59,6 +59,15 @@ class Sources:
         self.inits = {t.name: t for t in model.graph.initializer}
         self._free: dict[str, bool] = {}
 
+    def origin(self, name: str) -> str | None:
+        """The source tensor a rewritten constant is named after: its own name, or the longest
+        source name it extends (a pass's ``X_T__41`` is X moved to another layout). Only a
+        candidate: the replay must give the constant's values at both sizes to be used."""
+        if name in self.producer:
+            return name
+        cuts = [i for i, ch in enumerate(name) if ch == "_" and name[:i] in self.producer]
+        return name[:max(cuts)] if cuts else None
+
     def trace(self, tensor: str) -> Program | str:
         """The shape-only program of ``tensor``, or why there is none."""
         prog = Program(tensor, [])
@@ -317,7 +326,12 @@ def _div(n, ins):
     import tensorflow as tf
 
     a, b = ins
-    return tf.math.truncatediv(a, b) if a.dtype.is_integer else a / b
+    if not a.dtype.is_integer:
+        return a / b
+    # ONNX truncates toward zero; TFLite's FLOOR_DIV floors, on int32 (sizes fit): |a| // |b|, signed
+    a32, b32 = tf.cast(a, tf.int32), tf.cast(b, tf.int32)
+    q = tf.math.floordiv(tf.where(a32 < 0, -a32, a32), tf.where(b32 < 0, -b32, b32))
+    return tf.cast(tf.where(tf.not_equal(a32 < 0, b32 < 0), -q, q), a.dtype)
 
 
 def _table():
