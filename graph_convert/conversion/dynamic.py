@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from graph_convert.conversion import shape_program as SP
+import graph_convert.conversion.shape_program as SP
 from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph
 
