@@ -315,3 +315,38 @@ def emit_qlinear_softmax(node, x, ctx):
     if node.attr("opset", 13) < 13 and axis != rank - 1:
         raise unsupported(node, "the opset < 13 form over more than the last axis")
     return _requantize(node, tf.nn.softmax(_dq_input(node, x, 0), axis=axis), x, 3)
+
+
+@emitter("com.microsoft::QLinearGlobalAveragePool")
+def emit_qlinear_global_average_pool(node, x, ctx):
+    v = _dq_input(node, x, 0)
+    rank = v.shape.rank
+    axes = list(range(1, rank - 1)) if node.attr("channels_last", 0) else list(range(2, rank))
+    return _requantize(node, tf.math.reduce_mean(v, axis=axes, keepdims=True), x, 3)
+
+
+@emitter("com.microsoft::QLinearSigmoid", "com.microsoft::QLinearLeakyRelu")
+def emit_qlinear_activation(node, x, ctx):
+    v = _dq_input(node, x, 0)
+    y = tf.math.sigmoid(v) if node.op_type == "QLinearSigmoid" else tf.nn.leaky_relu(v, alpha=node.attr("alpha", 0.01))
+    return _requantize(node, y, x, 3)
+
+
+@emitter("com.microsoft::QLinearConcat")
+def emit_qlinear_concat(node, x, ctx):
+    if (len(node.inputs) - 2) % 3:
+        raise unsupported(node, "inputs that are not (tensor, scale, zero point) triples")
+    parts = [_dq_input(node, x, k) for k in range(2, len(node.inputs), 3)]
+    return _requantize(node, tf.concat(parts, axis=node.attr("axis") % parts[0].shape.rank), x, 0)
+
+
+@emitter("com.microsoft::QLinearWhere")
+def emit_qlinear_where(node, x, ctx):
+    return _requantize(node, tf.where(x[0], _dq_input(node, x, 1), _dq_input(node, x, 4)), x, 7)
+
+
+@emitter("com.microsoft::QLinearAveragePool")
+def emit_qlinear_average_pool(node, x, ctx):
+    # its window, padding and counting rules are AveragePool's; the pass expand_qoperators (on by
+    # default) writes it as DequantizeLinear -> AveragePool -> QuantizeLinear for that emitter
+    raise unsupported(node, "the direct form (the pass expand_qoperators, on by default, expands it)")
