@@ -19,9 +19,13 @@ depends on the free dims:
 - an integer constant that differs in size along one axis and steps by the same amount along it
   (``torch.arange(n)``, then folded) is a run-time range.
 
-Anything else (a float table computed from the shape, such as a detector's anchor grid) is
-refused with the constant, its readers and the dims named; the caller then asks for the dims to be
-fixed. Whatever was matched, the result is only trusted after the TF function and the .tflite
+- a constant the source computes from shapes alone (a detector's anchor grid and stride table) is
+  that computation replayed at run time (:mod:`graph_convert.conversion.shape_program`), when the
+  replay gives its values at both sizes.
+
+Anything else (a float table computed through other ops, such as a Sin position table) is
+refused with the constant, its readers, the dims and why the replay does not take it named; the
+caller then asks for the dims to be fixed. Whatever was matched, the result is only trusted after the TF function and the .tflite
 ran against ONNX Runtime at further sizes (the pipeline does that), sizes never used to convert.
 """
 from __future__ import annotations
