@@ -10,7 +10,8 @@ the sequence, attention), every parameter random, exported with TorchScript and 
   after ``resize_tensor_input``, interleaved in one process (median of the rounds).
 
 A plain script, not a test: ``python benchmarks/dynamic_shapes.py [--rounds 50] [--only NAME]``
-prints one table.
+prints one table; ``--onnx FILE --shape 1,3,320,320`` measures a given ONNX file with symbolic
+dims instead (e.g. ultralytics' YOLOv8 exported with ``dynamic=True``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch.nn as nn
 class Detector(nn.Module):
     """Backbone of strided convs, an FPN-style top-down path (nearest x2 upsample + concat) and
     one 1x1 head per level, outputs flattened and concatenated over the levels (no anchor decoding
-    in the graph: that table depends on the size and is refused when kept dynamic)."""
+    in the graph; for a detector that decodes, run ``--onnx`` on ultralytics' ``dynamic=True`` export)."""
 
     def __init__(self):
         super().__init__()
