@@ -69,20 +69,22 @@ class Attention(torch.nn.Module):
 
 
 class TwoHeads(torch.nn.Module):
-    """Average pooling, a sigmoid head and a leaky-ReLU head added, global pooling, a flatten and a
-    linear layer: in the QOperator format ONNX Runtime's contrib ops QLinearAveragePool,
-    QLinearSigmoid, QLinearLeakyRelu, QLinearAdd, QLinearGlobalAveragePool and QGemm, with the
+    """Average pooling, a sigmoid head and a leaky-ReLU head added and concatenated (inputs of
+    three scales, one fixed by the sigmoid), global pooling, a flatten and a linear layer: in the
+    QOperator format ONNX Runtime's contrib ops QLinearAveragePool, QLinearSigmoid,
+    QLinearLeakyRelu, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool and QGemm, with the
     Flatten run on the uint8 tensor between them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
         self.a, self.b = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 10)
+        self.fc = torch.nn.Linear(24, 10)
 
     def forward(self, x):
         x = torch.nn.functional.avg_pool2d(torch.relu(self.c1(x)), 2)
-        x = torch.sigmoid(self.a(x)) + torch.nn.functional.leaky_relu(self.b(x), 0.1)
+        s, r = torch.sigmoid(self.a(x)), torch.nn.functional.leaky_relu(self.b(x), 0.1)
+        x = torch.cat([s, r, s + r], 1)
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 

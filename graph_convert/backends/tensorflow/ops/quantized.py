@@ -350,3 +350,44 @@ def emit_qlinear_average_pool(node, x, ctx):
     # its window, padding and counting rules are AveragePool's; the pass expand_qoperators (on by
     # default) writes it as DequantizeLinear -> AveragePool -> QuantizeLinear for that emitter
     raise unsupported(node, "the direct form (the pass expand_qoperators, on by default, expands it)")
+
+
+def _dq_params(ctx, tensor: str) -> tuple[float, float] | None:
+    """Per-tensor ``(scale, zero point)`` of the DequantizeLinear (or QuantizeLinear) making ``tensor``."""
+    p = ctx.graph.producer(tensor)
+    if p is None or p.op_type not in ("DequantizeLinear", "QuantizeLinear") or len(p.inputs) < 2:
+        return None
+    vals = [ctx.graph.constant_value(t) if t else np.zeros(1) for t in (p.inputs[1], p.inputs[2] if len(p.inputs) > 2 else "")]
+    if any(v is None or v.size != 1 for v in vals):
+        return None
+    return float(vals[0].reshape(-1)[0]), float(vals[1].reshape(-1)[0])
+
+
+def requantizing_concat(node: Node, xs: list, ctx):
+    """A Concat of dequantized inputs whose scales differ from its QuantizeLinear's, written as
+    PADs and ADDs (None when it is not one): TFLite's int8 CONCATENATION takes one scale for all
+    inputs and its output, and the converter will not requantize an input whose scale an op fixes
+    (a LOGISTIC's output: "quantization parameters violate the same scale constraint"). Each input
+    padded with zeros to the output's extent along the axis and the pads added is the concat (one
+    input is non-zero at each position); int8 ADD rescales each input to the output's scale, which
+    is ONNX's ``Q(concat(DQ(a), DQ(b)))`` element by element."""
+    readers = ctx.graph.consumers(node.outputs[0])
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or len(xs) < 2:
+        return None
+    out = _dq_params(ctx, readers[0].outputs[0])
+    ins = [_dq_params(ctx, t) for t in node.inputs]
+    if out is None or any(p is None for p in ins) or all(p == out for p in ins):
+        return None
+    rank = xs[0].shape.rank
+    axis = node.attr("axis") % rank
+    sizes = [t.shape[axis] for t in xs]
+    if any(n is None for n in sizes):
+        return None  # pads need each input's extent
+    total, y, start = sum(sizes), None, 0
+    for t, n in zip(xs, sizes):
+        pads = [[0, 0]] * rank
+        pads[axis] = [start, total - start - n]
+        part = tf.pad(t, pads)
+        y = part if y is None else y + part
+        start += n
+    return y
