@@ -40,15 +40,6 @@ def emit_reshape(node, x, ctx):
     if target is None:
         t = tf.cast(x[1], tf.int64)
         n = t.shape[0]
-        known = tf.get_static_value(t, partial=True)
-        if known is not None and n is not None and (node.attr("allowzero", 0) or all(
-                v != 0 or i < len(x[0].shape) for i, v in enumerate(known.tolist()))):
-            # a run-time target with entries known now (a dynamic dim's Pack): keep them visible,
-            # so TF's shapes stay static there (TFLite needs a conv's channels known)
-            src = tf.shape(x[0], out_type=tf.int64)
-            parts = [t[i] if v is None else (src[i] if v == 0 and not node.attr("allowzero", 0) else tf.constant(int(v), tf.int64))
-                     for i, v in enumerate(known.tolist())]
-            return tf.reshape(x[0], tf.stack(parts))
         if not node.attr("allowzero", 0) and n is not None:  # 0 copies the input's dimension
             src = tf.shape(x[0], out_type=tf.int64)
             rank = len(x[0].shape)
