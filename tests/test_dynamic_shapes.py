@@ -400,3 +400,21 @@ def test_dropout_exported_in_training_mode_is_converted_and_checked_as_inference
     assert len([n for n in onnx.load(path).graph.node if len(n.input) == 3 and n.op_type == "Dropout"]) == 2  # the user's file as it was
     assert main(["verify", path, str(out / "model_float32.tflite")]) == 0
     assert "exported in training mode" in capsys.readouterr().out
+
+
+def test_a_replayed_table_is_used_only_where_it_gives_the_constant_at_both_sizes():
+    """The correspondence rule between the source's replayed tensor and the rewritten constant:
+    the same, one permutation or a unit-axis reshape holding at both sizes; anything else (a value
+    off at one size, a permutation that holds at one size only) is no correspondence."""
+    from graph_convert.conversion.shape_program import layout
+
+    rng = np.random.default_rng(6)
+    p1, p2 = rng.standard_normal((1, 2, 20)).astype(np.float32), rng.standard_normal((1, 2, 42)).astype(np.float32)
+    assert layout(p1, p2, p1.copy(), p2.copy()) == ("same",)
+    assert layout(p1, p2, p1.transpose(0, 2, 1), p2.transpose(0, 2, 1)) == ("perm", [0, 2, 1])
+    assert layout(p1, p2, p1.reshape(2, 20), p2.reshape(2, 42)) == ("reshape", [2, -1])
+    off = p2.copy()
+    off[0, 1, 7] += 1e-3 * max(1.0, float(np.abs(p2).max()))
+    assert layout(p1, p2, p1.copy(), off) is None
+    assert layout(p1, p2, p1.transpose(0, 2, 1), p2) is None
+    assert layout(p1, p2, p1.astype(np.float64), p2.astype(np.float64)) is None
