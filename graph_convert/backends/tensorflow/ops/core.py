@@ -266,3 +266,14 @@ def scalar_operand(node: Node, ctx: EmitContext, x: list, j: int):
     if v is None:
         return None if len(node.inputs) <= j or not node.inputs[j] else tf.reshape(x[j], [])
     return v.reshape(-1)[0].item()
+
+
+def nonneg_index(idx, dim):
+    """ONNX indices may be negative (counted from the end)."""
+    return tf.where(idx < tf.zeros_like(idx), idx + tf.cast(dim, idx.dtype), idx)
+
+
+def index_grid(shape: list[int], dtype, skip: int | None = None) -> list:
+    """Per axis, a constant tensor of ``shape`` holding that axis' coordinate (None at ``skip``)."""
+    grids = np.indices(shape, dtype=dtype.as_numpy_dtype) if shape else np.zeros((0,), dtype.as_numpy_dtype)
+    return [None if a == skip else tf.constant(grids[a]) for a in range(len(shape))]
