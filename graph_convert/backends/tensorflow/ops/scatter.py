@@ -9,7 +9,6 @@ import tensorflow as tf
 from graph_convert.ir import Node
 from graph_convert.backends.tensorflow.ops.core import (
     cast_back,
-    dims_of,
     emitter,
     index_grid,
     nonneg_index,
@@ -22,15 +21,15 @@ from graph_convert.backends.tensorflow.ops.core import (
 def _scatter_rows(node: Node, data2, rows, upd2, reduction: str):
     """Scatter ``upd2`` (M, R) into rows ``rows`` (M,) of ``data2`` (N, R) with an ONNX reduction
     (N may be a run-time count)."""
-    n = data2.shape[0] if data2.shape[0] is not None else tf.shape(data2)[0]
+    n = data2.shape[0] if data2.shape[0] is not None else tf.cast(tf.shape(data2, out_type=tf.int64)[0], tf.int32)
     if reduction == "none":  # duplicate rows: the last update wins, as ONNX Runtime applies them
         # (TFLite's scatter adds duplicates: max-unpooling with overlapping windows writes some twice)
         (d, u), dt = to_lite(node, ("gather", "select"), data2, upd2)
-        m = tf.shape(u)[0]
+        m = tf.cast(tf.shape(u, out_type=tf.int64)[0], tf.int32)
         winner = tf.math.unsorted_segment_max(tf.range(m), tf.cast(rows, tf.int32), n)
         # untouched rows read a zero row appended to the updates: with a run-time count of 0
         # updates (no RoI on a level) there is no row 0 to read
-        u = tf.concat([u, tf.zeros(tf.stack([1, tf.shape(u)[1]]), u.dtype)], 0)
+        u = tf.pad(u, [[0, 1], [0, 0]])
         return cast_back(tf.where((winner >= 0)[:, None], tf.gather(u, tf.where(winner >= 0, winner, m)), d), dt)
     if reduction == "add":
         (d, u), dt = to_lite(node, "scatter_add", data2, upd2)
@@ -66,17 +65,31 @@ def _size(dims: list):
     """The product of ``dims`` (ints and run-time scalars): an int when all are known."""
     if all(isinstance(d, int) for d in dims):
         return int(np.prod(dims, dtype=np.int64))
-    out = tf.constant(1, tf.int32)
+    out = tf.constant(1, tf.int64)
     for d in dims:
-        out = out * tf.cast(d, tf.int32)
+        out = out * (d if not isinstance(d, int) else tf.constant(d, tf.int64))
+    return out
+
+
+def _dims(x) -> list:
+    """Per dim, the static int where known, else a run-time int64 scalar. int64 on purpose: the
+    TFLite converter folds an int32 ``Shape`` of a ``Fill`` (ConstantOfShape) into a slice of its
+    int64 dims with an int32 result, a STRIDED_SLICE that no kernel takes."""
+    dyn = None
+    out: list = []
+    for i, d in enumerate(x.shape.as_list()):
+        if d is None:
+            dyn = tf.shape(x, out_type=tf.int64) if dyn is None else dyn
+            d = dyn[i]
+        out.append(d)
     return out
 
 
 def _shape(dims: list):
-    """A reshape target: a list when every dim is known, else a run-time int32 vector."""
+    """A reshape target: a list when every dim is known, else a run-time int64 vector."""
     if all(isinstance(d, int) for d in dims):
         return list(dims)
-    return tf.stack([tf.cast(d, tf.int32) if not isinstance(d, int) else tf.constant(d, tf.int32) for d in dims])
+    return tf.stack([d if not isinstance(d, int) else tf.constant(d, tf.int64) for d in dims])
 
 
 @emitter("ScatterND")
@@ -85,7 +98,7 @@ def emit_scatter_nd(node, x, ctx):
     if data.shape.rank is None or idx.shape.rank is None or idx.shape[-1] is None:
         raise unsupported(node, "an unknown rank or index depth (last dim of indices)")
     k = idx.shape[-1]
-    dims, idims = dims_of(data), dims_of(idx)
+    dims, idims = _dims(data), _dims(idx)
     bounds = dims[:k]
     if all(isinstance(d, int) for d in bounds):
         bounds = tf.constant(np.array(bounds, dtype=idx.dtype.as_numpy_dtype))
@@ -106,7 +119,7 @@ def emit_scatter_elements(node, x, ctx):
         raise unsupported(node, "an unknown rank")
     rank = data.shape.rank
     axis = node.attr("axis", 0) % rank
-    dims, ishape = dims_of(data), static_shape(idx)
+    dims, ishape = _dims(data), static_shape(idx)
     if ishape is not None:
         cols = index_grid(ishape, tf.int64, skip=axis)
     else:  # a run-time index shape (a count of RoIs): its coordinates made at run time

@@ -212,6 +212,12 @@ def emit_slice(node, x, ctx):
         starts, ends = [int(v) for v in vals[0]], [int(v) for v in vals[1]]
     sl = [slice(None)] * rank
     shape = x[0].shape.as_list()
+    if any(shape[a % rank] is None for a in axes):
+        # a run-time dim (a count of detections): TF's strided slice clamps the ends to it, but the
+        # TFLite converter may turn it into a SLICE of size end - begin, which fails past the end
+        (t,), dt = to_lite(node, "slice", x[0])
+        return cast_back(_slice_runtime(t, tf.constant(starts, tf.int64), tf.constant(ends, tf.int64),
+                                        [a % rank for a in axes], steps), dt)
     for s, e, a, st in zip(starts, ends, axes, steps):
         a %= rank
         dim = shape[a]
