@@ -109,7 +109,7 @@ def emit_scatter_nd(node, x, ctx):
     rows = tf.reshape(_row_index(idx, dims[:k]), _shape([m]))
     y = _scatter_rows(node, tf.reshape(data, _shape([n, r])), rows, tf.reshape(upd, _shape([m, r])),
                       node.attr("reduction", "none"))
-    return tf.reshape(y, _shape(dims))
+    return tf.ensure_shape(tf.reshape(y, _shape(dims)), data.shape)  # the dims known statically stay known
 
 
 @emitter("ScatterElements", "Scatter")
@@ -130,4 +130,4 @@ def emit_scatter_elements(node, x, ctx):
     cols[axis] = nonneg_index(tf.cast(idx, tf.int64), dims[axis])
     rows = tf.reshape(_row_index(tf.stack(cols, axis=-1), dims), [-1])
     y = _scatter_rows(node, tf.reshape(data, [-1, 1]), rows, tf.reshape(upd, [-1, 1]), node.attr("reduction", "none"))
-    return tf.reshape(y, _shape(dims))
+    return tf.ensure_shape(tf.reshape(y, _shape(dims)), data.shape)  # the dims known statically stay known

@@ -21,6 +21,7 @@ from graph_convert.backends.tensorflow.ops.core import (
     index_grid,
     input_value,
     nonneg_index,
+    partial_value,
     to_lite,
     dims_product,
     scalar_operand,
@@ -361,7 +362,11 @@ def emit_constant_of_shape(node, x, ctx):
             return tf.fill(tf.cast(x[0], tf.int64), exact)
     for c in CONTAINERS.get(dt, (dt,)):
         if c in LITE_DTYPES["fill"]:
-            return cast_back(tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt) if c == dt else tf.cast(value[0], c)), dt)
+            y = cast_back(tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt) if c == dt else tf.cast(value[0], c)), dt)
+            known = partial_value(x[0])  # the dims known now (a run-time count beside static ones)
+            if known is not None and y.shape.rank == len(known):
+                y.set_shape(known)
+            return y
     tflite_gap(node, f"TFLite has no FILL kernel for {dt.name}")
     return tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt))
 
