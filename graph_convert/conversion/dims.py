@@ -32,7 +32,7 @@ SIZES = {
     # two converted sizes by coincidence); then sizes never converted, non-multiples of 32 among them
     "spatial": (160, 224, 128, 80, 100),
     "spatial2": (128, 192, 96, 112, 70),  # a second image axis: differs from the first, so H != W is checked
-    "sequence": (16, 24, 8, 77, 13),
+    "sequence": (16, 24, 8, 77, 13, 200),  # 200: longer than a usual 128-token export
 }
 MIN_CHECKED = 3  # a dim is advertised free only when checked at this many of its values
 
@@ -199,7 +199,7 @@ def input_shapes(model: onnx.ModelProto, dims: dict[str, Dim], sizes: dict[str, 
 
 def with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
     """A copy whose inputs have the given shapes and whose inferred shapes are dropped (they are
-    inferred again at these sizes, so every shape computation folds)."""
+    inferred again at these sizes, so every shape computation folds); outputs keep their rank."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for vi in m.graph.input:
@@ -209,9 +209,10 @@ def with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> o
                 d.Clear()
                 d.dim_value = int(v)
     del m.graph.value_info[:]
-    for vi in m.graph.output:
-        if vi.type.HasField("tensor_type"):
-            vi.type.tensor_type.ClearField("shape")
+    for vi in m.graph.output:  # the rank stays (an output inference cannot see, e.g. a Loop's, needs it)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                d.Clear()
     return m
 
 
