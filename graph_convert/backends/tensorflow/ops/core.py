@@ -311,7 +311,10 @@ def partial_value(t, depth: int = 0) -> list | None:
         src, idx, axis = partial_value(ins[0], depth + 1), tf.get_static_value(ins[1]), tf.get_static_value(ins[2])
         if src is None or idx is None or axis not in (0, None):
             return None
-        return [src[int(i)] for i in np.asarray(idx).reshape(-1)]
+        try:
+            return [src[int(i)] for i in np.asarray(idx).reshape(-1)]
+        except IndexError:  # out of range: TF reports it when the graph runs
+            return None
     if op.type == "Slice":
         src, b, n = partial_value(ins[0], depth + 1), tf.get_static_value(ins[1]), tf.get_static_value(ins[2])
         if src is None or b is None or n is None:
@@ -325,6 +328,6 @@ def partial_value(t, depth: int = 0) -> list | None:
         lo = None if op.get_attr("begin_mask") & 1 else int(b[0])
         hi = None if op.get_attr("end_mask") & 1 else int(e[0])
         if op.get_attr("shrink_axis_mask") & 1:
-            return [src[lo]]
+            return [src[lo or 0]] if -len(src) <= (lo or 0) < len(src) else None
         return src[slice(lo, hi, int(s[0]))]
     return None
