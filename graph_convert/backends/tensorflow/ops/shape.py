@@ -224,12 +224,24 @@ def emit_slice(node, x, ctx):
         starts, ends = [int(v) for v in vals[0]], [int(v) for v in vals[1]]
     sl = [slice(None)] * rank
     shape = x[0].shape.as_list()
-    if any(shape[a % rank] is None for a in axes):
-        # a run-time dim (a count of detections): TF's strided slice clamps the ends to it, but the
-        # TFLite converter may turn it into a SLICE of size end - begin, which fails past the end
+    out_ir = ctx.shape(node.outputs[0])
+    out_ir = list(out_ir) if out_ir is not None and len(out_ir) == rank else [None] * rank
+    if any(shape[a % rank] is None and not isinstance(out_ir[a % rank], int) for a in axes):
+        # a slice of a run-time dim (a count of detections) whose length nobody knows now: TF's
+        # strided slice clamps the ends to it, but the TFLite converter may turn it into a SLICE of
+        # size end - begin, which fails past the end
         (t,), dt = to_lite(node, "slice", x[0])
-        return cast_back(_slice_runtime(t, tf.constant(starts, tf.int64), tf.constant(ends, tf.int64),
-                                        [a % rank for a in axes], steps), dt)
+        y = _slice_runtime(t, tf.constant(starts, tf.int64), tf.constant(ends, tf.int64), [a % rank for a in axes], steps)
+        # run-time bounds hide every dim from TF: restore the ones known now
+        known = [d if d is not None else (o if isinstance(o, int) else None) for d, o in zip(shape, out_ir)]
+        for st_, e_, a, sp in zip(starts, ends, axes, steps):
+            if shape[a % rank] is not None:
+                b, e2 = _slice_bounds(st_, e_, sp, shape[a % rank])
+                known[a % rank] = len(range(b, -1 if e2 is None else e2, sp))
+            else:
+                known[a % rank] = None
+        y.set_shape(known)
+        return cast_back(y, dt)
     for s, e, a, st in zip(starts, ends, axes, steps):
         a %= rank
         dim = shape[a]
