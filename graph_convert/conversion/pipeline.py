@@ -218,14 +218,9 @@ def _plan_dims(c: Conversion) -> None:
         for n in {d for _, shape in opts.input_shapes for d in shape if isinstance(d, str)} & set(c.dims):
             c.dims[n].requested = "--input-shape"
     DM.apply_fixes(c.dims, overrides, opts.dims)
+    reason = None
     if not c.backend.from_rewritten:  # another back end converts the source as it is, at static sizes
-        for d in c.dims.values():
-            if d.free and d.role == "batch":
-                DM.fix_dim(d, 1, f"--backend {c.backend.name} (static batch)")
-        free = [n for n, d in c.dims.items() if d.free]
-        if free:
-            raise ConvertError(f"--backend {c.backend.name} converts static shapes: {DM.describe(c.dims, free)} "
-                               f"{'is' if len(free) == 1 else 'are'} symbolic; fix them with {DM.fix_hint(c.model, c.dims, free)}")
+        reason = _static_backend_dims(c)
     if c.user_feeds is not None:  # the user's arrays fix no dim: checked at their own sizes besides the generated ones
         c.user_sizes = DM.sizes_of_arrays(c.dims, {x: np.shape(v) for x, v in c.user_feeds.items()}, "--inputs")
     c.dynamic = any(d.free for d in c.dims.values())
@@ -233,7 +228,30 @@ def _plan_dims(c: Conversion) -> None:
     if fixed and not c.dynamic:  # every symbolic dim has its value: every shape is static from here on
         c.model = DM.with_shapes(c.model, DM.input_shapes(c.model, c.dims, fixed))
         c.source_graph = from_onnx(c.model)
-        c.dyn_info = DR.report_dims(c)
+        c.dyn_info = DR.report_dims(c, reason=reason)
+
+
+def _static_backend_dims(c: Conversion) -> str | None:
+    """A back end that converts the source as it is (onnx2tf) writes static files, so no dim may
+    stay free: a free dim that was asked for (``--dynamic-batch``, a ``--dim`` range) or that is not
+    the batch is refused in one line; the source's own symbolic batch is fixed to 1, with a warning
+    and report.json ``dynamic.reason``, as when our back end cannot keep a batch."""
+    name = c.backend.name
+    free = [n for n, d in c.dims.items() if d.free]
+    asked = [n for n in free if c.dims[n].requested != "symbolic dim in the source model"]
+    refused = asked or [n for n in free if c.dims[n].role != "batch"]
+    if refused:
+        raise ConvertError(f"--backend {name} converts static shapes: {DM.describe(c.dims, refused)} cannot stay free "
+                           f"(our back end keeps and checks free dims); fix "
+                           f"{'it' if len(refused) == 1 else 'them'} with {DM.fix_hint(c.model, c.dims, refused)}")
+    if not free:
+        return None
+    for n in free:
+        DM.fix_dim(c.dims[n], 1, f"--backend {name} (static batch)")
+    reason = (f"--backend {name} converts static shapes: {DM.describe(c.dims, free)} fixed to 1 "
+              f"(files and checks at batch 1; the default back end keeps and checks a free batch)")
+    c.say(f"warning: {reason}")
+    return reason
 
 
 def _choose_backend(c: Conversion) -> None:

@@ -48,10 +48,10 @@ def figures_at(ver, run: Run, what: str) -> dict[str, Figures]:
     return out
 
 
-def judge(per_size: Sequence[tuple[str, dict[str, Figures]]], float_outputs: set[str], what: str) -> dict[str, float]:
+def judge(per_size: Sequence[tuple[str, dict[str, Figures]]], float_outputs: set[str], what: str, fix: str = "") -> dict[str, float]:
     """The size rule over ``per_size`` ((sizes text, figures per output), ...): raises at the
-    first size whose SQNR falls more than SIZE_MARGIN_DB below the output's best; returns each
-    float output's best SQNR."""
+    first size whose SQNR falls more than SIZE_MARGIN_DB below the output's best (``fix``: the
+    options that fix the dims, for the message); returns each float output's best SQNR."""
     best: dict[str, float] = {}
     for name in float_outputs:
         vals = [(figs[name].sqnr_db, label) for label, figs in per_size if name in figs]
@@ -64,7 +64,7 @@ def judge(per_size: Sequence[tuple[str, dict[str, Figures]]], float_outputs: set
                 raise VerificationError(
                     f"{what}: output {name!r} at {label}: SQNR {v:.1f} dB against ONNX Runtime float32, more than "
                     f"{SIZE_MARGIN_DB:g} dB below its {top:.1f} dB at {top_at}: the quantized file does not hold at this "
-                    f"size (fix the dims with --input-shape, or calibrate with samples of this size)", what)
+                    f"size{f'; fix the dims with {fix}' if fix else ''}", what)
     return best
 
 

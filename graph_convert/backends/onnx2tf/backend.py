@@ -24,7 +24,8 @@ def convert(c) -> None:
     c.figures.update(figures)
     c.report = {"graph_convert_version": __version__, "source": c.source_info, "io": io,
                 "verification": {"atol": c.options.atol, "draws": verifier.draw_labels, "notes": verifier.notes,
-                                 **{k: figures_dict(f) for k, f in figures.items()}}}
+                                 **{k: figures_dict(f) for k, f in figures.items()}},
+                "dynamic": c.dyn_info or {"dims": {}, "note": "every input shape is static in the source"}}
 
 
 BACKEND = Backend(

@@ -261,7 +261,7 @@ def check_quantized_sizes(c, variant: str, entry: dict) -> None:
         rep[key] = {y: f.as_dict() for y, f in figs.items()}
         per_size.append((label, figs))
     floats = {y for y, r in c.verifier.references[0].items() if np.asarray(r).dtype.kind == "f"}
-    entry["sizes"] = QS.summary(QS.judge(per_size, floats, f"TFLite {variant}"), [lbl for lbl, _ in per_size])
+    entry["sizes"] = QS.summary(QS.judge(per_size, floats, f"TFLite {variant}", c.dynamic_dims_hint().split("; fix them with ")[-1]), [lbl for lbl, _ in per_size])
 
 
 def report(c) -> None:
