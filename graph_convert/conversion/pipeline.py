@@ -229,27 +229,28 @@ def _plan_dims(c: Conversion) -> None:
         c.model = DM.with_shapes(c.model, DM.input_shapes(c.model, c.dims, fixed))
         c.source_graph = from_onnx(c.model)
         c.dyn_info = DR.report_dims(c, reason=reason)
+    elif c.dynamic and not c.backend.from_rewritten:  # the back end checks its free batch (its dynamic.checks)
+        c.dyn_info = DR.report_dims(c)
 
 
 def _static_backend_dims(c: Conversion) -> str | None:
-    """A back end that converts the source as it is (onnx2tf) writes static files, so no dim may
-    stay free: a free dim that was asked for (``--dynamic-batch``, a ``--dim`` range) or that is not
-    the batch is refused in one line; the source's own symbolic batch is fixed to 1, with a warning
-    and report.json ``dynamic.reason``, as when our back end cannot keep a batch."""
+    """A back end that converts the source as it is (onnx2tf) keeps at most the source's own
+    symbolic batch (onnx2tf writes it as -1; the back end checks it at several sizes or falls
+    back to 1 itself): any other free dim is refused in one line. A batch beside fixed dims is
+    fixed to 1, with a warning and report.json ``dynamic.reason``."""
     name = c.backend.name
     free = [n for n, d in c.dims.items() if d.free]
-    asked = [n for n in free if c.dims[n].requested != "symbolic dim in the source model"]
-    refused = asked or [n for n in free if c.dims[n].role != "batch"]
+    refused = [n for n in free if c.dims[n].role != "batch" or c.dims[n].requested != "symbolic dim in the source model"]
     if refused:
         raise ConvertError(f"--backend {name} converts static shapes: {DM.describe(c.dims, refused)} cannot stay free "
                            f"(our back end keeps and checks free dims); fix "
                            f"{'it' if len(refused) == 1 else 'them'} with {DM.fix_hint(c.model, c.dims, refused)}")
-    if not free:
+    if not free or len(free) == len(c.dims):
         return None
     for n in free:
         DM.fix_dim(c.dims[n], 1, f"--backend {name} (static batch)")
-    reason = (f"--backend {name} converts static shapes: {DM.describe(c.dims, free)} fixed to 1 "
-              f"(files and checks at batch 1; the default back end keeps and checks a free batch)")
+    reason = (f"--backend {name}: {DM.describe(c.dims, free)} fixed to 1 beside the dims fixed by "
+              f"{', '.join(sorted({d.fixed_by for d in c.dims.values() if d.fixed_by and d.name not in free}))}")
     c.say(f"warning: {reason}")
     return reason
 
