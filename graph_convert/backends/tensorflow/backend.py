@@ -243,7 +243,6 @@ def check_quantized_sizes(c, variant: str, entry: dict) -> None:
     """A quantized file that keeps free dims, at every size the float32 file was checked at
     (:mod:`graph_convert.quantize.sizes`); figures to each size's report.json entry."""
     from graph_convert import quantize as Q
-    from graph_convert.conversion.dynamic_run import sizes_text
     from graph_convert.quantize import sizes as QS
 
     path = os.path.join(c.work, entry["path"])
@@ -256,7 +255,7 @@ def check_quantized_sizes(c, variant: str, entry: dict) -> None:
     per_size = []
     first = c.dyn_info["checks"][0]
     for sizes, ver, rep in [(first["sizes"], c.verifier, first)] + list(c.other_sizes):
-        label = sizes_text(sizes, free) + (" (--inputs)" if rep.get("inputs") else "")
+        label = ", ".join(f"{n}={sizes[n]}" for n in free) + (" (--inputs)" if rep.get("inputs") else "")
         figs = QS.figures_at(ver, runner(c, run), f"TFLite {variant} at {label}")
         rep[key] = {y: f.as_dict() for y, f in figs.items()}
         per_size.append((label, figs))
