@@ -303,8 +303,14 @@ def _summary(result) -> str:
         checks = dyn.get("checks", [])
         ok = [e for e in checks if e["verdict"] == "ok"]
         worst = max((f["max_abs"] for e in ok for k in ("tensorflow", "tflite_float32") for f in e.get(k, {}).values()), default=0.0)
-        shown = "; ".join(", ".join(f"{n}={v}" for n, v in e["sizes"].items() if n in free) for e in ok)
+        shown = "; ".join(", ".join(f"{n}={v}" for n, v in e["sizes"].items() if n in free) + (" (--inputs)" if e.get("inputs") else "")
+                          for e in ok)
         lines.append(f"dynamic dims {', '.join(free)}: verified at {len(ok)} size(s): {shown} (max abs {worst:.2e})")
+        for v, entry in (r.get("quantization") or {}).get("variants", {}).items():
+            key = (entry.get("sizes") or {}).get("key")
+            sq = [f["sqnr_db"] for e in ok for f in e.get(key, {}).values()] if key else []
+            if sq:
+                lines.append(f"  {v} ({entry['path']}): the same {len(ok)} size(s), SQNR {min(sq):.1f}-{max(sq):.1f} dB vs ONNX Runtime float32")
         for e in checks:
             if e["verdict"] != "ok":
                 lines.append(f"  not taken by the source at {', '.join(f'{n}={v}' for n, v in e['sizes'].items() if n in free)}")

@@ -127,7 +127,11 @@ class Conversion:
     def dynamic_dims_hint(self) -> str:
         """``h, w; fix them with --input-shape x=1,3,H,W``: the free dims and how to fix them."""
         free = [n for n, d in self.dims.items() if d.free]
-        return f"{', '.join(free)}; fix them with {DM.fix_hint(self.model, self.dims, free)}"
+        return f"{', '.join(free)}; fix them with {self.fix_free_dims_hint()}"
+
+    def fix_free_dims_hint(self) -> str:
+        """``--input-shape x=1,3,H,W``: the options that fix every free dim."""
+        return DM.fix_hint(self.model, self.dims, [n for n, d in self.dims.items() if d.free])
 
     @property
     def graph(self) -> Graph:

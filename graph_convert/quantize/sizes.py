@@ -12,7 +12,9 @@ a property of the weights and calibrated ranges, not of the size; a size where i
 amplitude (6 dB) is one where the calibrated ranges do not hold (a sum over a free axis that
 saturates its int8 range at a longer sequence) or where the file computes something else.
 Integer outputs have no noise: they are compared by the same rule's shape/NaN part only, and their
-figures reported. The threshold options (``--min-sqnr``, ``--min-top1``) stay on the evaluation
+figures reported. The user's ``--inputs`` arrays are other data than the generated draws (whose
+SQNR would differ at one size for that reason alone): they are run by the shape/NaN part, their
+figures reported, and left out of the SQNR comparison. The threshold options (``--min-sqnr``, ``--min-top1``) stay on the evaluation
 samples, which are the user's data; these draws are random.
 """
 from __future__ import annotations
@@ -68,8 +70,13 @@ def judge(per_size: Sequence[tuple[str, dict[str, Figures]]], float_outputs: set
     return best
 
 
-def summary(best: Mapping[str, float], sizes: Sequence[str]) -> dict[str, Any]:
-    """report.json ``quantization.variants.<v>.sizes``: what was checked, by which rule."""
-    return {"checked_at": list(sizes), "rule": f"runs at every size; per output, SQNR vs ONNX Runtime float32 within "
-                                               f"{SIZE_MARGIN_DB:g} dB of its best size",
-            "margin_db": SIZE_MARGIN_DB, "best_sqnr_db": {k: round(v, 2) for k, v in best.items()}}
+def summary(best: Mapping[str, float], sizes: Sequence[str], user: bool = False) -> dict[str, Any]:
+    """report.json ``quantization.variants.<v>.sizes``: what was checked, by which rule (``user``:
+    the ``--inputs`` arrays were run too, by the rule's run/shape/NaN part)."""
+    out = {"checked_at": list(sizes), "rule": f"runs at every size; per output, SQNR vs ONNX Runtime float32 within "
+                                              f"{SIZE_MARGIN_DB:g} dB of its best size",
+           "margin_db": SIZE_MARGIN_DB, "best_sqnr_db": {k: round(v, 2) for k, v in best.items()}}
+    if user:
+        out["inputs"] = ("the --inputs arrays: run at their size, shapes and NaN/Inf checked, figures in their "
+                         "dynamic.checks entry; not in the SQNR comparison (other data than the generated draws)")
+    return out

@@ -252,15 +252,18 @@ def check_quantized_sizes(c, variant: str, entry: dict) -> None:
         return {k: v[0] for k, v in Q.run_tflite_many(path, {k: np.asarray(v)[None] for k, v in feeds.items()}).items()}
 
     free = [n for n, d in c.dims.items() if d.free]
-    per_size = []
+    per_size, labels = [], []
     first = c.dyn_info["checks"][0]
     for sizes, ver, rep in [(first["sizes"], c.verifier, first)] + list(c.other_sizes):
         label = ", ".join(f"{n}={sizes[n]}" for n in free) + (" (--inputs)" if rep.get("inputs") else "")
         figs = QS.figures_at(ver, runner(c, run), f"TFLite {variant} at {label}")
         rep[key] = {y: f.as_dict() for y, f in figs.items()}
-        per_size.append((label, figs))
+        labels.append(label)
+        if not rep.get("inputs"):  # the user's arrays are other data than the draws: their SQNR is not comparable
+            per_size.append((label, figs))
     floats = {y for y, r in c.verifier.references[0].items() if np.asarray(r).dtype.kind == "f"}
-    entry["sizes"] = QS.summary(QS.judge(per_size, floats, f"TFLite {variant}", c.dynamic_dims_hint().split("; fix them with ")[-1]), [lbl for lbl, _ in per_size])
+    best = QS.judge(per_size, floats, f"TFLite {variant}", c.fix_free_dims_hint())
+    entry["sizes"] = {"key": key} | QS.summary(best, labels, c.user_feeds is not None)
 
 
 def report(c) -> None:
