@@ -107,7 +107,8 @@ def test_user_inputs_are_one_more_size_and_fix_no_dim(tmp_path):
     assert _signatures(str(out / "model_dynamic_range_quant.tflite")) == ([[-1, -1]], [[-1, -1, 16]])
     checks = _checked(rep, ["int8"])
     mine = [e for e in checks if e.get("inputs") == "--inputs"]
-    assert len(mine) == 1 and mine[0]["sizes"] == {"b": 4, "s": 33}
+    assert len(mine) == 1 and mine[0]["sizes"] == {"b": 4, "s": 33} and mine[0]["tflite_dynamic_range_quant"]
+    assert "b=4, s=33 (--inputs)" in rep["quantization"]["variants"]["int8"]["sizes"]["checked_at"]
     assert all(f["ok"] for k in ("tensorflow", "tflite_float32") for f in mine[0][k].values())
     assert {33, 8, 77} <= set(rep["dynamic"]["dims"]["s"]["checked_sizes"])
     assert rep["dynamic"]["dims"]["s"]["kept"] and rep["dynamic"]["dims"]["b"]["kept"]
