@@ -60,6 +60,8 @@ def _convert_free_batch(c) -> None:
         c.dyn_info["reason"] = f"onnx2tf wrote a static batch ({min(static)}): the files are judged at that batch alone"
         c.dyn_info["dims"][free].update(kept=False, fixed=min(static), fixed_by="onnx2tf")
         c.say(f"warning: {c.dyn_info['reason']}")
+        if c.user_feeds is not None:  # the user's arrays must have that batch now
+            DM.sizes_of_arrays(c.dims, {x: v.shape for x, v in c.user_feeds.items()}, "--inputs")
     plan = DM.assignments(c.dims)
     if c.user_feeds is not None:
         plan.append({free: c.user_sizes.get(free, plan[0][free])})
