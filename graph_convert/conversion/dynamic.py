@@ -97,6 +97,28 @@ class DimView:
         out = np.array([-1 if isinstance(e, DimExpr) else e for e in entries], dtype=c.dtype)
         return out
 
+    def reshape_target(self, tensor: str, env: dict, x) -> Any:
+        """A run-time Reshape target (int32) built from its entries as known here, or None when
+        ``tensor`` is not such a constant: a static entry stays a constant (TF's shape inference
+        keeps it, so the heads and head size of an attention reshape stay static), a 0 copies
+        ``x``'s dim, a moving entry is its dims product (positive). No run-time test for 0s, no
+        int64 round trip: the generic run-time target costs EQUAL + CONCATENATION + SELECT + CAST
+        per Reshape and loses every static entry."""
+        import tensorflow as tf
+
+        if tensor not in self.exprs:
+            return None
+        vals = []
+        for i, e in enumerate(self.exprs[tensor]):
+            if isinstance(e, DimExpr):
+                vals.append(_eval(e, env))
+            elif int(e) == 0:
+                d = x.shape[i] if i < len(x.shape) else None
+                vals.append(tf.constant(int(d), tf.int32) if d is not None else tf.shape(x, out_type=tf.int32)[i])
+            else:
+                vals.append(tf.constant(int(e), tf.int32))
+        return tf.stack(vals)
+
     def tensor(self, tensor: str, env: dict, weight=None) -> Any:
         """The run-time value of a dynamic constant; ``env`` maps graph tensors to TF tensors,
         ``weight`` makes a (large) array a TF constant or variable."""
@@ -139,17 +161,28 @@ class DimView:
 
 def _eval(e: DimExpr, env: dict):
     """A DimExpr as an int32 scalar tensor."""
-    import tensorflow as tf
-
     v = None
     for t, a in e.factors:
-        d = tf.shape(env[t], out_type=tf.int32)[a]
+        d = run_time_dim(env, t, a)
         v = d if v is None else v * d
     if e.num != 1:
         v = v * e.num
     if e.den != 1:
         v = v // e.den
     return v
+
+
+def run_time_dim(env: dict, tensor: str, axis: int):
+    """Dim ``axis`` of ``tensor`` as an int32 scalar tensor, made once per trace: every constant
+    read at run time from that dim shares one SHAPE + STRIDED_SLICE (the TFLite converter does not
+    merge repeated ones: 31 SHAPE ops in a 2-layer BERT). Kept in ``env`` under a tuple key, which
+    no ONNX tensor name (a string) can take."""
+    import tensorflow as tf
+
+    key = ("run-time dim", tensor, axis)
+    if key not in env:
+        env[key] = tf.shape(env[tensor], out_type=tf.int32)[axis]
+    return env[key]
 
 
 def same_structure(g1: Graph, g2: Graph, at: tuple[str, str]) -> None:

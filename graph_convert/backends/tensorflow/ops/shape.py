@@ -32,6 +32,11 @@ from graph_convert.backends.tensorflow.ops.core import (
 @emitter("Reshape")
 def emit_reshape(node, x, ctx):
     target = input_value(node, ctx, x, 1)
+    known = None
+    if target is None and ctx.batch is not None and not node.attr("allowzero", 0):
+        known = ctx.batch.reshape_target(node.inputs[1], ctx.env, x[0])  # a dynamic dims' target
+    if known is not None:
+        return tf.reshape(x[0], known)
     if target is None:
         t = tf.cast(x[1], tf.int64)
         n = t.shape[0]
@@ -106,6 +111,12 @@ def _transpose(t, p: list):
 @emitter("Concat")
 def emit_concat(node, x, ctx):
     xs, dt = to_lite(node, "concat", *[t for t in x if t is not None])
+    if ctx.declare_quantization:  # the int8 file's trace: inputs of other scales are requantized
+        from graph_convert.backends.tensorflow.ops.quantized import requantizing_concat
+
+        y = requantizing_concat(node, xs, ctx)
+        if y is not None:
+            return y
     return cast_back(tf.concat(xs, axis=node.attr("axis")), dt)
 
 
