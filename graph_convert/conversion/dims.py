@@ -11,8 +11,9 @@ with ``--dynamic-batch``, axis 0 of every batched input (named ``batch``). Each 
   :mod:`graph_convert.conversion.dynamic`), within ``--dim NAME=MIN..MAX[/MULTIPLE]`` when given.
 
 The sizes a free dim is converted at (the first two) and checked at (all of them) depend on its
-role: the batch (axis 0), an image axis (axis >= 2 of a rank-4+ input) or a sequence/length axis
-(anything else). They include sizes not used to convert, and sizes that are not multiples of the
+role: the batch (axis 0), an image axis (axis >= 2 of a rank-4+ input), an audio length (a name
+with "sample", "audio", "wav", "signal" or "pcm", or axis 1 of a float rank-2 input: a waveform) or a
+sequence/length axis (anything else). They include sizes not used to convert, and sizes that are not multiples of the
 usual strides, so a model that only takes multiples is reported as such.
 """
 from __future__ import annotations
@@ -33,7 +34,12 @@ SIZES = {
     "spatial": (160, 224, 128, 80, 100),
     "spatial2": (128, 192, 96, 112, 70),  # a second image axis: differs from the first, so H != W is checked
     "sequence": (16, 24, 8, 77, 13, 200),  # 200: longer than a usual 128-token export
+    # audio samples (a waveform: longer than an STFT window of 512 or 1024); 1 s at 16 kHz; and
+    # lengths that are no multiple of a usual hop (3000, 8001)
+    "audio": (4096, 6144, 3000, 16000, 8001),
 }
+# a free length is audio when its name says so, or when it is axis 1 of a float (batch, samples) input
+AUDIO_NAME = re.compile(r"sample|audio|wav|signal|pcm", re.I)
 MIN_CHECKED = 3  # a dim is advertised free only when checked at this many of its values
 
 
@@ -42,7 +48,7 @@ class Dim:
     """One named size of the inputs."""
 
     name: str
-    role: str  # "batch" | "spatial" | "sequence"
+    role: str  # "batch" | "spatial" | "spatial2" | "sequence" | "audio"
     axes: list[tuple[str, int]] = field(default_factory=list)  # (input, axis) carrying it
     fixed: int | None = None
     fixed_by: str = ""
@@ -132,6 +138,9 @@ def find_dims(model: onnx.ModelProto, *, force_batch: bool = False, named: dict[
             else:
                 name = d.dim_param or f"{vi.name}:{a}"
             role = "batch" if a == 0 else "spatial" if rank >= 4 and a >= 2 else "sequence"
+            is_float = vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+            if role == "sequence" and (AUDIO_NAME.search(name) or (is_float and rank == 2 and a == 1)):
+                role = "audio"
             if role == "spatial":
                 spatial_seen += 1
             dim = dims.setdefault(name, Dim(name, role))

@@ -42,7 +42,9 @@ _interpreter = interpreter
 def run_tflite(model: str | bytes, feeds_by_tf_name: Mapping[str, np.ndarray], delegate: bool = True) -> dict[str, np.ndarray]:
     """Run the ``serving_default`` signature of a .tflite (path or bytes) once (``delegate``: see
     :func:`interpreter`)."""
-    interp = _interpreter(model, delegate=delegate)
+    # not allocated at the file's default shape: a free dim is 1 there, which a model may not take
+    # (an STFT's 256-sample window over a 1-sample signal); the runner allocates at the feeds' shapes
+    interp = _interpreter(model, allocate=False, delegate=delegate)
     runner = interp.get_signature_runner("serving_default")
     try:
         return {k: np.array(v) for k, v in runner(**feeds_by_tf_name).items()}
