@@ -183,6 +183,30 @@ def fix_dim(dim: Dim, value: int, by: str) -> None:
     dim.fixed, dim.fixed_by = value, dim.fixed_by or by
 
 
+def sizes_of_arrays(dims: dict[str, Dim], shapes: dict[str, tuple[int, ...]], option: str) -> dict[str, int]:
+    """Each free dim's size in the user's arrays (``shapes``: input -> array shape). The arrays fix
+    no dim; a fixed dim must have its value there, one name has one size in every array carrying
+    it, and a free dim's size must lie in its ``--dim`` range. Anything else: one line naming the
+    input and the dim."""
+    out: dict[str, int] = {}
+    for n, d in dims.items():
+        for x, a in d.axes:
+            if x not in shapes or a >= len(shapes[x]):
+                continue
+            v = int(shapes[x][a])
+            where = f"{option}: array {x!r} has {v} on axis {a} (dim {n!r})"
+            if d.fixed is not None and v != d.fixed:
+                raise ConvertError(f"{where}, which {d.fixed_by} fixes to {d.fixed}")
+            if d.fixed is None and n in out and out[n] != v:
+                other = next(f"{y!r} axis {b}" for y, b in d.axes if y in shapes and int(shapes[y][b]) == out[n])
+                raise ConvertError(f"{where}, and {out[n]} in array {other}: one dim, one size")
+            if d.fixed is None and (v < d.lo or (d.hi is not None and v > d.hi) or v % d.multiple):
+                raise ConvertError(f"{where}, outside its allowed sizes {d.range_text()} ({d.requested})")
+            if d.fixed is None:
+                out[n] = v
+    return out
+
+
 def assignments(dims: dict[str, Dim]) -> list[dict[str, int]]:
     """Size assignments: the first two are converted (every free dim differs between them), all
     are checked; a fixed dim has its one value everywhere."""
