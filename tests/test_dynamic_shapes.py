@@ -44,14 +44,22 @@ class Detector(nn.Module):
 
 
 class PositionTable(Detector):
-    """The Detector with a sinusoidal table over the feature map (DETR-style, computed from its
-    size with Sin): a float table from the sizes that the replay does not take."""
+    """The Detector with a learned position table over the feature map: a ramp over its h*w cells
+    times a weight (a MatMul), a float table from the sizes that the replay does not take (it
+    replays shape arithmetic only). (A sinusoidal table, Sin over a ramp, is kept since Sin is
+    computed at run time: see test_a_sinusoidal_table_over_the_sizes_is_kept.)"""
+
+    def __init__(self, sin: bool = False):
+        super().__init__()
+        self.sin = sin
+        self.proj = nn.Parameter(torch.randn(1, 3))
 
     def forward(self, x):
         y = self.head(torch.cat([self.up(torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))),
                                  torch.relu(self.c2(torch.relu(self.c1(x))))], 1))
         n, ch, h, w = y.shape
-        pos = torch.sin(torch.arange(h * w, dtype=torch.float32) * 0.1)
+        ramp = torch.arange(h * w, dtype=torch.float32) * 0.1
+        pos = torch.sin(ramp) if self.sin else (ramp[:, None] @ self.proj).sum(-1)
         return y.reshape(n, ch, h * w) + pos
 
 
@@ -190,9 +198,9 @@ def test_detector_anchor_grid_and_stride_table_are_replayed_and_proven(exporter,
 
 
 def test_symbolic_dims_with_no_size_are_refused_in_one_line(tmp_path, capsys):
-    """A sinusoidal table over the feature map depends on h and w through Sin, which the replay
-    does not take: they cannot be kept, and there is no size to fall back to: one line names the
-    input, the dims, what depends on them and the fix."""
+    """A table over the feature map computed with a weight (MatMul) depends on h and w in a way the
+    replay does not take: they cannot be kept, and there is no size to fall back to: one line names
+    the input, the dims, what depends on them and the fix."""
     src = _export(PositionTable(), torch.randn(1, 3, 64, 64), str(tmp_path / "det.onnx"), "images", {0: "b", 2: "h", 3: "w"},
                   "torchscript")
     out = tmp_path / "out"
@@ -200,8 +208,18 @@ def test_symbolic_dims_with_no_size_are_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Concat" not in err and "Traceback" not in err
     assert "input 'images' dims h (axis 2), w (axis 3)" in err and "--input-shape images=1,3,H,W" in err
-    assert "(Sin), not by shape arithmetic" in err
+    assert "(ReduceSum), not by shape arithmetic" in err  # the last op of the MatMul-then-sum table
     assert not out.exists()
+
+
+def test_a_sinusoidal_table_over_the_sizes_is_kept(tmp_path):
+    """Sin over a ramp of the sizes: the ramp is a run-time range and Sin runs at run time (it is
+    not folded: numpy's sin rounds otherwise than ONNX Runtime's), checked at several sizes."""
+    src = _export(PositionTable(sin=True), torch.randn(1, 3, 64, 64), str(tmp_path / "det.onnx"), "images",
+                  {0: "b", 2: "h", 3: "w"}, "torchscript")
+    out = tmp_path / "out"
+    assert main(["convert", src, "-o", str(out), "-q"]) == 0
+    _kept_checks(_report(out), ["b", "h", "w"])
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
