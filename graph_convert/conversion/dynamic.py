@@ -97,6 +97,23 @@ class DimView:
         out = np.array([-1 if isinstance(e, DimExpr) else e for e in entries], dtype=c.dtype)
         return out
 
+    def entries(self, tensor: str, env: dict) -> list[tuple[Any, tuple[str, int] | None]] | None:
+        """A 1-D run-time shape constant (a Reshape target, a Resize's sizes) entry by entry, or
+        None when ``tensor`` is not one: ``(value, dim)`` per entry, the value an int or an int32
+        scalar tensor, ``dim`` the ``(tensor, axis)`` whose run-time size the entry is (else None).
+        An emitter builds its shape from these directly: no int64 pack cast back and forth, and
+        TF keeps the static entries in the shapes it infers."""
+        if tensor not in self.exprs:
+            return None
+        out: list[tuple[Any, tuple[str, int] | None]] = []
+        for e in self.exprs[tensor]:
+            if not isinstance(e, DimExpr):
+                out.append((int(e), None))
+            else:
+                exact = e.factors[0] if len(e.factors) == 1 and (e.num, e.den) == (1, 1) else None
+                out.append((_eval(e, env), exact))
+        return out
+
     def tensor(self, tensor: str, env: dict, weight=None) -> Any:
         """The run-time value of a dynamic constant; ``env`` maps graph tensors to TF tensors,
         ``weight`` makes a (large) array a TF constant or variable."""

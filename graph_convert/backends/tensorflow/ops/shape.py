@@ -32,6 +32,10 @@ from graph_convert.backends.tensorflow.ops.core import (
 @emitter("Reshape")
 def emit_reshape(node, x, ctx):
     target = input_value(node, ctx, x, 1)
+    if target is None and ctx.batch is not None:
+        shape = _run_time_target(node, x, ctx)
+        if shape is not None:
+            return tf.reshape(x[0], shape)
     if target is None:
         t = tf.cast(x[1], tf.int64)
         n = t.shape[0]
@@ -46,6 +50,40 @@ def emit_reshape(node, x, ctx):
         dims = dims_of(x[0])
         target = [dims[i] if v == 0 else v for i, v in enumerate(target)]
     return tf.reshape(x[0], shape_tensor(target))
+
+
+def _run_time_target(node, x, ctx):
+    """A Reshape target that the dynamic dims make a run-time constant (see
+    ``conversion.dynamic.DimView.entries``), built from its entries: one run-time entry is -1 (a
+    static shape, as TFLite and XNNPACK like); run-time entries that are the input's own leading
+    dims are that slice of its shape followed by the static rest (SHAPE, STRIDED_SLICE,
+    CONCATENATION); otherwise the entries stacked. An entry that is 0 at run time copies the
+    input's dim (ONNX, without allowzero), so a run-time entry other than the input's own dim at
+    that axis keeps that rule. None: not such a target."""
+    entries = ctx.batch.entries(node.inputs[1], ctx.env)
+    if entries is None or node.in_perm(0) is not None:  # (a layout-marked node: its input is transposed back here)
+        return None
+    copy_zero = not node.attr("allowzero", 0)
+    dims = dims_of(x[0])
+    vals, own = [], []
+    for i, (v, dim) in enumerate(entries):
+        is_own = dim == (node.inputs[0], i)
+        own.append(is_own)
+        if isinstance(v, int):
+            vals.append(dims[i] if v == 0 and copy_zero else v)
+        elif is_own or not copy_zero or i >= len(dims):
+            vals.append(dims[i] if is_own else v)
+        else:
+            vals.append(tf.where(tf.equal(v, 0), tf.cast(dims[i], tf.int32), v))
+    run_time = [i for i, v in enumerate(vals) if not isinstance(v, int)]
+    if not run_time:
+        return vals
+    if len(run_time) == 1 and all(v > 0 for v in vals if isinstance(v, int)):
+        return [-1 if i == run_time[0] else v for i, v in enumerate(vals)]
+    k = run_time[-1] + 1
+    if run_time == list(range(k)) and all(own[:k]):
+        return tf.concat([tf.shape(x[0], out_type=tf.int32)[:k], tf.constant(vals[k:], tf.int32)], 0)
+    return shape_tensor(vals)
 
 
 @emitter("Flatten")
@@ -119,6 +157,8 @@ def emit_squeeze(node, x, ctx):
             return tf.squeeze(x[0])
         axes = [i for i, d in enumerate(dims) if d == 1]
     drop = {a % rank for a in axes}
+    if any(not isinstance(d, int) for d in dims):  # one SQUEEZE, its shape from its input's: no run-time shape ops
+        return tf.squeeze(x[0], sorted(drop))
     return tf.reshape(x[0], shape_tensor([d for i, d in enumerate(dims) if i not in drop]))
 
 
@@ -129,7 +169,13 @@ def emit_unsqueeze(node, x, ctx):
         raise unsupported(node, "missing axes")
     out_rank = len(x[0].shape) + len(axes)
     new = {a % out_rank for a in axes}
-    rest = iter(dims_of(x[0]))
+    dims = dims_of(x[0])
+    if any(not isinstance(d, int) for d in dims):  # EXPAND_DIMS, its shape from its input's: no run-time shape ops
+        y = x[0]
+        for a in sorted(new):
+            y = tf.expand_dims(y, a)
+        return y
+    rest = iter(dims)
     return tf.reshape(x[0], shape_tensor([1 if i in new else next(rest) for i in range(out_rank)]))
 
 
