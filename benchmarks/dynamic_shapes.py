@@ -5,11 +5,13 @@ For a detector (YOLO-style: strided convs, nearest upsample, concat, a head per 
 the sequence, attention), every parameter random, exported with TorchScript and symbolic dims:
 
 - the dynamic conversion (dims kept, proven at 5 sizes) and the static one (``--input-shape`` at
-  the benchmark size) are timed;
+  the benchmark size) are timed in one process after an untimed warm-up conversion (a process's
+  first conversion pays TensorFlow's one-time costs), in turn, ``--conv-rounds`` times each
+  (median);
 - both .tflite files run on LiteRT (XNNPACK, one thread) at the benchmark size, the dynamic one
   after ``resize_tensor_input``, interleaved in one process (median of the rounds).
 
-A plain script, not a test: ``python benchmarks/dynamic_shapes.py [--rounds 50] [--only NAME]``
+A plain script, not a test: ``python benchmarks/dynamic_shapes.py [--rounds 50] [--conv-rounds 3] [--only NAME]``
 prints one table.
 """
 from __future__ import annotations
