@@ -474,3 +474,46 @@ def test_branches_of_different_rank_are_declined(runner):
 
     r = runner.run(ort_case(m, {"c": np.array(False), "x": RNG.standard_normal(3).astype(np.float32)}))
     assert r.status == "unsupported" and "output 0 of rank 0 in one branch and 1 in the other" in r.reason, r.reason
+
+
+class Recurrence(torch.nn.Module):
+    """An RNN-like recurrence over the sequence axis, written as a scripted for loop (a Loop whose
+    trip count is the input's free length and whose output shape ONNX inference cannot see)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.rec = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(x.size(0), 16)
+        for t in range(x.size(1)):
+            h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
+        return h
+
+
+def test_scripted_loop_over_a_free_sequence_keeps_it(tmp_path):
+    import io
+    import warnings
+
+    from graph_convert import convert
+    from graph_convert.backends.tensorflow.runner import run_tflite
+
+    torch.manual_seed(3)
+    module = Recurrence().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.jit.script(module), (torch.randn(1, 8, 16),), f, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["h"], dynamic_axes={"x": {1: "steps"}})
+    result = convert(onnx.load_from_string(f.getvalue()), output_dir=tmp_path / "out")
+    dims = result.report["dynamic"]["dims"]
+    assert dims["steps"]["kept"] and len(dims["steps"]["checked_sizes"]) >= 3, dims
+    assert all(ch["verdict"] == "ok" for ch in result.report["dynamic"]["checks"]), result.report["dynamic"]["checks"]
+    data = open(tmp_path / "out" / "model_float32.tflite", "rb").read()
+    assert_builtin(data, "WHILE")
+    for steps in (3, 11):  # lengths the conversion never saw, against PyTorch itself
+        x = torch.randn(1, steps, 16)
+        with torch.no_grad():
+            ref = module(x).numpy()
+        got = next(iter(run_tflite(data, {"x": x.numpy()}).values()))
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

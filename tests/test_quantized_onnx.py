@@ -68,8 +68,28 @@ class Attention(torch.nn.Module):
         return self.o(a @ self.v(x))
 
 
-NETS = {"cnn": SmallCNN, "mlp": SmallMLP, "dw": DepthwiseCNN, "attn": Attention}
-SHAPES = {"cnn": (1, 3, 16, 16), "mlp": (2, 32), "dw": (1, 3, 16, 16), "attn": (1, 8, 16)}
+class TwoHeads(torch.nn.Module):
+    """Average pooling, a sigmoid head and a leaky-ReLU head added and concatenated (inputs of
+    three scales, one fixed by the sigmoid), global pooling, a flatten and a linear layer: in the
+    QOperator format ONNX Runtime's contrib ops QLinearAveragePool, QLinearSigmoid,
+    QLinearLeakyRelu, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool and QGemm, with the
+    Flatten run on the uint8 tensor between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.avg_pool2d(torch.relu(self.c1(x)), 2)
+        s, r = torch.sigmoid(self.a(x)), torch.nn.functional.leaky_relu(self.b(x), 0.1)
+        x = torch.cat([s, r, s + r], 1)
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+NETS = {"cnn": SmallCNN, "mlp": SmallMLP, "dw": DepthwiseCNN, "attn": Attention, "heads": TwoHeads}
+SHAPES = {"cnn": (1, 3, 16, 16), "mlp": (2, 32), "dw": (1, 3, 16, 16), "attn": (1, 8, 16), "heads": (1, 3, 16, 16)}
 
 
 class _Reader(CalibrationDataReader):
@@ -109,7 +129,9 @@ def models(tmp_path_factory):
 def _source_scales(path: str) -> np.ndarray:
     """Every float32 scale initializer of the quantized ONNX model."""
     m = onnx.load(path)
-    slots = {"QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6), "QGemm": (1, 4, 7)}
+    slots = {"QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6), "QGemm": (1, 4, 7),
+             "QLinearGlobalAveragePool": (1, 3), "QLinearAveragePool": (1, 3), "QLinearSigmoid": (1, 3),
+             "QLinearLeakyRelu": (1, 3), "QLinearConcat": (0, 3, 6)}  # (ONNX Runtime's contrib op signatures)
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     vals = [inits[n.input[j]].astype(np.float32).reshape(-1) for n in m.graph.node for j in slots.get(n.op_type, ())
             if j < len(n.input) and n.input[j] in inits]
@@ -151,10 +173,12 @@ def _convert(src: str, out: str) -> dict:
 
 
 KERNELS = {"cnn": {"CONV_2D": 2, "FULLY_CONNECTED": 1}, "mlp": {"FULLY_CONNECTED": 2},
-           "dw": {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}, "attn": {"FULLY_CONNECTED": 4}}
+           "dw": {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}, "attn": {"FULLY_CONNECTED": 4},
+           "heads": {"CONV_2D": 3, "FULLY_CONNECTED": 1}}
 
 
-@pytest.mark.parametrize("name", ["cnn_qdq", "cnn_qdq_pc", "cnn_qop", "mlp_qdq", "mlp_qop", "dw_qdq_pc", "attn_qdq", "attn_qop"])
+@pytest.mark.parametrize("name", ["cnn_qdq", "cnn_qdq_pc", "cnn_qop", "mlp_qdq", "mlp_qop", "dw_qdq_pc", "attn_qdq", "attn_qop",
+                                  "heads_qdq", "heads_qop"])
 def test_static_quantized_model_keeps_its_scales(models, tmp_path, name):
     src = models[name]
     report = _convert(src, str(tmp_path / "out"))
@@ -177,7 +201,9 @@ def test_static_quantized_model_keeps_its_scales(models, tmp_path, name):
         assert softmax or np.abs(got - ref).max() <= step * 1.0001, (seed, np.abs(got - ref).max() / step)
         err = np.sum((got.astype(np.float64) - ref) ** 2)
         assert err == 0 or 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / err) >= 30
-    assert report["tflite"]["transpose_ops"] == (1 if name == "attn_qop" else 0)  # attn's own k.transpose(1, 2)
+    # (attn's own k.transpose(1, 2) runs on the uint8 tensor in the QOperator form; it is moved
+    # after the dequantization and folded into the matmul, as in the QDQ form)
+    assert report["tflite"]["transpose_ops"] == 0
     (figures,) = report["verification"]["tflite_int8"].values()
     assert figures["ok"] and (softmax or figures["max_steps"] <= 1.0001)
 

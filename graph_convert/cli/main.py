@@ -272,7 +272,7 @@ def _verify(args) -> int:
 
 def _table(report: dict) -> str:
     rows = [("stage", "output", "max abs", "/ scale", "cosine", "SQNR dB", "ok")]
-    for stage in ("rewritten_onnx", "tensorflow", "tflite_float32", "tflite", "saved_model"):
+    for stage in ("rewritten_onnx", "tensorflow", "tflite_float32", "tflite_int8", "tflite", "saved_model"):
         for name, f in report["verification"].get(stage, {}).items():
             rows.append((stage, name, f"{f['max_abs']:.2e}", f"{f['max_rel']:.2e}", f"{f['cosine']:.6f}", f"{f['sqnr_db']:.1f}",
                          "yes" if f["ok"] else "NO"))
@@ -314,6 +314,14 @@ def _summary(result) -> str:
     if "quantization" in r:
         lines.append(gc.quantization_tables(r["quantization"]))
         quant = "".join(f"{e['path']}, " for e in r["quantization"]["variants"].values())
+    if "tflite_int8" in r:  # a quantized source's int8 file, judged by the int8 rule
+        steps = [f.get("max_steps") for f in r["verification"].get("tflite_int8", {}).values() if f.get("max_steps") is not None]
+        q8 = r["tflite_int8"]
+        hybrid = f" and {q8['hybrid_kernels']} hybrid (float activations, int8 weights)" if q8.get("hybrid_kernels") else ""
+        lines.append(f"TFLite int8: {q8['int8_kernels']} int8 kernels{hybrid}, "
+                     f"{'every scale' if q8['scales_from_source'] else str(q8['scales_not_from_source']) + ' scale(s) not'} from the source"
+                     + (f", at most {max(steps):.2f} quantization steps from ONNX Runtime" if steps else ""))
+        quant += "model_int8.tflite, "
     data = r.get("weights", {}).get("rewritten_onnx_data")
     onnx_files = f"model.rewritten.onnx (+ {data})" if data else "model.rewritten.onnx"
     lines.append(f"wrote {result.output_dir}/ (saved_model/, {'model_float32.tflite, ' if 'tflite' in r else ''}{quant}{onnx_files}, report.json) in {r['timings_seconds']['total']:.1f}s")

@@ -199,7 +199,7 @@ def input_shapes(model: onnx.ModelProto, dims: dict[str, Dim], sizes: dict[str, 
 
 def with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
     """A copy whose inputs have the given shapes and whose inferred shapes are dropped (they are
-    inferred again at these sizes, so every shape computation folds)."""
+    inferred again at these sizes, so every shape computation folds); outputs keep their rank."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for vi in m.graph.input:
@@ -209,9 +209,10 @@ def with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> o
                 d.Clear()
                 d.dim_value = int(v)
     del m.graph.value_info[:]
-    for vi in m.graph.output:
-        if vi.type.HasField("tensor_type"):
-            vi.type.tensor_type.ClearField("shape")
+    for vi in m.graph.output:  # the rank stays (an output inference cannot see, e.g. a Loop's, needs it)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                d.Clear()
     return m
 
 

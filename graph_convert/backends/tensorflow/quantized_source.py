@@ -21,8 +21,10 @@ from graph_convert.checks.equivalence import INT8_MAX_STEPS, INT8_MAX_STEPS_SOFT
 # op type -> input slots that hold scales
 SCALE_SLOTS: dict[str, tuple[int, ...]] = {
     "QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6),
-    "QGemm": (1, 4, 7), "QLinearAdd": (1, 4, 6), "QLinearMul": (1, 4, 6),
-}
+    "QGemm": (1, 4, 7), "QLinearAdd": (1, 4, 6), "QLinearMul": (1, 4, 6), "QLinearSoftmax": (1, 3),
+    "QLinearGlobalAveragePool": (1, 3), "QLinearAveragePool": (1, 3), "QLinearSigmoid": (1, 3),
+    "QLinearLeakyRelu": (1, 3), "QLinearWhere": (2, 5, 7), "QLinearConcat": tuple(range(0, 3 * 64, 3)),
+}  # (QLinearConcat: Y_scale, then every input's scale)
 QUANTIZED_OPS = frozenset(SCALE_SLOTS) | {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
 

@@ -315,3 +315,79 @@ def emit_qlinear_softmax(node, x, ctx):
     if node.attr("opset", 13) < 13 and axis != rank - 1:
         raise unsupported(node, "the opset < 13 form over more than the last axis")
     return _requantize(node, tf.nn.softmax(_dq_input(node, x, 0), axis=axis), x, 3)
+
+
+@emitter("com.microsoft::QLinearGlobalAveragePool")
+def emit_qlinear_global_average_pool(node, x, ctx):
+    v = _dq_input(node, x, 0)
+    rank = v.shape.rank
+    axes = list(range(1, rank - 1)) if node.attr("channels_last", 0) else list(range(2, rank))
+    return _requantize(node, tf.math.reduce_mean(v, axis=axes, keepdims=True), x, 3)
+
+
+@emitter("com.microsoft::QLinearSigmoid", "com.microsoft::QLinearLeakyRelu")
+def emit_qlinear_activation(node, x, ctx):
+    v = _dq_input(node, x, 0)
+    y = tf.math.sigmoid(v) if node.op_type == "QLinearSigmoid" else tf.nn.leaky_relu(v, alpha=node.attr("alpha", 0.01))
+    return _requantize(node, y, x, 3)
+
+
+@emitter("com.microsoft::QLinearConcat")
+def emit_qlinear_concat(node, x, ctx):
+    if (len(node.inputs) - 2) % 3:
+        raise unsupported(node, "inputs that are not (tensor, scale, zero point) triples")
+    parts = [_dq_input(node, x, k) for k in range(2, len(node.inputs), 3)]
+    return _requantize(node, tf.concat(parts, axis=node.attr("axis") % parts[0].shape.rank), x, 0)
+
+
+@emitter("com.microsoft::QLinearWhere")
+def emit_qlinear_where(node, x, ctx):
+    return _requantize(node, tf.where(x[0], _dq_input(node, x, 1), _dq_input(node, x, 4)), x, 7)
+
+
+@emitter("com.microsoft::QLinearAveragePool")
+def emit_qlinear_average_pool(node, x, ctx):
+    # its window, padding and counting rules are AveragePool's; the pass expand_qoperators (on by
+    # default) writes it as DequantizeLinear -> AveragePool -> QuantizeLinear for that emitter
+    raise unsupported(node, "the direct form (the pass expand_qoperators, on by default, expands it)")
+
+
+def _dq_params(ctx, tensor: str) -> tuple[float, float] | None:
+    """Per-tensor ``(scale, zero point)`` of the DequantizeLinear (or QuantizeLinear) making ``tensor``."""
+    p = ctx.graph.producer(tensor)
+    if p is None or p.op_type not in ("DequantizeLinear", "QuantizeLinear") or len(p.inputs) < 2:
+        return None
+    vals = [ctx.graph.constant_value(t) if t else np.zeros(1) for t in (p.inputs[1], p.inputs[2] if len(p.inputs) > 2 else "")]
+    if any(v is None or v.size != 1 for v in vals):
+        return None
+    return float(vals[0].reshape(-1)[0]), float(vals[1].reshape(-1)[0])
+
+
+def requantizing_concat(node: Node, xs: list, ctx):
+    """A Concat of dequantized inputs whose scales differ from its QuantizeLinear's, written as
+    PADs and ADDs (None when it is not one): TFLite's int8 CONCATENATION takes one scale for all
+    inputs and its output, and the converter will not requantize an input whose scale an op fixes
+    (a LOGISTIC's output: "quantization parameters violate the same scale constraint"). Each input
+    padded with zeros to the output's extent along the axis and the pads added is the concat (one
+    input is non-zero at each position); int8 ADD rescales each input to the output's scale, which
+    is ONNX's ``Q(concat(DQ(a), DQ(b)))`` element by element."""
+    readers = ctx.graph.consumers(node.outputs[0])
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or len(xs) < 2:
+        return None
+    out = _dq_params(ctx, readers[0].outputs[0])
+    ins = [_dq_params(ctx, t) for t in node.inputs]
+    if out is None or any(p is None for p in ins) or all(p == out for p in ins):
+        return None
+    rank = xs[0].shape.rank
+    axis = node.attr("axis") % rank
+    sizes = [t.shape[axis] for t in xs]
+    if any(n is None for n in sizes):
+        return None  # pads need each input's extent
+    total, y, start = sum(sizes), None, 0
+    for t, n in zip(xs, sizes):
+        pads = [[0, 0]] * rank
+        pads[axis] = [start, total - start - n]
+        part = tf.pad(t, pads)
+        y = part if y is None else y + part
+        start += n
+    return y

@@ -111,6 +111,12 @@ def _transpose(t, p: list):
 @emitter("Concat")
 def emit_concat(node, x, ctx):
     xs, dt = to_lite(node, "concat", *[t for t in x if t is not None])
+    if ctx.declare_quantization:  # the int8 file's trace: inputs of other scales are requantized
+        from graph_convert.backends.tensorflow.ops.quantized import requantizing_concat
+
+        y = requantizing_concat(node, xs, ctx)
+        if y is not None:
+            return y
     return cast_back(tf.concat(xs, axis=node.attr("axis")), dt)
 
 
