@@ -2,6 +2,7 @@
 padding, constants of a shape."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -33,10 +34,8 @@ from graph_convert.backends.tensorflow.ops.core import (
 @emitter("Reshape")
 def emit_reshape(node, x, ctx):
     target = input_value(node, ctx, x, 1)
-    if target is None and ctx.batch is not None:
-        shape = run_time_target(node, x, ctx)
-        if shape is not None:
-            return tf.reshape(x[0], shape)
+    if target is None and ctx.batch is not None and (shape := run_time_target(node, x, ctx)) is not None:
+        return tf.reshape(x[0], shape)
     if target is None:
         t = tf.cast(x[1], tf.int64)
         n = t.shape[0]
@@ -144,10 +143,7 @@ def emit_unsqueeze(node, x, ctx):
     new = {a % out_rank for a in axes}
     dims = dims_of(x[0])
     if any(not isinstance(d, int) for d in dims):  # EXPAND_DIMS, its shape from its input's: no run-time shape ops
-        y = x[0]
-        for a in sorted(new):
-            y = tf.expand_dims(y, a)
-        return y
+        return functools.reduce(tf.expand_dims, sorted(new), x[0])  # ascending output axes, one at a time
     rest = iter(dims)
     return tf.reshape(x[0], shape_tensor([1 if i in new else next(rest) for i in range(out_rank)]))
 
