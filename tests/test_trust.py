@@ -480,3 +480,24 @@ def test_doc_of_exit_codes_matches_the_cli():
     for code in (2, 3, 4, 5, 6):
         assert f"{code} " in readme.split("Exit codes")[1][:2500], code
     assert textwrap.dedent("128 + the signal") in readme
+
+
+def test_a_sweep_never_removes_a_scratch_folder_a_run_is_creating_or_using(tmp_path, monkeypatch):
+    """Two runs starting at once: one's sweep found the other's folder with its lock file created
+    and not yet taken, took it for an orphan and removed it (the other died on its first write
+    there, a FileNotFoundError traceback). A folder takes its scratch name only once locked; one
+    still under its creating name is left alone for the grace period, then removed."""
+    from graph_convert.cli import session as S
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with S.private_tmpdir() as path:
+        assert os.path.basename(path).startswith(S.PREFIX)
+        assert S.sweep(str(tmp_path)) == [] and os.path.isdir(path)
+    assert os.listdir(tmp_path) == []
+    starting = tmp_path / (S.CREATING + "other")
+    starting.mkdir()
+    (starting / S.LOCK).touch()  # created, its lock not yet taken by its run
+    assert S.sweep(str(tmp_path)) == [] and starting.is_dir()
+    old = time.time() - S.UNLOCKED_GRACE_SECONDS - 5
+    os.utime(starting, (old, old))  # its run died before taking the lock
+    assert S.sweep(str(tmp_path)) == [str(starting)] and not starting.exists()

@@ -15,7 +15,7 @@ from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph, from_onnx
 from graph_convert.conversion.output import current_umask, rename_noreplace
 from graph_convert.conversion.report import VERIFY_RULE, json_safe
-from graph_convert.conversion.source import check_input_types, input_shape_overrides, resolve_source
+from graph_convert.conversion.source import check_input_types, input_shape_overrides, resolve_source, training_dropout_warning
 from graph_convert.checks.candidate import Candidate, Pair, Spec, judge, load_candidate, match, parse_map, resolve_layouts, sanitise, source_specs
 from graph_convert.checks.equivalence import Figures, Verifier, check_user_inputs, make_draws, read_npz
 
@@ -59,6 +59,8 @@ def verify_file(source, candidate: str | os.PathLike, *, input_shapes: Sequence 
         check_report_path(os.fspath(report_path))
     with tempfile.TemporaryDirectory(prefix="graph-convert-verify-") as work:
         model, info, overrides = _load_source(source, shapes, work)
+    if (warning := training_dropout_warning(info)) is not None:
+        say(warning)
     graph = from_onnx(model)
     user = _user_feeds(graph, inputs)
     cand = load_candidate(os.fspath(candidate), signature)

@@ -302,9 +302,12 @@ def _summary(result) -> str:
     if free:
         checks = dyn.get("checks", [])
         ok = [e for e in checks if e["verdict"] == "ok"]
-        worst = max((f["max_abs"] for e in ok for k in ("tensorflow", "tflite_float32") for f in e.get(k, {}).values()), default=0.0)
+        figs = [f for e in ok for k in ("tensorflow", "tflite_float32") for f in e.get(k, {}).values()]
+        worst = max((f["max_abs"] for f in figs), default=0.0)
+        worst_rel = max((f["max_rel"] for f in figs), default=0.0)  # the figure the tolerance judges
         shown = "; ".join(", ".join(f"{n}={v}" for n, v in e["sizes"].items() if n in free) for e in ok)
-        lines.append(f"dynamic dims {', '.join(free)}: verified at {len(ok)} size(s): {shown} (max abs {worst:.2e})")
+        lines.append(f"dynamic dims {', '.join(free)}: verified at {len(ok)} size(s): {shown} "
+                     f"(max abs {worst:.2e}, / scale {worst_rel:.2e})")
         for e in checks:
             if e["verdict"] != "ok":
                 lines.append(f"  not taken by the source at {', '.join(f'{n}={v}' for n, v in e['sizes'].items() if n in free)}")

@@ -31,8 +31,10 @@ import time
 from typing import Iterator
 
 PREFIX = "graph-convert-scratch-"
+CREATING = "graph-convert-new-"  # a scratch folder's name until its lock is taken
 LOCK = ".lock"
-# a folder without its lock file yet may be one a run is creating this instant: left alone this long
+# a folder without its lock file, or still under its CREATING name, may be one a run is creating
+# this instant: left alone this long
 UNLOCKED_GRACE_SECONDS = 60.0
 
 
@@ -41,9 +43,13 @@ def private_tmpdir() -> Iterator[str]:
     """TMPDIR points at a fresh folder of this process's for the duration; removed afterwards."""
     parent = tempfile.gettempdir()
     sweep(parent)
-    path = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
-    fd = os.open(os.path.join(path, LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+    # locked before it takes its PREFIX name: a run sweeping at this instant never finds it with
+    # its lock file created and not yet taken (it took that for an orphan and removed the folder)
+    new = tempfile.mkdtemp(prefix=CREATING, dir=parent)
+    fd = os.open(os.path.join(new, LOCK), os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    path = os.path.join(parent, PREFIX + os.path.basename(new)[len(CREATING):])
+    os.rename(new, path)
     old_env, old_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"] = path
     tempfile.tempdir = path
@@ -60,29 +66,33 @@ def private_tmpdir() -> Iterator[str]:
 
 
 def sweep(parent: str) -> list[str]:
-    """Remove the scratch folders in ``parent`` whose owner is gone (its lock is free); the
-    folders removed."""
+    """Remove the scratch folders in ``parent`` whose owner is gone (its lock is free; one still
+    being created: older than the grace period); the folders removed."""
     removed = []
     try:
-        names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+        names = [n for n in os.listdir(parent) if n.startswith((PREFIX, CREATING))]
     except OSError:
         return removed
     for name in names:
         path = os.path.join(parent, name)
-        if _orphaned(path):
+        if _orphaned(path) if name.startswith(PREFIX) else _stale(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def _stale(path: str) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > UNLOCKED_GRACE_SECONDS
+    except OSError:
+        return False
 
 
 def _orphaned(path: str) -> bool:
     try:
         fd = os.open(os.path.join(path, LOCK), os.O_RDWR)
     except FileNotFoundError:
-        try:
-            return time.time() - os.stat(path).st_mtime > UNLOCKED_GRACE_SECONDS
-        except OSError:
-            return False
+        return _stale(path)
     except OSError:
         return False
     try:

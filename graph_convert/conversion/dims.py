@@ -32,7 +32,7 @@ SIZES = {
     # two converted sizes by coincidence); then sizes never converted, non-multiples of 32 among them
     "spatial": (160, 224, 128, 80, 100),
     "spatial2": (128, 192, 96, 112, 70),  # a second image axis: differs from the first, so H != W is checked
-    "sequence": (16, 24, 8, 77, 13),
+    "sequence": (16, 24, 8, 77, 13, 200),  # 200: longer than a usual 128-token export
 }
 MIN_CHECKED = 3  # a dim is advertised free only when checked at this many of its values
 

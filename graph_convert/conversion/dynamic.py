@@ -97,22 +97,35 @@ class DimView:
         out = np.array([-1 if isinstance(e, DimExpr) else e for e in entries], dtype=c.dtype)
         return out
 
-    def entries(self, tensor: str, env: dict) -> list[tuple[Any, tuple[str, int] | None]] | None:
-        """A 1-D run-time shape constant (a Reshape target, a Resize's sizes) entry by entry, or
-        None when ``tensor`` is not one: ``(value, dim)`` per entry, the value an int or an int32
-        scalar tensor, ``dim`` the ``(tensor, axis)`` whose run-time size the entry is (else None).
-        An emitter builds its shape from these directly: no int64 pack cast back and forth, and
-        TF keeps the static entries in the shapes it infers."""
+    def entries(self, tensor: str, env: dict) -> list | None:
+        """A 1-D run-time shape constant (a Resize's sizes) entry by entry, or None when ``tensor``
+        is not one: an int per static entry, an int32 scalar tensor per run-time one (no int64
+        pack cast back and forth)."""
         if tensor not in self.exprs:
             return None
-        out: list[tuple[Any, tuple[str, int] | None]] = []
-        for e in self.exprs[tensor]:
-            if not isinstance(e, DimExpr):
-                out.append((int(e), None))
+        return [int(e) if not isinstance(e, DimExpr) else _eval(e, env) for e in self.exprs[tensor]]
+
+    def reshape_target(self, tensor: str, env: dict, x) -> Any:
+        """A run-time Reshape target (int32) built from its entries as known here, or None when
+        ``tensor`` is not such a constant: a static entry stays a constant (TF's shape inference
+        keeps it, so the heads and head size of an attention reshape stay static), a 0 copies
+        ``x``'s dim, a moving entry is its dims product (positive). No run-time test for 0s, no
+        int64 round trip: the generic run-time target costs EQUAL + CONCATENATION + SELECT + CAST
+        per Reshape and loses every static entry."""
+        import tensorflow as tf
+
+        if tensor not in self.exprs:
+            return None
+        vals = []
+        for i, e in enumerate(self.exprs[tensor]):
+            if isinstance(e, DimExpr):
+                vals.append(_eval(e, env))
+            elif int(e) == 0:
+                d = x.shape[i] if i < len(x.shape) else None
+                vals.append(tf.constant(int(d), tf.int32) if d is not None else tf.shape(x, out_type=tf.int32)[i])
             else:
-                exact = e.factors[0] if len(e.factors) == 1 and (e.num, e.den) == (1, 1) else None
-                out.append((_eval(e, env), exact))
-        return out
+                vals.append(tf.constant(int(e), tf.int32))
+        return tf.stack(vals)
 
     def tensor(self, tensor: str, env: dict, weight=None) -> Any:
         """The run-time value of a dynamic constant; ``env`` maps graph tensors to TF tensors,
@@ -156,17 +169,28 @@ class DimView:
 
 def _eval(e: DimExpr, env: dict):
     """A DimExpr as an int32 scalar tensor."""
-    import tensorflow as tf
-
     v = None
     for t, a in e.factors:
-        d = tf.shape(env[t], out_type=tf.int32)[a]
+        d = run_time_dim(env, t, a)
         v = d if v is None else v * d
     if e.num != 1:
         v = v * e.num
     if e.den != 1:
         v = v // e.den
     return v
+
+
+def run_time_dim(env: dict, tensor: str, axis: int):
+    """Dim ``axis`` of ``tensor`` as an int32 scalar tensor, made once per trace: every constant
+    read at run time from that dim shares one SHAPE + STRIDED_SLICE (the TFLite converter does not
+    merge repeated ones: 31 SHAPE ops in a 2-layer BERT). Kept in ``env`` under a tuple key, which
+    no ONNX tensor name (a string) can take."""
+    import tensorflow as tf
+
+    key = ("run-time dim", tensor, axis)
+    if key not in env:
+        env[key] = tf.shape(env[tensor], out_type=tf.int32)[axis]
+    return env[key]
 
 
 def same_structure(g1: Graph, g2: Graph, at: tuple[str, str]) -> None:

@@ -34,7 +34,8 @@ from graph_convert.conversion.output import OutputDir, protected_paths
 from graph_convert.pass_manager import Registry
 from graph_convert.plugins import builtin_registry
 from graph_convert.conversion.rewrite import Rewritten, rewrite
-from graph_convert.conversion.source import EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source
+from graph_convert.conversion.source import (EXPORT_DIR, check_input_types, check_weights, input_shape_overrides, resolve_source,
+                                             training_dropout_warning)
 from graph_convert.conversion.report import figures_dict, json_safe
 from graph_convert.conversion.report_html import render_report
 from graph_convert.checks.equivalence import Draw, Figures, Verifier, check_user_inputs, external_data_threshold, read_npz
@@ -168,6 +169,8 @@ def load_source(c: Conversion) -> None:
                                             dim_specs=c.options.dims,
                                             free_built=c.options.free_source_model)
     check_weights(c.model)
+    if (warning := training_dropout_warning(c.source_info)) is not None:
+        c.say(warning)
     c.source_graph = from_onnx(c.model)
     opsets = dict(c.source_graph.model_meta.get("opset_import", []))
     c.source_info["opset"] = opsets.get("", opsets.get("ai.onnx"))

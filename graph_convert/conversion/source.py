@@ -23,7 +23,27 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
                    free_built: bool = False, dim_specs: Sequence[str] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Any accepted source -> (ONNX model, provenance facts for the report). ``free_built``: a
     PyTorch model built here from a spec string has its weights freed once exported (see
-    ``ConvertOptions.free_source_model``)."""
+    ``ConvertOptions.free_source_model``). A Dropout exported in training mode is read as in
+    inference (see :func:`inference_dropout`; ``info["training_dropout"]`` names them)."""
+    model, info = _resolve(source, example_inputs, input_shapes, work, dynamic_batch, free_built, dim_specs)
+    model, names = inference_dropout(model, copy=info["kind"] == "onnx-model")
+    if names:
+        info["training_dropout"] = {"nodes": names, "converted_as": TRAINING_DROPOUT_NOTE}
+    return model, info
+
+
+def training_dropout_warning(info: dict[str, Any]) -> str | None:
+    """The one warning line for Dropouts read in inference mode, or None."""
+    td = info.get("training_dropout")
+    if not td:
+        return None
+    n = td["nodes"]
+    return (f"warning: {len(n)} Dropout node(s) exported in training mode (training_mode=True, e.g. {n[0]!r}) are "
+            f"converted and checked as {TRAINING_DROPOUT_NOTE.split('; every')[0]}; export after model.eval() to avoid this")
+
+
+def _resolve(source, example_inputs, input_shapes, work: str, dynamic_batch: bool, free_built: bool,
+             dim_specs: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, Any]]:
     from graph_convert.conversion import export as ex
     info: dict[str, Any] = {}
     if isinstance(source, onnx.ModelProto):
@@ -78,6 +98,47 @@ def resolve_source(source, example_inputs, input_shapes, work: str, dynamic_batc
         if free_built and isinstance(source, str):
             _free_weights(module)
     return model, info
+
+
+TRAINING_DROPOUT_NOTE = ("inference (identity), as ONNX Runtime's default session runs them; every check "
+                         "compares against the source with these Dropouts in inference mode")
+
+
+def inference_dropout(model: onnx.ModelProto, copy: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+    """Dropouts whose ``training_mode`` is a constant True (the dynamo exporter writes them for a
+    module left in training mode, e.g. a transformers model built from its config without
+    ``.eval()``) lose that input, so they run in inference mode -> (model, their names).
+
+    Such a Dropout is random in ONNX Runtime with graph optimizations off (the session every check
+    uses), so no conversion could be verified against it, while ONNX Runtime's default session
+    removes it and a phone model has no use for it; the report and a warning say so. ``copy``: a
+    caller's ModelProto is copied before it is changed, never edited in place."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in g.node
+              if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.attribute) == 1 and n.attribute[0].name == "value"}
+
+    def true_constant(name: str) -> bool:
+        t = inits.get(name) or consts.get(name)
+        if t is None or t.data_location == onnx.TensorProto.EXTERNAL:
+            return False
+        v = onnx.numpy_helper.to_array(t)
+        return v.size == 1 and bool(v.reshape(-1)[0])
+
+    hits = [i for i, n in enumerate(g.node)
+            if n.op_type == "Dropout" and n.domain in ("", "ai.onnx") and len(n.input) > 2 and true_constant(n.input[2])]
+    if not hits:
+        return model, []
+    if copy:
+        model, src = onnx.ModelProto(), model
+        model.CopyFrom(src)  # no 2 GiB serialization limit
+        g = model.graph
+    names = []
+    for i in hits:
+        node = g.node[i]
+        del node.input[2:]  # an absent training_mode is False (ONNX Dropout, opset 12+)
+        names.append(node.name or node.output[0])
+    return model, names
 
 
 def _named_dims(shapes: list[tuple], dim_specs: Sequence[str]) -> tuple[dict | None, list[tuple[int, ...]]]:

@@ -238,40 +238,6 @@ def shape_tensor(dims: list):
     return tf.stack([tf.cast(d, tf.int32) if not isinstance(d, int) else tf.constant(d, tf.int32) for d in dims])
 
 
-def run_time_target(node: Node, x: list, ctx: EmitContext):
-    """A Reshape target that the dynamic dims make a run-time constant (see
-    ``conversion.dynamic.DimView.entries``), built from its entries: one run-time entry is -1 (a
-    static shape, as TFLite and XNNPACK like); run-time entries that are the input's own leading
-    dims are that slice of its shape followed by the static rest (SHAPE, STRIDED_SLICE,
-    CONCATENATION); otherwise the entries stacked. An entry that is 0 at run time copies the
-    input's dim (ONNX, without allowzero), so a run-time entry other than the input's own dim at
-    that axis keeps that rule. None: not such a target."""
-    entries = ctx.batch.entries(node.inputs[1], ctx.env)
-    if entries is None or node.in_perm(0) is not None:  # (a layout-marked node: its input is transposed back here)
-        return None
-    copy_zero = not node.attr("allowzero", 0)
-    dims = dims_of(x[0])
-    vals, own = [], []
-    for i, (v, dim) in enumerate(entries):
-        is_own = dim == (node.inputs[0], i)
-        own.append(is_own)
-        if isinstance(v, int):
-            vals.append(dims[i] if v == 0 and copy_zero else v)
-        elif is_own or not copy_zero or i >= len(dims):
-            vals.append(dims[i] if is_own else v)
-        else:
-            vals.append(tf.where(tf.equal(v, 0), tf.cast(dims[i], tf.int32), v))
-    run_time = [i for i, v in enumerate(vals) if not isinstance(v, int)]
-    if not run_time:
-        return vals
-    if len(run_time) == 1 and all(v > 0 for v in vals if isinstance(v, int)):
-        return [-1 if i == run_time[0] else v for i, v in enumerate(vals)]
-    k = run_time[-1] + 1
-    if run_time == list(range(k)) and all(own[:k]):
-        return tf.concat([tf.shape(x[0], out_type=tf.int32)[:k], tf.constant(vals[k:], tf.int32)], 0)
-    return shape_tensor(vals)
-
-
 def dims_product(dims: list):
     if all(isinstance(d, int) for d in dims):
         return int(np.prod(dims)) if dims else 1

@@ -18,7 +18,6 @@ from graph_convert.backends.tensorflow.ops.core import (
     cast_back,
     make_constant,
     dims_of,
-    run_time_target,
     tflite_gap,
     input_value,
     to_lite,
@@ -34,8 +33,11 @@ from graph_convert.backends.tensorflow.ops.core import (
 @emitter("Reshape")
 def emit_reshape(node, x, ctx):
     target = input_value(node, ctx, x, 1)
-    if target is None and ctx.batch is not None and (shape := run_time_target(node, x, ctx)) is not None:
-        return tf.reshape(x[0], shape)
+    known = None
+    if target is None and ctx.batch is not None and not node.attr("allowzero", 0):
+        known = ctx.batch.reshape_target(node.inputs[1], ctx.env, x[0])  # a dynamic dims' target
+    if known is not None:
+        return tf.reshape(x[0], known)
     if target is None:
         t = tf.cast(x[1], tf.int64)
         n = t.shape[0]
