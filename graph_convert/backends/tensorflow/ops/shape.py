@@ -2,8 +2,8 @@
 padding, constants of a shape."""
 from __future__ import annotations
 
-import functools
 import math
+from functools import reduce
 
 import numpy as np
 import onnx
@@ -143,10 +143,9 @@ def emit_unsqueeze(node, x, ctx):
         raise unsupported(node, "missing axes")
     out_rank = len(x[0].shape) + len(axes)
     new = {a % out_rank for a in axes}
-    dims = dims_of(x[0])
-    if any(not isinstance(d, int) for d in dims):  # EXPAND_DIMS, its shape from its input's: no run-time shape ops
-        return functools.reduce(tf.expand_dims, sorted(new), x[0])  # ascending output axes, one at a time
-    rest = iter(dims)
+    if None in x[0].shape.as_list():  # EXPAND_DIMS at ascending output axes: its shape from its input's, no shape ops
+        return reduce(tf.expand_dims, sorted(new), x[0])
+    rest = iter(dims_of(x[0]))
     return tf.reshape(x[0], shape_tensor([1 if i in new else next(rest) for i in range(out_rank)]))
 
 
