@@ -12,7 +12,8 @@ the sequence, attention), every parameter random, exported with TorchScript and 
   after ``resize_tensor_input``, interleaved in one process (median of the rounds).
 
 A plain script, not a test: ``python benchmarks/dynamic_shapes.py [--rounds 50] [--conv-rounds 3] [--only NAME]``
-prints one table.
+prints one table; ``--onnx FILE --shape 1,3,320,320`` measures a given ONNX file with symbolic
+dims instead (e.g. ultralytics' YOLOv8 exported with ``dynamic=True``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch.nn as nn
 class Detector(nn.Module):
     """Backbone of strided convs, an FPN-style top-down path (nearest x2 upsample + concat) and
     one 1x1 head per level, outputs flattened and concatenated over the levels (no anchor decoding
-    in the graph: that table depends on the size and is refused when kept dynamic)."""
+    in the graph; for a detector that decodes, run ``--onnx`` on ultralytics' ``dynamic=True`` export)."""
 
     def __init__(self):
         super().__init__()
@@ -142,11 +143,14 @@ def _interpreter(path: str, shape: tuple | None):
     return it, d["index"]
 
 
-def _bench(name: str, rounds: int, folder: str, conv_rounds: int) -> dict:
+def _bench(name: str, rounds: int, folder: str, conv_rounds: int, onnx_file: tuple | None = None) -> dict:
     from graph_convert import convert
 
-    src = _export(name, folder)
-    _, _, inp, _, shape, dt = CASES[name]
+    if onnx_file is None:
+        src = _export(name, folder)
+        _, _, inp, _, shape, dt = CASES[name]
+    else:  # a given ONNX file with symbolic dims (e.g. ultralytics' dynamic=True export)
+        src, inp, shape, dt = onnx_file
     # one untimed conversion first (TensorFlow's first trace and converter run in a process pay
     # one-time costs), then the two conversions in turn, ``conv_rounds`` times each, medians
     convert(src, output_dir=os.path.join(folder, f"{name}_warmup"), input_shapes=[(inp, shape)])
@@ -195,10 +199,18 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--conv-rounds", type=int, default=3, help="timed conversions of each kind (median)")
     ap.add_argument("--only", choices=sorted(CASES))
+    ap.add_argument("--onnx", help="benchmark this ONNX file instead (its first input; with --shape)")
+    ap.add_argument("--shape", help="the benchmark size of --onnx's first input, e.g. 1,3,320,320")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gc-dynbench-") as folder:
-        for name in ([args.only] if args.only else list(CASES)):
+        if args.onnx:
+            import onnx
+
+            first = onnx.load(args.onnx, load_external_data=False).graph.input[0].name
+            shape = tuple(int(v) for v in args.shape.split(","))
+            rows.append(_bench(os.path.basename(args.onnx), args.rounds, folder, args.conv_rounds, (args.onnx, first, shape, np.float32)))
+        for name in ([] if args.onnx else [args.only] if args.only else list(CASES)):
             rows.append(_bench(name, args.rounds, folder, args.conv_rounds))
             print(f"done: {rows[-1]}", file=sys.stderr)
     head = ("model", "size", "kept dims", "static ms", "dynamic ms", "ratio", "conv static s", "conv dynamic s", "ratio",

@@ -9,6 +9,7 @@ def register(registry) -> None:
         batchnorm_to_affine,
         cancel_reshape_pair,
         constants_to_initializers,
+        drop_empty_concat_inputs,
         drop_nan_guard,
         eliminate_identity,
         expand_qoperators,
@@ -28,7 +29,7 @@ def register(registry) -> None:
         to_channels_last,
     )
     from graph_convert_passes.lib import indexing_handlers, quantized_layout, signal_attention_handlers, subgraph_handlers, transpose_handlers
-    for mod in (constants_to_initializers, expand_qoperators, fold_constants, eliminate_identity, fold_batchnorm, batchnorm_to_affine, drop_nan_guard,
+    for mod in (constants_to_initializers, expand_qoperators, fold_constants, drop_empty_concat_inputs, eliminate_identity, fold_batchnorm, batchnorm_to_affine, drop_nan_guard,
                 fuse_activations, fuse_normalizations, attention_scale_to_query, recognize_depth_space, split_group_norm, fold_channel_permutation, to_channels_last, io_channels_last,
                 push_transposes, heads_first, merge_slices, cancel_reshape_pair, fold_scale_into_projection, prune):
         registry.add_pass(mod.PASS)

@@ -36,10 +36,23 @@ class Detector(nn.Module):
         c = torch.relu(self.c3(b))
         y = self.head(torch.cat([self.up(c), b], 1))
         n, ch, h, w = y.shape
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-        grid = torch.stack([gx, gy], 0).reshape(1, 2, h * w)  # anchors, as ultralytics' make_anchors
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij")
+        grid = torch.stack([gx, gy], -1).reshape(-1, 2).transpose(0, 1).unsqueeze(0)  # anchors, as ultralytics' make_anchors
+        stride = torch.full((h * w, 1), 4.0).transpose(0, 1)  # its stride table
         y = y.reshape(n, ch, h * w)
-        return torch.cat([(y[:, :2] + grid) * 4.0, y[:, 2:].sigmoid()], 1)
+        return torch.cat([(y[:, :2] + grid) * stride, y[:, 2:].sigmoid()], 1)
+
+
+class PositionTable(Detector):
+    """The Detector with a sinusoidal table over the feature map (DETR-style, computed from its
+    size with Sin): a float table from the sizes that the replay does not take."""
+
+    def forward(self, x):
+        y = self.head(torch.cat([self.up(torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))),
+                                 torch.relu(self.c2(torch.relu(self.c1(x))))], 1))
+        n, ch, h, w = y.shape
+        pos = torch.sin(torch.arange(h * w, dtype=torch.float32) * 0.1)
+        return y.reshape(n, ch, h * w) + pos
 
 
 class UNet(nn.Module):
@@ -153,15 +166,41 @@ def test_input_shape_fixes_every_dim_of_a_detector(exporter, tmp_path):
     _close(_run_tflite_at(str(out / "model_float32.tflite"), x.transpose(0, 2, 3, 1))[0], _ort(src, {"images": x})[0])
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_detector_anchor_grid_and_stride_table_are_replayed_and_proven(exporter, tmp_path):
+    """The anchor grid (arange over the feature map's height and width, meshgrid, stack) and the
+    stride table are float tables computed from the sizes: replayed at run time from the source's
+    shape subgraph, checked at every size of the plan; no interior TRANSPOSE, builtin ops only."""
+    src = _export(Detector(), torch.randn(1, 3, 64, 64), str(tmp_path / "det.onnx"), "images", {0: "b", 2: "h", 3: "w"}, exporter)
+    out = tmp_path / "out"
+    assert main(["convert", src, "-o", str(out), "-q"]) == 0
+    rep = _report(out)
+    _kept_checks(rep, ["b", "h", "w"])
+    assert rep["dynamic"]["shape_programs"] >= 1
+    assert not any(op.startswith(("FLEX", "CUSTOM")) for op in rep["tflite"]["ops"])
+    interp, d = _tflite(str(out / "model_float32.tflite"))
+    assert list(d["shape_signature"]) == [-1, -1, -1, 3]
+    # no interior TRANSPOSE: the only one gives the output its source layout (n, 6, h*w), as in a
+    # static conversion; the tables' own [n, 2] -> [2, n] moves are UNPACK + PACK
+    outputs = {o["index"] for o in interp.get_output_details()}
+    moves = [op for op in interp._get_ops_details() if op["op_name"] == "TRANSPOSE"]
+    assert rep["tflite"]["transpose_ops"] == len(moves) <= 1 and all(set(op["outputs"]) <= outputs for op in moves)
+    x = np.random.default_rng(5).standard_normal((2, 3, 72, 104)).astype(np.float32)  # never converted nor checked
+    _close(_run_tflite_at(str(out / "model_float32.tflite"), x.transpose(0, 2, 3, 1))[0], _ort(src, {"images": x})[0])
+
+
 def test_symbolic_dims_with_no_size_are_refused_in_one_line(tmp_path, capsys):
-    """The anchor grid depends on h and w as a table: they cannot be kept, and there is no size to
-    fall back to: one line names the input, the dims, what depends on them and the fix."""
-    src = _export(Detector(), torch.randn(1, 3, 64, 64), str(tmp_path / "det.onnx"), "images", {0: "b", 2: "h", 3: "w"}, "torchscript")
+    """A sinusoidal table over the feature map depends on h and w through Sin, which the replay
+    does not take: they cannot be kept, and there is no size to fall back to: one line names the
+    input, the dims, what depends on them and the fix."""
+    src = _export(PositionTable(), torch.randn(1, 3, 64, 64), str(tmp_path / "det.onnx"), "images", {0: "b", 2: "h", 3: "w"},
+                  "torchscript")
     out = tmp_path / "out"
     assert main(["convert", src, "-o", str(out)]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Concat" not in err and "Traceback" not in err
     assert "input 'images' dims h (axis 2), w (axis 3)" in err and "--input-shape images=1,3,H,W" in err
+    assert "(Sin), not by shape arithmetic" in err
     assert not out.exists()
 
 
@@ -362,3 +401,21 @@ def test_dropout_exported_in_training_mode_is_converted_and_checked_as_inference
     assert len([n for n in onnx.load(path).graph.node if len(n.input) == 3 and n.op_type == "Dropout"]) == 2  # the user's file as it was
     assert main(["verify", path, str(out / "model_float32.tflite")]) == 0
     assert "exported in training mode" in capsys.readouterr().out
+
+
+def test_a_replayed_table_is_used_only_where_it_gives_the_constant_at_both_sizes():
+    """The correspondence rule between the source's replayed tensor and the rewritten constant:
+    the same, one permutation or a unit-axis reshape holding at both sizes; anything else (a value
+    off at one size, a permutation that holds at one size only) is no correspondence."""
+    from graph_convert.conversion.shape_program import layout
+
+    rng = np.random.default_rng(6)
+    p1, p2 = rng.standard_normal((1, 2, 20)).astype(np.float32), rng.standard_normal((1, 2, 42)).astype(np.float32)
+    assert layout(p1, p2, p1.copy(), p2.copy()) == ("same",)
+    assert layout(p1, p2, p1.transpose(0, 2, 1), p2.transpose(0, 2, 1)) == ("perm", [0, 2, 1])
+    assert layout(p1, p2, p1.reshape(2, 20), p2.reshape(2, 42)) == ("reshape", [2, -1])
+    off = p2.copy()
+    off[0, 1, 7] += 1e-3 * max(1.0, float(np.abs(p2).max()))
+    assert layout(p1, p2, p1.copy(), off) is None
+    assert layout(p1, p2, p1.transpose(0, 2, 1), p2) is None
+    assert layout(p1, p2, p1.astype(np.float64), p2.astype(np.float64)) is None

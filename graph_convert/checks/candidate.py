@@ -379,10 +379,10 @@ def judge(c: Candidate, ins: list[Pair], outs: list[Pair], verifier: Verifier) -
     candidate's outputs on it."""
     figures: dict[str, Figures] = {}
     failed, failed_got = None, {}
-    for d, ref in zip(verifier.draws, verifier.references):
+    for k, (d, ref) in enumerate(zip(verifier.draws, verifier.references)):
         got = run_in_source_layout(c, ins, outs, d.feeds)
         for p in outs:
-            f = compare(ref[p.source.name], got[p.source.name], verifier.atol)
+            f = verifier.compare_output(p.source.name, ref[p.source.name], got[p.source.name], k)
             if not f.ok and failed is None:
                 failed, failed_got = d, got
                 f.reason = f"{f.reason} (on the {d.label} inputs)"

@@ -12,6 +12,7 @@ import onnx
 from onnx import helper
 
 from graph_convert.ir import perm as P
+from graph_convert.checks.selection import find_key_column, forced_selection, judge as judge_selection, keys_of, trace as trace_selection
 from graph_convert.errors import ConvertError, VerificationError
 from graph_convert.ir import Graph, to_onnx
 from graph_convert.ir.onnx_io import model_shell, placeholder_tensor
@@ -241,17 +242,21 @@ class Figures:
     reason: str = ""  # why it failed, in words
     per_draw: tuple = ()  # ((draw label, Figures of that draw alone), ...) when checked on several draws
     steps: float | None = None  # max_abs in quantization steps of the output (the int8 rule)
+    rule: str = "elementwise"  # the rule that judged it: elementwise, int8 or selection (README "Verification")
+    selection: dict | None = None  # the selection rule's figures (op, rows permuted / flipped)
 
     def as_dict(self) -> dict[str, Any]:
         d = {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine, "sqnr_db": self.sqnr_db,
-             "scale": self.scale, "ok": self.ok}
+             "scale": self.scale, "ok": self.ok, "rule": self.rule}
+        if self.selection is not None:
+            d["selection"] = self.selection
         if self.steps is not None:
             d["max_steps"] = self.steps
         if self.reason:
             d["reason"] = self.reason
         if self.per_draw:  # report.html's table shows every draw, not only the worst
             d["per_draw"] = [{"draw": label, "max_abs": f.max_abs, "max_rel": f.max_rel, "cosine": f.cosine, "sqnr_db": f.sqnr_db,
-                              "ok": f.ok} for label, f in self.per_draw]
+                              "ok": f.ok, **({"selection": f.selection} if f.selection else {})} for label, f in self.per_draw]
         return d
 
 
@@ -347,7 +352,7 @@ def compare_int8(ref: np.ndarray, got: np.ndarray, step: float | None, max_steps
         reason = f"SQNR {f.sqnr_db:.1f} dB < {INT8_MIN_SQNR_DB:g} dB"
     elif f.cosine < INT8_MIN_COSINE:
         reason = f"points another way (cosine {f.cosine:.6f} < {INT8_MIN_COSINE})"
-    return Figures(f.max_abs, f.max_rel, f.cosine, f.scale, not reason, f.sqnr_db, reason, steps=steps)
+    return Figures(f.max_abs, f.max_rel, f.cosine, f.scale, not reason, f.sqnr_db, reason, steps=steps, rule="int8")
 
 
 def compare_all(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], atol: float) -> dict[str, Figures]:
@@ -378,18 +383,26 @@ class Verifier:
             draws = [Draw("given", dict(draws))]
         self.atol = atol
         self.notes: list[str] = []
+        # outputs made by a discrete selection (traced from the graph) and the selection tensors the
+        # reference exposes to judge them (checks/selection.py)
+        self.selection = trace_selection(source)
+        have = {o.name for o in source.graph.output}
+        exposed = list(dict.fromkeys(t for ops in self.selection.values() for op in ops for t in op.exposed() if t not in have))
+        self.selection_tensors: list[dict[str, np.ndarray]] = []
         try:
-            sess = ort_session(source)
+            sess = source_session(source, edit=(lambda m: _with_outputs(m, exposed)) if exposed else None)
         except Exception as e:  # the source itself is the reference: without it nothing can be proven
             raise ConvertError(f"source model does not load in ONNX Runtime, so it cannot serve as the reference: {ort_error_line(e)}") from None
         # how every ORT session of this verifier got its weights (report.json "big_model")
         self.sessions: list[str] = [f"source: {sess.graph_convert_weights}"]
-        names = [o.name for o in sess.get_outputs()]
+        names = [o.name for o in source.graph.output]
         self.draws: list[Draw] = []
         self.references: list[dict[str, np.ndarray]] = []
         for i, d in enumerate(draws):
             try:
-                self.references.append(dict(zip(names, sess.run(names, d.feeds))))
+                got = dict(zip(names + exposed, sess.run(names + exposed, d.feeds)))
+                self.references.append({n: got[n] for n in names})
+                self.selection_tensors.append(got)
                 self.draws.append(d)
             except Exception as e:
                 if i in optional:
@@ -399,6 +412,61 @@ class Verifier:
                                    f"as the reference: {ort_error_line(e)[:400]}") from None
         del sess  # its copy of the weights (decoded for it alone when the model is large) goes now
         self.failed_draw: Draw | None = None
+        self._source = source if self.selection else None
+        self._forced: dict[str, Any] = {}
+
+    def _forced_rows(self, op, name: str, axis: int, col: int, keys, ids: np.ndarray, draw: int):
+        """Output ``name``'s rows for the candidates ``ids``, by the source in ONNX Runtime with the
+        NMS's selection fed instead of computed (as many rows at a time as the output holds), or why not."""
+        if op.node not in self._forced:
+            try:
+                self._forced[op.node] = source_session(self._source, edit=lambda m: forced_selection(m, op.outputs[0]))
+            except Exception as e:
+                self._forced[op.node] = f"the source with the selection fed does not load in ONNX Runtime: {ort_error_line(e)[:200]}"
+        sess = self._forced[op.node]
+        if isinstance(sess, str):
+            return sess
+        per_run = max(1, int(np.shape(self.references[draw][name])[axis]))
+        rows = []
+        for k in range(0, ids.size, per_run):
+            sel = keys.cand_rows[ids[k:k + per_run]].astype(np.int64)
+            out = sess.run([name], {**self.draws[draw].feeds, op.outputs[0]: sel})[0]
+            rows.append(np.moveaxis(np.asarray(out, np.float64), axis, 0).reshape(np.shape(out)[axis], -1)[:sel.shape[0]])
+        table = np.concatenate(rows) if rows else np.zeros((0, 1))
+        if table.shape[0] != ids.size or not np.allclose(table[:, col], keys.cand_keys[ids], rtol=1e-6, atol=FLOAT32_FLOOR):
+            return "the output's rows do not follow a fed selection row by row"
+        return table
+
+    def compare_output(self, name: str, ref: np.ndarray, got: np.ndarray, draw: int) -> Figures:
+        """One output on one draw by its rule: the selection rule for an output traced to a
+        NonMaxSuppression / TopK selection (README "Verification"), else the elementwise rule."""
+        f = compare(ref, got, self.atol)
+        ops = self.selection.get(name)
+        if not ops:
+            return f
+        info: dict[str, Any] = {"ops": [f"{op.op_type} (node {op.node})" for op in ops], "permuted_rows": 0, "flipped_rows": 0}
+        if f.ok:
+            return dataclasses.replace(f, rule="selection", selection=info)
+        why = _selection_mapping(ops, name, np.asarray(ref), self.selection_tensors[draw], self.atol)
+        if isinstance(why, str):  # the rule cannot map this output: the elementwise verdict stands
+            info["not_applied"] = why
+            return dataclasses.replace(f, rule="selection", selection=info, reason=f"{f.reason} (selection rule not applied: {why})")
+        keys, axis, col = why
+        integer = np.asarray(ref).dtype.kind in "biu"
+        if col is None:  # the selection tensor: a candidate's row is its index
+            rows_for = lambda ids: keys.cand_rows[ids].astype(np.float64)  # noqa: E731
+        elif ops[0].op_type == "NonMaxSuppression":
+            rows_for = lambda ids: self._forced_rows(ops[0], name, axis, col, keys, ids, draw)  # noqa: E731
+        else:
+            rows_for = None
+        v = judge_selection(ref, got, keys, axis, 0.0 if integer else self.atol * f.scale + FLOAT32_FLOOR, rows_for)
+        info.update(permuted_rows=v.permuted, flipped_rows=v.flipped, row_axis=axis, score_tolerance=keys.tol)
+        if not v.reason and v.cosine < 1 - self.atol:
+            v.reason = f"matched rows point another way (cosine {v.cosine:.6f})"
+        if v.reason:
+            return dataclasses.replace(f, rule="selection", selection=info, reason=f"by the selection rule: {v.reason}")
+        return Figures(v.max_abs, v.max_abs / f.scale if f.scale > 0 else 0.0, v.cosine, f.scale, True, v.sqnr_db,
+                       rule="selection", selection=info)
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
@@ -427,13 +495,13 @@ class Verifier:
         per output."""
         figures: dict[str, Figures] = {}
         per_draw: dict[str, list] = {}
-        for d, ref in zip(self.draws, self.references):
+        for k, (d, ref) in enumerate(zip(self.draws, self.references)):
             got = run(d.feeds)
             missing = [n for n in ref if n not in got]
             if missing:
                 raise VerificationError(f"{stage}: outputs {missing} missing", stage)
             for name in ref:
-                f = compare(ref[name], got[name], self.atol) if steps is None else compare_int8(ref[name], got[name], *steps.get(name, (None, INT8_MAX_STEPS)))
+                f = self.compare_output(name, ref[name], got[name], k) if steps is None else compare_int8(ref[name], got[name], *steps.get(name, (None, INT8_MAX_STEPS)))
                 if not f.ok:
                     self.failed_draw = d
                     raise VerificationError(f"{stage}: output {name!r} differs from the source model in ONNX Runtime "
@@ -459,6 +527,30 @@ class Verifier:
             return to_source_layout(got, graph.io_perms)
 
         return self.check(run, stage)
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in names:
+        m.graph.output.append(onnx.ValueInfoProto(name=t))
+    return m
+
+
+def _selection_mapping(ops: list, name: str, ref: np.ndarray, tensors: Mapping[str, np.ndarray], atol: float):
+    """(keys, row axis, key column) to judge output ``name`` by the selection rule, or why not."""
+    if len(ops) != 1:
+        return f"it depends on {len(ops)} selections"
+    op = ops[0]
+    keys = keys_of(op, dict(tensors), atol, FLOAT32_FLOOR)
+    if keys is None:
+        return f"{op.op_type} {op.node} selects from more than one list"
+    if name == op.selection:  # the selected indices themselves: a row names its candidate
+        return keys, keys.rows_axis, None
+    found = find_key_column(ref, keys, FLOAT32_FLOOR)
+    if found is None:
+        return "no row axis of the output carries the selection's scores in selection order"
+    return keys, found[0], found[1]
 
 
 def ort_error_line(e: BaseException) -> str:

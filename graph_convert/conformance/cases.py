@@ -140,15 +140,33 @@ def exclusion(case, dtypes: set[int]) -> str | None:
     return None
 
 
-def freeze_constant_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """Copy of ``model`` whose inputs read only at :data:`CONSTANT_SLOTS` are initializers."""
+def constant_inputs(model: onnx.ModelProto) -> list[str]:
+    """The graph inputs of ``model`` read only at :data:`CONSTANT_SLOTS`."""
     slots: dict[str, list[bool]] = defaultdict(list)
     for n in model.graph.node:
         for j, t in enumerate(n.input):
             if t:
                 slots[t].append(j in CONSTANT_SLOTS.get(n.op_type, ()) and n.domain in ("", "ai.onnx"))
     outputs = {o.name for o in model.graph.output}
-    frozen = [vi.name for vi in model.graph.input if slots.get(vi.name) and all(slots[vi.name]) and vi.name not in outputs]
+    return [vi.name for vi in model.graph.input if slots.get(vi.name) and all(slots[vi.name]) and vi.name not in outputs]
+
+
+def expanded_constant_inputs(case) -> list[str]:
+    """For an ``*_expanded`` case (the op's function body spelled out), the inputs its one-node
+    case gives as constants: the same inputs, which the expansion reads through Size, Split, If ...
+    rather than at the op's constant slot (AffineGrid's size)."""
+    if not case.name.endswith("_expanded"):
+        return []
+    base = [c for c in load_cases(f"^{case.name[:-len('_expanded')]}$")]
+    return constant_inputs(base[0].model) if base else []
+
+
+def freeze_constant_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                           also: list[str] | tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Copy of ``model`` whose inputs read only at :data:`CONSTANT_SLOTS` (and the inputs ``also``)
+    are initializers."""
+    names = {vi.name for vi in model.graph.input}
+    frozen = list(dict.fromkeys(constant_inputs(model) + [t for t in also if t in names and t in feeds]))
     if not frozen:
         return model, feeds
     m = onnx.ModelProto()

@@ -19,9 +19,13 @@ depends on the free dims:
 - an integer constant that differs in size along one axis and steps by the same amount along it
   (``torch.arange(n)``, then folded) is a run-time range.
 
-Anything else (a float table computed from the shape, such as a detector's anchor grid) is
-refused with the constant, its readers and the dims named; the caller then asks for the dims to be
-fixed. Whatever was matched, the result is only trusted after the TF function and the .tflite
+- a constant the source computes from shapes alone (a detector's anchor grid and stride table) is
+  that computation replayed at run time (:mod:`graph_convert.conversion.shape_program`), when the
+  replay gives its values at both sizes.
+
+Anything else (a float table computed through other ops, such as a Sin position table) is
+refused with the constant, its readers, the dims and why the replay does not take it named; the
+caller then asks for the dims to be fixed. Whatever was matched, the result is only trusted after the TF function and the .tflite
 ran against ONNX Runtime at further sizes (the pipeline does that), sizes never used to convert.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+import graph_convert.conversion.shape_program as SP
 from graph_convert.errors import ConvertError
 from graph_convert.ir import Graph
 
@@ -71,6 +76,7 @@ class DimView:
     prefix: dict[str, tuple[np.ndarray, int, DimExpr]] = field(default_factory=dict)  # const -> (source table, axis, length)
     affine: dict[str, tuple[int, list, list]] = field(default_factory=dict)  # const -> (c, per axis size, per axis step): c + sum step*i
     coords: dict[str, list] = field(default_factory=dict)  # const -> one affine form per entry of its last axis
+    programs: dict[str, tuple] = field(default_factory=dict)  # const -> (shape_program.Program, leaf -> entries, layout)
     stats: dict[str, int] = field(default_factory=dict)
 
     # -- what the emitter asks ---------------------------------------------------------------
@@ -79,7 +85,7 @@ class DimView:
 
     def is_dynamic_const(self, tensor: str) -> bool:
         return tensor in self.exprs or tensor in self.tiled or tensor in self.ranged or tensor in self.spread or tensor in self.prefix \
-            or tensor in self.affine or tensor in self.coords
+            or tensor in self.affine or tensor in self.coords or tensor in self.programs
 
     def minus_one_target(self, tensor: str) -> np.ndarray | None:
         """The constant as a Reshape target with -1 at its one dynamic entry, when that is exact."""
@@ -142,6 +148,11 @@ class DimView:
             size = [tf.constant(-1, tf.int32)] * table.ndim
             size[axis] = _eval(n, env)
             return tf.slice(t, [0] * table.ndim, tf.stack(size))
+        if tensor in self.programs:  # a table the source computes from shapes: that computation replayed
+            prog, leaves, how = self.programs[tensor]
+            vals = {k: tf.stack([tf.constant(int(e), tf.int64) if not isinstance(e, DimExpr) else tf.cast(_eval(e, env), tf.int64)
+                                 for e in entries]) if entries else tf.zeros([0], tf.int64) for k, entries in leaves.items()}
+            return SP.apply_layout(SP.evaluate(prog, vals), how)
         c = self.graph.constant_value(tensor)
         dt = tf.as_dtype(c.dtype)
         if tensor in self.affine:  # flattened indices over several moving axes: c + sum_a step_a * i_a
@@ -154,7 +165,7 @@ class DimView:
             return tf.stack([p + tf.zeros_like(full) for p in parts], axis=-1)
         if tensor in self.exprs:  # a Pack of scalars: TF's shape inference keeps the static entries
             vals = [tf.constant(int(e), dt) if not isinstance(e, DimExpr) else tf.cast(_eval(e, env), dt) for e in self.exprs[tensor]]
-            return tf.reshape(tf.stack(vals), c.shape)
+            return tf.stack(vals) if c.ndim == 1 else tf.reshape(tf.stack(vals), c.shape)  # a bare Pack stays partly static
         if tensor in self.ranged:
             first, step, axis, n = self.ranged[tensor]
             shape = [1] * (first.ndim + 1)
@@ -228,6 +239,16 @@ class _Matcher:
         s1, s2 = self.g1.shape(t), self.g2.shape(t)
         return [(t, a, s1[a], s2[a]) for a, d in enumerate(s) if d is None]
 
+    def candidates_of(self, tensor: str, const: str) -> list[tuple[str, int, int, int]]:
+        """The dynamic dims of ``tensor`` when it is there to read before ``const`` is (a graph
+        input, or computed before the constant's first reader)."""
+        if tensor in self.g1.inputs:
+            return self._dims_of(tensor)
+        readers = self.g1.consumers(const)
+        first = min((self.nodes.index(r) for r in readers), default=len(self.nodes))
+        made = self.order.get(tensor)
+        return self._dims_of(tensor) if made is not None and made < first else []
+
     def candidates(self, const: str) -> list[tuple[str, int, int, int]]:
         readers = self.g1.consumers(const)
         first = min((self.nodes.index(r) for r in readers), default=len(self.nodes))
@@ -267,11 +288,12 @@ class _Matcher:
         return None
 
 
-def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None) -> DimView:
+def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None, sources: SP.Sources | None = None) -> DimView:
     """Compare the graphs converted at two size assignments (``at``: how to name them); raise
     DynamicDimsError naming what cannot be made size-polymorphic. ``source_weights``: a callable
     giving the source model's float initializers of a given element count or more, as
-    ``(name, array)`` (a constant that is the start of one of them is read from it)."""
+    ``(name, array)`` (a constant that is the start of one of them is read from it). ``sources``:
+    the source model at both sizes, whose shape-only subgraphs may explain a moving table."""
     same_structure(g1, g2, at)
     view = DimView(g1)
     for t in set(g1.info) & set(g2.info):
@@ -316,13 +338,18 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None) -> 
         if pre is not None:
             view.prefix[name] = pre
             continue
+        prog = _as_program(name, v1, v2, cands, matcher, sources)
+        if isinstance(prog, tuple):
+            view.programs[name] = prog
+            continue
         readers = ", ".join(f"{n.name!r} ({n.op_type})" for n in g1.consumers(name)) or "none"
         what = "a table of values computed from the sizes" if v1.dtype.kind == "f" else "neither a run-time dim nor a repeat or range"
         raise DynamicDimsError(f"constant {name!r} (read by node {readers}) depends on the sizes as {what}: "
-                               f"shape {v1.shape} at {at[0]}, {v2.shape} at {at[1]}")
+                               f"shape {v1.shape} at {at[0]}, {v2.shape} at {at[1]}{f' ({prog})' if prog else ''}")
     view.stats = {"dynamic_tensor_dims": len(view.dims), "run_time_shape_constants": len(view.exprs),
                   "tiled_constants": len(view.tiled) + len(view.spread), "ranged_constants": len(view.ranged),
-                  "source_table_slices": len(view.prefix), "index_constants": len(view.affine) + len(view.coords)}
+                  "source_table_slices": len(view.prefix), "index_constants": len(view.affine) + len(view.coords),
+                  "shape_programs": len(view.programs)}
     return view
 
 
@@ -489,3 +516,38 @@ def _as_affine(v1, v2, cands, matcher: _Matcher, allow_static: bool = False):
     if not allow_static and not any(isinstance(x, DimExpr) for x in sizes + steps):
         return None
     return int(a1.flat[0]), sizes, steps
+
+
+def _as_program(name: str, v1, v2, cands, matcher: _Matcher, sources: SP.Sources | None):
+    """``(program, leaf -> entries, layout)`` when the source computes ``name`` from shapes alone
+    and replaying that computation gives the rewritten constant at both sizes; else why not (a
+    sentence, or ``""`` when there is nothing to say)."""
+    if sources is None:
+        return ""
+    origin = sources.origin(name)
+    prog = sources.trace(origin) if origin else "the rewritten graph made it (no tensor of the source has its name)"
+    if isinstance(prog, str):
+        return f"not replayable: {prog}"
+    at = [sources.leaf_values(prog, k) for k in (0, 1)]
+    if at[0] is None or at[1] is None:
+        return "not replayable: a shape it reads is not known at the converted sizes"
+    leaves = {}
+    for leaf, (x, start, _) in prog.leaves.items():
+        own = [d for d in matcher.candidates_of(x, name)]  # the tensor the Shape reads, where it survives
+        entries = []
+        for j, (a, b) in enumerate(zip(at[0][leaf].tolist(), at[1][leaf].tolist())):
+            e = a if a == b else matcher.match(a, b, own + [c for c in cands if c not in own])
+            if e is None:
+                return f"not replayable: dim {start + j} of {x!r} ({a}, then {b}) matches no run-time dim"
+            entries.append(e)
+        leaves[leaf] = entries
+    try:
+        seen: list[dict] = [{}, {}]
+        p1, p2 = (np.asarray(SP.evaluate(prog, vals, seen[k])) for k, vals in enumerate(at))
+        SP.learn_static(prog, *seen)
+    except Exception as e:  # an op form the replay does not take: refused as before
+        return f"not replayable: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    how = SP.layout(p1, p2, v1, v2)
+    if how is None:
+        return "the source's tensor of that name does not give these values at both sizes"
+    return prog, leaves, how

@@ -18,6 +18,7 @@ import onnx
 
 from graph_convert.conversion import dims as DM
 from graph_convert.conversion import dynamic as D
+from graph_convert.conversion import shape_program as SP
 from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
 from graph_convert.checks.equivalence import Verifier, make_draws
 
@@ -53,7 +54,8 @@ def rewrite_dynamic(c, rewrite: Callable) -> None:
     try:
         c.rewritten = at(plan[0])
         second = at(plan[1])
-        c.view = D.dim_view(c.graph, second.graph, (sizes_text(plan[0], free), sizes_text(plan[1], free)), source_weights)
+        sources = SP.Sources(c.model, lambda k: DM.with_shapes(c.model, DM.input_shapes(c.model, dims, plan[k])))
+        c.view = D.dim_view(c.graph, second.graph, (sizes_text(plan[0], free), sizes_text(plan[1], free)), source_weights, sources)
     except D.DynamicDimsError as e:
         asked = [n for n in free if dims[n].requested != "symbolic dim in the source model"]
         others = [n for n in free if dims[n].role != "batch"]
