@@ -49,7 +49,9 @@ def tflite_runner(model: str | bytes, delegate: bool = True) -> Callable[[Mappin
     """One interpreter for many runs of the ``serving_default`` signature: each run resizes the
     inputs to its arrays' shapes and allocates again (what a user of a dynamic .tflite does),
     so checking a file at several sizes loads it, and packs its weights for XNNPACK, once."""
-    interp = _interpreter(model, delegate=delegate)
+    # not allocated at the file's default shape: a free dim is 1 there, which a model may not take
+    # (an STFT's 256-sample window over a 1-sample signal); the runner allocates at the feeds' shapes
+    interp = _interpreter(model, allocate=False, delegate=delegate)
     runner = interp.get_signature_runner("serving_default")
 
     def run(feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
