@@ -102,3 +102,29 @@ def test_an_onnx2tf_failure_is_named_as_onnx2tfs_and_leaves_nothing(tmp_path):
     r = cli(["convert", "m.onnx", "-o", "out", "--backend", "onnx2tf", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
     assert r.returncode == 6 and "onnx2tf could not convert the model" in r.stderr, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+@needs_onnx2tf
+def test_onnx2tf_keeps_the_source_batch_and_checks_it_at_several_sizes(tmp_path):
+    """A symbolic batch goes to onnx2tf as it is; its -1 is judged at every batch size, as ours."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    onnx.save(two_convs(batch="N"), tmp_path / "m.onnx")
+    r = cli(["convert", "m.onnx", "-o", "out", "--backend", "onnx2tf", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    dyn = rep["dynamic"]
+    assert dyn["dims"]["N"]["kept"] and len(dyn["dims"]["N"]["checked_sizes"]) >= 3 and "reason" not in dyn
+    assert all(e["verdict"] == "ok" and all(f["ok"] for k in ("tensorflow", "tflite_float32") for f in e[k].values())
+               for e in dyn["checks"])
+    sig = Interpreter(model_path=str(tmp_path / "out" / "model_float32.tflite")).get_input_details()[0]["shape_signature"]
+    assert int(sig[0]) == -1
+
+
+@needs_onnx2tf
+def test_onnx2tf_refuses_free_dims_other_than_the_batch_in_one_line(tmp_path):
+    onnx.save(two_convs(batch="N", h="H", w="W"), tmp_path / "m.onnx")
+    r = cli(["convert", "m.onnx", "-o", "out", "--backend", "onnx2tf", "--onnx2tf-python", ONNX2TF_PYTHON], tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "dims H (axis 2), W (axis 3)" in r.stderr and "--input-shape input.1=" in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -128,11 +128,15 @@ def test_dynamic_batch_flag_on_a_fixed_batch_model_fails_clearly(tmp_path, capsy
     assert not os.path.exists(out)
 
 
-def test_dynamic_batch_with_quantize_is_refused_up_front(tmp_path, capsys):
+def test_dynamic_batch_with_quantize_that_cannot_be_kept_is_refused(tmp_path, capsys):
+    """--quantize no longer fixes the batch (quantized files keep free dims): a batch asked for
+    and fixed inside the model is refused as without --quantize, nothing written."""
     path = tmp_path / "m.onnx"
     onnx.save(_fixed_inside(), path)
     code = main(["convert", str(path), "-o", str(tmp_path / "out"), "--dynamic-batch", "--quantize", "fp16"])
-    assert code == EXIT_USAGE and "--quantize" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and "cannot be kept dynamic" in err and "Reshape" in err
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_gather_nd_over_leading_axes_with_the_batch_inside(tmp_path):

@@ -351,6 +351,79 @@ def test_compress_and_unique(tmp_path):
     assert ops.get("WHERE", 0) >= 1
 
 
+# --- data-dependent counts (a two-stage detector's RoI bookkeeping) ------------------------------
+def _two_stage_module():
+    """conv -> objectness per cell -> NonZero (score > 0, a run-time count) -> TopK with k computed
+    from that count -> the kept cells' features gathered -> split in two 'levels' by a test on
+    the data -> each level's rows written back into zeros of the run-time count, one by
+    ``scatter`` (ONNX ScatterElements, torchvision's MultiScaleRoIAlign) and one by index_put
+    (ScatterND). Every dim after the NonZero is known only at run time."""
+    import torch
+    import torch.onnx.operators
+    from torch import nn
+
+    class TwoStage(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.obj = nn.Conv2d(8, 1, 1)
+            self.head = nn.Linear(8, 6)
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x))
+            s = self.obj(f).flatten()
+            keep = torch.nonzero(s > 0).squeeze(1)
+            k = torch.clamp(torch.onnx.operators.shape_as_tensor(keep)[0], max=12)  # traced, as torchvision's _topk_min
+            top, order = torch.topk(s[keep], k)
+            feats = f.flatten(2)[0].t()[keep[order]]
+            level = feats.sum(1) > feats.mean()
+            out = torch.zeros(feats.shape[0], 6, dtype=feats.dtype)
+            at = torch.nonzero(level).squeeze(1)
+            out = out.scatter(0, at[:, None].expand(-1, 6), self.head(feats[at]) * 2.0)
+            at = torch.nonzero(~level).squeeze(1)
+            out[at] = self.head(feats[at]) - 1.0
+            return out, top
+
+    torch.manual_seed(5)
+    m = TwoStage().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    return m
+
+
+def test_data_dependent_counts_feed_scatter_and_gather(tmp_path):
+    """ScatterElements/ScatterND/Gather/TopK over counts known only at run time convert with exact
+    ONNX shapes (no padding) and follow the count of another input through the same .tflite.
+    TorchScript only: the dynamo exporter refuses a TopK whose k is a data-dependent count
+    (GuardOnDataDependentSymNode), as it refuses torchvision's detectors."""
+    import torch
+
+    from tests.torch_io import export, run_tflite
+
+    module = _two_stage_module()
+    x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    path = str(tmp_path / "two_stage.onnx")
+    export(module, (x,), path, "torchscript", 17)
+    model = onnx.load(path)
+    assert {"NonZero", "TopK"} <= {n.op_type for n in model.graph.node}
+    assert {"ScatterElements", "ScatterND"} & {n.op_type for n in model.graph.node}
+    result = _convert(model, tmp_path)
+    ops = _checked(result, model, max_abs=1e-3)
+    assert ops.get("WHERE", 0) >= 2 and ops.get("TOPK_V2", 0) >= 1
+    counts = set()
+    for seed in (2, 3, 4, 6):  # inputs the conversion never saw, with other counts
+        xi = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            want = [t.numpy() for t in module(xi)]
+        got = run_tflite(result, (xi,))
+        counts.add(want[1].shape[0])
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            assert np.abs(g - w).max() <= 1e-4 * max(np.abs(w).max(), 1.0)
+    assert len(counts) > 1, counts
+
+
 # --- transpose handlers ---------------------------------------------------------------------------
 def test_handlers_push_through_and_decline_with_reasons():
     from graph_convert_passes.lib.indexing_handlers import HANDLERS

@@ -329,3 +329,30 @@ def test_audio_front_end_with_a_dynamic_batch(tmp_path):
     with torch.no_grad():
         ref = module(*x).numpy()
     assert max_error_over_scale(run_tflite(result, x)[0], ref) <= 1e-5
+
+
+def test_audio_front_end_with_a_free_number_of_samples(tmp_path):
+    """A waveform's free length (TorchScript's dynamic_axes) is kept: audio-length check sizes,
+    longer than the 256-sample window, and the file at a length the conversion never saw."""
+    module = AudioFrontEnd(256, 128, 20, False).eval()
+    src = str(tmp_path / "model.onnx")
+    torch.onnx.export(module, (torch.randn(1, 4096),), src, dynamo=False, opset_version=17, input_names=["wav"],
+                      output_names=["feat"], dynamic_axes={"wav": {1: "samples"}})
+    result = convert(src, None, tmp_path / "out")
+    dims = result.report["dynamic"]["dims"]
+    assert dims["samples"]["kept"] and len(dims["samples"]["checked_sizes"]) >= 3, dims
+    assert min(dims["samples"]["checked_sizes"]) > 256
+    assert all(ch["verdict"] == "ok" for ch in result.report["dynamic"]["checks"]), result.report["dynamic"]["checks"]
+    assert not flex_or_custom(result), result.report["tflite"]["ops"]
+    x = (torch.randn(1, 5003),)
+    with torch.no_grad():
+        ref = module(*x).numpy()
+    got = run_tflite(result, x)[0]
+    assert got.shape == ref.shape
+    assert max_error_over_scale(got, ref) <= 1e-5
+    # the file as another converter's candidate: its default shape (1 sample) is not one the model
+    # takes, so it is run only at the checked lengths
+    from graph_convert import verify_file
+
+    res = verify_file(src, str(tmp_path / "out" / "model_float32.tflite"))
+    assert res.equivalent and len(res.report["dims"]["samples"]["checked_sizes"]) >= 3, res.report.get("dims")

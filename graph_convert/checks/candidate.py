@@ -15,7 +15,7 @@ import numpy as np
 from onnx import helper
 
 from graph_convert.checks.equivalence import Draw, Figures, Verifier, compare, worst
-from graph_convert.errors import ConvertError
+from graph_convert.errors import ConvertError, VerificationError
 from graph_convert.ir import Graph
 from graph_convert.ir import perm as P
 from graph_convert.process import import_tensorflow
@@ -49,7 +49,7 @@ def quiet():
     return quiet_fds()
 
 
-def _tflite_interpreter(path: str, keep_all: bool = False):
+def _tflite_interpreter(path: str, keep_all: bool = False, allocate: bool = True):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # keep_all: no XNNPACK delegate, whose fused partitions hide the tensors inside them
@@ -58,8 +58,19 @@ def _tflite_interpreter(path: str, keep_all: bool = False):
         warnings.simplefilter("ignore")  # keeping every tensor "is intended for debugging": that is what it is for here
         it = Interpreter(model_path=path, num_threads=1, experimental_preserve_all_tensors=keep_all,
                          experimental_op_resolver_type=resolver)
-        it.allocate_tensors()
+        if allocate:
+            it.allocate_tensors()
     return it
+
+
+def _runs(path: str, feeds: Mapping[str, np.ndarray], go):
+    """``go()``; a candidate that LiteRT cannot run at these shapes fails verification in one line."""
+    try:
+        return go()
+    except (RuntimeError, ValueError) as e:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+        raise VerificationError(f"candidate {path} does not run in the LiteRT interpreter at {shapes}: {_line(e)[:300]}",
+                                "candidate") from None
 
 
 def _tflite_spec(name: str, d: Mapping[str, Any]) -> Spec:
@@ -81,16 +92,27 @@ def pick_signature(names: Sequence[str], wanted: str | None, path: str) -> str |
     raise ConvertError(f"{path}: several signatures ({', '.join(names)}) and none is serving_default; choose one with --signature")
 
 
+def _load_error(path: str, e: Exception) -> ConvertError:
+    flex = sorted(set(re.findall(r"\((Flex\w+)\)", str(e))))
+    if "Select TensorFlow op" in str(e):
+        return ConvertError(f"candidate {path}: uses select TensorFlow ops ({', '.join(flex) or 'Flex'}), which need the Flex "
+                            f"delegate: the LiteRT interpreter (and a plain TFLite runtime) cannot run it, so it cannot be "
+                            f"checked; check the converter's SavedModel instead")
+    return ConvertError(f"candidate {path}: not a TFLite flatbuffer LiteRT can load ({_line(e)[:300]})")
+
+
 def load_tflite(path: str, signature: str | None = None) -> Candidate:
     try:
-        it = _tflite_interpreter(path)
+        it = _tflite_interpreter(path, allocate=False)
     except Exception as e:
-        flex = sorted(set(re.findall(r"\((Flex\w+)\)", str(e))))
-        if "Select TensorFlow op" in str(e):
-            raise ConvertError(f"candidate {path}: uses select TensorFlow ops ({', '.join(flex) or 'Flex'}), which need the Flex "
-                               f"delegate: the LiteRT interpreter (and a plain TFLite runtime) cannot run it, so it cannot be "
-                               f"checked; check the converter's SavedModel instead") from None
-        raise ConvertError(f"candidate {path}: not a TFLite flatbuffer LiteRT can load ({_line(e)[:300]})") from None
+        raise _load_error(path, e) from None
+    try:
+        it.allocate_tensors()
+    except Exception as e:
+        if "Select TensorFlow op" in str(e) or "custom op" in str(e):
+            raise _load_error(path, e) from None
+        # otherwise the file's default shape (a free dim is 1 there) is not one the model takes:
+        # the runs at the feeds' shapes decide
     sig = pick_signature(list(it.get_signature_list()), signature, path)
     if sig is None:  # a file without signatures: tensors by name, in the order the file lists them
         ins = [_tflite_spec(d["name"], d) for d in it.get_input_details()]
@@ -103,21 +125,27 @@ def load_tflite(path: str, signature: str | None = None) -> Candidate:
 
 
 def _run_tflite_signature(path: str, sig: str, feeds: Mapping[str, np.ndarray], keep_all: bool = False):
-    it = _tflite_interpreter(path, keep_all)
-    out = {k: np.array(v) for k, v in it.get_signature_runner(sig)(**feeds).items()}
+    # allocated by the runner at the feeds' shapes (a free dim is 1 in the file's default shape,
+    # which a model may not take)
+    it = _tflite_interpreter(path, keep_all, allocate=False)
+    out = _runs(path, feeds, lambda: {k: np.array(v) for k, v in it.get_signature_runner(sig)(**feeds).items()})
     return (out, it) if keep_all else out
 
 
 def _run_tflite_plain(path: str, feeds: Mapping[str, np.ndarray], keep_all: bool = False):
-    it = _tflite_interpreter(path, keep_all)
-    for d in it.get_input_details():
-        if tuple(d["shape"]) != feeds[d["name"]].shape:
-            it.resize_tensor_input(d["index"], feeds[d["name"]].shape)
-    it.allocate_tensors()
-    for d in it.get_input_details():
-        it.set_tensor(d["index"], feeds[d["name"]])
-    it.invoke()
-    out = {d["name"]: np.array(it.get_tensor(d["index"])) for d in it.get_output_details()}
+    it = _tflite_interpreter(path, keep_all, allocate=False)
+
+    def go():
+        for d in it.get_input_details():
+            if tuple(d["shape"]) != feeds[d["name"]].shape:
+                it.resize_tensor_input(d["index"], feeds[d["name"]].shape)
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], feeds[d["name"]])
+        it.invoke()
+        return {d["name"]: np.array(it.get_tensor(d["index"])) for d in it.get_output_details()}
+
+    out = _runs(path, feeds, go)
     return (out, it) if keep_all else out
 
 

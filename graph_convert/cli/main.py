@@ -305,9 +305,15 @@ def _summary(result) -> str:
         figs = [f for e in ok for k in ("tensorflow", "tflite_float32") for f in e.get(k, {}).values()]
         worst = max((f["max_abs"] for f in figs), default=0.0)
         worst_rel = max((f["max_rel"] for f in figs), default=0.0)  # the figure the tolerance judges
-        shown = "; ".join(", ".join(f"{n}={v}" for n, v in e["sizes"].items() if n in free) for e in ok)
+        shown = "; ".join(", ".join(f"{n}={v}" for n, v in e["sizes"].items() if n in free) + (" (--inputs)" if e.get("inputs") else "")
+                          for e in ok)
         lines.append(f"dynamic dims {', '.join(free)}: verified at {len(ok)} size(s): {shown} "
                      f"(max abs {worst:.2e}, / scale {worst_rel:.2e})")
+        for v, entry in (r.get("quantization") or {}).get("variants", {}).items():
+            key = (entry.get("sizes") or {}).get("key")
+            sq = [f["sqnr_db"] for e in ok for f in e.get(key, {}).values()] if key else []
+            if sq:
+                lines.append(f"  {v} ({entry['path']}): the same {len(ok)} size(s), SQNR {min(sq):.1f}-{max(sq):.1f} dB vs ONNX Runtime float32")
         for e in checks:
             if e["verdict"] != "ok":
                 lines.append(f"  not taken by the source at {', '.join(f'{n}={v}' for n, v in e['sizes'].items() if n in free)}")

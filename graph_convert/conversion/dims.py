@@ -11,8 +11,9 @@ with ``--dynamic-batch``, axis 0 of every batched input (named ``batch``). Each 
   :mod:`graph_convert.conversion.dynamic`), within ``--dim NAME=MIN..MAX[/MULTIPLE]`` when given.
 
 The sizes a free dim is converted at (the first two) and checked at (all of them) depend on its
-role: the batch (axis 0), an image axis (axis >= 2 of a rank-4+ input) or a sequence/length axis
-(anything else). They include sizes not used to convert, and sizes that are not multiples of the
+role: the batch (axis 0), an image axis (axis >= 2 of a rank-4+ input), an audio length (a name
+with "sample", "audio", "wav", "signal" or "pcm", or axis 1 of a float rank-2 input: a waveform) or a
+sequence/length axis (anything else). They include sizes not used to convert, and sizes that are not multiples of the
 usual strides, so a model that only takes multiples is reported as such.
 """
 from __future__ import annotations
@@ -33,7 +34,12 @@ SIZES = {
     "spatial": (160, 224, 128, 80, 100),
     "spatial2": (128, 192, 96, 112, 70),  # a second image axis: differs from the first, so H != W is checked
     "sequence": (16, 24, 8, 77, 13, 200),  # 200: longer than a usual 128-token export
+    # audio samples (a waveform: longer than an STFT window of 512 or 1024); 1 s at 16 kHz; and
+    # lengths that are no multiple of a usual hop (3000, 8001)
+    "audio": (4096, 6144, 3000, 16000, 8001),
 }
+# a free length is audio when its name says so, or when it is axis 1 of a float (batch, samples) input
+AUDIO_NAME = re.compile(r"sample|audio|wav|signal|pcm", re.I)
 MIN_CHECKED = 3  # a dim is advertised free only when checked at this many of its values
 
 
@@ -42,7 +48,7 @@ class Dim:
     """One named size of the inputs."""
 
     name: str
-    role: str  # "batch" | "spatial" | "sequence"
+    role: str  # "batch" | "spatial" | "spatial2" | "sequence" | "audio"
     axes: list[tuple[str, int]] = field(default_factory=list)  # (input, axis) carrying it
     fixed: int | None = None
     fixed_by: str = ""
@@ -132,6 +138,9 @@ def find_dims(model: onnx.ModelProto, *, force_batch: bool = False, named: dict[
             else:
                 name = d.dim_param or f"{vi.name}:{a}"
             role = "batch" if a == 0 else "spatial" if rank >= 4 and a >= 2 else "sequence"
+            is_float = vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+            if role == "sequence" and (AUDIO_NAME.search(name) or (is_float and rank == 2 and a == 1)):
+                role = "audio"
             if role == "spatial":
                 spatial_seen += 1
             dim = dims.setdefault(name, Dim(name, role))
@@ -172,6 +181,30 @@ def fix_dim(dim: Dim, value: int, by: str) -> None:
     if dim.fixed is not None and dim.fixed != value:
         raise ConvertError(f"{by}: dim {dim.name!r} is {dim.fixed} by {dim.fixed_by} and {value} here (one name, one size)")
     dim.fixed, dim.fixed_by = value, dim.fixed_by or by
+
+
+def sizes_of_arrays(dims: dict[str, Dim], shapes: dict[str, tuple[int, ...]], option: str) -> dict[str, int]:
+    """Each free dim's size in the user's arrays (``shapes``: input -> array shape). The arrays fix
+    no dim; a fixed dim must have its value there, one name has one size in every array carrying
+    it, and a free dim's size must lie in its ``--dim`` range. Anything else: one line naming the
+    input and the dim."""
+    out: dict[str, int] = {}
+    for n, d in dims.items():
+        for x, a in d.axes:
+            if x not in shapes or a >= len(shapes[x]):
+                continue
+            v = int(shapes[x][a])
+            where = f"{option}: array {x!r} has {v} on axis {a} (dim {n!r})"
+            if d.fixed is not None and v != d.fixed:
+                raise ConvertError(f"{where}, which {d.fixed_by} fixes to {d.fixed}")
+            if d.fixed is None and n in out and out[n] != v:
+                other = next(f"{y!r} axis {b}" for y, b in d.axes if y in shapes and int(shapes[y][b]) == out[n])
+                raise ConvertError(f"{where}, and {out[n]} in array {other}: one dim, one size")
+            if d.fixed is None and (v < d.lo or (d.hi is not None and v > d.hi) or v % d.multiple):
+                raise ConvertError(f"{where}, outside its allowed sizes {d.range_text()} ({d.requested})")
+            if d.fixed is None:
+                out[n] = v
+    return out
 
 
 def assignments(dims: dict[str, Dim]) -> list[dict[str, int]]:

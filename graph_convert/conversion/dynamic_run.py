@@ -20,7 +20,7 @@ from graph_convert.conversion import dims as DM
 from graph_convert.conversion import dynamic as D
 from graph_convert.conversion import shape_program as SP
 from graph_convert.errors import ConvertError, PassError, UnsupportedOpsError, VerificationError
-from graph_convert.checks.equivalence import Verifier, make_draws
+from graph_convert.checks.equivalence import Draw, Verifier, make_draws
 
 
 def sizes_text(sizes: dict[str, int], free) -> str:
@@ -37,7 +37,7 @@ def rewrite_dynamic(c, rewrite: Callable) -> None:
     def at(sizes: dict[str, int]):
         m = DM.with_shapes(c.model, DM.input_shapes(c.model, dims, sizes))
         try:
-            return rewrite(c, m)
+            return rewrite(c, m, None)
         except (VerificationError, PassError, UnsupportedOpsError):
             raise
         except ConvertError as e:  # the source itself fails at these sizes
@@ -67,25 +67,38 @@ def rewrite_dynamic(c, rewrite: Callable) -> None:
         c.say(f"warning: the batch stays static (1): {e}")
         for n in free:
             DM.fix_dim(dims[n], 1, "fallback (the batch could not be kept)")
+        if c.user_feeds is not None:  # the user's arrays must fit the static batch now
+            DM.sizes_of_arrays(dims, {x: np.shape(v) for x, v in c.user_feeds.items()}, "--inputs")
         c.model = DM.with_shapes(c.model, DM.input_shapes(c.model, dims, {n: d.fixed for n, d in dims.items()}))
-        c.rewritten, c.view = rewrite(c, c.model), None
+        c.rewritten, c.view = rewrite(c, c.model, c.user_feeds), None
         c.dyn_info = report_dims(c, reason=str(e))
         return
     c.dyn_info = report_dims(c)
     c.dyn_info.update(converted_at=plan[:2], **c.view.stats, checks=[])
     c.dyn_info["checks"].append({"sizes": plan[0], "converted": True, "verdict": None})
-    c.dyn_info["checks"].append({"sizes": plan[1], "converted": True, "verdict": None})
-    c.other_sizes = [(plan[1], second.verifier)]
+    c.other_sizes = [(plan[1], second.verifier, {"sizes": plan[1], "converted": True, "verdict": None})]
     for sizes in plan[2:]:
-        shapes = DM.input_shapes(c.model, dims, sizes)
-        try:
-            ver = Verifier(DM.with_shapes(c.model, shapes), make_draws(c.source_graph, c.options.seed, shapes), c.options.atol)
-        except ConvertError as e:
-            c.dyn_info["checks"].append({"sizes": sizes, "converted": False,
-                                         "verdict": f"the source model fails in ONNX Runtime at these sizes: {e}"})
-            continue
-        c.dyn_info["checks"].append({"sizes": sizes, "converted": False, "verdict": None})
-        c.other_sizes.append((sizes, ver))
+        _add_size(c, sizes, make_draws(c.source_graph, c.options.seed, DM.input_shapes(c.model, dims, sizes)), {})
+    if c.user_feeds is not None:  # the user's arrays: one more size, at their own shapes, besides the generated ones
+        sizes = {n: c.user_sizes.get(n, plan[0][n]) for n in plan[0]}
+        _add_size(c, sizes, [Draw("user (--inputs)", dict(c.user_feeds))], {"inputs": "--inputs"}, refuse=True)
+    c.dyn_info["checks"][1:1] = [c.other_sizes[0][2]]
+
+
+def _add_size(c, sizes: dict[str, int], draws: list, extra: dict[str, Any], refuse: bool = False) -> None:
+    """One more size to check at, with its ONNX Runtime reference on ``draws``; a size the source
+    cannot take is listed as such (``refuse``: the user's own inputs, which it must take)."""
+    entry: dict[str, Any] = {"sizes": sizes, "converted": False, **extra, "verdict": None}
+    try:
+        ver = Verifier(DM.with_shapes(c.model, DM.input_shapes(c.model, c.dims, sizes)), draws, c.options.atol)
+    except ConvertError as e:
+        if refuse:
+            raise ConvertError(f"--inputs: {e}") from None
+        entry["verdict"] = f"the source model fails in ONNX Runtime at these sizes: {e}"
+        c.dyn_info["checks"].append(entry)
+        return
+    c.dyn_info["checks"].append(entry)
+    c.other_sizes.append((sizes, ver, entry))
 
 
 def check_other_sizes(c, key: str, label: str, go, steps=None) -> None:
@@ -96,18 +109,16 @@ def check_other_sizes(c, key: str, label: str, go, steps=None) -> None:
     if c.dyn_info is None or "checks" not in c.dyn_info:
         return
     free = [n for n, d in c.dims.items() if d.free]
-    checks = {tuple(sorted(e["sizes"].items())): e for e in c.dyn_info["checks"]}
-    first = checks[tuple(sorted(c.size_plan[0].items()))]
-    first[key] = figures_dict(c.figures[key])
-    for sizes, ver in c.other_sizes:
-        entry = checks[tuple(sorted(sizes.items()))]
+    c.dyn_info["checks"][0][key] = figures_dict(c.figures[key])
+    for sizes, ver, entry in c.other_sizes:
+        where = f"{label} at {sizes_text(sizes, free)}" + (" on the --inputs arrays" if entry.get("inputs") else "")
         try:
-            entry[key] = figures_dict(ver.check(go, f"{label} at {sizes_text(sizes, free)}", steps))
+            entry[key] = figures_dict(ver.check(go, where, steps))
         except VerificationError as e:
             raise VerificationError(f"{e} (dynamic dims {', '.join(free)}: the conversion does not hold at these sizes; "
                                     f"fix them with {DM.fix_hint(c.model, c.dims, free)})", e.stage, e.culprit) from None
         except Exception as e:  # TF or LiteRT cannot run the file at this size: the dim cannot be kept
-            raise VerificationError(f"{label} at {sizes_text(sizes, free)}: does not run ({type(e).__name__}: "
+            raise VerificationError(f"{where}: does not run ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:300] if str(e) else ''}); fix the dims with "
                                     f"{DM.fix_hint(c.model, c.dims, free)}", key) from None
 

@@ -88,13 +88,15 @@ class Conversion:
     source_info: dict[str, Any] = field(default_factory=dict)
     shape_overrides: dict[str, tuple] = field(default_factory=dict)
     user_feeds: dict[str, np.ndarray] | None = None
+    user_sizes: dict[str, int] = field(default_factory=dict)  # each free dim's size in the user's --inputs arrays
     quant_plan: Any = None
     dims: dict[str, Any] = field(default_factory=dict)  # dims.Dim by name: every named size of the inputs
     dynamic: bool = False  # some dims stay free: converted at two sizes, checked at more
     size_plan: list[dict[str, int]] = field(default_factory=list)  # sizes converted at (first two) and checked at
     rewritten: Rewritten | None = None
     view: Any = None  # dynamic.DimView when some dims are dynamic
-    other_sizes: list[tuple[dict[str, int], Verifier]] = field(default_factory=list)
+    # every size checked besides the first: (sizes, its ONNX Runtime reference, its report.json dynamic.checks entry)
+    other_sizes: list[tuple[dict[str, int], Verifier, dict[str, Any]]] = field(default_factory=list)
     dyn_info: dict[str, Any] | None = None
     traced: Any = None  # what the back end built (the TF back end: emitter.Traced)
     io_names: tuple[list[str], list[str]] | None = None  # the artifacts' names of the graph's inputs and outputs
@@ -126,7 +128,11 @@ class Conversion:
     def dynamic_dims_hint(self) -> str:
         """``h, w; fix them with --input-shape x=1,3,H,W``: the free dims and how to fix them."""
         free = [n for n, d in self.dims.items() if d.free]
-        return f"{', '.join(free)}; fix them with {DM.fix_hint(self.model, self.dims, free)}"
+        return f"{', '.join(free)}; fix them with {self.fix_free_dims_hint()}"
+
+    def fix_free_dims_hint(self) -> str:
+        """``--input-shape x=1,3,H,W``: the options that fix every free dim."""
+        return DM.fix_hint(self.model, self.dims, [n for n, d in self.dims.items() if d.free])
 
     @property
     def graph(self) -> Graph:
@@ -196,12 +202,15 @@ def check_source(c: Conversion) -> None:
         c.user_feeds = check_user_inputs(graph, opts.inputs, "inputs")
     _plan_dims(c)
     if opts.quant is not None:  # quantization data and names are checked before any conversion work
-        c.quant_plan = Q.prepare(opts.quant, c.source_graph, c.shape_overrides, opts.seed)
+        # random samples of a free dim are drawn at the first size the model is converted at
+        at = DM.input_shapes(c.model, c.dims, DM.assignments(c.dims)[0]) if c.dynamic else None
+        c.quant_plan = Q.prepare(opts.quant, c.source_graph, c.shape_overrides, opts.seed, random_shapes=at)
 
 
 def _plan_dims(c: Conversion) -> None:
-    """Which input dims are fixed (``--input-shape``, ``--dim N=V``, ``--inputs``) and which stay
-    free (a symbolic dim of the source, ``--dynamic-batch``, ``--dim N=MIN..MAX``): a model whose
+    """Which input dims are fixed (``--input-shape``, ``--dim N=V``) and which stay free (a
+    symbolic dim of the source, ``--dynamic-batch``, ``--dim N=MIN..MAX``; ``--inputs`` fixes
+    none, its arrays are one more size to check): a model whose
     every dim is fixed is converted once with every shape static; free dims make the conversion
     dynamic (converted at two sizes, checked at more, see :mod:`graph_convert.conversion.dynamic`)."""
     opts = c.options
@@ -216,40 +225,41 @@ def _plan_dims(c: Conversion) -> None:
         for n in {d for _, shape in opts.input_shapes for d in shape if isinstance(d, str)} & set(c.dims):
             c.dims[n].requested = "--input-shape"
     DM.apply_fixes(c.dims, overrides, opts.dims)
-    asked = {n for n, d in c.dims.items() if d.free and d.requested != "symbolic dim in the source model"}
-    for clash, what in ((c.user_feeds is not None, "--inputs"), (opts.quant is not None, "--quantize")):
-        if clash and asked:
-            raise ConvertError(f"{'--dynamic-batch' if opts.dynamic_batch else 'a free --dim'} cannot be combined with {what} "
-                               f"(verification runs on generated inputs at several sizes; quantized models are written with "
-                               f"static shapes)")
-    if c.user_feeds is not None:  # the user's arrays fix every dim they carry
-        for n, d in c.dims.items():
-            if d.free:
-                x, a = d.axes[0]
-                DM.fix_dim(d, int(np.asarray(c.user_feeds[x]).shape[a]), "--inputs")
-    if opts.quant is not None:  # quantized files are static: a free batch is 1, other dims must be given
-        for d in c.dims.values():
-            if d.free and d.role == "batch":
-                DM.fix_dim(d, 1, "--quantize (static batch)")
-        free = [n for n, d in c.dims.items() if d.free]
-        if free:
-            raise ConvertError(f"--quantize writes static files: {DM.describe(c.dims, free)} "
-                               f"{'is' if len(free) == 1 else 'are'} symbolic; fix {'it' if len(free) == 1 else 'them'} with "
-                               f"{DM.fix_hint(c.model, c.dims, free)}")
+    reason = None
     if not c.backend.from_rewritten:  # another back end converts the source as it is, at static sizes
-        for d in c.dims.values():
-            if d.free and d.role == "batch":
-                DM.fix_dim(d, 1, f"--backend {c.backend.name} (static batch)")
-        free = [n for n, d in c.dims.items() if d.free]
-        if free:
-            raise ConvertError(f"--backend {c.backend.name} converts static shapes: {DM.describe(c.dims, free)} "
-                               f"{'is' if len(free) == 1 else 'are'} symbolic; fix them with {DM.fix_hint(c.model, c.dims, free)}")
+        reason = _static_backend_dims(c)
+    if c.user_feeds is not None:  # the user's arrays fix no dim: checked at their own sizes besides the generated ones
+        c.user_sizes = DM.sizes_of_arrays(c.dims, {x: np.shape(v) for x, v in c.user_feeds.items()}, "--inputs")
     c.dynamic = any(d.free for d in c.dims.values())
     fixed = {n: d.fixed for n, d in c.dims.items() if not d.free}
     if fixed and not c.dynamic:  # every symbolic dim has its value: every shape is static from here on
         c.model = DM.with_shapes(c.model, DM.input_shapes(c.model, c.dims, fixed))
         c.source_graph = from_onnx(c.model)
+        c.dyn_info = DR.report_dims(c, reason=reason)
+    elif c.dynamic and not c.backend.from_rewritten:  # the back end checks its free batch (its dynamic.checks)
         c.dyn_info = DR.report_dims(c)
+
+
+def _static_backend_dims(c: Conversion) -> str | None:
+    """A back end that converts the source as it is (onnx2tf) keeps at most the source's own
+    symbolic batch (onnx2tf writes it as -1; the back end checks it at several sizes or falls
+    back to 1 itself): any other free dim is refused in one line. A batch beside fixed dims is
+    fixed to 1, with a warning and report.json ``dynamic.reason``."""
+    name = c.backend.name
+    free = [n for n, d in c.dims.items() if d.free]
+    refused = [n for n in free if c.dims[n].role != "batch" or c.dims[n].requested != "symbolic dim in the source model"]
+    if refused:
+        raise ConvertError(f"--backend {name} converts static shapes: {DM.describe(c.dims, refused)} cannot stay free "
+                           f"(our back end keeps and checks free dims); fix "
+                           f"{'it' if len(refused) == 1 else 'them'} with {DM.fix_hint(c.model, c.dims, refused)}")
+    if not free or len(free) == len(c.dims):
+        return None
+    for n in free:
+        DM.fix_dim(c.dims[n], 1, f"--backend {name} (static batch)")
+    reason = (f"--backend {name}: {DM.describe(c.dims, free)} fixed to 1 beside the dims fixed by "
+              f"{', '.join(sorted({d.fixed_by for d in c.dims.values() if d.fixed_by and d.name not in free}))}")
+    c.say(f"warning: {reason}")
+    return reason
 
 
 def _choose_backend(c: Conversion) -> None:
@@ -296,7 +306,7 @@ def rewrite_graph(c: Conversion) -> None:
     if not c.dynamic:
         c.rewritten = _rewrite(c, c.model, c.user_feeds, c.source_graph)
     else:
-        DR.rewrite_dynamic(c, lambda c, m: _rewrite(c, m))
+        DR.rewrite_dynamic(c, lambda c, m, feeds: _rewrite(c, m, feeds))
     missing = c.backend.unsupported(c, c.graph)
     if missing:  # a pass made an op the back end does not know
         raise UnsupportedOpsError(missing)

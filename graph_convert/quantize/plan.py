@@ -28,10 +28,14 @@ class QuantPlan:
     source_nodes: set[str]
 
 
-def prepare(opts: QuantOptions, graph, shape_overrides: Mapping[str, tuple] | None = None, seed: int = 0) -> QuantPlan:
+def prepare(opts: QuantOptions, graph, shape_overrides: Mapping[str, tuple] | None = None, seed: int = 0,
+            random_shapes: Mapping[str, tuple] | None = None) -> QuantPlan:
     """Everything that can be checked before conversion work: node names, calibration and
-    evaluation data (loaded, checked, split). ``graph`` is the source graph, before any pass."""
+    evaluation data (loaded, checked, split). ``graph`` is the source graph, before any pass.
+    ``random_shapes``: the input shapes random samples take where the inputs have free dims (the
+    user's samples may have any size there, one size per input)."""
     specs = input_specs(graph, shape_overrides)
+    random_specs = input_specs(graph, random_shapes) if random_shapes else specs
     nodes = {n.name for n in graph.nodes}
     for name in opts.float_ops:
         if name not in nodes:
@@ -40,7 +44,7 @@ def prepare(opts: QuantOptions, graph, shape_overrides: Mapping[str, tuple] | No
             raise ConvertError(f"--float-ops {name!r}: no node of that name in the model{hint}")
     calib, cinfo = None, {"source": None}
     if isinstance(opts.calibration, str) and opts.calibration == "random":
-        calib = random_samples(specs, RANDOM_CALIBRATION_SAMPLES, seed + 1)
+        calib = random_samples(random_specs, RANDOM_CALIBRATION_SAMPLES, seed + 1)
         cinfo = {"source": "random", "warning": "calibrated on random data: int8-full ranges do not reflect real inputs"}
     elif opts.calibration is not None:
         calib, cinfo = load_samples(opts.calibration, specs, opts, "--calibration")
@@ -60,7 +64,7 @@ def prepare(opts: QuantOptions, graph, shape_overrides: Mapping[str, tuple] | No
         evals, calib = take_runs(calib, np.sort(order[:k])), take_runs(calib, np.sort(order[k:]))
         einfo = {"source": f"held out from --calibration ({k} of {n} samples, seed {seed}; not used for calibration)", "meaningful": True}
     else:
-        evals = random_samples(specs, RANDOM_EVAL_SAMPLES, seed + 2)
+        evals = random_samples(random_specs, RANDOM_EVAL_SAMPLES, seed + 2)
         einfo = {"source": "random", "meaningful": False}
     if calib is not None:
         cinfo["samples"] = count_runs(calib)

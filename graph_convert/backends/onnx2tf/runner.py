@@ -171,7 +171,13 @@ def gate(cand: Candidate, verifier: Verifier, graph, shapes: dict, model: onnx.M
     return figures, ins + outs
 
 
-def _load(path: str) -> Candidate:
+def static_batch(cand: Candidate) -> int | None:
+    """The batch (axis 0) a file's inputs fix, or None when it is free (``-1`` / ``None``) in any."""
+    sizes = [i.shape[0] for i in cand.inputs if i.shape]
+    return None if not sizes or any(v is None for v in sizes) else int(sizes[0])
+
+
+def load_for_gate(path: str) -> Candidate:
     """onnx2tf's file, refused in terms the user knows (not our temporary folder's path)."""
     try:
         return load_candidate(path)
@@ -187,6 +193,6 @@ def convert_and_gate(python: str, model: onnx.ModelProto, graph, verifier: Verif
     figures, io = {}, {}
     for key, label in (("tensorflow", "SavedModel"), ("tflite_float32", "TFLite float32")):
         path = paths["saved_model" if key == "tensorflow" else "tflite_float32"]
-        figures[key], pairs = gate(_load(path), verifier, graph, shapes, model, label)
+        figures[key], pairs = gate(load_for_gate(path), verifier, graph, shapes, model, label)
         io[key] = [p.as_dict() for p in pairs]
     return paths, figures, io

@@ -249,12 +249,46 @@ def quantize(c) -> None:
                                              float_tflite=c.paths["tflite_float32"], source_model=c.model, graph=c.graph,
                                              in_names=t.in_names, out_names=t.out_names, scopes=t.scopes, say=c.say)
     c.paths.update(qpaths)
+    if c.dyn_info is not None and "checks" in c.dyn_info:
+        for variant, entry in c.report["quantization"]["variants"].items():
+            check_quantized_sizes(c, variant, entry)
+
+
+def check_quantized_sizes(c, variant: str, entry: dict) -> None:
+    """A quantized file that keeps free dims, at every size the float32 file was checked at
+    (:mod:`graph_convert.quantize.sizes`); figures to each size's report.json entry."""
+    from graph_convert import quantize as Q
+    from graph_convert.quantize import sizes as QS
+
+    path = os.path.join(c.work, entry["path"])
+    key = Q.VARIANTS[variant][1]
+
+    def run(feeds):  # one sample; int8 inputs/outputs (--int8-io) go through the file's own scales
+        return {k: v[0] for k, v in Q.run_tflite_many(path, {k: np.asarray(v)[None] for k, v in feeds.items()}).items()}
+
+    free = [n for n, d in c.dims.items() if d.free]
+    per_size, labels = [], []
+    first = c.dyn_info["checks"][0]
+    for sizes, ver, rep in [(first["sizes"], c.verifier, first)] + list(c.other_sizes):
+        label = ", ".join(f"{n}={sizes[n]}" for n in free) + (" (--inputs)" if rep.get("inputs") else "")
+        figs = QS.figures_at(ver, runner(c, run), f"TFLite {variant} at {label}")
+        rep[key] = {y: f.as_dict() for y, f in figs.items()}
+        labels.append(label)
+        if not rep.get("inputs"):  # the user's arrays are other data than the draws: their SQNR is not comparable
+            per_size.append((label, figs))
+    floats = {y for y, r in c.verifier.references[0].items() if np.asarray(r).dtype.kind == "f"}
+    best = QS.judge(per_size, floats, f"TFLite {variant}", c.fix_free_dims_hint())
+    entry["sizes"] = {"key": key} | QS.summary(best, labels, c.user_feeds is not None)
 
 
 def report(c) -> None:
     from graph_convert.conversion.report import build_report
 
-    c.dynamic_verdicts(["tensorflow"] + (["tflite_float32"] if tflite_wanted(c) else []))
+    from graph_convert import quantize as Q
+
+    stages = ["tensorflow"] + (["tflite_float32"] if tflite_wanted(c) else []) + (["tflite_int8"] if "tflite_int8" in c.paths else [])
+    stages += [Q.VARIANTS[v][1] for v in (c.report.get("quantization") or {}).get("variants", {})]
+    c.dynamic_verdicts(stages)
     build_report(c)
 
 

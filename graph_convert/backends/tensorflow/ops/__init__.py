@@ -17,14 +17,15 @@ An emitter that cannot translate a form raises :class:`ConvertError` naming the 
 reason, never a silently different result. Where to add an op: the module of its family
 (``elementwise``, ``shape``, ``linalg``, ``reduce``, ``nn``, ``norm``, ``resize``, ``recurrent``,
 ``signal``, ``attention``, ``sampling`` (GridSample, AffineGrid, DeformConv), ``detection`` (NonMaxSuppression, RoiAlign),
-``indexing`` (Compress, Unique, ReverseSequence, CenterCropPad, MaxUnpool, CumProd)), with
+``indexing`` (Compress, Unique, ReverseSequence, CenterCropPad, MaxUnpool, CumProd), ``scatter``
+(ScatterND, ScatterElements)), with
 ``@emitter("OpType")`` from ``core``.
 """
 from __future__ import annotations
 
 from graph_convert.backends.tensorflow.ops import (  # noqa: F401  (they fill the table)
     attention, control_flow, detection, elementwise, indexing, linalg, nn, norm, quantized, recurrent, reduce, resize, sampling,
-    shape, signal)
+    scatter, shape, signal)
 from graph_convert.backends.tensorflow.ops.core import EMITTERS, LAYOUT_AWARE, emitter
 
 

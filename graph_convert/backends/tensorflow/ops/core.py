@@ -266,3 +266,68 @@ def scalar_operand(node: Node, ctx: EmitContext, x: list, j: int):
     if v is None:
         return None if len(node.inputs) <= j or not node.inputs[j] else tf.reshape(x[j], [])
     return v.reshape(-1)[0].item()
+
+
+def nonneg_index(idx, dim):
+    """ONNX indices may be negative (counted from the end)."""
+    return tf.where(idx < tf.zeros_like(idx), idx + tf.cast(dim, idx.dtype), idx)
+
+
+def index_grid(shape: list[int], dtype, skip: int | None = None) -> list:
+    """Per axis, a constant tensor of ``shape`` holding that axis' coordinate (None at ``skip``)."""
+    grids = np.indices(shape, dtype=dtype.as_numpy_dtype) if shape else np.zeros((0,), dtype.as_numpy_dtype)
+    return [None if a == skip else tf.constant(grids[a]) for a in range(len(shape))]
+
+
+def partial_value(t, depth: int = 0) -> list | None:
+    """The entries of a small int vector (or scalar, as one entry) known at conversion time, None
+    where known only at run time: shape arithmetic (Shape, slices and gathers of it, Pack, Concat,
+    Cast, Reshape) traced back through the graph, so that a ConstantOfShape of ``[n, 256, 14, 14]``
+    with a run-time RoI count ``n`` keeps its three static dims. None when nothing is known."""
+    v = tf.get_static_value(t)
+    if v is not None:
+        return [int(a) for a in np.asarray(v).reshape(-1)]
+    if depth > 12 or t.shape.rank not in (0, 1) or not hasattr(t, "op"):
+        return None
+    op = t.op
+    ins = list(op.inputs)
+    if op.type == "Shape":
+        r = ins[0].shape.rank
+        return None if r is None else ins[0].shape.as_list()
+    if op.type in ("Cast", "Identity", "Reshape", "ExpandDims", "Squeeze"):
+        return partial_value(ins[0], depth + 1) if ins[0].shape.num_elements() in (None, 1) or op.type in ("Cast", "Identity") else None
+    if op.type in ("Pack", "ConcatV2"):
+        parts = [partial_value(a, depth + 1) for a in (ins if op.type == "Pack" else ins[:-1])]
+        if all(p is None for p in parts):
+            return None
+        out: list = []
+        for a, p in zip(ins, parts):
+            n = a.shape.num_elements() if op.type == "ConcatV2" else 1
+            if p is None and n is None:
+                return None
+            out += p if p is not None else [None] * n
+        return out
+    if op.type == "GatherV2":
+        src, idx, axis = partial_value(ins[0], depth + 1), tf.get_static_value(ins[1]), tf.get_static_value(ins[2])
+        if src is None or idx is None or axis not in (0, None):
+            return None
+        try:
+            return [src[int(i)] for i in np.asarray(idx).reshape(-1)]
+        except IndexError:  # out of range: TF reports it when the graph runs
+            return None
+    if op.type == "Slice":
+        src, b, n = partial_value(ins[0], depth + 1), tf.get_static_value(ins[1]), tf.get_static_value(ins[2])
+        if src is None or b is None or n is None:
+            return None
+        return src[int(b[0]):] if int(n[0]) < 0 else src[int(b[0]):int(b[0]) + int(n[0])]
+    if op.type == "StridedSlice":
+        src = partial_value(ins[0], depth + 1)
+        b, e, s = (tf.get_static_value(a) for a in ins[1:4])
+        if src is None or b is None or e is None or s is None or op.get_attr("ellipsis_mask") or op.get_attr("new_axis_mask"):
+            return None
+        lo = None if op.get_attr("begin_mask") & 1 else int(b[0])
+        hi = None if op.get_attr("end_mask") & 1 else int(e[0])
+        if op.get_attr("shrink_axis_mask") & 1:
+            return [src[lo or 0]] if -len(src) <= (lo or 0) < len(src) else None
+        return src[slice(lo, hi, int(s[0]))]
+    return None

@@ -19,7 +19,10 @@ from graph_convert.backends.tensorflow.ops.core import (
     make_constant,
     dims_of,
     tflite_gap,
+    index_grid,
     input_value,
+    nonneg_index,
+    partial_value,
     to_lite,
     dims_product,
     scalar_operand,
@@ -226,6 +229,24 @@ def emit_slice(node, x, ctx):
         starts, ends = [int(v) for v in vals[0]], [int(v) for v in vals[1]]
     sl = [slice(None)] * rank
     shape = x[0].shape.as_list()
+    out_ir = ctx.shape(node.outputs[0])
+    out_ir = list(out_ir) if out_ir is not None and len(out_ir) == rank else [None] * rank
+    if any(shape[a % rank] is None and not isinstance(out_ir[a % rank], int) for a in axes):
+        # a slice of a run-time dim (a count of detections) whose length nobody knows now: TF's
+        # strided slice clamps the ends to it, but the TFLite converter may turn it into a SLICE of
+        # size end - begin, which fails past the end
+        (t,), dt = to_lite(node, "slice", x[0])
+        y = _slice_runtime(t, tf.constant(starts, tf.int64), tf.constant(ends, tf.int64), [a % rank for a in axes], steps)
+        # run-time bounds hide every dim from TF: restore the ones known now
+        known = [d if d is not None else (o if isinstance(o, int) else None) for d, o in zip(shape, out_ir)]
+        for st_, e_, a, sp in zip(starts, ends, axes, steps):
+            if shape[a % rank] is not None:
+                b, e2 = _slice_bounds(st_, e_, sp, shape[a % rank])
+                known[a % rank] = len(range(b, -1 if e2 is None else e2, sp))
+            else:
+                known[a % rank] = None
+        y.set_shape(known)
+        return cast_back(y, dt)
     for s, e, a, st in zip(starts, ends, axes, steps):
         a %= rank
         dim = shape[a]
@@ -279,11 +300,6 @@ def _slice_high_rank(node: Node, t, shape: list[int], sl: list[slice]):
     return tf.reshape(y, [len(range(d)[sl[a]]) for a, d in enumerate(shape)])
 
 
-def _nonneg_index(idx, dim):
-    """ONNX indices may be negative (counted from the end)."""
-    return tf.where(idx < tf.zeros_like(idx), idx + tf.cast(dim, idx.dtype), idx)
-
-
 @emitter("Gather")
 def emit_gather(node, x, ctx):
     axis = node.attr("axis", 0) % max(len(x[0].shape), 1)
@@ -306,15 +322,9 @@ def emit_gather(node, x, ctx):
             return cast_back(y, dt)
         idx = tf.constant(iv)
     else:
-        idx = _nonneg_index(x[1], dim if dim is not None else tf.shape(x[0], out_type=x[1].dtype)[axis])
+        idx = nonneg_index(x[1], dim if dim is not None else tf.shape(x[0], out_type=x[1].dtype)[axis])
     (t,), dt = to_lite(node, "gather", x[0])
     return cast_back(tf.gather(t, idx, axis=axis), dt)
-
-
-def _coords(shape: list[int], dtype, skip: int | None = None) -> list:
-    """Per axis, a constant tensor of ``shape`` holding that axis' coordinate (None at ``skip``)."""
-    grids = np.indices(shape, dtype=dtype.as_numpy_dtype) if shape else np.zeros((0,), dtype.as_numpy_dtype)
-    return [None if a == skip else tf.constant(grids[a]) for a in range(len(shape))]
 
 
 @emitter("GatherElements")
@@ -331,10 +341,10 @@ def emit_gather_elements(node, x, ctx):
         cols = [None if a == axis else tf.broadcast_to(tf.reshape(tf.range(ish[a]), [-1 if i == a else 1 for i in range(rank)]), ish)
                 for a in range(rank)]
         bound = dshape[axis] if dshape is not None else tf.shape(data)[axis]
-        cols[axis] = _nonneg_index(idx, bound)
+        cols[axis] = nonneg_index(idx, bound)
     else:
-        cols = _coords(ishape, idx.dtype, skip=axis)
-        cols[axis] = _nonneg_index(idx, dshape[axis])
+        cols = index_grid(ishape, idx.dtype, skip=axis)
+        cols[axis] = nonneg_index(idx, dshape[axis])
     (t,), dt = to_lite(node, "gather", data)
     return cast_back(tf.gather_nd(t, tf.stack(cols, axis=-1)), dt)
 
@@ -352,7 +362,7 @@ def emit_gather_nd(node, x, ctx):
         bounds = tf.constant(np.array(bounds, dtype=idx.dtype.as_numpy_dtype))
     else:
         bounds = tf.stack([tf.cast(d, idx.dtype) for d in bounds])
-    idx = _nonneg_index(idx, bounds)
+    idx = nonneg_index(idx, bounds)
     slice_dims = data.shape.as_list()[b + k:]
     if 0 in slice_dims:  # empty slices (YOLO's mask columns when it has none): TF's kernel refuses them
         return tf.zeros(tf.concat([tf.shape(idx)[:-1], slice_dims], 0), data.dtype)
@@ -360,70 +370,10 @@ def emit_gather_nd(node, x, ctx):
         ishape = static_shape(idx)
         if ishape is None:
             raise unsupported(node, "batch_dims > 0 with unknown index shape")
-        grid = _coords(ishape[:-1], idx.dtype)[:b]
+        grid = index_grid(ishape[:-1], idx.dtype)[:b]
         idx = tf.concat([tf.expand_dims(g, -1) for g in grid] + [idx], axis=-1)
     (t,), dt = to_lite(node, "gather", data)
     return cast_back(tf.gather_nd(t, idx), dt)
-
-
-def _scatter_rows(node: Node, data2, rows, upd2, reduction: str):
-    """Scatter ``upd2`` (M, R) into rows ``rows`` (M,) of ``data2`` (N, R) with an ONNX reduction."""
-    n = data2.shape[0]
-    if reduction == "none":  # duplicate rows: the last update wins, as ONNX Runtime applies them
-        # (TFLite's scatter adds duplicates: max-unpooling with overlapping windows writes some twice)
-        (d, u), dt = to_lite(node, ("gather", "select"), data2, upd2)
-        winner = tf.math.unsorted_segment_max(tf.range(tf.shape(u)[0]), tf.cast(rows, tf.int32), n)
-        return cast_back(tf.where((winner >= 0)[:, None], tf.gather(u, tf.maximum(winner, 0)), d), dt)
-    if reduction == "add":
-        (d, u), dt = to_lite(node, "scatter_add", data2, upd2)
-        return cast_back(tf.tensor_scatter_nd_add(d, rows[:, None], u), dt)
-    # duplicates must combine: reduce the updates per row first (TFLite UNSORTED_SEGMENT_*)
-    (d, u), dt = to_lite(node, ("segment", "select", "maximum", "minimum", "mul"), data2, upd2)
-    seg_ids = tf.cast(rows, tf.int32)
-    if reduction == "mul":
-        return cast_back(d * tf.math.unsorted_segment_prod(u, seg_ids, n), dt)
-    if reduction not in ("max", "min"):
-        raise unsupported(node, f"reduction {reduction!r}")
-    seg = (tf.math.unsorted_segment_max if reduction == "max" else tf.math.unsorted_segment_min)(u, seg_ids, n)
-    touched = tf.math.unsorted_segment_max(tf.ones_like(u[:, :1], dtype=tf.float32), seg_ids, n) > 0.0
-    both = tf.math.maximum(d, seg) if reduction == "max" else tf.math.minimum(d, seg)
-    return cast_back(tf.where(touched, both, d), dt)
-
-
-def _row_index(idx, dims: list[int]):
-    """Row-major linear index of the leading ``len(dims)`` coordinates in ``idx[..., :]``."""
-    strides = np.cumprod([1] + dims[::-1][:-1])[::-1].astype(np.int64)
-    return tf.reduce_sum(tf.cast(idx, tf.int64) * tf.constant(strides), axis=-1)
-
-
-@emitter("ScatterND")
-def emit_scatter_nd(node, x, ctx):
-    data, idx, upd = x
-    dshape, ishape = static_shape(data), static_shape(idx)
-    if dshape is None or ishape is None:
-        raise unsupported(node, "unknown input shapes")
-    k = ishape[-1]
-    idx = _nonneg_index(idx, tf.constant(np.array(dshape[:k], dtype=idx.dtype.as_numpy_dtype)))
-    n, r = int(np.prod(dshape[:k])), int(np.prod(dshape[k:]))
-    m = int(np.prod(ishape[:-1]))
-    rows = tf.reshape(_row_index(idx, dshape[:k]), [m])
-    y = _scatter_rows(node, tf.reshape(data, [n, r]), rows, tf.reshape(upd, [m, r]), node.attr("reduction", "none"))
-    return tf.reshape(y, dshape)
-
-
-@emitter("ScatterElements", "Scatter")
-def emit_scatter_elements(node, x, ctx):
-    data, idx, upd = x
-    dshape, ishape = static_shape(data), static_shape(idx)
-    if dshape is None or ishape is None:
-        raise unsupported(node, "unknown input shapes")
-    axis = node.attr("axis", 0) % len(dshape)
-    cols = _coords(ishape, tf.int64, skip=axis)
-    cols[axis] = tf.cast(_nonneg_index(idx, dshape[axis]), tf.int64)
-    m = int(np.prod(ishape))
-    rows = tf.reshape(_row_index(tf.stack(cols, axis=-1), dshape), [m])
-    y = _scatter_rows(node, tf.reshape(data, [-1, 1]), rows, tf.reshape(upd, [m, 1]), node.attr("reduction", "none"))
-    return tf.reshape(y, dshape)
 
 
 @emitter("ConstantOfShape")
@@ -440,7 +390,11 @@ def emit_constant_of_shape(node, x, ctx):
             return tf.fill(tf.cast(x[0], tf.int64), exact)
     for c in CONTAINERS.get(dt, (dt,)):
         if c in LITE_DTYPES["fill"]:
-            return cast_back(tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt) if c == dt else tf.cast(value[0], c)), dt)
+            y = cast_back(tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt) if c == dt else tf.cast(value[0], c)), dt)
+            known = partial_value(x[0])  # the dims known now (a run-time count beside static ones)
+            if known is not None and y.shape.rank == len(known):
+                y.set_shape(known)
+            return y
     tflite_gap(node, f"TFLite has no FILL kernel for {dt.name}")
     return tf.fill(tf.cast(x[0], tf.int64), tf.constant(value[0], dtype=dt))
 

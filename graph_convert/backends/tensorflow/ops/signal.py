@@ -137,8 +137,6 @@ def emit_stft(node, x, ctx):
     if shape is None or len(shape) != 3:
         raise unsupported(node, "a signal of unknown shape or of rank other than 2 or 3 ([batch, length(, 1 or 2)])")
     _, length, c_in = shape
-    if length is None:
-        raise unsupported(node, "a signal of unknown length")
     batch = dims_of(sig)[0]  # a dynamic batch stays dynamic
     if c_in not in (1, 2):
         raise unsupported(node, f"a last axis of {c_in} (1: real, 2: complex)")
@@ -148,6 +146,8 @@ def emit_stft(node, x, ctx):
     frame_length = _int_input(node, ctx, x, 3, "frame_length")
     if frame_length is None:
         if not has_window:
+            if length is None:
+                raise unsupported(node, "a signal of unknown length framed as a whole (no window, no frame_length)")
             frame_length = length
         else:
             wshape = x[2].shape.as_list()
@@ -157,9 +157,10 @@ def emit_stft(node, x, ctx):
     onesided = bool(node.attr("onesided", 1))
     if onesided and c_in == 2:
         raise unsupported(node, "a one-sided STFT of a complex signal")
-    if step < 1 or frame_length < 1 or frame_length > length:
+    if step is None or step < 1 or frame_length < 1 or (length is not None and frame_length > length):
         raise unsupported(node, f"frame_step {step} / frame_length {frame_length} for a signal of length {length}")
-    frames = 1 + (length - frame_length) // step
+    # a signal of run-time length (a free audio dim): VALID strided frames, their count read at run time
+    frames = -1 if length is None else 1 + (length - frame_length) // step
     bins = frame_length // 2 + 1 if onesided else frame_length
     w = _dft_matrix(frame_length, c_in, frame_length, bins, False, False)  # (frame_length * c_in, bins * 2)
     np_dt = sig.dtype.as_numpy_dtype
@@ -169,6 +170,8 @@ def emit_stft(node, x, ctx):
         filters = (w.reshape(frame_length, c_in, bins * 2) * win[:, None, None]).astype(np_dt)
         y = tf.nn.conv1d(sig, ctx.weight(filters), stride=step, padding="VALID")
         return cast_back(tf.reshape(y, shape_tensor([batch, frames, bins, 2])), dt)
+    if length is None:
+        raise unsupported(node, "a window computed at run time over a signal of unknown length")
     (win,), _ = lite_float(node, x[2]) if x[2].dtype != sig.dtype else ((x[2],), None)
     idx = (np.arange(frames)[:, None] * step + np.arange(frame_length)[None, :]).astype(np.int32)
     framed = tf.gather(sig, tf.constant(idx), axis=1)  # (batch, frames, frame_length, c)
