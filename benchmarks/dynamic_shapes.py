@@ -5,11 +5,13 @@ For a detector (YOLO-style: strided convs, nearest upsample, concat, a head per 
 the sequence, attention), every parameter random, exported with TorchScript and symbolic dims:
 
 - the dynamic conversion (dims kept, proven at 5 sizes) and the static one (``--input-shape`` at
-  the benchmark size) are timed;
+  the benchmark size) are timed in one process after an untimed warm-up conversion (a process's
+  first conversion pays TensorFlow's one-time costs), in turn, ``--conv-rounds`` times each
+  (median);
 - both .tflite files run on LiteRT (XNNPACK, one thread) at the benchmark size, the dynamic one
   after ``resize_tensor_input``, interleaved in one process (median of the rounds).
 
-A plain script, not a test: ``python benchmarks/dynamic_shapes.py [--rounds 50] [--only NAME]``
+A plain script, not a test: ``python benchmarks/dynamic_shapes.py [--rounds 50] [--conv-rounds 3] [--only NAME]``
 prints one table; ``--onnx FILE --shape 1,3,320,320`` measures a given ONNX file with symbolic
 dims instead (e.g. ultralytics' YOLOv8 exported with ``dynamic=True``).
 """
@@ -141,7 +143,7 @@ def _interpreter(path: str, shape: tuple | None):
     return it, d["index"]
 
 
-def _bench(name: str, rounds: int, folder: str, onnx_file: tuple | None = None) -> dict:
+def _bench(name: str, rounds: int, folder: str, conv_rounds: int, onnx_file: tuple | None = None) -> dict:
     from graph_convert import convert
 
     if onnx_file is None:
@@ -149,12 +151,21 @@ def _bench(name: str, rounds: int, folder: str, onnx_file: tuple | None = None) 
         _, _, inp, _, shape, dt = CASES[name]
     else:  # a given ONNX file with symbolic dims (e.g. ultralytics' dynamic=True export)
         src, inp, shape, dt = onnx_file
-    t = time.perf_counter()
-    dyn = convert(src, output_dir=os.path.join(folder, f"{name}_dynamic"))
-    t_dyn = time.perf_counter() - t
-    t = time.perf_counter()
-    st = convert(src, output_dir=os.path.join(folder, f"{name}_static"), input_shapes=[(inp, shape)])
-    t_st = time.perf_counter() - t
+    # one untimed conversion first (TensorFlow's first trace and converter run in a process pay
+    # one-time costs), then the two conversions in turn, ``conv_rounds`` times each, medians
+    convert(src, output_dir=os.path.join(folder, f"{name}_warmup"), input_shapes=[(inp, shape)])
+    t_conv: dict[str, list[float]] = {"dynamic": [], "static": []}
+    for r in range(conv_rounds):
+        for key in (("dynamic", "static") if r % 2 == 0 else ("static", "dynamic")):
+            kw = {} if key == "dynamic" else {"input_shapes": [(inp, shape)]}
+            t = time.perf_counter()
+            res = convert(src, output_dir=os.path.join(folder, f"{name}_{key}"), overwrite=True, **kw)
+            t_conv[key].append(time.perf_counter() - t)
+            if key == "dynamic":
+                dyn = res
+            else:
+                st = res
+    t_dyn, t_st = statistics.median(t_conv["dynamic"]), statistics.median(t_conv["static"])
     kept = [n for n, d in dyn.report["dynamic"]["dims"].items() if d.get("kept")]
     # the benchmark input, in the files' layout (channels-last for images)
     rng = np.random.default_rng(0)
@@ -186,6 +197,7 @@ def _bench(name: str, rounds: int, folder: str, onnx_file: tuple | None = None) 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--conv-rounds", type=int, default=3, help="timed conversions of each kind (median)")
     ap.add_argument("--only", choices=sorted(CASES))
     ap.add_argument("--onnx", help="benchmark this ONNX file instead (its first input; with --shape)")
     ap.add_argument("--shape", help="the benchmark size of --onnx's first input, e.g. 1,3,320,320")
@@ -197,9 +209,9 @@ def main(argv=None) -> int:
 
             first = onnx.load(args.onnx, load_external_data=False).graph.input[0].name
             shape = tuple(int(v) for v in args.shape.split(","))
-            rows.append(_bench(os.path.basename(args.onnx), args.rounds, folder, (args.onnx, first, shape, np.float32)))
+            rows.append(_bench(os.path.basename(args.onnx), args.rounds, folder, args.conv_rounds, (args.onnx, first, shape, np.float32)))
         for name in ([] if args.onnx else [args.only] if args.only else list(CASES)):
-            rows.append(_bench(name, args.rounds, folder))
+            rows.append(_bench(name, args.rounds, folder, args.conv_rounds))
             print(f"done: {rows[-1]}", file=sys.stderr)
     head = ("model", "size", "kept dims", "static ms", "dynamic ms", "ratio", "conv static s", "conv dynamic s", "ratio",
             "sizes ok", "ops dyn/static", "TRANSPOSE dyn/static", "same out")

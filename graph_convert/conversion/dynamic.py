@@ -103,6 +103,14 @@ class DimView:
         out = np.array([-1 if isinstance(e, DimExpr) else e for e in entries], dtype=c.dtype)
         return out
 
+    def entries(self, tensor: str, env: dict) -> list | None:
+        """A 1-D run-time shape constant (a Resize's sizes) entry by entry, or None when ``tensor``
+        is not one: an int per static entry, an int32 scalar tensor per run-time one (no int64
+        pack cast back and forth)."""
+        if tensor not in self.exprs:
+            return None
+        return [int(e) if not isinstance(e, DimExpr) else _eval(e, env) for e in self.exprs[tensor]]
+
     def reshape_target(self, tensor: str, env: dict, x) -> Any:
         """A run-time Reshape target (int32) built from its entries as known here, or None when
         ``tensor`` is not such a constant: a static entry stays a constant (TF's shape inference

@@ -200,7 +200,7 @@ def write_large_tflite(c, path: str) -> None:
 
 
 def verify_tflite(c) -> None:
-    from graph_convert.backends.tensorflow.runner import run_tflite, tflite_op_counts
+    from graph_convert.backends.tensorflow.runner import tflite_op_counts, tflite_runner
 
     path = c.paths["tflite_float32"]
     # a large model's file runs on LiteRT's builtin kernels: XNNPACK would pack a second copy of
@@ -208,8 +208,10 @@ def verify_tflite(c) -> None:
     delegate = c.graph.weight_bytes < external_data_threshold()
     if not delegate:
         c.tflite_weights = f"{c.tflite_weights}; verified on LiteRT's builtin kernels (without XNNPACK)"
-    c.check("tflite_float32", "TFLite float32", runner(c, lambda feeds: run_tflite(path, feeds, delegate=delegate)),
-            steps=quantized_steps(c))
+    # one interpreter for every draw and size (resized between sizes, as a user resizes it)
+    run = tflite_runner(path, delegate=delegate)
+    c.check("tflite_float32", "TFLite float32", runner(c, run), steps=quantized_steps(c))
+    del run
     ops = tflite_op_counts(path)
     c.report["tflite"] = {"path": "model_float32.tflite", "bytes": os.path.getsize(path), "transpose_ops": ops.get("TRANSPOSE", 0),
                           "total_ops": sum(ops.values()), "ops": dict(sorted(ops.items()))}
@@ -219,7 +221,7 @@ def write_int8_tflite(c) -> None:
     """A quantized source's int8 .tflite with the source's own scales, judged by the int8 rule."""
     from graph_convert.backends.tensorflow import quantized_source as QS
     from graph_convert.backends.tensorflow.emitter import build_function
-    from graph_convert.backends.tensorflow.runner import run_tflite
+    from graph_convert.backends.tensorflow.runner import tflite_runner
     from graph_convert.backends.tensorflow.writer import tflite_flatbuffer_checked
 
     # a trace of its own, where the emitters declare the source's scales as fake-quant ops
@@ -229,7 +231,7 @@ def write_int8_tflite(c) -> None:
     with open(path, "wb") as f:
         f.write(tflite_flatbuffer_checked(t.concrete, t.module, optimize=True))
     c.paths["tflite_int8"] = path
-    c.check("tflite_int8", "TFLite int8", runner(c, lambda feeds: run_tflite(path, feeds)), steps=QS.output_steps(c.model))
+    c.check("tflite_int8", "TFLite int8", runner(c, tflite_runner(path)), steps=QS.output_steps(c.model))
     c.report["tflite_int8"] = QS.describe(path, c.model)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -42,22 +42,32 @@ _interpreter = interpreter
 def run_tflite(model: str | bytes, feeds_by_tf_name: Mapping[str, np.ndarray], delegate: bool = True) -> dict[str, np.ndarray]:
     """Run the ``serving_default`` signature of a .tflite (path or bytes) once (``delegate``: see
     :func:`interpreter`)."""
+    return tflite_runner(model, delegate)(feeds_by_tf_name)
+
+
+def tflite_runner(model: str | bytes, delegate: bool = True) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """One interpreter for many runs of the ``serving_default`` signature: each run resizes the
+    inputs to its arrays' shapes and allocates again (what a user of a dynamic .tflite does),
+    so checking a file at several sizes loads it, and packs its weights for XNNPACK, once."""
     # not allocated at the file's default shape: a free dim is 1 there, which a model may not take
     # (an STFT's 256-sample window over a 1-sample signal); the runner allocates at the feeds' shapes
     interp = _interpreter(model, allocate=False, delegate=delegate)
     runner = interp.get_signature_runner("serving_default")
-    try:
-        return {k: np.array(v) for k, v in runner(**feeds_by_tf_name).items()}
-    except ValueError as e:
-        if "Invalid tensor size" not in str(e):
-            raise
-    # the Python binding cannot hand out zero-element tensors: after the run, read such outputs'
-    # shapes and dtypes from the interpreter instead
-    out = {}
-    for k, d in runner.get_output_details().items():
-        shape = [int(v) for v in d["shape"]]
-        out[k] = np.zeros(shape, d["dtype"]) if 0 in shape else interp.get_tensor(d["index"])
-    return out
+
+    def run(feeds_by_tf_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return {k: np.array(v) for k, v in runner(**feeds_by_tf_name).items()}
+        except ValueError as e:
+            if "Invalid tensor size" not in str(e):
+                raise
+        # the Python binding cannot hand out zero-element tensors: after the run, read such
+        # outputs' shapes and dtypes from the interpreter instead
+        out = {}
+        for k, d in runner.get_output_details().items():
+            shape = [int(v) for v in d["shape"]]
+            out[k] = np.zeros(shape, d["dtype"]) if 0 in shape else interp.get_tensor(d["index"])
+        return out
+    return run
 
 
 def tflite_op_counts(path: str) -> Counter:

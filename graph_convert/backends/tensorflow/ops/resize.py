@@ -293,6 +293,10 @@ def _run_time_size(node: Node, ctx: EmitContext, x: list, t, axes_attr: list[int
     """Output height and width of an NHWC resize whose input H/W are dynamic, as an int32 tensor:
     the ``sizes`` input as computed at run time (a dynamic constant), or floor(input * scale)."""
     hw = tf.shape(t, out_type=tf.int32)[1:3]
+    entries = ctx.batch.entries(node.inputs[3], ctx.env) if len(node.inputs) > 3 and node.inputs[3] else None
+    if entries is not None:  # the sizes' entries as run-time dims (int32), without the int64 pack in between
+        want = [entries[axes_attr.index(a)] if a in axes_attr else hw[i] for i, a in enumerate((2, 3))]
+        return tf.stack([tf.constant(v, tf.int32) if isinstance(v, int) else v for v in want])
     if len(node.inputs) > 3 and node.inputs[3]:
         sizes = tf.cast(tf.reshape(x[3], [-1]), tf.int32)
         return tf.stack([sizes[axes_attr.index(a)] if a in axes_attr else hw[i] for i, a in enumerate((2, 3))])

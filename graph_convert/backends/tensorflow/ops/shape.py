@@ -3,6 +3,7 @@ padding, constants of a shape."""
 from __future__ import annotations
 
 import math
+from functools import reduce
 
 import numpy as np
 import onnx
@@ -133,6 +134,8 @@ def emit_squeeze(node, x, ctx):
             return tf.squeeze(x[0])
         axes = [i for i, d in enumerate(dims) if d == 1]
     drop = {a % rank for a in axes}
+    if any(not isinstance(d, int) for d in dims):  # one SQUEEZE, its shape from its input's: no run-time shape ops
+        return tf.squeeze(x[0], sorted(drop))
     return tf.reshape(x[0], shape_tensor([d for i, d in enumerate(dims) if i not in drop]))
 
 
@@ -143,6 +146,8 @@ def emit_unsqueeze(node, x, ctx):
         raise unsupported(node, "missing axes")
     out_rank = len(x[0].shape) + len(axes)
     new = {a % out_rank for a in axes}
+    if None in x[0].shape.as_list():  # EXPAND_DIMS at ascending output axes: its shape from its input's, no shape ops
+        return reduce(tf.expand_dims, sorted(new), x[0])
     rest = iter(dims_of(x[0]))
     return tf.reshape(x[0], shape_tensor([1 if i in new else next(rest) for i in range(out_rank)]))
 
