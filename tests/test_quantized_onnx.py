@@ -222,6 +222,11 @@ def test_dynamic_quantized_mlp(models, tmp_path):
     ref, got = _run_both(src, str(tmp_path / "out" / "model_float32.tflite"), 0)
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     assert report["verification"]["tflite_int8"]
+    # `graph-convert verify` judges a quantized source's candidate by the same int8 rule
+    from graph_convert import verify_file
+
+    res = verify_file(src, str(tmp_path / "out" / "model_int8.tflite"))
+    assert res.equivalent and all(f["rule"] == "int8" for f in res.report["verification"]["tflite"].values()), res.report["verification"]
 
 
 def test_dynamic_quantized_depthwise_cnn_keeps_no_transpose(models, tmp_path):

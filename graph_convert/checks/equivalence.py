@@ -383,6 +383,8 @@ class Verifier:
             draws = [Draw("given", dict(draws))]
         self.atol = atol
         self.notes: list[str] = []
+        # per output (step, bound): judge by the int8 rule (set by ``graph-convert verify`` for a quantized source)
+        self.int8_steps: dict[str, tuple[float | None, float | None]] | None = None
         # outputs made by a discrete selection (traced from the graph) and the selection tensors the
         # reference exposes to judge them (checks/selection.py)
         self.selection = trace_selection(source)
@@ -440,6 +442,8 @@ class Verifier:
     def compare_output(self, name: str, ref: np.ndarray, got: np.ndarray, draw: int) -> Figures:
         """One output on one draw by its rule: the selection rule for an output traced to a
         NonMaxSuppression / TopK selection (README "Verification"), else the elementwise rule."""
+        if self.int8_steps is not None:  # a quantized source: the int8 rule (``checks.int8_steps``)
+            return compare_int8(ref, got, *self.int8_steps.get(name, (None, INT8_MAX_STEPS)))
         f = compare(ref, got, self.atol)
         ops = self.selection.get(name)
         if not ops:

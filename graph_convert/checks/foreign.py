@@ -18,6 +18,7 @@ from graph_convert.conversion.report import VERIFY_RULE, json_safe
 from graph_convert.conversion.source import check_input_types, input_shape_overrides, resolve_source, training_dropout_warning
 from graph_convert.checks.candidate import Candidate, Pair, Spec, judge, load_candidate, match, parse_map, resolve_layouts, sanitise, source_specs
 from graph_convert.checks.equivalence import Figures, Verifier, check_user_inputs, make_draws, read_npz
+from graph_convert.checks.int8_steps import is_quantized, output_steps
 
 
 @dataclass
@@ -86,6 +87,8 @@ def _verify_once(model, graph, cand, overrides, user, in_map, out_map, info, ato
         verifier = Verifier(model, draws, atol, optional=tuple(range(1, len(draws))) if user is not None else ())
     except ConvertError as e:
         raise _SourceFails(str(e)) from None
+    if is_quantized(model):  # judged as the conversion judges its own files (README "Quantized ONNX models")
+        verifier.int8_steps = output_steps(model)
     ref = verifier.references[0]
     out_specs = [Spec(n, tuple(np.shape(ref[n])), np.asarray(ref[n]).dtype) for n in graph.outputs]
     outs = match("output", out_specs, cand.outputs, out_map)
