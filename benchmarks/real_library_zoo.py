@@ -1299,6 +1299,8 @@ def cmd_run(a) -> int:
                     with open(cached) as f:
                         cr = json.load(f)
                     cr["reused"] = True
+                    if cr["ok"]:  # the verdict is graph-convert verify's of today: checked again
+                        cr["verified"], cr["verify_why"] = verify_one(src, cr["tflite"], r, work, a)
                 elif a.cached_only:
                     res[c] = {"ok": False, "not_run": True, "secs": 0.0, "why": "not run (no cached result)"}
                     continue
@@ -1424,7 +1426,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(a converter without one for a file is 'not run'); latency is still measured")
     r.add_argument("--converters", default="", help="comma-separated subset of: " + ", ".join(CONVERTERS))
     r.add_argument("--cache", help="keep each converter's .tflite and result here (one folder per converter)")
-    r.add_argument("--reuse", default="", help="comma-separated converters whose cached results to reuse "
+    r.add_argument("--reuse", default="", help="comma-separated converters whose cached conversions to reuse (verified again) "
                    "(e.g. 'onnx2tf 1.28.8,onnx2tf 2.6.9' or all)")
     a = ap.parse_args(argv)
     if a.cmd == "run":
