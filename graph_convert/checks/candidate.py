@@ -372,6 +372,8 @@ def to_source(pair: Pair, arr: np.ndarray) -> np.ndarray:
 def run_in_source_layout(c: Candidate, ins: list[Pair], outs: list[Pair], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
         got = c.run(feed_candidate(c, ins, feeds))
+    except VerificationError:
+        raise  # LiteRT could not run it at these shapes: it fails verification, as it says
     except Exception as e:
         raise ConvertError(f"candidate {c.path} does not run on the source's inputs: {_line(e)[:300]}") from None
     return {p.source.name: to_source(p, got[p.cand.name]) for p in outs}
