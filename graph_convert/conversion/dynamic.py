@@ -309,34 +309,17 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None, sou
         if v1.shape == v2.shape and v1.dtype == v2.dtype and np.array_equal(v1, v2):
             continue
         cands = matcher.candidates(name)
-        got = _as_exprs(v1, v2, cands, matcher)
-        if got is not None:
-            view.exprs[name] = got
-            continue
-        tile = _as_tiled(v1, v2, cands, matcher)
-        if tile is not None:
-            view.tiled[name] = tile
-            continue
-        rng = _as_range(v1, v2, cands, matcher)
-        if rng is not None:
-            view.ranged[name] = rng
-            continue
-        aff = _as_affine(v1, v2, cands, matcher)
-        if aff is not None:
-            view.affine[name] = aff
-            continue
-        if v1.ndim >= 2 and v1.shape[-1] == v2.shape[-1] and 1 < v1.shape[-1] <= 8 and v1.dtype.kind in "iu":
-            forms = [_as_affine(v1[..., j], v2[..., j], cands, matcher, allow_static=True) for j in range(v1.shape[-1])]
-            if all(f is not None for f in forms):
-                view.coords[name] = forms
-                continue
-        spread = _as_spread(v1, v2, cands, matcher)
-        if spread is not None:
-            view.spread[name] = spread
-            continue
-        pre = _as_prefix(v1, v2, cands, matcher, source_weights)
-        if pre is not None:
-            view.prefix[name] = pre
+        # each form in turn, the first that matches wins; a form gives None when the constant is not of it
+        forms = ((view.exprs, lambda: _as_exprs(v1, v2, cands, matcher)),
+                 (view.tiled, lambda: _as_tiled(v1, v2, cands, matcher)),
+                 (view.ranged, lambda: _as_range(v1, v2, cands, matcher)),
+                 (view.affine, lambda: _as_affine(v1, v2, cands, matcher)),
+                 (view.coords, lambda: _as_coords(v1, v2, cands, matcher)),
+                 (view.spread, lambda: _as_spread(v1, v2, cands, matcher)),
+                 (view.prefix, lambda: _as_prefix(v1, v2, cands, matcher, source_weights)))
+        found = next(((where, got) for where, form in forms if (got := form()) is not None), None)
+        if found is not None:
+            found[0][name] = found[1]
             continue
         prog = _as_program(name, v1, v2, cands, matcher, sources)
         if isinstance(prog, tuple):
@@ -351,6 +334,15 @@ def dim_view(g1: Graph, g2: Graph, at: tuple[str, str], source_weights=None, sou
                   "source_table_slices": len(view.prefix), "index_constants": len(view.affine) + len(view.coords),
                   "shape_programs": len(view.programs)}
     return view
+
+
+def _as_coords(v1: np.ndarray, v2: np.ndarray, cands, matcher: _Matcher) -> list | None:
+    """Index tuples (a GatherND's last axis of 2..8 coordinates): each coordinate affine in its
+    indices, or None."""
+    if not (v1.ndim >= 2 and v1.shape[-1] == v2.shape[-1] and 1 < v1.shape[-1] <= 8 and v1.dtype.kind in "iu"):
+        return None
+    forms = [_as_affine(v1[..., j], v2[..., j], cands, matcher, allow_static=True) for j in range(v1.shape[-1])]
+    return forms if all(f is not None for f in forms) else None
 
 
 def _as_exprs(v1: np.ndarray, v2: np.ndarray, cands, matcher: _Matcher) -> list | None:
